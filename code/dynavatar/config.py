@@ -1,0 +1,262 @@
+"""Configuration: read a HOCON `.conf`, fill the paper's defaults, validate keys and types, apply overrides.
+
+The paper's conf layout (`train`, `loss`, `dataset`, `model` sections and their keys) is accepted
+as is, so a user's old `subject1.conf` runs unchanged apart from paths. Keys new to DynAvatar are
+opt-in and default to the paper's behaviour.
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+from pathlib import Path
+from typing import Any, Iterable
+
+from pyhocon import ConfigFactory, ConfigTree, HOCONConverter
+from pyhocon.exceptions import ConfigException
+
+from .errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+# The paper's defaults (its subject1.conf, plus the defaults its code falls back to), and the keys
+# DynAvatar adds. Every valid key appears here; its default's type is the key's type.
+DEFAULTS_HOCON = """
+train {
+    exps_folder = ./data/experiments
+    methodname = dynavatar
+    dataset_class = datasets.real_dataset.FaceDataset   # accepted for compatibility; the IMavatar reader is used
+    learning_rate = 1.0e-4
+    learning_rate_cam = 5.0e-4
+    num_pixels = 2048                # accepted for compatibility; Gaussian splatting renders whole images
+    max_points_training = 102400     # batch size = min(max_points_training / n_points, max_batch)
+    max_batch = 8
+    upsample_freq = 1
+    plot_freq = 1
+    save_freq = 1
+    sched_milestones = [80, 100]
+    sched_factor = 0.5
+    GT_lbs_milestones = [20, 30, 50, 70]
+    GT_lbs_factor = 0.5
+    optimize_expression = true
+    optimize_camera = true
+    optimize_inputs_after_epoch = 10 # per-frame inputs are stepped only in epochs after this one
+    test_fit_steps = 20              # steps per batch when fitting test-frame inputs at evaluation
+    seed = 0
+    device = auto                    # auto | cpu | cuda | cuda:N
+    num_workers = 0
+    plot_n_images = 4                # test images logged to TensorBoard per epoch
+    deterministic = false
+}
+loss {
+    rgb_weight = 1.0
+    ssim_weight = 0.25
+    vgg_feature_weight = 0.1
+    vgg_weights_path = ""            # empty: torch hub cache (vgg16-397923af.pth)
+    lbs_weight = 10.0
+    eikonal_weight = 0.1             # accepted for compatibility (SDF term of PointAvatar; unused here)
+    sdf_consistency_weight = 1.0     # accepted for compatibility (unused here)
+    flame_distance_chunk = 4096      # points per chunk of the nearest-FLAME-vertex search
+}
+dataset {
+    data_folder = ./data/datasets
+    subject_name = subject1
+    json_name = flame_params.json
+    use_mean_expression = true
+    use_var_expression = true
+    canonical_pose = 0.4
+    use_background = false
+    synthetic = false                # generate a synthetic subject into data_folder when it is missing
+    synthetic_frames = 30            # frames per video of a generated synthetic subject
+    synthetic_seed = 0
+    train {
+        sub_dir = []
+        img_res = [512, 512]
+        subsample = 1
+        load_images = false
+    }
+    test {
+        sub_dir = []
+        img_res = [512, 512]
+        subsample = 1
+        load_images = false
+    }
+}
+model {
+    prune_thresh = 0.1
+    rasterizer = auto                # auto | torch | gsplat | inria
+    flame_model_path = ./data/FLAME2020/generic_model.pkl   # or "synthetic"
+    flame_landmark_path = ./data/FLAME2020/landmark_embedding.npy
+    max_scale = 0.025                # scales are sigmoid(.) x max_scale (+ point radius); 0.025 at 512 px
+    geometry_network {
+        d_in = 3
+        d_out = 1
+        feature_vector_size = 3
+        dims = [256, 256, 256, 256, 256, 256, 256]
+        geometric_init = true
+        bias = 0.6
+        skip_in = [3]
+        weight_norm = true
+        multires = 6
+    }
+    rendering_network {              # accepted for compatibility (colour comes from geometry_network)
+        d_in = 3
+        feature_vector_size = 0
+        d_out = 3
+        dims = [64, 64]
+        weight_norm = true
+        multires_view = 0
+        multires_pnts = 0
+    }
+    gaussian_network {
+        d_in = 3
+        feature_vector_size = 0
+        d_out = 8
+        dims = [64, 64, 64]
+        weight_norm = true
+        multires_view = 0
+        multires_pnts = 0
+    }
+    deformer_network {
+        d_in = 3
+        dims = [128, 128, 128, 128]
+        weight_norm = true
+        multires = 0
+        num_exp = 50
+        ghostbone = true
+        deform_c = true
+    }
+    point_cloud {
+        n_init_points = 400
+        max_points = 100000
+        init_radius = 0.5
+        radius_factor = 0.15
+        # Coarse-to-fine schedule: from epoch schedule_epochs[i] on, grow to schedule_points[i]
+        # (capped at max_points); the radius is multiplied by radius_factors[i] at that epoch.
+        schedule_epochs = [5, 10, 15, 20, 25, 30, 40, 50, 60]
+        schedule_points = [800, 1600, 3200, 6400, 10000, 20000, 40000, 80000, 100000]
+        radius_factors = [0.75, 0.75, 0.75, 0.75, 0.75, 0.75, 0.75, 0.75, 0.9]
+        late_radius_every = 5        # after the last schedule epoch, every this many epochs ...
+        late_radius_factor = 0.75    # ... the radius is multiplied by this
+        fine_noise_epoch = 100       # from this epoch on, new points get fixed noise ...
+        fine_noise = 0.004           # ... of this size instead of the radius
+    }
+}
+"""
+
+# Keys whose value may take several types (the default's type is not the only valid one).
+_POLYMORPHIC: dict[str, tuple[type, ...]] = {
+    "dataset.train.subsample": (int, list),
+    "dataset.test.subsample": (int, list),
+    "dataset.train.sub_dir": (list, str),
+    "dataset.test.sub_dir": (list, str),
+}
+
+
+def defaults() -> ConfigTree:
+    """A fresh copy of the default configuration."""
+    return ConfigFactory.parse_string(DEFAULTS_HOCON)
+
+
+def _flatten(tree: ConfigTree, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        key = str(key).strip('"')
+        full = f"{prefix}{key}"
+        if isinstance(value, ConfigTree):
+            out[full] = value  # sections are keys too, so a misspelt section is caught
+            out.update(_flatten(value, full + "."))
+        else:
+            out[full] = value
+    return out
+
+
+def _type_name(types: Iterable[type]) -> str:
+    names = {bool: "true/false", int: "an integer", float: "a number", str: "a string", list: "a list",
+             ConfigTree: "a section { ... }"}
+    return " or ".join(names.get(t, t.__name__) for t in types)
+
+
+def _valid_types(default: Any, key: str) -> tuple[type, ...]:
+    if key in _POLYMORPHIC:
+        return _POLYMORPHIC[key]
+    if isinstance(default, bool):
+        return (bool,)
+    if isinstance(default, float):
+        return (float, int)
+    if isinstance(default, int):
+        return (int,)
+    if isinstance(default, ConfigTree):
+        return (ConfigTree,)
+    if isinstance(default, list):
+        return (list,)
+    return (str,)
+
+
+def _type_ok(value: Any, types: tuple[type, ...]) -> bool:
+    if isinstance(value, bool):
+        return bool in types
+    return isinstance(value, types)
+
+
+def validate(conf: ConfigTree, source: str) -> None:
+    """Raise ConfigError for the first unknown key or wrongly typed value, naming it, the file and the fix."""
+    valid = _flatten(defaults())
+    for key, value in _flatten(conf).items():
+        if key not in valid:
+            nearest = difflib.get_close_matches(key, list(valid), n=1, cutoff=0.5)
+            if not nearest:  # a misspelt last part under a right section, e.g. train.learnig_rate
+                section = key.rsplit(".", 1)[0] + "." if "." in key else ""
+                same_section = [k for k in valid if k.startswith(section)]
+                nearest = difflib.get_close_matches(key, same_section, n=1, cutoff=0.0)
+            hint = f"; did you mean '{nearest[0]}'?" if nearest else ""
+            raise ConfigError(f"{source}: unknown key '{key}'{hint}")
+        types = _valid_types(valid[key], key)
+        if value is None or not _type_ok(value, types):
+            raise ConfigError(f"{source}: key '{key}' must be {_type_name(types)}, got {value!r} "
+                              f"(default: {valid[key]!r})")
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """'model.rasterizer=torch' -> ('model.rasterizer', 'torch'), the value parsed as HOCON."""
+    if "=" not in text:
+        raise ConfigError(f"command-line override '{text}' is not of the form key=value "
+                          f"(e.g. train.learning_rate=2e-4)")
+    key, value = text.split("=", 1)
+    key = key.strip()
+    try:
+        parsed = ConfigFactory.parse_string(f"x = {value}" if value.strip() else 'x = ""')
+    except (ConfigException, ValueError) as exc:  # pyhocon raises ParseException subclasses of both kinds
+        raise ConfigError(f"command-line override '{text}': cannot parse the value ({exc})") from None
+    return key, parsed.get("x")
+
+
+def load_conf(path: str | Path, overrides: Iterable[str] = ()) -> ConfigTree:
+    """Parse `path`, merge it over the defaults, apply `key=value` overrides, validate, return the tree."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path} (pass an existing .conf, e.g. confs/demo.conf)")
+    try:
+        user = ConfigFactory.parse_file(str(path), resolve=True)
+    except Exception as exc:  # pyhocon raises a variety of parser errors; report any of them once
+        raise ConfigError(f"{path}: cannot parse the config ({type(exc).__name__}: {exc})") from None
+    validate(user, str(path))
+    merged = user.with_fallback(defaults())
+    for text in overrides:
+        key, value = parse_override(text)
+        single = ConfigTree()
+        single.put(key, value)
+        validate(single, f"command-line override '{text}'")
+        merged.put(key, value, append=False)
+    validate(merged, str(path))
+    return merged
+
+
+def to_hocon(conf: ConfigTree) -> str:
+    """Serialise a configuration (what `runconf.conf` holds)."""
+    return HOCONConverter.to_hocon(conf)
+
+
+def as_list(value: Any) -> list:
+    """A conf value that may be a single item or a list, as a list."""
+    return list(value) if isinstance(value, (list, tuple)) else [value]

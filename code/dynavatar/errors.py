@@ -1,0 +1,29 @@
+"""User-facing errors: each one names the file, key or frame at fault and what to do about it.
+
+Command-line scripts catch `DynAvatarError` and print its message alone (no traceback), because
+these are problems with the user's input, not bugs.
+"""
+
+
+class DynAvatarError(Exception):
+    """Base class of every error a user can cause with their input."""
+
+
+class ConfigError(DynAvatarError):
+    """A .conf file or a command-line override is malformed, has an unknown key or a wrong type."""
+
+
+class FlameModelError(DynAvatarError):
+    """The FLAME model or landmark file is missing or is not a FLAME file."""
+
+
+class DatasetError(DynAvatarError):
+    """A dataset folder, image, mask or flame_params.json is missing or malformed."""
+
+
+class CheckpointError(DynAvatarError):
+    """A checkpoint folder or epoch is missing, or a checkpoint does not fit the model."""
+
+
+class BackendUnavailableError(DynAvatarError):
+    """A rasterizer backend was requested that is not installed or cannot run on this device."""
