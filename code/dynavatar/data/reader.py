@@ -1,0 +1,244 @@
+"""The IMavatar-format dataset reader: frames of one subject's videos as (input, ground truth) pairs.
+
+Layout: `<data_folder>/<subject>/<subject>/<sub_dir>/{image,mask,semantic}/<k>.png` and
+`<sub_dir>/<json_name>` (see DATA_FORMAT.md). Every defect a user can cause raises one DatasetError
+naming the file and frame; `scripts/check_dataset.py` lists all of them at once.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from ..config import as_list, defaults
+from ..errors import ConfigError, DatasetError
+from .flame_params import N_EXPRESSION, read_flame_params
+from .images import read_labels, read_mask, read_rgb, resize, resize_labels, to_uint8
+from .problems import Problem, raise_first
+from .subsample import select_frames
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "test")
+LAYOUT_HINT = ("expected <data_folder>/<subject_name>/<subject_name>/<sub_dir>/ (dataset.data_folder, "
+               "dataset.subject_name, dataset.<split>.sub_dir); a synthetic subject can be made with "
+               "scripts/make_synthetic_subject.py")
+
+
+@dataclass(frozen=True)
+class FrameRecord:
+    """Where one frame lives and who it is."""
+
+    sub_dir: str
+    frame_id: int  # int(file_path.split('/')[-1]): names output files
+    file_path: str  # as stored in the json, e.g. "./image/12"
+    json_path: Path
+    json_index: int  # position in the json's frame list
+    image_path: Path
+    mask_path: Path
+    semantic_path: Path
+
+    def describe(self) -> str:
+        return f"{self.sub_dir} frame {self.frame_id}"
+
+
+def sibling_path(image_path: Path, folder: str) -> Path:
+    """The same frame in another folder: only the image's own folder name changes ('image' -> `folder`),
+    never an 'image' elsewhere in the path (which the reference loaders' str.replace gets wrong)."""
+    parent = image_path.parent
+    if "image" not in parent.name:
+        raise DatasetError(f"{image_path}: cannot locate its {folder}: the frame's folder '{parent.name}' is "
+                           f"not an image folder (file_path should be './image/<k>')")
+    return parent.parent / parent.name.replace("image", folder) / image_path.name
+
+
+def frame_records(instance_dir: Path, sub_dir: str, json_path: Path, file_paths: Sequence[str],
+                  frame_ids: Sequence[int]) -> list[FrameRecord]:
+    """FrameRecords of one video from its json's file paths."""
+    records = []
+    for index, (file_path, frame_id) in enumerate(zip(file_paths, frame_ids)):
+        image_path = instance_dir / f"{file_path}.png"
+        records.append(FrameRecord(sub_dir, frame_id, file_path, json_path, index, image_path,
+                                   sibling_path(image_path, "mask"), sibling_path(image_path, "semantic")))
+    return records
+
+
+def load_frame_arrays(record: FrameRecord, img_res: Sequence[int], with_semantic: bool
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Decode and resize one frame -> (rgb [H, W, 3] uint8, mask [H, W] uint8, labels [H, W] uint8 or None).
+
+    Kept as 8 bits, what the PNGs hold, so that preloading costs 4 bytes a pixel and the preloaded
+    and lazily read datasets return identical values."""
+    try:
+        rgb = to_uint8(resize(read_rgb(record.image_path), img_res))
+        mask = to_uint8(resize(read_mask(record.mask_path), img_res))
+        labels = resize_labels(read_labels(record.semantic_path), img_res) if with_semantic else None
+    except DatasetError as exc:
+        raise DatasetError(f"{record.describe()}: {exc}") from None
+    return rgb, mask, labels
+
+
+class FaceDataset(torch.utils.data.Dataset):
+    """Frames of `sub_dir` videos of one subject.
+
+    Item i -> (i, model_input, ground_truth):
+      model_input: 'idx' long scalar (= i), 'frame_id' int, 'sub_dir' str, 'expression' [50],
+                   'flame_pose' [15], 'world_mat' [3, 4] (as stored), 'intrinsics' [4] (normalised, fx negated)
+      ground_truth (empty when only_json): 'rgb' [H, W, 3] in [0, 1] (on white with the mask unless
+                   use_background), 'mask' [H, W] in [0, 1], 'semantic' [H, W] long (when has_semantic)
+    `is_eval` is recorded for callers; `dataset_from_conf` uses it to read every test frame.
+    """
+
+    def __init__(self, data_folder: str | Path, subject_name: str, json_name: str, sub_dir: Sequence[str] | str,
+                 img_res: Sequence[int], subsample: int | list = 1, load_images: bool = False,
+                 use_mean_expression: bool = False, use_var_expression: bool = False, use_background: bool = False,
+                 only_json: bool = False, is_eval: bool = False):
+        self.img_res = (int(img_res[0]), int(img_res[1]))  # (H, W)
+        self.use_background = use_background
+        self.only_json = only_json
+        self.is_eval = is_eval
+        sub_dirs = [str(s) for s in as_list(sub_dir)]
+        if not sub_dirs:
+            raise DatasetError(f"no sub_dir given for subject '{subject_name}': {LAYOUT_HINT}")
+        self.subject_dir = Path(data_folder) / subject_name / subject_name
+
+        records, expressions, poses, world_mats, intrinsics = [], [], [], [], []
+        self.shape_params: torch.Tensor | None = None  # [100]
+        for name in sub_dirs:
+            instance_dir = self.subject_dir / name
+            if not instance_dir.is_dir():
+                raise DatasetError(f"{instance_dir}: dataset folder not found; {LAYOUT_HINT}")
+            params = read_flame_params(instance_dir / json_name)
+            records += frame_records(instance_dir, name, params.json_path, params.file_paths, params.frame_ids)
+            expressions.append(params.expressions)
+            poses.append(params.poses)
+            world_mats.append(params.world_mats)
+            intrinsics.append(params.intrinsics.expand(len(params), 4))
+            if self.shape_params is None:
+                self.shape_params = params.shape_params
+            elif not torch.allclose(self.shape_params, params.shape_params, atol=1e-5):
+                log.warning("%s: shape_params differ from those of %s; using the first video's",
+                            params.json_path, sub_dirs[0])
+
+        keep = torch.tensor(select_frames(len(records), subsample), dtype=torch.long)
+        self.frames: list[FrameRecord] = [records[i] for i in keep.tolist()]
+        self.expressions = torch.cat(expressions)[keep]  # [N, 50]
+        self.flame_poses = torch.cat(poses)[keep]  # [N, 15]
+        self.world_mats = torch.cat(world_mats)[keep]  # [N, 3, 4]
+        self.frame_intrinsics = torch.cat(intrinsics)[keep]  # [N, 4]
+        self.intrinsics = self.frame_intrinsics[0].clone()  # [4] of the first frame (one camera per subject)
+
+        # Canonical expression and blendshape-prior weights come from these (training) frames.
+        self.mean_expression = (self.expressions.mean(0) if use_mean_expression
+                                else torch.zeros(N_EXPRESSION))  # [50]
+        # [50]; None when disabled: the blendshape prior is then not divided by it (as in the paper's code).
+        self.var_expression = self.expressions.var(0) if use_var_expression and len(self.frames) > 1 else None
+        if use_var_expression and self.var_expression is None:
+            log.warning("one frame only: expression variance undefined, use_var_expression ignored")
+
+        self.has_semantic = False
+        self._cache: list[tuple[np.ndarray, np.ndarray, np.ndarray | None]] | None = None
+        if not only_json:
+            self._check_files_exist()
+            self.has_semantic = self._semantic_present(sub_dirs)
+            if load_images:
+                self._cache = [load_frame_arrays(r, self.img_res, self.has_semantic)
+                               for r in tqdm(self.frames, desc=f"loading {subject_name} images", unit="frame")]
+
+    def _check_files_exist(self) -> None:
+        problems = []
+        for record in self.frames:
+            for path, what in ((record.image_path, "image"), (record.mask_path, "mask")):
+                if not path.is_file():
+                    problems.append(Problem(str(path), f"{what} not found (listed in {record.json_path.name} "
+                                                       f"as {record.file_path!r})", record.describe()))
+        raise_first(problems)
+
+    def _semantic_present(self, sub_dirs: list[str]) -> bool:
+        """Semantic maps are used when every selected frame has one; a partial set is ignored with a warning."""
+        if not any((self.subject_dir / name / "semantic").is_dir() for name in sub_dirs):
+            return False
+        missing = [r for r in self.frames if not r.semantic_path.is_file()]
+        if missing:
+            log.warning("%d frame(s) lack a semantic map (first: %s); semantic maps are not used",
+                        len(missing), missing[0].semantic_path)
+            return False
+        return True
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+    def __getitem__(self, i: int) -> tuple[int, dict[str, Any], dict[str, torch.Tensor]]:
+        record = self.frames[i]
+        model_input = {
+            "idx": torch.tensor(i, dtype=torch.long),
+            "frame_id": record.frame_id,
+            "sub_dir": record.sub_dir,
+            "expression": self.expressions[i].clone(),  # [50]
+            "flame_pose": self.flame_poses[i].clone(),  # [15]
+            "world_mat": self.world_mats[i].clone(),  # [3, 4]
+            "intrinsics": self.frame_intrinsics[i].clone(),  # [4]
+        }
+        if self.only_json:
+            return i, model_input, {}
+        rgb8, mask8, labels = (self._cache[i] if self._cache is not None
+                               else load_frame_arrays(record, self.img_res, self.has_semantic))
+        rgb = torch.from_numpy(rgb8).float() / 255.0  # [H, W, 3]
+        mask = torch.from_numpy(mask8).float() / 255.0  # [H, W]
+        if not self.use_background:
+            rgb = rgb * mask[..., None] + (1.0 - mask[..., None])
+        ground_truth = {"rgb": rgb, "mask": mask}
+        if self.has_semantic:
+            ground_truth["semantic"] = torch.from_numpy(labels.astype(np.int64))  # [H, W]
+        return i, model_input, ground_truth
+
+    @staticmethod
+    def collate_fn(batch: Sequence[tuple[int, dict, dict]]) -> tuple[torch.Tensor, dict, dict]:
+        """Stack the tensors of a batch along a new first axis; keep other values (str, int) as lists."""
+        indices = torch.tensor([item[0] for item in batch], dtype=torch.long)
+
+        def merge(dicts: list[dict]) -> dict:
+            out = {}
+            for key in dicts[0]:
+                values = [d[key] for d in dicts]
+                out[key] = torch.stack(values) if all(isinstance(v, torch.Tensor) for v in values) else values
+            return out
+
+        return indices, merge([item[1] for item in batch]), merge([item[2] for item in batch])
+
+
+def _conf_value(conf: Any, key: str) -> Any:
+    """A conf value, falling back to the package default (so a partial ConfigTree works too)."""
+    value = conf.get(key, None)
+    return defaults().get(key) if value is None else value
+
+
+def dataset_from_conf(conf: Any, split: str, **overrides: Any) -> FaceDataset:
+    """The `split` ('train' | 'test') dataset described by `conf.dataset`; keyword overrides win
+    (e.g. only_json=True, subsample=1). With is_eval=True and no subsample override every frame is read."""
+    if split not in SPLITS:
+        raise ConfigError(f"dataset split must be one of {SPLITS}, got {split!r}")
+    kwargs = dict(
+        data_folder=_conf_value(conf, "dataset.data_folder"),
+        subject_name=_conf_value(conf, "dataset.subject_name"),
+        json_name=_conf_value(conf, "dataset.json_name"),
+        sub_dir=as_list(_conf_value(conf, f"dataset.{split}.sub_dir")),
+        img_res=list(_conf_value(conf, f"dataset.{split}.img_res")),
+        subsample=_conf_value(conf, f"dataset.{split}.subsample"),
+        load_images=_conf_value(conf, f"dataset.{split}.load_images"),
+        use_mean_expression=_conf_value(conf, "dataset.use_mean_expression"),
+        use_var_expression=_conf_value(conf, "dataset.use_var_expression"),
+        use_background=_conf_value(conf, "dataset.use_background"),
+    )
+    if overrides.get("is_eval") and "subsample" not in overrides:
+        kwargs["subsample"] = 1  # evaluation always uses every frame (the conf's subsample is for plots)
+    kwargs.update(overrides)
+    if not kwargs["sub_dir"]:
+        raise ConfigError(f"dataset.{split}.sub_dir is empty: name the videos of the {split} split")
+    return FaceDataset(**kwargs)
