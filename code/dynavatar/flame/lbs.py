@@ -1,0 +1,140 @@
+"""Linear blend skinning for FLAME: rotations, pose features, joint transforms, mesh and point-wise skinning.
+
+All functions are batched, float32-friendly and device-agnostic (the device comes from the inputs).
+Notation: B frames, V mesh vertices, N free points, J joints, E expression components.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def axis_angle_to_matrix(axis_angle: torch.Tensor) -> torch.Tensor:
+    """Rodrigues' formula: axis-angle [..., 3] -> rotation matrices [..., 3, 3], smooth at zero."""
+    theta2 = (axis_angle * axis_angle).sum(-1, keepdim=True)[..., None]  # [..., 1, 1]
+    small = theta2 < 1e-8
+    safe2 = torch.where(small, torch.ones_like(theta2), theta2)
+    theta = safe2.sqrt()
+    # sin(t)/t and (1 - cos(t))/t^2, with their Taylor expansions near zero (exact gradients at 0).
+    a = torch.where(small, 1.0 - theta2 / 6.0, torch.sin(theta) / theta)
+    b = torch.where(small, 0.5 - theta2 / 24.0, (1.0 - torch.cos(theta)) / safe2)
+    x, y, z = axis_angle.unbind(-1)
+    zero = torch.zeros_like(x)
+    skew = torch.stack([zero, -z, y, z, zero, -x, -y, x, zero], dim=-1).reshape(*axis_angle.shape[:-1], 3, 3)
+    eye = torch.eye(3, dtype=axis_angle.dtype, device=axis_angle.device).expand_as(skew)
+    return eye + a * skew + b * (skew @ skew)
+
+
+def pose_feature(rotations: torch.Tensor) -> torch.Tensor:
+    """Rotations of all joints [B, J, 3, 3] -> FLAME pose feature [B, 9 (J - 1)]: (R_j - I) of joints 1.. flattened."""
+    eye = torch.eye(3, dtype=rotations.dtype, device=rotations.device)
+    return (rotations[:, 1:] - eye).reshape(rotations.shape[0], -1)
+
+
+def rigid_transforms(rotations: torch.Tensor, joints: torch.Tensor, parents: torch.Tensor
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Forward kinematics along the kinematic chain.
+
+    rotations [B, J, 3, 3] local joint rotations, joints [B, J, 3] rest joint positions, parents [J]
+    (parents[0] = -1). Returns (transforms [B, J, 4, 4] that map rest-pose points to posed points for
+    a point fully bound to joint j, posed joint positions [B, J, 3]).
+    """
+    batch, n_joints = joints.shape[:2]
+    relative = joints.clone()
+    relative[:, 1:] = joints[:, 1:] - joints[:, parents[1:]]
+    local = torch.zeros(batch, n_joints, 4, 4, dtype=joints.dtype, device=joints.device)
+    local[..., :3, :3] = rotations
+    local[..., :3, 3] = relative
+    local[..., 3, 3] = 1.0
+    chain = [local[:, 0]]
+    for j in range(1, n_joints):
+        chain.append(chain[int(parents[j])] @ local[:, j])
+    world = torch.stack(chain, dim=1)  # [B, J, 4, 4]
+    posed_joints = world[..., :3, 3]
+    # Express relative to the rest pose: T_j x = G_j (x - rest_joint_j).
+    rest_offset = (world[..., :3, :3] @ joints[..., None])[..., 0]
+    transforms = world.clone()
+    transforms[..., :3, 3] = posed_joints - rest_offset
+    return transforms, posed_joints
+
+
+def blend_transforms(weights: torch.Tensor, transforms: torch.Tensor) -> torch.Tensor:
+    """Skinning weights [N, J] (shared across the batch) or [B, N, J], joint transforms [B, J, 4, 4] -> [B, N, 4, 4]."""
+    if weights.dim() == 2:
+        return torch.einsum("nj,bjxy->bnxy", weights, transforms)
+    return torch.einsum("bnj,bjxy->bnxy", weights, transforms)
+
+
+def apply_transforms(blended: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+    """Per-point 4x4 transforms [B, N, 4, 4] applied to points [B, N, 3]."""
+    return (blended[..., :3, :3] @ points[..., None])[..., 0] + blended[..., :3, 3]
+
+
+def invert_transforms(blended: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+    """Undo per-point 4x4 transforms [B, N, 4, 4] on points [B, N, 3].
+
+    A blend of rotations is not a rotation, so this solves the 3x3 system instead of transposing.
+    """
+    return torch.linalg.solve(blended[..., :3, :3], (points - blended[..., :3, 3])[..., None])[..., 0]
+
+
+def blendshape_offsets(expression: torch.Tensor, shapedirs: torch.Tensor) -> torch.Tensor:
+    """Expression [B, E] with per-point blendshapes [N, 3, E] -> offsets [B, N, 3]."""
+    return torch.einsum("be,nce->bnc", expression, shapedirs)
+
+
+def corrective_offsets(pose_feat: torch.Tensor, posedirs: torch.Tensor) -> torch.Tensor:
+    """Pose feature [B, P] with per-point pose correctives [N, P, 3] -> offsets [B, N, 3]."""
+    return torch.einsum("bp,npc->bnc", pose_feat, posedirs)
+
+
+def forward_points(points: torch.Tensor, expression: torch.Tensor, pose_feat: torch.Tensor,
+                   transforms: torch.Tensor, shapedirs: torch.Tensor, posedirs: torch.Tensor,
+                   weights: torch.Tensor) -> torch.Tensor:
+    """Point-wise FLAME deformation of canonical (unposed, zero-expression) points.
+
+    points [N, 3] or [B, N, 3]; expression [B, E]; pose_feat [B, P]; transforms [B, J, 4, 4];
+    per-point shapedirs [N, 3, E], posedirs [N, P, 3], weights [N, J]. Returns posed points [B, N, 3]:
+    x_t = LBS(x + E psi + P pf; W, T).
+    """
+    if points.dim() == 2:
+        points = points.unsqueeze(0)
+    shaped = points + blendshape_offsets(expression, shapedirs) + corrective_offsets(pose_feat, posedirs)
+    return apply_transforms(blend_transforms(weights, transforms), shaped)
+
+
+def inverse_points(points: torch.Tensor, expression: torch.Tensor, pose_feat: torch.Tensor,
+                   transforms: torch.Tensor, shapedirs: torch.Tensor, posedirs: torch.Tensor,
+                   weights: torch.Tensor) -> torch.Tensor:
+    """Inverse of `forward_points`: posed points [N, 3] or [B, N, 3] -> canonical points [B, N, 3]."""
+    if points.dim() == 2:
+        points = points.unsqueeze(0)
+    unskinned = invert_transforms(blend_transforms(weights, transforms), points)
+    return unskinned - blendshape_offsets(expression, shapedirs) - corrective_offsets(pose_feat, posedirs)
+
+
+def skin_mesh(template: torch.Tensor, expression: torch.Tensor, pose: torch.Tensor, shapedirs: torch.Tensor,
+              posedirs: torch.Tensor, j_regressor: torch.Tensor, parents: torch.Tensor, weights: torch.Tensor
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Standard FLAME mesh forward.
+
+    template [V, 3] (shape already baked in), expression [B, E], pose [B, 3 J] axis-angle,
+    shapedirs [V, 3, E], posedirs [V, P, 3], j_regressor [J, V], parents [J], weights [V, J].
+    Returns (vertices [B, V, 3], pose feature [B, P], joint transforms [B, J, 4, 4], posed joints [B, J, 3]).
+    Joints are regressed from the expression-shaped template, as FLAME does.
+    """
+    batch = expression.shape[0]
+    shaped = template.unsqueeze(0) + blendshape_offsets(expression, shapedirs)  # [B, V, 3]
+    joints = torch.einsum("jv,bvc->bjc", j_regressor, shaped)
+    rotations = axis_angle_to_matrix(pose.reshape(batch, -1, 3))
+    feat = pose_feature(rotations)
+    posed = shaped + corrective_offsets(feat, posedirs)
+    transforms, posed_joints = rigid_transforms(rotations, joints, parents)
+    vertices = apply_transforms(blend_transforms(weights, transforms), posed)
+    return vertices, feat, transforms, posed_joints
+
+
+def with_ghost_bone(transforms: torch.Tensor) -> torch.Tensor:
+    """Prepend the identity "ghost bone" (index 0) to joint transforms [B, J, 4, 4] -> [B, J + 1, 4, 4]."""
+    eye = torch.eye(4, dtype=transforms.dtype, device=transforms.device)
+    return torch.cat([eye.expand(transforms.shape[0], 1, 4, 4), transforms], dim=1)

@@ -1,0 +1,198 @@
+"""Configuration: the paper's conf is accepted as is, defaults fill the gaps, errors name key, file and fix."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from dynavatar.config import defaults, load_conf, to_hocon
+from dynavatar.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[1]
+
+# The paper's subject1.conf structure, with keys as its authors wrote them (paths changed).
+PAPER_STYLE_CONF = """
+train{
+    exps_folder = ./data/experiments/
+    methodname = yufeng
+    dataset_class = datasets.real_dataset.FaceDataset
+    learning_rate = 1.0e-4
+    learning_rate_cam = 5.0e-4
+    num_pixels = 2048
+    max_points_training = 102400
+    max_batch = 8
+    upsample_freq = 1
+    plot_freq = 1
+    sched_milestones = [80, 100]
+    sched_factor = 0.5
+    GT_lbs_milestones = [20, 30, 50, 70]
+    GT_lbs_factor = 0.5
+    optimize_expression=True
+    optimize_camera=True
+}
+loss{
+    lbs_weight = 10.0
+    eikonal_weight = 0.1
+    sdf_consistency_weight =1.0
+    vgg_feature_weight = 0.1
+}
+dataset{
+    data_folder = ./data/datasets
+    subject_name = yufeng
+    json_name = flame_params.json
+    use_mean_expression=True
+    use_var_expression=True
+    canonical_pose=0.4
+    train{
+        sub_dir = [MVI_1810, MVI_1814]
+        img_res = [512, 512]
+        subsample = 1
+        load_images = True
+    }
+    test{
+        sub_dir = [MVI_1812]
+        img_res = [512, 512]
+        subsample=  200
+        load_images = True
+    }
+}
+model{
+    prune_thresh=0.1
+    geometry_network
+    {
+        d_in = 3
+        d_out = 1
+        feature_vector_size = 3
+        dims = [256, 256, 256, 256, 256, 256, 256]
+        geometric_init = True
+        bias = 0.6
+        skip_in = [3]
+        weight_norm = True
+        multires = 6
+    }
+    rendering_network
+    {
+        d_in = 3
+        feature_vector_size = 0
+        d_out = 3
+        dims = [64, 64]
+        weight_norm = True
+        multires_view = 0
+        multires_pnts = 0
+    }
+    gaussian_network
+    {
+        d_in = 3
+        feature_vector_size = 0
+        d_out = 8
+        dims = [64, 64, 64]
+        weight_norm = True
+        multires_view = 0
+        multires_pnts = 0
+    }
+    deformer_network
+    {
+        d_in = 3
+        dims = [128, 128, 128, 128]
+        weight_norm = True
+        multires = 0
+	    num_exp = 50
+	    ghostbone = True
+	    deform_c = True
+    }
+    point_cloud
+    {
+        n_init_points=400
+        max_points=100000
+    }
+}
+"""
+
+
+def write(tmp_path, text, name="my.conf"):
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_paper_conf_is_accepted_as_is(tmp_path):
+    conf = load_conf(write(tmp_path, PAPER_STYLE_CONF))
+    assert conf.get_list("dataset.train.sub_dir") == ["MVI_1810", "MVI_1814"]
+    assert conf.get_int("dataset.test.subsample") == 200
+    assert conf.get_bool("train.optimize_camera") is True
+    # Keys the paper's conf leaves out take the defaults.
+    assert conf.get_string("model.rasterizer") == "auto"
+    assert conf.get_list("model.point_cloud.schedule_points")[-1] == 100000
+
+
+def test_missing_keys_take_the_papers_defaults(tmp_path):
+    conf = load_conf(write(tmp_path, "dataset { subject_name = me }"))
+    assert conf.get_float("train.learning_rate") == pytest.approx(1e-4)
+    assert conf.get_list("train.sched_milestones") == [80, 100]
+    assert conf.get_float("loss.vgg_feature_weight") == pytest.approx(0.1)
+    assert conf.get_float("dataset.canonical_pose") == pytest.approx(0.4)
+    assert conf.get_float("model.prune_thresh") == pytest.approx(0.1)
+    assert conf.get_int("model.point_cloud.n_init_points") == 400
+
+
+def test_shipped_confs_load():
+    for name, train, test in [("subject1", ["MVI_1810", "MVI_1814"], ["MVI_1812"]),
+                              ("subject2", ["MVI_1797", "MVI_1801"], ["MVI_1802"])]:
+        conf = load_conf(REPO / "confs" / f"{name}.conf")
+        assert conf.get_list("dataset.train.sub_dir") == train
+        assert conf.get_list("dataset.test.sub_dir") == test
+        assert conf.get_string("dataset.data_folder").startswith("./data")
+        assert conf.get_string("train.exps_folder").startswith("./data")
+
+
+def test_unknown_key_names_key_file_and_nearest_valid_key(tmp_path):
+    path = write(tmp_path, "train { learnig_rate = 1e-3 }")
+    with pytest.raises(ConfigError) as info:
+        load_conf(path)
+    message = str(info.value)
+    assert "train.learnig_rate" in message and str(path) in message and "train.learning_rate" in message
+
+
+def test_unknown_section_is_caught(tmp_path):
+    with pytest.raises(ConfigError, match="unknown key 'modle'.*'model'"):
+        load_conf(write(tmp_path, "modle { prune_thresh = 0.2 }"))
+
+
+def test_wrong_type_names_key_and_file(tmp_path):
+    path = write(tmp_path, 'train { max_batch = "eight" }')
+    with pytest.raises(ConfigError) as info:
+        load_conf(path)
+    assert "train.max_batch" in str(info.value) and str(path) in str(info.value) and "integer" in str(info.value)
+    with pytest.raises(ConfigError, match="model.point_cloud.n_init_points"):
+        load_conf(write(tmp_path, "model { point_cloud { n_init_points = [1, 2] } }", "b.conf"))
+
+
+def test_command_line_overrides(tmp_path):
+    path = write(tmp_path, PAPER_STYLE_CONF)
+    conf = load_conf(path, ["train.learning_rate=2e-4", "model.rasterizer=torch",
+                            "dataset.train.sub_dir=[A, B]", "dataset.test.subsample=[0, 10]"])
+    assert conf.get_float("train.learning_rate") == pytest.approx(2e-4)
+    assert conf.get_string("model.rasterizer") == "torch"
+    assert conf.get_list("dataset.train.sub_dir") == ["A", "B"]
+    assert conf.get_list("dataset.test.subsample") == [0, 10]
+    with pytest.raises(ConfigError, match="train.learnig_rate.*train.learning_rate"):
+        load_conf(path, ["train.learnig_rate=2e-4"])
+    with pytest.raises(ConfigError, match="key=value"):
+        load_conf(path, ["train.learning_rate"])
+    with pytest.raises(ConfigError, match="train.max_batch"):
+        load_conf(path, ["train.max_batch=1.5"])
+
+
+def test_missing_and_malformed_files(tmp_path):
+    with pytest.raises(ConfigError, match="not found.*nope.conf"):
+        load_conf(tmp_path / "nope.conf")
+    with pytest.raises(ConfigError, match="cannot parse"):
+        load_conf(write(tmp_path, "train { learning_rate = [1, 2 }", "broken.conf"))
+
+
+def test_runconf_round_trip(tmp_path):
+    conf = load_conf(write(tmp_path, PAPER_STYLE_CONF), ["model.rasterizer=torch"])
+    again = load_conf(write(tmp_path, to_hocon(conf), "runconf.conf"))
+    assert again == conf
+    assert set(defaults().keys()) == {"train", "loss", "dataset", "model"}
