@@ -107,3 +107,13 @@ def test_matches_step_by_step_formula(hub, tmp_path):
         nb = fb / (fb.pow(2).sum(1, keepdim=True).sqrt() + 1e-10)
         expected = expected + (F.conv2d((na - nb) ** 2, lins[f"lin{k}.model.1.weight"])).mean()
     assert model(a, b).item() == pytest.approx(float(expected), rel=1e-5)
+
+
+def test_heads_found_in_installed_lpips_without_importing_it(hub, tmp_path, monkeypatch):
+    pkg = tmp_path / "site" / "lpips"
+    (pkg / "weights" / "v0.1").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("raise ImportError('lpips must not be imported')\n")
+    _write_random_weights(hub / "alexnet-owt-7be5be79.pth", pkg / "weights" / "v0.1" / "alex.pth")
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    assert L.default_lin_path() == pkg / "weights" / "v0.1" / "alex.pth"
+    assert isinstance(L.load_lpips(), L.LPIPS)
