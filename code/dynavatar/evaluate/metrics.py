@@ -1,7 +1,8 @@
 """Per-image metrics (L1, MSE, PSNR, SSIM) and the differentiable SSIM the training loss uses.
 
 Images are float tensors in [0, 1], channels last: [H,W,3] (one image, metrics are 0-dim tensors)
-or [B,H,W,3] (metrics are [B] tensors, one value per image).
+or [B,H,W,3] (metrics are [B] tensors, one value per image). Metrics are computed and returned in
+float64, so per-frame values do not depend on the rendering's dtype.
 
 Protocol (IMavatar / PointAvatar / MonoGaussianAvatar evaluation scripts):
 - The ground truth is composited on white with its mask before any metric (`composite`).
