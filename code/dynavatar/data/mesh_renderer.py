@@ -144,20 +144,44 @@ def majority_downsample(labels: torch.Tensor, factor: int, n_labels: int) -> tor
     return votes.argmax(-1)
 
 
-def vertex_normals(vertices: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
-    """Area-weighted vertex normals [V, 3] of a mesh [V, 3] with faces [F, 3] (winding decides the sign)."""
+def vertex_normals(vertices: torch.Tensor, faces: torch.Tensor, face_sign: torch.Tensor | float = 1.0
+                   ) -> torch.Tensor:
+    """Area-weighted vertex normals [V, 3] of a mesh [V, 3] with faces [F, 3]; `face_sign` [F] (or a
+    scalar) flips faces so that cross(v1 - v0, v2 - v0) points outwards (see `outward_winding`)."""
     v0, v1, v2 = vertices[faces].unbind(1)
-    face_n = torch.cross(v1 - v0, v2 - v0, dim=-1)  # [F, 3], length = 2 x area
+    face_n = torch.cross(v1 - v0, v2 - v0, dim=-1) * (face_sign[:, None] if torch.is_tensor(face_sign)
+                                                       else face_sign)  # [F, 3], length = 2 x area
     normals = torch.zeros_like(vertices).index_add_(0, faces.reshape(-1), face_n.repeat_interleave(3, 0))
     return F.normalize(normals, dim=-1, eps=1e-12)
 
 
-def outward_winding(vertices: torch.Tensor, faces: torch.Tensor) -> float:
-    """+1 if cross(v1 - v0, v2 - v0) points out of the mesh, else -1 (from the signed volume)."""
+def connected_components(faces: torch.Tensor, n_vertices: int) -> torch.Tensor:
+    """Component id [V] of every vertex (faces sharing a vertex are connected)."""
+    label = torch.arange(n_vertices)
+    edges = torch.cat([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]])  # [3F, 2]
+    while True:  # min-label propagation; a few dozen rounds for a head mesh
+        low = torch.minimum(label[edges[:, 0]], label[edges[:, 1]])
+        new = label.clone().scatter_reduce_(0, edges.reshape(-1), low.repeat_interleave(2), reduce="amin")
+        new = new[new]  # pointer jumping speeds up long chains
+        if torch.equal(new, label):
+            return label
+        label = new
+
+
+def outward_winding(vertices: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
+    """Per-face sign [F]: +1 where cross(v1 - v0, v2 - v0) points out of the face's mesh part, else -1.
+
+    Decided per connected part (head, each eyeball) from its signed volume, so parts wound either way
+    (and open surfaces such as FLAME's, with holes at neck, mouth and eyes) are handled alike."""
+    component = connected_components(faces, len(vertices))[faces[:, 0]]  # [F]
     v0, v1, v2 = vertices[faces].unbind(1)
-    centre = vertices.mean(0)
-    volume = ((v0 - centre) * torch.cross(v1 - centre, v2 - centre, dim=-1)).sum()
-    return 1.0 if float(volume) >= 0 else -1.0
+    n_parts = int(component.max()) + 1
+    count = torch.zeros(n_parts).index_add_(0, component, torch.ones(len(faces)))
+    centre = torch.zeros(n_parts, 3).index_add_(0, component, (v0 + v1 + v2) / 3) / count.clamp(min=1)[:, None]
+    c = centre[component]
+    volume = ((v0 - c) * torch.cross(v1 - c, v2 - c, dim=-1)).sum(-1)  # [F] 6 x signed tetra volume
+    part_volume = torch.zeros(n_parts).index_add_(0, component, volume)
+    return torch.where(part_volume[component] >= 0, 1.0, -1.0)
 
 
 @dataclass
@@ -169,36 +193,38 @@ class MeshImage:
     labels: torch.Tensor | None  # [H, W] long, 0 where background
 
 
-def render_mesh(camera: Camera, vertices: torch.Tensor, faces: torch.Tensor, shade_fn, face_labels=None,
-                back_label: int | None = None, background: torch.Tensor | None = None, supersample: int = 4,
-                n_labels: int = 19) -> MeshImage:
-    """Render a mesh with a z-buffer, supersampled.
+def render_mesh(camera: Camera, vertices: torch.Tensor, faces: torch.Tensor, shade_fn, label_fn=None,
+                background: torch.Tensor | None = None, supersample: int = 4, n_labels: int = 19,
+                winding: torch.Tensor | None = None) -> MeshImage:
+    """Render a mesh with a z-buffer, supersampled, through `camera` (the dataset's pinhole camera).
 
-    vertices [V, 3] world; faces [F, 3]. `shade_fn(fragments, front [Hs, Ws] bool, cam_vertices [V, 3])
-    -> [Hs, Ws, 3]` colours the covered samples (front = the visible side is the outside of the mesh;
-    inside views happen through the open mouth). face_labels [F] long gives the label map;
-    back-facing samples get `back_label` when given. background [H, W, 3] or None (white).
+    vertices [V, 3] world; faces [F, 3]. `shade_fn(fragments, front, normals) -> [Hs, Ws, 3]` colours
+    the samples: front [Hs, Ws] bool is True where the outside of the mesh is seen (FLAME's open mouth
+    and neck show inside faces), normals [Hs, Ws, 3] are outward unit normals in camera space (OpenCV
+    axes). `label_fn(fragments, front) -> [Hs, Ws] long` gives the label map (majority per pixel).
+    Sample (i, j) of the supersampled grid is centred at (i + 0.5, j + 0.5) / supersample pixels.
+    background [H, W, 3] (default white). `winding` [F] is `outward_winding` of the canonical mesh
+    (computed from `vertices` when not given).
     """
     pixels, depth = camera.project(vertices)  # [V, 2], [V]
     s = int(supersample)
     frags = rasterize(pixels * s, depth, faces, camera.height * s, camera.width * s)
-    cam_vertices = camera.to_camera_space(vertices)
-    winding = outward_winding(vertices, faces)
+    if winding is None:
+        winding = outward_winding(vertices, faces)
+    cam_vertices = camera.to_camera_space(vertices)  # [V, 3]
     v0, v1, v2 = cam_vertices[faces].unbind(1)
-    face_n = winding * torch.cross(v1 - v0, v2 - v0, dim=-1)  # outward normals in camera space
+    face_n = winding[:, None] * torch.cross(v1 - v0, v2 - v0, dim=-1)  # outward normals in camera space
     facing = (face_n * (v0 + v1 + v2)).sum(-1) < 0  # [F] outward side seen from the camera (at origin)
     front = face_values(facing, frags, empty=True)  # [Hs, Ws]
-    colour = shade_fn(frags, front, cam_vertices)  # [Hs, Ws, 3]
+    normals = F.normalize(interpolate(vertex_normals(cam_vertices, faces, winding), faces, frags), dim=-1)
+    colour = shade_fn(frags, front, normals)  # [Hs, Ws, 3]
     coverage = frags.covered.float()
     alpha = box_downsample(coverage, s)
     if background is None:
         background = torch.ones(camera.height, camera.width, 3)
     rgb = box_downsample(colour * coverage[..., None], s) + (1.0 - alpha[..., None]) * background
     labels = None
-    if face_labels is not None:
-        sample_labels = face_values(face_labels.long(), frags, empty=0)
-        if back_label is not None:
-            sample_labels = torch.where(frags.covered & ~front, torch.full_like(sample_labels, back_label),
-                                        sample_labels)
+    if label_fn is not None:
+        sample_labels = torch.where(frags.covered, label_fn(frags, front), torch.zeros_like(frags.face_index))
         labels = majority_downsample(sample_labels, s, n_labels)
     return MeshImage(rgb.clamp(0, 1), alpha, labels)

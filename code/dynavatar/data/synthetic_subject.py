@@ -1,0 +1,200 @@
+"""Synthetic subjects in the exact IMavatar layout, rendered with the independent mesh renderer.
+
+`generate_subject` animates a FLAME head (the synthetic FLAME-format model by default, or a real
+FLAME 2020 file) with smooth talking-like sequences, renders images, soft masks and semantic maps
+through the same camera the reader builds, and writes `flame_params.json` with the true parameters
+and the projected 68 landmarks. Two training videos and one test video, as confs/subject1.conf names.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from ..cameras import imavatar_camera, pixels_to_keypoints
+from ..errors import DatasetError
+from ..flame import FLAME, synthetic_flame_files
+from .appearance import Appearance
+from .face_regions import INNER_LIP, N_LABELS, face_regions, vertex_regions
+from .images import write_labels, write_mask, write_rgb
+from .mesh_renderer import outward_winding, render_mesh
+from .motion import JAW, video_motion
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TRAIN_VIDEOS = ("MVI_1810", "MVI_1814")
+DEFAULT_TEST_VIDEOS = ("MVI_1812",)
+JSON_NAME = "flame_params.json"
+CAMERA_DISTANCE = 4.0  # world_mat translation z is -4 (FLAME-times-4 units), as in IMavatar data
+OPEN_JAW = 0.35  # jaw opening (radians) used to find the mouth interior
+
+
+@dataclass
+class _Subject:
+    """Everything that stays the same over a subject's videos."""
+
+    flame: FLAME
+    faces: torch.Tensor  # [F, 3]
+    face_labels: torch.Tensor  # [F]
+    appearance: Appearance
+    winding: torch.Tensor  # [F] outward sign per face
+    intrinsics: list[float]  # normalised, fx negated
+    base_translation: np.ndarray  # [3]
+    background: torch.Tensor  # [H, W, 3]
+    shape_params: torch.Tensor  # [100]
+
+
+def default_supersample(res: int) -> int:
+    """Samples per pixel side: 4 up to 256 px (soft 17-level mask edges), 2 above (memory and time)."""
+    return 4 if res <= 256 else 2
+
+
+def _background(res: int, rng: np.random.Generator) -> torch.Tensor:
+    """A static, smoothly varying backdrop [H, W, 3] (so that compositing on white matters)."""
+    v, u = np.meshgrid(np.linspace(0, 1, res), np.linspace(0, 1, res), indexing="ij")
+    base = rng.uniform(0.35, 0.7, 3)
+    tilt = rng.uniform(-0.15, 0.15, 3)
+    img = base[None, None] + tilt[None, None] * (v[..., None] - 0.5) + 0.05 * np.sin(3 * u + 2 * v)[..., None]
+    return torch.tensor(np.clip(img, 0, 1), dtype=torch.float32)
+
+
+def _build_subject(flame_model_path: Path, landmark_path: Path, res: int, seed: int) -> _Subject:
+    rng = np.random.default_rng([seed, 1])
+    shape_params = torch.tensor(rng.normal(0.0, 1.0, 100) * np.where(np.arange(100) < 10, 0.8, 0.3),
+                                dtype=torch.float32)
+    flame = FLAME(flame_model_path, landmark_path, shape_params=shape_params)
+    with torch.no_grad():
+        zero_exp = torch.zeros(1, flame.n_exp)
+        canonical = flame(zero_exp, torch.zeros(1, 15))
+        open_pose = torch.zeros(1, 15)
+        open_pose[0, JAW] = OPEN_JAW
+        opened = flame(zero_exp, open_pose)
+    vertices = canonical.vertices[0].numpy()
+    landmarks = canonical.landmarks[0].numpy()
+    faces = flame.faces.numpy()
+    weights = flame.lbs_weights.numpy()
+    face_labels = face_regions(vertices, faces, landmarks, weights, opened.vertices[0].numpy(),
+                               opened.landmarks[0].numpy())
+    vertex_labels = vertex_regions(vertices, landmarks, weights)
+    appearance = Appearance(vertices, faces, vertex_labels, face_labels, seed)
+    focal = rng.uniform(2.8, 3.2)
+    intrinsics = [-focal, focal * rng.uniform(0.98, 1.02), 0.5 + rng.uniform(-0.01, 0.01),
+                  0.5 + rng.uniform(-0.01, 0.01)]
+    # Frame the head: the midpoint of crown and chin at the image centre (world y up; camera looks down -z).
+    mid_y = 0.5 * (vertices[:, 1].max() + landmarks[8, 1])
+    base_translation = np.array([0.0, -mid_y, -CAMERA_DISTANCE])
+    return _Subject(flame, flame.faces, torch.as_tensor(face_labels), appearance,
+                    outward_winding(torch.as_tensor(vertices), flame.faces), intrinsics, base_translation,
+                    _background(res, rng), shape_params)
+
+
+def _mouth_polygon(pixels: torch.Tensor, grow: float = 1.15) -> torch.Tensor:
+    """The inner lip contour [8, 2] of projected landmarks, grown a little about its centre (the lips'
+    inner edge lies on it, the cavity seen through it)."""
+    contour = pixels[INNER_LIP]
+    centre = contour.mean(0)
+    return centre + grow * (contour - centre)
+
+
+def _world_mat(translation: torch.Tensor) -> torch.Tensor:
+    """[I | t] world-to-camera [3, 4] (head rotation lives in the FLAME global pose, as in IMavatar data)."""
+    return torch.cat([torch.eye(3), translation.reshape(3, 1)], dim=1)
+
+
+def _render_video(subject: _Subject, video_dir: Path, n_frames: int, res: int, rng: np.random.Generator,
+                  test: bool, supersample: int, progress: tqdm) -> None:
+    """Render one video into video_dir/{image,mask,semantic} and write its flame_params.json."""
+    for folder in ("image", "mask", "semantic"):
+        (video_dir / folder).mkdir(parents=True, exist_ok=True)
+    motion = video_motion(n_frames, rng, subject.base_translation, test=test)
+    with torch.no_grad():
+        out = subject.flame(motion.expressions, motion.poses)
+    frames = []
+    for k in range(n_frames):
+        world_mat = _world_mat(motion.translations[k])
+        camera = imavatar_camera(world_mat, subject.intrinsics, res, res)
+        with torch.no_grad():
+            pixels, _ = camera.project(out.landmarks[k])  # [68, 2] rasterizer convention
+            look = subject.appearance.for_frame(_mouth_polygon(pixels) * supersample)
+            image = render_mesh(camera, out.vertices[k], subject.faces, look.shade, look.labels,
+                                background=subject.background, supersample=supersample, n_labels=N_LABELS,
+                                winding=subject.winding)
+        keypoints = pixels_to_keypoints(pixels, res, res)  # IMavatar convention, [-1, 1]
+        name = str(k + 1)  # frames are numbered from 1 (ffmpeg %d.png)
+        write_rgb(video_dir / "image" / f"{name}.png", image.rgb.numpy())
+        write_mask(video_dir / "mask" / f"{name}.png", image.alpha.numpy())
+        write_labels(video_dir / "semantic" / f"{name}.png", image.labels.numpy())
+        frames.append({
+            "file_path": f"./image/{name}",
+            "world_mat": world_mat.tolist(),
+            "expression": motion.expressions[k].tolist(),
+            "pose": motion.poses[k].tolist(),
+            "bbox": [*keypoints.min(0).values.tolist(), *keypoints.max(0).values.tolist()],
+            "flame_keypoints": keypoints.tolist(),
+        })
+        progress.update(1)
+    params = {"frames": frames, "intrinsics": subject.intrinsics, "shape_params": subject.shape_params.tolist()}
+    with open(video_dir / JSON_NAME, "w", encoding="utf-8") as handle:
+        json.dump(params, handle)
+
+
+def _flame_files(flame_model_path: str | Path | None, landmark_path: str | Path | None, cache: Path
+                 ) -> tuple[Path, Path]:
+    """The FLAME model and landmark files: given ones, or the synthetic model (seed 0, the one the
+    training code's `flame_model_path = synthetic` builds) written to `cache`."""
+    if flame_model_path is None or str(flame_model_path) == "synthetic":
+        return synthetic_flame_files(cache)
+    model = Path(flame_model_path)
+    if model.is_dir():
+        model = model / "generic_model.pkl"
+    landmarks = Path(landmark_path) if landmark_path is not None else model.parent / "landmark_embedding.npy"
+    return model, landmarks
+
+
+def generate_subject(out_dir: str | Path, subject: str, res: int = 512, frames: int = 30, seed: int = 0,
+                     flame_model_path: str | Path | None = None, train_videos: Sequence[str] = DEFAULT_TRAIN_VIDEOS,
+                     test_videos: Sequence[str] = DEFAULT_TEST_VIDEOS, landmark_path: str | Path | None = None,
+                     supersample: int | None = None, overwrite: bool = False) -> Path:
+    """Write a synthetic subject to `out_dir/subject/subject/<video>/` and return `out_dir/subject`.
+
+    flame_model_path: None or "synthetic" for the synthetic FLAME-format head, else a FLAME 2020
+    `generic_model.pkl` (or its folder), with `landmark_path` (default: landmark_embedding.npy beside it).
+    The subject is built in a temporary folder and moved into place at the end, so an interrupted run
+    leaves nothing that looks like a dataset. Deterministic for a seed.
+    """
+    if frames < 1 or res < 8:
+        raise DatasetError(f"a synthetic subject needs frames >= 1 and res >= 8, got frames={frames}, res={res}")
+    videos = [(str(v), False) for v in train_videos] + [(str(v), True) for v in test_videos]
+    if len({name for name, _ in videos}) != len(videos):
+        raise DatasetError(f"video names must be distinct, got {[name for name, _ in videos]}")
+    out_dir = Path(out_dir)
+    target = out_dir / subject
+    if target.exists() and not overwrite:
+        raise DatasetError(f"{target} already exists; remove it or pass overwrite=True (--overwrite)")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    supersample = supersample or default_supersample(res)
+
+    with tempfile.TemporaryDirectory(prefix=f".{subject}-", dir=out_dir) as tmp:
+        tmp = Path(tmp)
+        model_path, lmk_path = _flame_files(flame_model_path, landmark_path, tmp / "flame")
+        built = _build_subject(model_path, lmk_path, res, seed)
+        staging = tmp / subject
+        with tqdm(total=frames * len(videos), desc=f"rendering {subject}", unit="frame") as progress:
+            for index, (name, test) in enumerate(videos):
+                rng = np.random.default_rng([seed, 100 + index])
+                _render_video(built, staging / subject / name, frames, res, rng, test, supersample, progress)
+        if target.exists():
+            shutil.rmtree(target)
+        staging.rename(target)
+    log.info("wrote synthetic subject %s (%d videos x %d frames, %d px) to %s", subject, len(videos), frames, res,
+             target)
+    return target
