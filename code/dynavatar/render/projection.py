@@ -1,0 +1,117 @@
+"""EWA projection of 3D Gaussians to the image: the maths every backend shares.
+
+The constants are those of the 3DGS CUDA rasterizer (diff-gaussian-rasterization): a 0.3 px^2
+low-pass added to the screen-space covariance, a 3-sigma square extent on the largest eigenvalue
+(with its 0.1 floor under the square root), 16 px tiles, and the Jacobian evaluated at a mean
+clamped to 1.3x the field of view. Pixel coordinates follow the 3DGS convention: pixel (i, j) has
+its centre at (i + 0.5, j + 0.5) and u = fx * x / z + cx.
+
+Covariances travel as a factor L (Sigma = L L^T, L = R(q) diag(s)): the world-to-camera rotation
+is applied to L once, and the torch backend never forms the 3x3 matrix.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from ..cameras import Camera
+
+LOW_PASS = 0.3  # px^2 added to the diagonal of every screen-space covariance
+EXTENT_SIGMAS = 3.0  # screen-space radius = ceil(3 * sqrt(largest eigenvalue))
+EIGEN_FLOOR = 0.1  # the 3DGS kernel's floor under the eigenvalue square root
+TILE_SIZE = 16  # px, square tiles
+FOV_MARGIN = 0.3  # means are clamped to the frustum widened by 30% for the Jacobian
+
+
+def quaternion_to_rotation(quats: Tensor) -> Tensor:
+    """Quaternions [N, 4] (w, x, y, z; any norm) -> rotation matrices [N, 3, 3]."""
+    q = quats / quats.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    w, x, y, z = q.unbind(-1)
+    rows = [
+        1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
+        2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
+        2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y),
+    ]
+    return torch.stack(rows, dim=-1).reshape(q.shape[:-1] + (3, 3))
+
+
+def covariance_factor(quats: Tensor, scales: Tensor) -> Tensor:
+    """L = R(q) diag(s) [N, 3, 3], so that the covariance is L L^T."""
+    return quaternion_to_rotation(quats) * scales[..., None, :]
+
+
+def to_camera(means: Tensor, factor: Tensor, world_to_camera: Tensor) -> tuple[Tensor, Tensor]:
+    """World means [N, 3] and covariance factors [N, 3, 3] -> camera-space ones (OpenCV axes).
+
+    Differentiable in `world_to_camera` [4, 4], so a refined camera receives gradients whatever
+    backend rasterizes afterwards.
+    """
+    w2c = world_to_camera.to(means)
+    rotation, translation = w2c[:3, :3], w2c[:3, 3]
+    return means @ rotation.T + translation, rotation @ factor
+
+
+@dataclass
+class ScreenGaussians:
+    """Gaussians projected to one camera. Entries with radius 0 are culled."""
+
+    means2d: Tensor  # [N, 2] pixel coordinates (u, v)
+    conics: Tensor  # [N, 3] inverse screen covariance (a, b, c) of [[a, b], [b, c]]
+    depths: Tensor  # [N] camera z
+    radii: Tensor  # [N] int32, 0 = culled
+    tile_min: Tensor  # [N, 2] long, first tile (x, y) touched
+    tile_max: Tensor  # [N, 2] long, one past the last tile (x, y) touched
+
+
+def tile_grid(camera: Camera) -> tuple[int, int]:
+    """Number of tiles (along x, along y) covering the image."""
+    return (camera.width + TILE_SIZE - 1) // TILE_SIZE, (camera.height + TILE_SIZE - 1) // TILE_SIZE
+
+
+def project(means_cam: Tensor, factor_cam: Tensor, camera: Camera) -> ScreenGaussians:
+    """EWA projection of camera-space Gaussians, culling those outside [near, far] or off-screen."""
+    tx, ty, tz = means_cam.unbind(-1)  # [N] each
+    in_depth = (tz > camera.near) & (tz < camera.far)
+    z = torch.where(in_depth, tz, torch.ones_like(tz))  # culled ones get a harmless z (no inf in grads)
+    fx, fy, cx, cy = camera.fx, camera.fy, camera.cx, camera.cy
+    width, height = camera.width, camera.height
+    u = fx * tx / z + cx
+    v = fy * ty / z + cy
+
+    # Jacobian at the mean clamped to the widened frustum (1.3 x tan(fov/2) for a centred principal
+    # point; the bounds follow an off-centre principal point, as gsplat does).
+    margin_x, margin_y = FOV_MARGIN * 0.5 * width / fx, FOV_MARGIN * 0.5 * height / fy
+    xz = (tx / z).clamp(-(cx / fx + margin_x), (width - cx) / fx + margin_x)
+    yz = (ty / z).clamp(-(cy / fy + margin_y), (height - cy) / fy + margin_y)
+    # J = [[fx/z, 0, -fx*xz/z], [0, fy/z, -fy*yz/z]]; rows of T = J @ L:
+    f0, f1, f2 = factor_cam[:, 0, :], factor_cam[:, 1, :], factor_cam[:, 2, :]  # [N, 3] each
+    t0 = (fx / z)[:, None] * (f0 - xz[:, None] * f2)
+    t1 = (fy / z)[:, None] * (f1 - yz[:, None] * f2)
+    a = (t0 * t0).sum(-1) + LOW_PASS
+    b = (t0 * t1).sum(-1)
+    c = (t1 * t1).sum(-1) + LOW_PASS
+    det = a * c - b * b
+    det_ok = det > 0
+    inv_det = 1.0 / torch.where(det_ok, det, torch.ones_like(det))
+    conics = torch.stack([c * inv_det, -b * inv_det, a * inv_det], dim=-1)
+
+    with torch.no_grad():
+        mid = 0.5 * (a + c)
+        lam = mid + torch.sqrt((mid * mid - det).clamp_min(EIGEN_FLOOR))
+        radius = torch.ceil(EXTENT_SIGMAS * torch.sqrt(lam))
+        grid_x, grid_y = tile_grid(camera)
+        # The 3DGS kernel bins in pixel coordinates whose centres are integers (u - 0.5).
+        px, py = u - 0.5, v - 0.5
+        tile_min = torch.stack([
+            torch.floor((px - radius) / TILE_SIZE).clamp(0, grid_x),
+            torch.floor((py - radius) / TILE_SIZE).clamp(0, grid_y)], dim=-1).long()
+        tile_max = torch.stack([
+            torch.floor((px + radius + TILE_SIZE - 1) / TILE_SIZE).clamp(0, grid_x),
+            torch.floor((py + radius + TILE_SIZE - 1) / TILE_SIZE).clamp(0, grid_y)], dim=-1).long()
+        touches = ((tile_max - tile_min).prod(-1) > 0) & torch.isfinite(radius)
+        valid = in_depth & det_ok & touches
+        radii = torch.where(valid, radius, torch.zeros_like(radius)).to(torch.int32)
+    return ScreenGaussians(torch.stack([u, v], dim=-1), conics, tz, radii, tile_min, tile_max)

@@ -1,0 +1,100 @@
+"""Backend selection, its errors, the entry point's checks, and the camera conversion of the Inria adapter (CPU)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from dynavatar.cameras import Camera
+from dynavatar.errors import BackendUnavailableError, DynAvatarError
+from dynavatar.render import available_backends, rasterize, resolve_backend
+from dynavatar.render import backends as backends_module
+from dynavatar.render.inria_backend import projection_matrix
+from dynavatar.render.synthetic import random_scene
+
+CPU, CUDA = torch.device("cpu"), torch.device("cuda")
+
+
+def installed_only(monkeypatch, *names: str) -> None:
+    monkeypatch.setattr(backends_module, "is_installed", lambda name: name == "torch" or name in names)
+
+
+def test_torch_is_always_available_and_first():
+    assert available_backends()[0] == "torch"
+    assert set(available_backends()) <= {"torch", "gsplat", "inria"}
+
+
+def test_auto_picks_torch_for_cpu_tensors_even_with_cuda_backends_installed(monkeypatch):
+    installed_only(monkeypatch, "gsplat", "inria")
+    assert resolve_backend("auto", CPU) == "torch"
+
+
+@pytest.mark.parametrize("installed, expected", [(("gsplat", "inria"), "gsplat"), (("inria",), "inria"), ((), "torch")])
+def test_auto_picks_the_fastest_installed_cuda_backend_for_cuda_tensors(monkeypatch, installed, expected):
+    installed_only(monkeypatch, *installed)
+    assert resolve_backend("auto", CUDA) == expected
+
+
+@pytest.mark.parametrize("name, hint", [("gsplat", 'pip install -e ".[gsplat]"'), ("inria", "git clone --recursive")])
+def test_a_missing_backend_is_one_clear_error_saying_how_to_install_it(monkeypatch, name, hint):
+    installed_only(monkeypatch)
+    with pytest.raises(BackendUnavailableError) as err:
+        resolve_backend(name, CUDA)
+    message = str(err.value)
+    assert name in message and "model.rasterizer" in message and hint in message
+    assert isinstance(err.value, DynAvatarError)
+    if name == "inria":
+        assert "cstdint" in message
+
+
+def test_a_cuda_backend_with_cpu_tensors_is_refused(monkeypatch):
+    installed_only(monkeypatch, "gsplat")
+    assert resolve_backend("gsplat", CUDA) == "gsplat"
+    with pytest.raises(BackendUnavailableError, match="CUDA"):
+        resolve_backend("gsplat", CPU)
+
+
+def test_unknown_backend_names_the_choices():
+    with pytest.raises(BackendUnavailableError, match="auto, torch, gsplat, inria"):
+        resolve_backend("opengl", CPU)
+    scene = random_scene(5, 16, 16)
+    with pytest.raises(BackendUnavailableError):
+        rasterize(*scene.args(), backend="opengl")
+
+
+def test_rasterize_checks_shapes_and_draws_nothing_for_no_gaussians():
+    scene = random_scene(5, 20, 18)
+    with pytest.raises(ValueError, match="quats \\[N,4\\]"):
+        rasterize(scene.means, scene.quats[:, :3], scene.scales, scene.opacities, scene.colors, scene.camera,
+                  scene.background, backend="torch")
+    bg = torch.tensor([0.1, 0.2, 0.3])
+    empty = torch.zeros(0, 3)
+    out = rasterize(empty, torch.zeros(0, 4), empty, torch.zeros(0), empty, scene.camera, bg, backend="auto")
+    assert out.image.shape == (18, 20, 3) and out.radii.shape == (0,) and out.means2d.shape == (0, 2)
+    torch.testing.assert_close(out.image, bg.expand(18, 20, 3))
+
+
+def test_outputs_have_the_contract_shapes_and_types():
+    scene = random_scene(300, 37, 29, seed=2).detached_leaves()
+    out = rasterize(*scene.args(), backend="torch")
+    assert out.image.shape == (29, 37, 3) and out.alpha.shape == (29, 37) and out.depth.shape == (29, 37)
+    assert out.radii.shape == (300,) and out.radii.dtype == torch.int32
+    assert out.visible.dtype == torch.bool and torch.equal(out.visible, out.radii > 0)
+    assert out.means2d.shape == (300, 2)
+    assert 0 < int(out.visible.sum()) < 300  # some of the scene lies outside the view
+    out.image.sum().backward()
+    assert out.means2d.grad is not None and out.means2d.grad.shape == (300, 2)
+    assert float(out.means2d.grad[~out.visible].abs().max()) == 0.0
+    assert float(out.means2d.grad[out.visible].abs().sum()) > 0.0
+
+
+def test_inria_projection_matrix_honours_an_off_centre_principal_point():
+    camera = Camera(torch.eye(4), 70.0, 65.0, 21.3, 38.9, 64, 48, near=0.01, far=100.0)
+    points = torch.tensor([[0.3, -0.2, 2.0], [-0.5, 0.4, 3.5], [0.0, 0.0, 1.0]])
+    hom = torch.cat([points, torch.ones(3, 1)], dim=-1) @ projection_matrix(camera).T  # [3, 4]
+    ndc = hom[:, :3] / hom[:, 3:]
+    expected, _ = camera.project(points)
+    # The kernel's ndc2Pix puts pixel centres at integers: ((ndc + 1) * S - 1) / 2 = u - 0.5.
+    kernel_pixels = ((ndc[:, :2] + 1) * torch.tensor([64.0, 48.0]) - 1) / 2
+    torch.testing.assert_close(kernel_pixels + 0.5, expected, atol=1e-4, rtol=0)
+    assert float(ndc[2, 2]) == pytest.approx((1.0 - 0.01) * 100.0 / (100.0 - 0.01) / 1.0, abs=1e-5)
