@@ -92,7 +92,7 @@ class Appearance:
     def texture(self, points: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Multiplicative texture [..., 1] at canonical points [..., 3] of regions `labels` [...]."""
         x, y = points[..., 0], points[..., 1]
-        skin = 1.0 + 0.10 * torch.tanh(1.5 * self.blotches(points)) + 0.04 * self.fine(points)
+        skin = 1.0 + 0.14 * torch.tanh(1.5 * self.blotches(points)) + 0.06 * self.fine(points)
         hair = 1.0 + 0.28 * torch.sin(120.0 * x + 4.0 * self.strands(points)) + 0.08 * self.fine(points)
         cloth = 1.0 + 0.22 * torch.tanh(4.0 * torch.sin(38.0 * y + 2.0 * self.strands(points)))
         lips = 1.0 + 0.06 * self.fine(points)

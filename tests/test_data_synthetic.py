@@ -1,0 +1,122 @@
+"""The synthetic subject generator: layout, camera convention (keypoints), image content, determinism."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from dynavatar.cameras import imavatar_camera, pixels_to_keypoints
+from dynavatar.data import face_regions as fr
+from dynavatar.data.reader import FaceDataset
+from dynavatar.data.synthetic_subject import DEFAULT_TEST_VIDEOS, DEFAULT_TRAIN_VIDEOS, generate_subject
+from dynavatar.errors import DatasetError
+from dynavatar.flame import FLAME, synthetic_flame_files
+
+RES, FRAMES = 48, 6
+VIDEOS = list(DEFAULT_TRAIN_VIDEOS) + list(DEFAULT_TEST_VIDEOS)
+
+
+@pytest.fixture(scope="module")
+def subject(tmp_path_factory):
+    root = tmp_path_factory.mktemp("datasets")
+    generate_subject(root, "synth", res=RES, frames=FRAMES, seed=3)
+    return root
+
+
+@pytest.fixture(scope="module")
+def flame_files(tmp_path_factory):
+    return synthetic_flame_files(tmp_path_factory.mktemp("flame"))
+
+
+def _dataset(root, videos, **kwargs):
+    return FaceDataset(root, "synth", "flame_params.json", videos, [RES, RES], **kwargs)
+
+
+def test_layout(subject):
+    for video in VIDEOS:
+        folder = subject / "synth" / "synth" / video
+        for sub in ("image", "mask", "semantic"):
+            assert sorted(p.name for p in (folder / sub).iterdir()) == sorted(f"{k}.png" for k in range(1, FRAMES + 1))
+        params = json.loads((folder / "flame_params.json").read_text())
+        assert len(params["shape_params"]) == 100 and params["intrinsics"][0] < 0
+        frame = params["frames"][0]
+        assert frame["file_path"] == "./image/1"
+        assert len(frame["expression"]) == 50 and len(frame["pose"]) == 15
+        assert np.allclose(np.asarray(frame["world_mat"])[:, :3], np.eye(3))
+        assert abs(frame["world_mat"][2][3] + 4.0) < 0.2
+        assert np.asarray(frame["flame_keypoints"]).shape == (68, 2) and len(frame["bbox"]) == 4
+
+
+def test_keypoints_match_flame_landmarks_through_the_reader_camera(subject, flame_files):
+    """The camera-convention proof: every frame's FLAME landmarks, projected with the reader's camera
+    (item world_mat + intrinsics through imavatar_camera), land on flame_keypoints within 0.5 px."""
+    dataset = _dataset(subject, VIDEOS, only_json=True)
+    flame = FLAME(*flame_files, shape_params=dataset.shape_params)
+    worst = 0.0
+    for i in range(len(dataset)):
+        _, item, _ = dataset[i]
+        record = dataset.frames[i]
+        stored = json.loads(record.json_path.read_text())["frames"][record.json_index]["flame_keypoints"]
+        with torch.no_grad():
+            landmarks = flame(item["expression"][None], item["flame_pose"][None]).landmarks[0]
+        camera = imavatar_camera(item["world_mat"], item["intrinsics"], RES, RES)
+        keypoints = pixels_to_keypoints(camera.project(landmarks)[0], RES, RES)
+        error_px = ((keypoints - torch.tensor(stored)).abs() * RES / 2).max().item()
+        worst = max(worst, error_px)
+    assert worst < 0.5, worst
+
+
+def test_images_masks_and_semantics(subject):
+    dataset = _dataset(subject, VIDEOS, use_background=True)
+    assert dataset.has_semantic
+    yy, xx = np.mgrid[0:RES, 0:RES]
+    seen = set()
+    for i in range(len(dataset)):
+        _, item, gt = dataset[i]
+        rgb, mask, semantic = gt["rgb"].numpy(), gt["mask"].numpy(), gt["semantic"].numpy()
+        assert rgb.std() > 0.05  # not blank
+        keypoints = json.loads(dataset.frames[i].json_path.read_text())["frames"][dataset.frames[i].json_index][
+            "flame_keypoints"]
+        pix = np.round((np.asarray(keypoints) + 1) / 2 * RES).astype(int).clip(0, RES - 1)
+        assert (mask[pix[:, 1], pix[:, 0]] > 0.5).mean() > 0.95  # the mask covers the face
+        centre = pix.mean(0)
+        far = np.hypot(xx - centre[0], yy - centre[1]) > 0.6 * RES
+        assert far.any() and mask[far].max() < 1e-6  # and is 0 far from it
+        assert 0.0 < ((mask > 0) & (mask < 1)).sum() < 0.2 * mask.size  # soft, anti-aliased edges
+        assert (semantic[mask < 0.01] == fr.BACKGROUND).all()
+        assert semantic[pix[30, 1], pix[30, 0]] == fr.NOSE  # nose tip landmark on the nose label
+        seen |= set(np.unique(semantic).tolist())
+    for label in (fr.SKIN, fr.NOSE, fr.U_LIP, fr.L_LIP, fr.NECK, fr.CLOTH, fr.HAIR, fr.L_EYE, fr.R_EYE):
+        assert label in seen, label
+
+
+def test_white_compositing_and_background(subject):
+    composited = _dataset(subject, ["MVI_1810"])
+    raw = _dataset(subject, ["MVI_1810"], use_background=True)
+    _, _, gt = composited[0]
+    _, _, gt_raw = raw[0]
+    background = gt["mask"] == 0
+    assert torch.allclose(gt["rgb"][background], torch.ones(1, 3))
+    assert (gt_raw["rgb"][background] < 0.9).all()  # the generator's backdrop is not white
+
+
+def test_test_video_expressions_are_new_but_in_range(subject):
+    train = _dataset(subject, list(DEFAULT_TRAIN_VIDEOS), only_json=True)
+    test = _dataset(subject, list(DEFAULT_TEST_VIDEOS), only_json=True)
+    distance = torch.cdist(test.expressions, train.expressions).min(1).values
+    assert (distance > 0.5).all()
+    assert test.expressions.abs().max() < 3.0 * train.expressions.abs().max()
+    assert (train.flame_poses[:, 6] >= 0).all() and train.flame_poses[:, 6].max() > 0.1  # the jaw talks
+
+
+def test_deterministic_and_refuses_to_overwrite(subject, tmp_path):
+    generate_subject(tmp_path, "synth", res=RES, frames=FRAMES, seed=3, train_videos=["MVI_1810"], test_videos=[])
+    a = subject / "synth" / "synth" / "MVI_1810"
+    b = tmp_path / "synth" / "synth" / "MVI_1810"
+    assert (a / "flame_params.json").read_text() == (b / "flame_params.json").read_text()
+    assert np.array_equal(np.asarray(Image.open(a / "image" / "2.png")), np.asarray(Image.open(b / "image" / "2.png")))
+    with pytest.raises(DatasetError, match="already exists"):
+        generate_subject(tmp_path, "synth", res=RES, frames=2, seed=3)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging folder left behind
