@@ -1,6 +1,7 @@
 """The synthetic subject generator: layout, camera convention (keypoints), image content, determinism."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,11 +11,14 @@ from PIL import Image
 from dynavatar.cameras import imavatar_camera, pixels_to_keypoints
 from dynavatar.data import face_regions as fr
 from dynavatar.data.reader import FaceDataset
-from dynavatar.data.synthetic_subject import DEFAULT_TEST_VIDEOS, DEFAULT_TRAIN_VIDEOS, generate_subject
+from dynavatar.config import load_conf
+from dynavatar.data.synthetic_subject import (DEFAULT_TEST_VIDEOS, DEFAULT_TRAIN_VIDEOS, ensure_synthetic_subject,
+                                              generate_subject)
 from dynavatar.errors import DatasetError
 from dynavatar.flame import FLAME, synthetic_flame_files
 
 RES, FRAMES = 48, 6
+REPO = Path(__file__).resolve().parents[1]
 VIDEOS = list(DEFAULT_TRAIN_VIDEOS) + list(DEFAULT_TEST_VIDEOS)
 
 
@@ -120,3 +124,16 @@ def test_deterministic_and_refuses_to_overwrite(subject, tmp_path):
     with pytest.raises(DatasetError, match="already exists"):
         generate_subject(tmp_path, "synth", res=RES, frames=2, seed=3)
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging folder left behind
+
+
+def test_ensure_synthetic_subject_generates_once(tmp_path):
+    overrides = [f"dataset.data_folder={tmp_path}", "dataset.subject_name=demo", "dataset.synthetic_frames=2",
+                 "dataset.train.img_res=[16, 16]", "model.flame_model_path=synthetic"]
+    conf = load_conf(REPO / "confs" / "subject1.conf", overrides)
+    assert ensure_synthetic_subject(load_conf(REPO / "confs" / "subject1.conf", overrides[:2])) is None  # not synthetic
+    conf.put("dataset.synthetic", True)
+    target = ensure_synthetic_subject(conf)
+    assert target == tmp_path / "demo"
+    assert sorted(p.name for p in (target / "demo").iterdir()) == sorted(VIDEOS)
+    assert len(list((target / "demo" / "MVI_1812" / "image").iterdir())) == 2
+    assert ensure_synthetic_subject(conf) is None  # already there: nothing regenerated

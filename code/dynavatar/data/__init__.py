@@ -4,9 +4,9 @@ from .checker import CheckReport, check_conf, check_path, check_sub_dir, run_che
 from .flame_params import FlameParams, read_flame_params
 from .problems import Problem
 from .reader import FaceDataset, dataset_from_conf
-from .synthetic_subject import generate_subject
+from .synthetic_subject import ensure_synthetic_subject, generate_subject
 
 __all__ = [
     "CheckReport", "check_conf", "check_path", "check_sub_dir", "run_check", "FlameParams", "read_flame_params",
-    "Problem", "FaceDataset", "dataset_from_conf", "generate_subject",
+    "Problem", "FaceDataset", "dataset_from_conf", "ensure_synthetic_subject", "generate_subject",
 ]

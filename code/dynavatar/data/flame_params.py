@@ -15,7 +15,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import DatasetError
 from .problems import Problem, frame_label, raise_first
 
 log = logging.getLogger(__name__)

@@ -22,6 +22,7 @@ import torch
 from tqdm import tqdm
 
 from ..cameras import imavatar_camera, pixels_to_keypoints
+from ..config import as_list
 from ..errors import DatasetError
 from ..flame import FLAME, synthetic_flame_files
 from .appearance import Appearance
@@ -211,3 +212,31 @@ def generate_subject(out_dir: str | Path, subject: str, res: int = 512, frames: 
     log.info("wrote synthetic subject %s (%d videos x %d frames, %d px) to %s", subject, len(videos), frames, res,
              target)
     return target
+
+
+def ensure_synthetic_subject(conf) -> Path | None:
+    """Generate the conf's subject on first use when `dataset.synthetic` is true and it is missing.
+
+    Reads dataset.data_folder / subject_name / synthetic_frames / synthetic_seed, the train and test
+    sub_dirs, the train img_res (square images of its larger side), and model.flame_model_path
+    ("synthetic" = the synthetic FLAME-format head, the same seed-0 model the training code builds).
+    Returns the subject folder, or None when nothing was generated.
+    """
+    if not conf.get("dataset.synthetic", False):
+        return None
+    subject = str(conf.get("dataset.subject_name"))
+    target = Path(str(conf.get("dataset.data_folder"))) / subject
+    if target.exists():
+        return None
+    height, width = (int(v) for v in conf.get("dataset.train.img_res"))
+    if height != width:
+        log.warning("synthetic subjects are square: generating %d px images, the reader resizes them to %dx%d",
+                    max(height, width), height, width)
+    model_path = str(conf.get("model.flame_model_path", "synthetic"))
+    landmark_path = None if model_path == "synthetic" else conf.get("model.flame_landmark_path", None)
+    log.info("dataset.synthetic: generating subject %s into %s", subject, target.parent)
+    return generate_subject(target.parent, subject, res=max(height, width),
+                            frames=int(conf.get("dataset.synthetic_frames")),
+                            seed=int(conf.get("dataset.synthetic_seed")), flame_model_path=model_path,
+                            train_videos=as_list(conf.get("dataset.train.sub_dir")),
+                            test_videos=as_list(conf.get("dataset.test.sub_dir")), landmark_path=landmark_path)
