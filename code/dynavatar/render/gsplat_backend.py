@@ -17,7 +17,7 @@ from torch import Tensor
 from ..cameras import Camera
 from .backends import import_backend_module
 from .output import RasterOutput
-from .projection import LOW_PASS, TILE_SIZE
+from .projection import LOW_PASS, TILE_SIZE, constant
 
 
 def _forward_grad_to(proxy: Tensor):
@@ -34,9 +34,9 @@ def rasterize_gsplat(means_cam: Tensor, factor_cam: Tensor, opacities: Tensor, c
     gsplat = import_backend_module("gsplat")
     device, dtype = means_cam.device, torch.float32
     covars = (factor_cam @ factor_cam.transpose(-1, -2)).to(dtype)  # [N, 3, 3] camera space
-    viewmats = torch.eye(4, dtype=dtype, device=device)[None]  # [1, 4, 4]
-    ks = torch.tensor([[camera.fx, 0.0, camera.cx], [0.0, camera.fy, camera.cy], [0.0, 0.0, 1.0]],
-                      dtype=dtype, device=device)[None]  # [1, 3, 3]
+    viewmats = constant((((1.0, 0.0, 0.0, 0.0), (0.0, 1.0, 0.0, 0.0), (0.0, 0.0, 1.0, 0.0), (0.0, 0.0, 0.0, 1.0)),),
+                        dtype, device)  # [1, 4, 4]
+    ks = constant((((camera.fx, 0.0, camera.cx), (0.0, camera.fy, camera.cy), (0.0, 0.0, 1.0)),), dtype, device)  # [1, 3, 3]
     render, alphas, meta = gsplat.rasterization(
         means_cam.to(dtype), None, None, opacities.to(dtype), colors.to(dtype), viewmats, ks,
         camera.width, camera.height, near_plane=camera.near, far_plane=camera.far, eps2d=LOW_PASS,

@@ -23,21 +23,26 @@ from torch import Tensor
 from ..cameras import Camera
 from .backends import import_backend_module
 from .output import RasterOutput
+from .projection import constant
+
+_IDENTITY = ((1.0, 0.0, 0.0, 0.0), (0.0, 1.0, 0.0, 0.0), (0.0, 0.0, 1.0, 0.0), (0.0, 0.0, 0.0, 1.0))
 
 
-def projection_matrix(camera: Camera, device: torch.device | None = None) -> Tensor:
+def projection_matrix(camera: Camera, device: torch.device | str | None = None) -> Tensor:
     """The 4x4 OpenCV perspective projection to NDC honouring the principal point (row-major, P @ [x, y, z, 1]).
 
     ndc_x = (2 fx / W) x / z + (2 cx / W - 1), so ndc_x = -1 .. 1 spans the pixel edges 0 .. W and
     u = (ndc_x + 1) W / 2 = fx x / z + cx. The depth row maps near -> 0 and far -> 1.
     """
+    return constant(_projection_rows(camera), torch.float32, torch.device(device or "cpu"))
+
+
+def _projection_rows(camera: Camera) -> tuple:
     w, h, n, f = camera.width, camera.height, camera.near, camera.far
-    return torch.tensor([
-        [2 * camera.fx / w, 0.0, 2 * camera.cx / w - 1, 0.0],
-        [0.0, 2 * camera.fy / h, 2 * camera.cy / h - 1, 0.0],
-        [0.0, 0.0, f / (f - n), -f * n / (f - n)],
-        [0.0, 0.0, 1.0, 0.0],
-    ], dtype=torch.float32, device=device)
+    return ((2 * camera.fx / w, 0.0, 2 * camera.cx / w - 1, 0.0),
+            (0.0, 2 * camera.fy / h, 2 * camera.cy / h - 1, 0.0),
+            (0.0, 0.0, f / (f - n), -f * n / (f - n)),
+            (0.0, 0.0, 1.0, 0.0))
 
 
 def _settings(dgr, camera: Camera, background: Tensor):
@@ -46,10 +51,10 @@ def _settings(dgr, camera: Camera, background: Tensor):
         image_height=camera.height, image_width=camera.width,
         tanfovx=0.5 * camera.width / camera.fx, tanfovy=0.5 * camera.height / camera.fy,
         bg=background.float().contiguous(), scale_modifier=1.0,
-        viewmatrix=torch.eye(4, dtype=torch.float32, device=device),
+        viewmatrix=constant(_IDENTITY, torch.float32, device),
         # The kernel reads matrices column-major (glm): pass the transpose of the row-major P.
-        projmatrix=projection_matrix(camera, device).T.contiguous(),
-        sh_degree=0, campos=torch.zeros(3, dtype=torch.float32, device=device),
+        projmatrix=constant(tuple(zip(*_projection_rows(camera))), torch.float32, device),
+        sh_degree=0, campos=constant((0.0, 0.0, 0.0), torch.float32, device),
         prefiltered=False, debug=False,
         antialiasing=False,  # only in forks/branches that have it (dropped below otherwise)
     )
@@ -77,7 +82,7 @@ def rasterize_inria(means_cam: Tensor, factor_cam: Tensor, opacities: Tensor, co
     needs_grad = torch.is_grad_enabled() and any(
         t.requires_grad for t in (means_cam, factor_cam, opacities, colors))
     means2d = pixels.clone().requires_grad_(needs_grad)
-    to_ndc = torch.tensor([2.0 / camera.width, 2.0 / camera.height], dtype=dtype, device=device)
+    to_ndc = constant((2.0 / camera.width, 2.0 / camera.height), dtype, device)
     screen = torch.cat([means2d * to_ndc, torch.zeros(n, 1, dtype=dtype, device=device)], dim=-1)  # [N, 3]
 
     def run(bg: Tensor, col: Tensor) -> tuple[Tensor, Tensor]:

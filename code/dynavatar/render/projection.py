@@ -12,6 +12,7 @@ is applied to L once, and the torch backend never forms the 3x3 matrix.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -26,16 +27,39 @@ TILE_SIZE = 16  # px, square tiles
 FOV_MARGIN = 0.3  # means are clamped to the frustum widened by 30% for the Jacobian
 
 
+@functools.lru_cache(maxsize=256)
+def constant(values: tuple, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """A small constant tensor, made once per (values, dtype, device): no host-to-device copy per
+    call. Never modify the result in place."""
+    return torch.tensor(values, dtype=dtype, device=device)
+
+
+# R(q) of a unit quaternion (w, x, y, z) is linear in the products q_i q_j: row k of this [16, 9]
+# matrix's transpose holds the coefficients of R.flatten()[k] on q q^T.flatten().
+_ROTATION_TERMS = (
+    {(0, 0): 1, (1, 1): 1, (2, 2): -1, (3, 3): -1},  # R00 = ww + xx - yy - zz
+    {(1, 2): 2, (0, 3): -2},  # R01 = 2 (xy - wz)
+    {(1, 3): 2, (0, 2): 2},  # R02 = 2 (xz + wy)
+    {(1, 2): 2, (0, 3): 2},  # R10 = 2 (xy + wz)
+    {(0, 0): 1, (1, 1): -1, (2, 2): 1, (3, 3): -1},  # R11 = ww - xx + yy - zz
+    {(2, 3): 2, (0, 1): -2},  # R12 = 2 (yz - wx)
+    {(1, 3): 2, (0, 2): -2},  # R20 = 2 (xz - wy)
+    {(2, 3): 2, (0, 1): 2},  # R21 = 2 (yz + wx)
+    {(0, 0): 1, (1, 1): -1, (2, 2): -1, (3, 3): 1},  # R22 = ww - xx - yy + zz
+)
+_ROTATION_BASIS = tuple(tuple(float(terms.get((i, j), 0)) for terms in _ROTATION_TERMS)
+                        for i in range(4) for j in range(4))
+
+
 def quaternion_to_rotation(quats: Tensor) -> Tensor:
-    """Quaternions [N, 4] (w, x, y, z; any norm) -> rotation matrices [N, 3, 3]."""
-    q = quats / quats.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-    w, x, y, z = q.unbind(-1)
-    rows = [
-        1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
-        2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
-        2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y),
-    ]
-    return torch.stack(rows, dim=-1).reshape(q.shape[:-1] + (3, 3))
+    """Quaternions [N, 4] (w, x, y, z; any norm) -> rotation matrices [N, 3, 3].
+
+    R = A vec(q q^T) / |q|^2: a handful of kernels instead of one per matrix entry.
+    """
+    outer = (quats[:, :, None] * quats[:, None, :]).reshape(-1, 16)  # [N, 16]
+    basis = constant(_ROTATION_BASIS, quats.dtype, quats.device)  # [16, 9]
+    norm2 = (quats * quats).sum(-1, keepdim=True).clamp_min(1e-24)  # [N, 1]
+    return ((outer @ basis) / norm2).reshape(-1, 3, 3)
 
 
 def covariance_factor(quats: Tensor, scales: Tensor) -> Tensor:

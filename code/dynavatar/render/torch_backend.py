@@ -18,6 +18,7 @@ tile lists) is ordinary autograd.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -68,17 +69,13 @@ def _below(value: float, dtype: torch.dtype) -> float:
     return float(torch.nextafter(v, torch.zeros_like(v)))
 
 
+@functools.lru_cache(maxsize=None)
 def _pixel_basis(dtype: torch.dtype, device: torch.device) -> Tensor:
     """[256, 6] monomials (1, x, y, x^2, y^2, xy) of each pixel centre relative to its tile centre."""
     local = torch.arange(TILE_SIZE, dtype=dtype, device=device) + 0.5 - TILE_SIZE / 2
     y, x = torch.meshgrid(local, local, indexing="ij")
     x, y = x.reshape(-1), y.reshape(-1)
     return torch.stack([torch.ones_like(x), x, y, x * x, y * y, x * y], dim=-1)
-
-
-def _split(items: list[int], parts: int) -> list[list[int]]:
-    size = math.ceil(len(items) / parts)
-    return [items[i:i + size] for i in range(0, len(items), size)]
 
 
 def _plan(screen: ScreenGaussians, camera: Camera, max_elements: int, merge_padding: int) -> _Plan:
@@ -95,50 +92,54 @@ def _plan(screen: ScreenGaussians, camera: Camera, max_elements: int, merge_padd
         total = int(per.sum()) if vis.numel() else 0
         if total == 0:
             return _Plan([], n_tiles, empty, empty)
-        gid = vis.repeat_interleave(per)  # [P] Gaussian of each (tile, Gaussian) pair
-        local = torch.arange(total, device=device) - (per.cumsum(0) - per).repeat_interleave(per)
-        width = span[:, 0].repeat_interleave(per)
-        tx = screen.tile_min[vis, 0].repeat_interleave(per) + local % width
-        ty = screen.tile_min[vis, 1].repeat_interleave(per) + local // width
-        tile = ty * grid_x + tx  # [P]
+
+        def spread(x: Tensor) -> Tensor:  # [V] -> [P], one entry per (tile, Gaussian) pair
+            return x.repeat_interleave(per, output_size=total)
+
+        gid = spread(vis)  # [P] Gaussian of each pair
+        local = torch.arange(total, device=device) - spread(per.cumsum(0) - per)
+        width = spread(span[:, 0])
+        tile = (spread(screen.tile_min[vis, 1]) + local // width) * grid_x + spread(screen.tile_min[vis, 0]) + local % width
         rank = torch.empty(n, dtype=torch.long, device=device)
         rank[torch.argsort(screen.depths.detach())] = torch.arange(n, device=device)
-        order = torch.argsort(tile * n + rank[gid])  # by tile, then front to back
-        gid = gid[order]
+        gid = gid[torch.argsort(tile * n + rank[gid])]  # by tile, then front to back
         counts = torch.bincount(tile, minlength=n_tiles)  # [T]
         offsets = counts.cumsum(0) - counts
+        sorted_counts, tile_order = torch.sort(counts, descending=True)
 
-        # Greedy buckets over tiles sorted by list length: open a new bucket once the padding
-        # accumulated in the current one outweighs the overhead of one more bucket.
-        host_counts = counts.tolist()
-        order_tiles = sorted((t for t in range(n_tiles) if host_counts[t] > 0), key=lambda t: -host_counts[t])
-        groups: list[tuple[int, list[int]]] = []
+        # Greedy buckets over tiles in order of decreasing list length: open a new bucket once the
+        # padding accumulated in the current one outweighs the overhead of one more bucket.
+        host_counts = sorted_counts.tolist()
+        groups: list[list[int]] = []  # [length, first, end) over tile_order
         padding = 0
-        for t in order_tiles:
-            c = host_counts[t]
+        for i, c in enumerate(host_counts):
+            if c == 0:
+                break
             if groups and padding + groups[-1][0] - c <= merge_padding:
-                groups[-1][1].append(t)
+                groups[-1][2] = i + 1
                 padding += groups[-1][0] - c
             else:
-                groups.append((c, [t]))
+                groups.append([c, i, i + 1])
                 padding = 0
 
         units: list[_Unit] = []
         pair_gaussian, pair_tile = [], []
         start = 0
-        for length, tiles in groups:
+        for length, first, end in groups:
             per_tile = length * PIXELS
             max_batch = max(1, max_elements // per_tile)
             chunk = length if per_tile <= max_elements else max(1, max_elements // PIXELS)
-            for part in _split(tiles, math.ceil(len(tiles) / max_batch)):
-                tiles_t = torch.tensor(part, dtype=torch.long, device=device)
-                k = torch.arange(length, device=device)
+            n_parts = math.ceil((end - first) / max_batch)
+            size = math.ceil((end - first) / n_parts)
+            k = torch.arange(length, device=device)
+            for lo in range(first, end, size):
+                tiles_t = tile_order[lo:min(lo + size, end)]  # [B]
                 idx = offsets[tiles_t, None] + k  # [B, K]
                 valid = k < counts[tiles_t, None]
                 pair_gaussian.append(torch.where(valid, gid[idx.clamp_max(total - 1)], n).reshape(-1))
                 pair_tile.append(tiles_t[:, None].expand(-1, length).reshape(-1))
-                units.append(_Unit(tiles_t, start, len(part), length, chunk))
-                start += len(part) * length
+                units.append(_Unit(tiles_t, start, tiles_t.shape[0], length, chunk))
+                start += tiles_t.shape[0] * length
     return _Plan(units, n_tiles, torch.cat(pair_gaussian), torch.cat(pair_tile))
 
 
@@ -273,12 +274,14 @@ def rasterize_torch(means_cam: Tensor, factor_cam: Tensor, opacities: Tensor, co
     grid_x, grid_y = tile_grid(camera)
     pg, pt = plan.pair_gaussian, plan.pair_tile
     centre = torch.stack([pt % grid_x, pt // grid_x], dim=-1).to(dtype) * TILE_SIZE + TILE_SIZE / 2  # [P, 2]
-    mx, my = (_pad(means2d)[pg] - centre).unbind(-1)  # mean relative to its tile's centre
-    a, b, c = _pad(screen.conics)[pg].unbind(-1)
+    # index_select, not x[idx]: its backward is a scatter-add, where advanced indexing's sorts (slow on CUDA).
+    mx, my = (_pad(means2d).index_select(0, pg) - centre).unbind(-1)  # mean relative to its tile's centre
+    a, b, c = _pad(screen.conics).index_select(0, pg).unbind(-1)
     # power(x, y) = -0.5 (a dx^2 + 2 b dx dy + c dy^2), dx = mx - x, as a polynomial in the pixel's (x, y)
     coef = torch.stack([-0.5 * (a * mx * mx + c * my * my) - b * mx * my,
                         a * mx + b * my, c * my + b * mx, -0.5 * a, -0.5 * c, -b], dim=-1)  # [P, 6]
-    tiles = _TileComposite.apply(coef, _pad(opacities.to(dtype))[pg], _pad(feat)[pg], bg_feat, plan)
+    tiles = _TileComposite.apply(coef, _pad(opacities.to(dtype)).index_select(0, pg), _pad(feat).index_select(0, pg),
+                                 bg_feat, plan)
 
     canvas = tiles.view(grid_y, grid_x, TILE_SIZE, TILE_SIZE, -1).permute(0, 2, 1, 3, 4)
     canvas = canvas.reshape(grid_y * TILE_SIZE, grid_x * TILE_SIZE, -1)[:camera.height, :camera.width]
