@@ -15,7 +15,7 @@ import torch
 
 from .face_regions import points_in_polygon
 from .face_regions import CLOTH, HAIR, L_BROW, L_EYE, L_LIP, MOUTH, NECK, NOSE, R_BROW, R_EYE, SKIN, U_LIP
-from .mesh_renderer import Fragments, face_values, interpolate
+from .mesh_renderer import Samples, face_values, interpolate
 
 # Light direction (towards the light) in camera space, OpenCV axes: from the upper left, in front.
 LIGHT_DIRECTION = (-0.4, -0.5, -0.77)
@@ -116,31 +116,31 @@ class FrameLook:
         self.app = appearance
         self.mouth_polygon = mouth_polygon.detach().cpu().numpy()
 
-    def _through_mouth(self, frags: Fragments, front: torch.Tensor) -> torch.Tensor:
-        """[Hs, Ws] bool: inside faces seen through the open lips (FLAME has no mouth cavity)."""
-        back = frags.covered & ~front
-        out = torch.zeros_like(back)
-        rows, cols = torch.nonzero(back, as_tuple=True)
-        if len(rows):
-            centres = torch.stack([cols, rows], 1).double().numpy() + 0.5
-            out[rows, cols] = torch.from_numpy(points_in_polygon(centres, self.mouth_polygon))
+    def _through_mouth(self, samples: Samples, front: torch.Tensor) -> torch.Tensor:
+        """[K] bool: inside faces seen through the open lips (FLAME has no mouth cavity)."""
+        out = torch.zeros_like(front)
+        back = torch.nonzero(~front).squeeze(1)
+        if len(back):
+            centres = samples.xy[back].double().numpy()
+            out[back] = torch.from_numpy(points_in_polygon(centres, self.mouth_polygon))
         return out
 
-    def labels(self, frags: Fragments, front: torch.Tensor) -> torch.Tensor:
-        labels = face_values(self.app.face_labels, frags, empty=0)
-        return torch.where(self._through_mouth(frags, front), torch.full_like(labels, MOUTH), labels)
+    def labels(self, samples: Samples, front: torch.Tensor) -> torch.Tensor:
+        """Face-parsing labels [K] of the covered samples."""
+        labels = face_values(self.app.face_labels, samples)
+        return torch.where(self._through_mouth(samples, front), torch.full_like(labels, MOUTH), labels)
 
-    def shade(self, frags: Fragments, front: torch.Tensor, normals: torch.Tensor) -> torch.Tensor:
-        """Colours [Hs, Ws, 3] of the rasterized samples."""
+    def shade(self, samples: Samples, front: torch.Tensor, normals: torch.Tensor) -> torch.Tensor:
+        """Colours [K, 3] of the covered samples."""
         app = self.app
-        points = interpolate(app.canonical, app.faces, frags)  # [Hs, Ws, 3]
-        labels = face_values(app.face_labels, frags, empty=0)  # [Hs, Ws]
-        albedo = interpolate(app.albedo, app.faces, frags) * app.texture(points, labels)
+        points = interpolate(app.canonical, app.faces, samples)  # [K, 3]
+        labels = face_values(app.face_labels, samples)  # [K]
+        albedo = interpolate(app.albedo, app.faces, samples) * app.texture(points, labels)
         lambert = (normals * app.light).sum(-1, keepdim=True).clamp(min=0.0)
         colour = albedo * (AMBIENT + DIFFUSE * lambert)
         mouth = torch.tensor(MOUTH_INTERIOR)
         colour = torch.where((labels == MOUTH)[..., None], mouth * (0.6 + 0.4 * lambert), colour)
         # Inside faces: dark mouth through the lips, else the shadowed inside of neck and collar.
-        inside = torch.where(self._through_mouth(frags, front)[..., None], mouth * 0.6, albedo * 0.3)
+        inside = torch.where(self._through_mouth(samples, front)[..., None], mouth * 0.6, albedo * 0.3)
         colour = torch.where(front[..., None], colour, inside)
         return colour.clamp(0.0, 1.0)

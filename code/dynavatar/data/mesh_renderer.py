@@ -34,6 +34,26 @@ class Fragments:
     def covered(self) -> torch.Tensor:  # [H, W] bool
         return self.face_index >= 0
 
+    def samples(self) -> tuple["Samples", torch.Tensor]:
+        """The covered samples only (shading the rest would be wasted work) and their flat indices [K]."""
+        flat = torch.nonzero(self.face_index.reshape(-1) >= 0).squeeze(1)
+        width = self.face_index.shape[1]
+        xy = torch.stack([flat % width, flat // width], 1).float() + 0.5  # sample centres
+        return Samples(self.face_index.reshape(-1)[flat], self.bary.reshape(-1, 3)[flat], xy), flat
+
+
+@dataclass
+class Samples:
+    """A list of covered samples: what `shade_fn` and `label_fn` of `render_mesh` receive."""
+
+    face_index: torch.Tensor  # [K] long
+    bary: torch.Tensor  # [K, 3] perspective-correct barycentric coordinates
+    xy: torch.Tensor  # [K, 2] sample centres in supersampled pixel units (rasterizer convention)
+
+    @property
+    def covered(self) -> torch.Tensor:  # [K] bool, all True
+        return self.face_index >= 0
+
 
 def rasterize(pixels: torch.Tensor, depth: torch.Tensor, faces: torch.Tensor, height: int, width: int,
               near: float = 1e-3) -> Fragments:
@@ -110,18 +130,18 @@ def _rasterize_chunk(chunk, counts, c0, r0, box_w, x, y, area, tri_z, width, zbu
     bbuf[sample[keep]] = bary[keep]
 
 
-def interpolate(vertex_attr: torch.Tensor, faces: torch.Tensor, fragments: Fragments) -> torch.Tensor:
-    """Per-vertex attributes [V, C] -> per-sample [H, W, C] (zero where no triangle)."""
+def interpolate(vertex_attr: torch.Tensor, faces: torch.Tensor, fragments: Fragments | Samples) -> torch.Tensor:
+    """Per-vertex attributes [V, C] -> per-sample [..., C] (zero where no triangle)."""
     face = fragments.face_index.clamp(min=0)
-    corners = vertex_attr[faces[face]]  # [H, W, 3, C]
+    corners = vertex_attr[faces[face]]  # [..., 3, C]
     out = (corners * fragments.bary[..., None]).sum(-2)
     return torch.where(fragments.covered[..., None], out, torch.zeros_like(out))
 
 
-def face_values(face_attr: torch.Tensor, fragments: Fragments, empty: float | int = 0) -> torch.Tensor:
-    """Per-face values [F] or [F, C] -> per-sample [H, W] or [H, W, C] (`empty` where no triangle)."""
+def face_values(face_attr: torch.Tensor, fragments: Fragments | Samples, empty: float | int = 0) -> torch.Tensor:
+    """Per-face values [F] or [F, C] -> per-sample [...] or [..., C] (`empty` where no triangle)."""
     out = face_attr[fragments.face_index.clamp(min=0)]
-    covered = fragments.covered if out.dim() == 2 else fragments.covered[..., None]
+    covered = fragments.covered if out.dim() == fragments.face_index.dim() else fragments.covered[..., None]
     return torch.where(covered, out, torch.full_like(out, empty))
 
 
@@ -140,8 +160,14 @@ def majority_downsample(labels: torch.Tensor, factor: int, n_labels: int) -> tor
     """Label map [H*s, W*s] -> [H, W], the most frequent label of each s x s block."""
     if factor == 1:
         return labels
-    votes = box_downsample(F.one_hot(labels.long(), n_labels).float(), factor)  # [H, W, n_labels]
-    return votes.argmax(-1)
+    hs, ws = labels.shape
+    rows = torch.arange(hs, device=labels.device)[:, None] // factor
+    cols = torch.arange(ws, device=labels.device)[None, :] // factor
+    pixel = rows * (ws // factor) + cols  # [Hs, Ws] output pixel of each sample
+    votes = torch.zeros((hs // factor) * (ws // factor) * n_labels, device=labels.device)
+    votes.index_add_(0, (pixel * n_labels + labels.long()).reshape(-1), torch.ones(hs * ws, device=labels.device))
+    # Ties go to the lowest label (argmax returns the first maximum).
+    return votes.reshape(hs // factor, ws // factor, n_labels).argmax(-1)
 
 
 def vertex_normals(vertices: torch.Tensor, faces: torch.Tensor, face_sign: torch.Tensor | float = 1.0
@@ -198,33 +224,35 @@ def render_mesh(camera: Camera, vertices: torch.Tensor, faces: torch.Tensor, sha
                 winding: torch.Tensor | None = None) -> MeshImage:
     """Render a mesh with a z-buffer, supersampled, through `camera` (the dataset's pinhole camera).
 
-    vertices [V, 3] world; faces [F, 3]. `shade_fn(fragments, front, normals) -> [Hs, Ws, 3]` colours
-    the samples: front [Hs, Ws] bool is True where the outside of the mesh is seen (FLAME's open mouth
-    and neck show inside faces), normals [Hs, Ws, 3] are outward unit normals in camera space (OpenCV
-    axes). `label_fn(fragments, front) -> [Hs, Ws] long` gives the label map (majority per pixel).
-    Sample (i, j) of the supersampled grid is centred at (i + 0.5, j + 0.5) / supersample pixels.
-    background [H, W, 3] (default white). `winding` [F] is `outward_winding` of the canonical mesh
-    (computed from `vertices` when not given).
+    vertices [V, 3] world; faces [F, 3]. The covered samples are shaded as a list (`Samples`, K of
+    them): `shade_fn(samples, front, normals) -> [K, 3]` colours them, where front [K] bool is True
+    where the outside of the mesh is seen (FLAME's open mouth and neck show inside faces) and
+    normals [K, 3] are outward unit normals in camera space (OpenCV axes); `label_fn(samples, front)
+    -> [K] long` labels them (majority per pixel). background [H, W, 3] (default white). `winding`
+    [F] is `outward_winding` of the canonical mesh (computed from `vertices` when not given).
     """
     pixels, depth = camera.project(vertices)  # [V, 2], [V]
     s = int(supersample)
-    frags = rasterize(pixels * s, depth, faces, camera.height * s, camera.width * s)
+    height, width = camera.height * s, camera.width * s
+    frags = rasterize(pixels * s, depth, faces, height, width)
+    samples, flat = frags.samples()
     if winding is None:
         winding = outward_winding(vertices, faces)
     cam_vertices = camera.to_camera_space(vertices)  # [V, 3]
     v0, v1, v2 = cam_vertices[faces].unbind(1)
     face_n = winding[:, None] * torch.cross(v1 - v0, v2 - v0, dim=-1)  # outward normals in camera space
     facing = (face_n * (v0 + v1 + v2)).sum(-1) < 0  # [F] outward side seen from the camera (at origin)
-    front = face_values(facing, frags, empty=True)  # [Hs, Ws]
-    normals = F.normalize(interpolate(vertex_normals(cam_vertices, faces, winding), faces, frags), dim=-1)
-    colour = shade_fn(frags, front, normals)  # [Hs, Ws, 3]
-    coverage = frags.covered.float()
-    alpha = box_downsample(coverage, s)
+    front = facing[samples.face_index]  # [K]
+    normals = F.normalize(interpolate(vertex_normals(cam_vertices, faces, winding), faces, samples), dim=-1)
+    colour = torch.zeros(height * width, 3)
+    colour[flat] = shade_fn(samples, front, normals)
+    alpha = box_downsample(frags.covered.float(), s)
     if background is None:
         background = torch.ones(camera.height, camera.width, 3)
-    rgb = box_downsample(colour * coverage[..., None], s) + (1.0 - alpha[..., None]) * background
+    rgb = box_downsample(colour.view(height, width, 3), s) + (1.0 - alpha[..., None]) * background
     labels = None
     if label_fn is not None:
-        sample_labels = torch.where(frags.covered, label_fn(frags, front), torch.zeros_like(frags.face_index))
-        labels = majority_downsample(sample_labels, s, n_labels)
+        sample_labels = torch.zeros(height * width, dtype=torch.long)
+        sample_labels[flat] = label_fn(samples, front)
+        labels = majority_downsample(sample_labels.view(height, width), s, n_labels)
     return MeshImage(rgb.clamp(0, 1), alpha, labels)

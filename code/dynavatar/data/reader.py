@@ -59,13 +59,18 @@ def sibling_path(image_path: Path, folder: str) -> Path:
 
 
 def frame_records(instance_dir: Path, sub_dir: str, json_path: Path, file_paths: Sequence[str],
-                  frame_ids: Sequence[int]) -> list[FrameRecord]:
-    """FrameRecords of one video from its json's file paths."""
+                  frame_ids: Sequence[int], need_files: bool = True) -> list[FrameRecord]:
+    """FrameRecords of one video from its json's file paths. Without `need_files` (only_json), a
+    file_path outside an image folder is tolerated: its mask and semantic paths are the image's."""
     records = []
     for index, (file_path, frame_id) in enumerate(zip(file_paths, frame_ids)):
         image_path = instance_dir / f"{file_path}.png"
-        records.append(FrameRecord(sub_dir, frame_id, file_path, json_path, index, image_path,
-                                   sibling_path(image_path, "mask"), sibling_path(image_path, "semantic")))
+        if need_files or "image" in image_path.parent.name:
+            mask_path, semantic_path = sibling_path(image_path, "mask"), sibling_path(image_path, "semantic")
+        else:
+            mask_path = semantic_path = image_path
+        records.append(FrameRecord(sub_dir, frame_id, file_path, json_path, index, image_path, mask_path,
+                                   semantic_path))
     return records
 
 
@@ -115,7 +120,8 @@ class FaceDataset(torch.utils.data.Dataset):
             if not instance_dir.is_dir():
                 raise DatasetError(f"{instance_dir}: dataset folder not found; {LAYOUT_HINT}")
             params = read_flame_params(instance_dir / json_name)
-            records += frame_records(instance_dir, name, params.json_path, params.file_paths, params.frame_ids)
+            records += frame_records(instance_dir, name, params.json_path, params.file_paths, params.frame_ids,
+                                     need_files=not only_json)
             expressions.append(params.expressions)
             poses.append(params.poses)
             world_mats.append(params.world_mats)
