@@ -50,9 +50,10 @@ def only_problem(video: Path):
 
 
 def test_clean_subject_passes(pristine):
-    report = check_path(pristine / "subject1")
-    assert report.clean, [str(p) for p in report.problems]
-    assert report.videos == 3 and report.frames == 9
+    for path in (pristine / "subject1", pristine / "subject1" / "subject1", pristine):
+        report = check_path(path)
+        assert report.clean, [str(p) for p in report.problems]
+        assert report.videos == 3 and report.frames == 9
     conf = load_conf(REPO / "confs" / "subject1.conf", [f"dataset.data_folder={pristine}"])
     assert check_conf(conf).clean
 

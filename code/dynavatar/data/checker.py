@@ -174,12 +174,18 @@ def check_subject_dir(subject_dir: str | Path, json_name: str = DEFAULT_JSON_NAM
 
 
 def check_path(path: str | Path, json_name: str = DEFAULT_JSON_NAME) -> CheckReport:
-    """Check a video folder or a subject folder, whichever `path` is."""
+    """Check a video folder, a subject folder or a data folder of subjects, whichever `path` is."""
     path = Path(path)
     if not path.is_dir():
         return CheckReport(problems=[Problem(str(path), "folder not found")])
     if _looks_like_sub_dir(path, json_name):
         return check_sub_dir(path, json_name)
+    subjects = sorted(p for p in path.iterdir() if (p / p.name).is_dir())
+    if not (path / path.name).is_dir() and subjects:  # a data folder: <path>/<subject>/<subject>/...
+        report = CheckReport()
+        for subject in subjects:
+            report.extend(check_subject_dir(subject, json_name))
+        return report
     return check_subject_dir(path, json_name)
 
 
