@@ -11,7 +11,7 @@ from dynavatar.cameras import Camera
 from dynavatar.render import rasterize
 from dynavatar.render.synthetic import Scene, look_camera, random_scene
 from dynavatar.render.torch_backend import rasterize_torch
-from dynavatar.render.projection import covariance_factor, to_camera
+from dynavatar.render.projection import quaternion_to_rotation, rotation_to_quaternion, to_camera
 
 F64 = torch.float64
 
@@ -239,10 +239,9 @@ def test_memory_bounded_chunks_give_the_same_result():
     outputs, grads = [], []
     for max_elements in (None, 256 * 13):
         leaves = scene.detached_leaves()
-        means_cam, factor = to_camera(leaves.means, covariance_factor(leaves.quats, leaves.scales),
-                                      scene.camera.world_to_camera)
-        out = rasterize_torch(means_cam, factor, leaves.opacities, leaves.colors, scene.camera, scene.background,
-                              max_elements=max_elements)
+        means_cam, quats_cam = to_camera(leaves.means, leaves.quats, scene.camera.world_to_camera)
+        out = rasterize_torch(means_cam, quats_cam, leaves.scales, leaves.opacities, leaves.colors, scene.camera,
+                              scene.background, max_elements=max_elements)
         (out.image.square().sum() + out.alpha.sum() + 0.1 * out.depth.sum()).backward()
         outputs.append(out)
         grads.append([leaves.means.grad, leaves.scales.grad, leaves.opacities.grad, leaves.colors.grad,
@@ -323,3 +322,18 @@ def test_gradients_match_finite_differences():
     numeric = (loss_at(cx=scene.camera.cx + eps) - loss_at(cx=scene.camera.cx - eps)) / (2 * eps)
     assert float(out.means2d.grad[:, 0].sum()) == pytest.approx(numeric, rel=1e-5, abs=1e-6)
     assert out.means2d.grad.shape == (4, 2) and float(out.means2d.grad.abs().min()) > 0
+
+
+def test_camera_space_quaternions_rotate_like_the_matrices():
+    """to_camera: R(q_cam) = R_w2c R(q) for rotations of every kind (incl. near 180 degrees)."""
+    gen = torch.Generator().manual_seed(3)
+    quats = torch.randn(50, 4, generator=gen, dtype=F64)
+    for angles in ((0.3, -0.2, 0.5), (3.1, 0.0, 0.0), (0.0, 3.14159, 0.0), (0.0, 0.0, -3.1), (2.0, 2.5, -1.0)):
+        w2c = torch.eye(4, dtype=F64)
+        w2c[:3, :3] = rotation_xyz(*angles)
+        q_r = rotation_to_quaternion(w2c[:3, :3])
+        torch.testing.assert_close(quaternion_to_rotation(q_r[None])[0], w2c[:3, :3], atol=1e-12, rtol=0)
+        _, quats_cam = to_camera(torch.zeros(50, 3, dtype=F64), quats, w2c)
+        torch.testing.assert_close(quaternion_to_rotation(quats_cam), w2c[:3, :3] @ quaternion_to_rotation(quats),
+                                   atol=1e-12, rtol=0)
+        torch.testing.assert_close(quats_cam.norm(dim=-1), torch.ones(50, dtype=F64))

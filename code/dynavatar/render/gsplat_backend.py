@@ -28,20 +28,19 @@ def _forward_grad_to(proxy: Tensor):
     return hook
 
 
-def rasterize_gsplat(means_cam: Tensor, factor_cam: Tensor, opacities: Tensor, colors: Tensor,
+def rasterize_gsplat(means_cam: Tensor, quats_cam: Tensor, scales: Tensor, opacities: Tensor, colors: Tensor,
                      camera: Camera, background: Tensor) -> RasterOutput:
-    """Rasterize camera-space Gaussians (means [N, 3], covariance factors [N, 3, 3]) with gsplat."""
+    """Rasterize camera-space Gaussians (means [N, 3], unit quaternions [N, 4], scales [N, 3]) with gsplat."""
     gsplat = import_backend_module("gsplat")
     device, dtype = means_cam.device, torch.float32
-    covars = (factor_cam @ factor_cam.transpose(-1, -2)).to(dtype)  # [N, 3, 3] camera space
     viewmats = constant((((1.0, 0.0, 0.0, 0.0), (0.0, 1.0, 0.0, 0.0), (0.0, 0.0, 1.0, 0.0), (0.0, 0.0, 0.0, 1.0)),),
                         dtype, device)  # [1, 4, 4]
     ks = constant((((camera.fx, 0.0, camera.cx), (0.0, camera.fy, camera.cy), (0.0, 0.0, 1.0)),), dtype, device)  # [1, 3, 3]
     render, alphas, meta = gsplat.rasterization(
-        means_cam.to(dtype), None, None, opacities.to(dtype), colors.to(dtype), viewmats, ks,
-        camera.width, camera.height, near_plane=camera.near, far_plane=camera.far, eps2d=LOW_PASS,
+        means_cam.to(dtype), quats_cam.to(dtype), scales.to(dtype), opacities.to(dtype), colors.to(dtype),
+        viewmats, ks, camera.width, camera.height, near_plane=camera.near, far_plane=camera.far, eps2d=LOW_PASS,
         packed=False, tile_size=TILE_SIZE, backgrounds=background.to(dtype)[None], render_mode="RGB+D",
-        rasterize_mode="classic", covars=covars)
+        rasterize_mode="classic")
     means2d_full = meta["means2d"]  # [1, N, 2] pixels, upstream of the image
     means2d = means2d_full.detach().reshape(-1, 2).clone()
     if means2d_full.requires_grad:

@@ -4,7 +4,7 @@ Camera: the Gaussians arrive in camera space, so the view matrix is the identity
 projection matrix is the OpenCV projection with the principal point (not only tan(fov)), so an
 off-centre cx, cy lands where `Camera.project` says. The kernel maps NDC [-1, 1] onto pixel edges
 [0, W] (its pixel centres sit at integers after `ndc2Pix`), which is the same pixel-centre
-convention as gsplat's and ours. Covariances are passed precomputed (camera space).
+convention as gsplat's and ours. Camera-space quaternions and scales are passed as they are.
 
 Outputs: the main-branch kernel returns colour and radii only, so alpha and depth come from a
 second pass with colours (z, 1, 0) over a black background (its backward runs only when a loss
@@ -62,25 +62,25 @@ def _settings(dgr, camera: Camera, background: Tensor):
     return dgr.GaussianRasterizationSettings(**{k: v for k, v in fields.items() if k in names})
 
 
-def rasterize_inria(means_cam: Tensor, factor_cam: Tensor, opacities: Tensor, colors: Tensor,
+def rasterize_inria(means_cam: Tensor, quats_cam: Tensor, scales: Tensor, opacities: Tensor, colors: Tensor,
                     camera: Camera, background: Tensor) -> RasterOutput:
-    """Rasterize camera-space Gaussians (means [N, 3], covariance factors [N, 3, 3]) with the Inria kernel."""
+    """Rasterize camera-space Gaussians (means [N, 3], unit quaternions [N, 4], scales [N, 3]) with the Inria kernel."""
     dgr = import_backend_module("inria")
     device, dtype = means_cam.device, torch.float32
     n = means_cam.shape[0]
     means = means_cam.to(dtype).contiguous()
+    rotations = quats_cam.to(dtype).contiguous()  # unit: the kernel does not normalise
+    scales = scales.to(dtype).contiguous()
     z = means[:, 2]
     in_depth = (z > camera.near) & (z < camera.far)
     opac = (opacities.to(dtype) * in_depth)[:, None].contiguous()  # [N, 1]
-    cov = (factor_cam @ factor_cam.transpose(-1, -2)).to(dtype)  # [N, 3, 3]
-    cov6 = cov[:, [0, 0, 0, 1, 1, 2], [0, 1, 2, 1, 2, 2]].contiguous()  # [N, 6] upper triangle
 
     with torch.no_grad():
         safe_z = torch.where(in_depth, z, torch.ones_like(z))
         pixels = torch.stack([camera.fx * means[:, 0] / safe_z + camera.cx,
                               camera.fy * means[:, 1] / safe_z + camera.cy], dim=-1)  # [N, 2]
     needs_grad = torch.is_grad_enabled() and any(
-        t.requires_grad for t in (means_cam, factor_cam, opacities, colors))
+        t.requires_grad for t in (means_cam, quats_cam, scales, opacities, colors))
     means2d = pixels.clone().requires_grad_(needs_grad)
     to_ndc = constant((2.0 / camera.width, 2.0 / camera.height), dtype, device)
     screen = torch.cat([means2d * to_ndc, torch.zeros(n, 1, dtype=dtype, device=device)], dim=-1)  # [N, 3]
@@ -88,7 +88,7 @@ def rasterize_inria(means_cam: Tensor, factor_cam: Tensor, opacities: Tensor, co
     def run(bg: Tensor, col: Tensor) -> tuple[Tensor, Tensor]:
         rasterizer = dgr.GaussianRasterizer(raster_settings=_settings(dgr, camera, bg))
         result = rasterizer(means3D=means, means2D=screen, opacities=opac, colors_precomp=col.contiguous(),
-                            cov3D_precomp=cov6)
+                            scales=scales, rotations=rotations)
         return result[0], result[1]  # colour [3, H, W], radii [N]; a depth output of other branches is unused
 
     image, radii = run(background, colors.to(dtype))

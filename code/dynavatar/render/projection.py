@@ -6,8 +6,9 @@ low-pass added to the screen-space covariance, a 3-sigma square extent on the la
 clamped to 1.3x the field of view. Pixel coordinates follow the 3DGS convention: pixel (i, j) has
 its centre at (i + 0.5, j + 0.5) and u = fx * x / z + cx.
 
-Covariances travel as a factor L (Sigma = L L^T, L = R(q) diag(s)): the world-to-camera rotation
-is applied to L once, and the torch backend never forms the 3x3 matrix.
+The world-to-camera transform is applied once, to the means and the quaternions (q_cam = q_R * q),
+so every backend receives camera-space means, unit quaternions and scales. The torch backend works
+with the covariance factor L = R(q) diag(s) (Sigma = L L^T) and never forms the 3x3 matrix.
 """
 
 from __future__ import annotations
@@ -67,15 +68,43 @@ def covariance_factor(quats: Tensor, scales: Tensor) -> Tensor:
     return quaternion_to_rotation(quats) * scales[..., None, :]
 
 
-def to_camera(means: Tensor, factor: Tensor, world_to_camera: Tensor) -> tuple[Tensor, Tensor]:
-    """World means [N, 3] and covariance factors [N, 3, 3] -> camera-space ones (OpenCV axes).
+def rotation_to_quaternion(rotation: Tensor) -> Tensor:
+    """A rotation matrix [3, 3] -> its unit quaternion [4] (w, x, y, z), differentiable, no host sync.
 
-    Differentiable in `world_to_camera` [4, 4], so a refined camera receives gradients whatever
-    backend rasterizes afterwards.
+    Of the four standard expressions (each 4 q_i q for one component i), the one with the largest
+    q_i is used (Shepperd's method), selected on the device.
+    """
+    r = rotation
+    candidates = torch.stack([
+        torch.stack([1 + r[0, 0] + r[1, 1] + r[2, 2], r[2, 1] - r[1, 2], r[0, 2] - r[2, 0], r[1, 0] - r[0, 1]]),
+        torch.stack([r[2, 1] - r[1, 2], 1 + r[0, 0] - r[1, 1] - r[2, 2], r[0, 1] + r[1, 0], r[0, 2] + r[2, 0]]),
+        torch.stack([r[0, 2] - r[2, 0], r[0, 1] + r[1, 0], 1 - r[0, 0] + r[1, 1] - r[2, 2], r[1, 2] + r[2, 1]]),
+        torch.stack([r[1, 0] - r[0, 1], r[0, 2] + r[2, 0], r[1, 2] + r[2, 1], 1 - r[0, 0] - r[1, 1] + r[2, 2]]),
+    ])  # [4, 4], row i = 4 q_i q
+    best = candidates.diagonal().argmax()
+    q = candidates.index_select(0, best[None])[0]
+    return q / q.norm()
+
+
+def quaternion_left_matrix(p: Tensor) -> Tensor:
+    """[4] -> [4, 4] matrix L(p) with L(p) q = p * q (Hamilton product), so R(p * q) = R(p) R(q)."""
+    w, x, y, z = p.unbind(-1)
+    return torch.stack([torch.stack([w, -x, -y, -z]), torch.stack([x, w, -z, y]),
+                        torch.stack([y, z, w, -x]), torch.stack([z, -y, x, w])])
+
+
+def to_camera(means: Tensor, quats: Tensor, world_to_camera: Tensor) -> tuple[Tensor, Tensor]:
+    """World means [N, 3] and quaternions [N, 4] -> camera-space means and unit quaternions (OpenCV axes).
+
+    Differentiable in `world_to_camera` [4, 4] (whose 3x3 part must be a rotation), so a refined
+    camera receives gradients whatever backend rasterizes afterwards.
     """
     w2c = world_to_camera.to(means)
     rotation, translation = w2c[:3, :3], w2c[:3, 3]
-    return means @ rotation.T + translation, rotation @ factor
+    means_cam = torch.addmm(translation, means, rotation.T)
+    unit = quats / quats.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    quats_cam = unit @ quaternion_left_matrix(rotation_to_quaternion(rotation)).T
+    return means_cam, quats_cam
 
 
 @dataclass
@@ -96,7 +125,8 @@ def tile_grid(camera: Camera) -> tuple[int, int]:
 
 
 def project(means_cam: Tensor, factor_cam: Tensor, camera: Camera) -> ScreenGaussians:
-    """EWA projection of camera-space Gaussians, culling those outside [near, far] or off-screen."""
+    """EWA projection of camera-space Gaussians (means [N, 3], covariance factors [N, 3, 3]),
+    culling those outside (near, far) or off-screen."""
     tx, ty, tz = means_cam.unbind(-1)  # [N] each
     in_depth = (tz > camera.near) & (tz < camera.far)
     z = torch.where(in_depth, tz, torch.ones_like(tz))  # culled ones get a harmless z (no inf in grads)

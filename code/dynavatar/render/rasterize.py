@@ -10,22 +10,21 @@ from torch import Tensor
 from ..cameras import Camera
 from .backends import resolve_backend
 from .output import RasterOutput
-from .projection import covariance_factor, to_camera
+from .projection import to_camera
 
 log = logging.getLogger(__name__)
 _announced: set[tuple[str, str]] = set()
 
 
-def _run_backend(name: str, means_cam: Tensor, factor_cam: Tensor, opacities: Tensor, colors: Tensor,
-                 camera: Camera, background: Tensor) -> RasterOutput:
+def _run_backend(name: str, *args) -> RasterOutput:
     if name == "torch":
         from .torch_backend import rasterize_torch
-        return rasterize_torch(means_cam, factor_cam, opacities, colors, camera, background)
+        return rasterize_torch(*args)
     if name == "gsplat":
         from .gsplat_backend import rasterize_gsplat
-        return rasterize_gsplat(means_cam, factor_cam, opacities, colors, camera, background)
+        return rasterize_gsplat(*args)
     from .inria_backend import rasterize_inria
-    return rasterize_inria(means_cam, factor_cam, opacities, colors, camera, background)
+    return rasterize_inria(*args)
 
 
 def rasterize(means: Tensor, quats: Tensor, scales: Tensor, opacities: Tensor, colors: Tensor,
@@ -36,7 +35,7 @@ def rasterize(means: Tensor, quats: Tensor, scales: Tensor, opacities: Tensor, c
     > 0); opacities [N] in [0, 1]; colors [N, 3]; background [3]. `backend` is one of auto, torch,
     gsplat, inria (conf key model.rasterizer).
 
-    The world-to-camera transform of the means and covariances is done here, once, in PyTorch, so
+    The world-to-camera transform of the means and rotations is done here, once, in PyTorch, so
     gradients reach `camera.world_to_camera` whatever the backend; the backends then see
     camera-space Gaussians under an identity view matrix. Gaussians whose camera z is not inside
     (camera.near, camera.far) are culled.
@@ -54,8 +53,8 @@ def rasterize(means: Tensor, quats: Tensor, scales: Tensor, opacities: Tensor, c
         log.info("rasterizer backend %r -> %s on %s", backend, name, means.device.type)
     if n == 0:
         name = "torch"  # nothing to draw: the background, without calling a CUDA kernel on empty inputs
-    means_cam, factor_cam = to_camera(means, covariance_factor(quats, scales), camera.world_to_camera)
-    return _run_backend(name, means_cam, factor_cam, opacities, colors, camera,
+    means_cam, quats_cam = to_camera(means, quats, camera.world_to_camera)
+    return _run_backend(name, means_cam, quats_cam, scales, opacities, colors, camera,
                         background.to(device=means.device, dtype=means.dtype))
 
 

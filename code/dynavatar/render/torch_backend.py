@@ -28,7 +28,7 @@ from torch import Tensor
 
 from ..cameras import Camera
 from .output import RasterOutput
-from .projection import TILE_SIZE, ScreenGaussians, project, tile_grid
+from .projection import TILE_SIZE, ScreenGaussians, covariance_factor, project, tile_grid
 
 ALPHA_MAX = 0.99  # cap on one Gaussian's alpha
 ALPHA_MIN = 1.0 / 255.0  # contributions below this are skipped
@@ -251,16 +251,16 @@ def _pad(x: Tensor) -> Tensor:
     return torch.cat([x, x.new_zeros((1,) + x.shape[1:])])
 
 
-def rasterize_torch(means_cam: Tensor, factor_cam: Tensor, opacities: Tensor, colors: Tensor,
+def rasterize_torch(means_cam: Tensor, quats_cam: Tensor, scales: Tensor, opacities: Tensor, colors: Tensor,
                     camera: Camera, background: Tensor, max_elements: int | None = None) -> RasterOutput:
-    """Rasterize camera-space Gaussians (means [N, 3], covariance factors [N, 3, 3]) in PyTorch.
+    """Rasterize camera-space Gaussians (means [N, 3], unit quaternions [N, 4], scales [N, 3]) in PyTorch.
 
     `max_elements` bounds each [tiles, 256, K] work tensor (default by device type).
     """
     device = means_cam.device
     kind = "cuda" if device.type == "cuda" else "cpu"
     max_elements = max_elements or DEFAULT_MAX_ELEMENTS[kind]
-    screen = project(means_cam, factor_cam, camera)
+    screen = project(means_cam, covariance_factor(quats_cam, scales), camera)
     plan = _plan(screen, camera, max_elements, MERGE_PADDING[kind])
     means2d = screen.means2d
     if means2d.requires_grad:
