@@ -18,10 +18,13 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--conf", help="a .conf file: check its dataset.train and dataset.test sub_dirs")
     parser.add_argument("--path", action="append", default=[],
-                        help="a data folder, a subject folder (<data_folder>/<subject>) or a video folder (.../<sub_dir>); repeatable")
-    parser.add_argument("--json_name", default=None, help="flame params file name (default: the conf's or flame_params.json)")
+                        help="a data folder, a subject folder (<data_folder>/<subject>) or a video folder "
+                             "(.../<sub_dir>); repeatable")
+    parser.add_argument("--json_name", default=None,
+                        help="flame params file name (default: the conf's, or flame_params.json)")
     parser.add_argument("-q", "--quiet", action="store_true", help="print problems only, no summary")
-    parser.add_argument("overrides", nargs="*", help="conf overrides key=value, e.g. dataset.data_folder=./data/datasets")
+    parser.add_argument("overrides", nargs="*",
+                        help="conf overrides key=value, e.g. dataset.data_folder=./data/datasets")
     args = parser.parse_args(argv)
     if not args.conf and not args.path:
         parser.error("give --conf and/or --path")

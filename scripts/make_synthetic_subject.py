@@ -2,7 +2,8 @@
 
     python scripts/make_synthetic_subject.py --out data/datasets --subject subject1
     python scripts/make_synthetic_subject.py --out data/datasets --subject demo --res 64 --frames 30 --seed 0
-    python scripts/make_synthetic_subject.py --out data/datasets --subject real_head --flame data/FLAME2020/generic_model.pkl
+    python scripts/make_synthetic_subject.py --out data/datasets --subject real_head \
+        --flame data/FLAME2020/generic_model.pkl
 
 Writes <out>/<subject>/<subject>/<video>/{image,mask,semantic}/<k>.png and flame_params.json for two
 training videos and one test video (the names of confs/subject1.conf unless given). Deterministic for a seed.
@@ -25,7 +26,8 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="random seed (shape, colours, motion), default 0")
     parser.add_argument("--flame", default=None,
                         help="FLAME 2020 generic_model.pkl (or its folder); default: the synthetic FLAME-format head")
-    parser.add_argument("--landmarks", default=None, help="landmark embedding (default: landmark_embedding.npy beside --flame)")
+    parser.add_argument("--landmarks", default=None,
+                        help="landmark embedding (default: landmark_embedding.npy beside --flame)")
     parser.add_argument("--train-videos", nargs="+", default=list(DEFAULT_TRAIN_VIDEOS), help="training video names")
     parser.add_argument("--test-videos", nargs="+", default=list(DEFAULT_TEST_VIDEOS), help="test video names")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing subject of that name")

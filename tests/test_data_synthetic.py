@@ -130,10 +130,12 @@ def test_ensure_synthetic_subject_generates_once(tmp_path):
     overrides = [f"dataset.data_folder={tmp_path}", "dataset.subject_name=demo", "dataset.synthetic_frames=2",
                  "dataset.train.img_res=[16, 16]", "model.flame_model_path=synthetic"]
     conf = load_conf(REPO / "confs" / "subject1.conf", overrides)
-    assert ensure_synthetic_subject(load_conf(REPO / "confs" / "subject1.conf", overrides[:2])) is None  # not synthetic
+    assert ensure_synthetic_subject(conf) is None  # a real dataset: nothing to do
     conf.put("dataset.synthetic", True)
     target = ensure_synthetic_subject(conf)
     assert target == tmp_path / "demo"
     assert sorted(p.name for p in (target / "demo").iterdir()) == sorted(VIDEOS)
     assert len(list((target / "demo" / "MVI_1812" / "image").iterdir())) == 2
-    assert ensure_synthetic_subject(conf) is None  # already there: nothing regenerated
+    stamp = (target / "demo" / "MVI_1810" / "flame_params.json").stat().st_mtime_ns
+    assert ensure_synthetic_subject(conf) == target  # already there: not generated again
+    assert (target / "demo" / "MVI_1810" / "flame_params.json").stat().st_mtime_ns == stamp

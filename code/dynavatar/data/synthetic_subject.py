@@ -215,28 +215,36 @@ def generate_subject(out_dir: str | Path, subject: str, res: int = 512, frames: 
 
 
 def ensure_synthetic_subject(conf) -> Path | None:
-    """Generate the conf's subject on first use when `dataset.synthetic` is true and it is missing.
+    """With `dataset.synthetic = true`, generate the conf's subject on first use; return its folder
+    (`<data_folder>/<subject>`), or None when the conf names a real dataset.
 
-    Reads dataset.data_folder / subject_name / synthetic_frames / synthetic_seed, the train and test
-    sub_dirs, the train img_res (square images of its larger side), and model.flame_model_path
-    ("synthetic" = the synthetic FLAME-format head, the same seed-0 model the training code builds).
-    Returns the subject folder, or None when nothing was generated.
+    Reads dataset.data_folder / subject_name / json_name / synthetic_frames / synthetic_seed, the
+    train and test sub_dirs, the train img_res (square images of its larger side) and
+    model.flame_model_path ("synthetic" = the synthetic FLAME-format head, the same seed-0 model the
+    training code builds). A subject that lacks one of the conf's videos is generated again (it is
+    synthetic, and generation is deterministic).
     """
     if not conf.get("dataset.synthetic", False):
         return None
     subject = str(conf.get("dataset.subject_name"))
     target = Path(str(conf.get("dataset.data_folder"))) / subject
+    train_videos = [str(v) for v in as_list(conf.get("dataset.train.sub_dir"))]
+    test_videos = [str(v) for v in as_list(conf.get("dataset.test.sub_dir"))]
+    json_name = str(conf.get("dataset.json_name", JSON_NAME))
+    missing = [v for v in train_videos + test_videos if not (target / subject / v / json_name).is_file()]
+    if not missing:
+        return target
     if target.exists():
-        return None
+        log.warning("synthetic subject %s lacks video(s) %s: generating it again", target, missing)
     height, width = (int(v) for v in conf.get("dataset.train.img_res"))
     if height != width:
         log.warning("synthetic subjects are square: generating %d px images, the reader resizes them to %dx%d",
                     max(height, width), height, width)
     model_path = str(conf.get("model.flame_model_path", "synthetic"))
     landmark_path = None if model_path == "synthetic" else conf.get("model.flame_landmark_path", None)
-    log.info("dataset.synthetic: generating subject %s into %s", subject, target.parent)
+    log.info("dataset.synthetic: generating subject %s into %s (first use)", subject, target.parent)
     return generate_subject(target.parent, subject, res=max(height, width),
                             frames=int(conf.get("dataset.synthetic_frames")),
                             seed=int(conf.get("dataset.synthetic_seed")), flame_model_path=model_path,
-                            train_videos=as_list(conf.get("dataset.train.sub_dir")),
-                            test_videos=as_list(conf.get("dataset.test.sub_dir")), landmark_path=landmark_path)
+                            train_videos=train_videos, test_videos=test_videos, landmark_path=landmark_path,
+                            overwrite=True)
