@@ -195,4 +195,4 @@ def test_runconf_round_trip(tmp_path):
     conf = load_conf(write(tmp_path, PAPER_STYLE_CONF), ["model.rasterizer=torch"])
     again = load_conf(write(tmp_path, to_hocon(conf), "runconf.conf"))
     assert again == conf
-    assert set(defaults().keys()) == {"train", "loss", "dataset", "model"}
+    assert set(defaults().keys()) == {"train", "loss", "dataset", "model", "evaluation"}

@@ -25,6 +25,7 @@ DEFAULTS_HOCON = """
 train {
     exps_folder = ./data/experiments
     methodname = dynavatar
+    nepoch = 600                     # epochs to train; the command line's --nepoch wins
     dataset_class = datasets.real_dataset.FaceDataset   # accepted for compatibility; the IMavatar reader is used
     learning_rate = 1.0e-4
     learning_rate_cam = 5.0e-4
@@ -41,7 +42,6 @@ train {
     optimize_expression = true
     optimize_camera = true
     optimize_inputs_after_epoch = 10 # per-frame inputs are stepped only in epochs after this one
-    test_fit_steps = 20              # steps per batch when fitting test-frame inputs at evaluation
     seed = 0
     device = auto                    # auto | cpu | cuda | cuda:N
     num_workers = 0
@@ -81,6 +81,13 @@ dataset {
         subsample = 1
         load_images = false
     }
+}
+evaluation {
+    test_fit_steps = 20              # steps per batch when fitting test-frame inputs (the paper's 20)
+    lpips_alexnet_path = ""          # empty: torch hub cache (alexnet-owt-7be5be79.pth)
+    lpips_lin_path = ""              # empty: weights/v0.1/alex.pth of an installed lpips package
+    video_fps = 25.0
+    turntable_frames = 48
 }
 model {
     prune_thresh = 0.1

@@ -40,7 +40,8 @@ class FLAME(nn.Module):
 
     Buffers: v_template [V, 3], shapedirs [V, 3, E] (expression components only), posedirs [V, 36, 3]
     (per-vertex layout, as the deformer network predicts them), j_regressor [J, V], lbs_weights [V, J],
-    parents [J], faces [F, 3], and the landmark embedding when one is given.
+    parents [J], faces [F, 3], and the landmark embedding when one is given. The buffers are not
+    persistent: they come from the model file, so checkpoints do not carry (licensed) FLAME data.
     """
 
     def __init__(self, model_path: str | Path, landmark_path: str | Path | None = None,
@@ -61,19 +62,19 @@ class FLAME(nn.Module):
         if shape_params is not None:
             betas = torch.as_tensor(np.asarray(shape_params, dtype=np.float32)).reshape(-1)[:n_shape]
             template = template + torch.einsum("vcs,s->vc", shape_dirs[:, :, : betas.numel()], betas)
-        self.register_buffer("v_template", template)
-        self.register_buffer("shapedirs", f32(model.shapedirs[:, :, 300:300 + n_exp]) * scale)
+        self.register_buffer("v_template", template, persistent=False)
+        self.register_buffer("shapedirs", f32(model.shapedirs[:, :, 300:300 + n_exp]) * scale, persistent=False)
         # File layout [V, 3, P] -> per-vertex [V, P, 3].
-        self.register_buffer("posedirs", f32(model.posedirs).permute(0, 2, 1).contiguous() * scale)
-        self.register_buffer("j_regressor", f32(model.j_regressor))
-        self.register_buffer("lbs_weights", f32(model.weights))
-        self.register_buffer("parents", torch.as_tensor(model.parents, dtype=torch.long))
-        self.register_buffer("faces", torch.as_tensor(model.faces, dtype=torch.long))
+        self.register_buffer("posedirs", f32(model.posedirs).permute(0, 2, 1).contiguous() * scale, persistent=False)
+        self.register_buffer("j_regressor", f32(model.j_regressor), persistent=False)
+        self.register_buffer("lbs_weights", f32(model.weights), persistent=False)
+        self.register_buffer("parents", torch.as_tensor(model.parents, dtype=torch.long), persistent=False)
+        self.register_buffer("faces", torch.as_tensor(model.faces, dtype=torch.long), persistent=False)
         self.has_landmarks = landmark_path is not None
         if landmark_path is not None:
             embedding = load_landmark_embedding(landmark_path)
-            self.register_buffer("lmk_faces_idx", torch.as_tensor(embedding.faces_idx, dtype=torch.long))
-            self.register_buffer("lmk_bary_coords", torch.as_tensor(embedding.bary_coords, dtype=torch.float32))
+            self.register_buffer("lmk_faces_idx", torch.as_tensor(embedding.faces_idx, dtype=torch.long), persistent=False)
+            self.register_buffer("lmk_bary_coords", torch.as_tensor(embedding.bary_coords, dtype=torch.float32), persistent=False)
 
     @property
     def n_joints(self) -> int:

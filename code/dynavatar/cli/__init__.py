@@ -1,0 +1,1 @@
+"""Command-line entry points (the scripts/ folder holds thin wrappers)."""

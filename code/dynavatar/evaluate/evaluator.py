@@ -1,0 +1,287 @@
+"""Evaluation of a trained avatar on the held-out test split, reenactment, videos and exports.
+
+Writes under <experiment>/eval/<test sub_dir>/epoch_<N>/:
+  rgb/ rgb_erode_dilate/ gt/ alpha/ error/   one PNG per frame, named by frame id
+  metrics.csv (one row per frame), metrics.json (means, and the conf/checkpoint they came from)
+  video.mp4 (ground truth | rendering | error), turntable.mp4, canonical.ply
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import imageio.v2 as imageio
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from ..data.flame_params import read_flame_params
+from ..data.reader import FaceDataset, dataset_from_conf
+from ..export.images import erode_dilate, error_heatmap, save_png, side_by_side
+from ..export.ply import save_gaussians_ply
+from ..export.video import write_mp4
+from ..flame.lbs import axis_angle_to_matrix
+from ..model.avatar import Avatar, Gaussians
+from ..model.build import avatar_from_conf
+from ..train import checkpoints as ckpt
+from ..train.frame_inputs import FrameInputs
+from ..train.trainer import batches, resolve_device, to_device
+from .fitting import fit_frame_inputs
+from .lpips import LPIPS, Unavailable, load_lpips, lpips_metric
+from .metrics import image_metrics
+
+log = logging.getLogger(__name__)
+
+CLOTH_LABELS = (15, 16)  # face-parsing labels excluded by the "no cloth" metrics
+IMAGE_FOLDERS = ("rgb", "rgb_erode_dilate", "gt", "alpha", "error")
+METRIC_NAMES = ("l1", "mse", "psnr", "ssim", "lpips")
+
+
+@dataclass
+class EvalOptions:
+    checkpoint: str = ckpt.LATEST
+    load_path: str | None = None
+    only_json: bool = False
+    drive: str | None = None  # a flame_params.json to reenact instead of evaluating the test split
+    videos: bool = True
+
+
+def load_avatar(conf: Any, checkpoints: Path, tag: str | int, img_res: tuple[int, int],
+                device: torch.device) -> tuple[Avatar, int]:
+    """The avatar of a checkpoint (points, networks, radius, canonical frame, FLAME shape) and its epoch."""
+    model = ckpt.load_part(checkpoints, ckpt.MODEL, tag)
+    state = model["model_state_dict"]
+    source = checkpoints / ckpt.MODEL / f"{tag}.pth"
+    for key in ("points", "shape_params", "canonical_expression"):
+        if key not in state:
+            raise ckpt.CheckpointError(f"{source} lacks '{key}': it is not a DynAvatar model checkpoint")
+    avatar = avatar_from_conf(conf, state["shape_params"], state["canonical_expression"], img_res)
+    avatar.set_points(state["points"])
+    ckpt.load_model_state(avatar, state, source)
+    avatar.strategy.load_state_dict(model["strategy"])
+    return avatar.to(device).eval(), int(model["epoch"])
+
+
+def _orbit_world_mat(world_mat: torch.Tensor, angle: float) -> torch.Tensor:
+    """The stored camera [3, 4] turned about the head's vertical axis by `angle` (radians)."""
+    rotation = axis_angle_to_matrix(torch.tensor([0.0, angle, 0.0], dtype=world_mat.dtype))
+    out = world_mat.clone()
+    out[:, :3] = world_mat[:, :3] @ rotation.to(world_mat)
+    return out
+
+
+class Evaluator:
+    """Loads a checkpoint and evaluates, reenacts or exports it."""
+
+    def __init__(self, conf: Any, options: EvalOptions) -> None:
+        self.conf, self.options = conf, options
+        self.device = resolve_device(conf.get("train.device"))
+        self.paths = ckpt.ExperimentPaths.from_conf(conf)
+        self.checkpoints = ckpt.checkpoints_dir_of(options.load_path or self.paths.train_dir)
+        self.img_res = tuple(int(v) for v in conf.get("dataset.test.img_res"))
+        self.avatar, self.epoch = load_avatar(conf, self.checkpoints, options.checkpoint, self.img_res, self.device)
+        self.fps = float(conf.get("evaluation.video_fps"))
+        log.info("evaluating %s checkpoint %s (epoch %d, %d points)", self.checkpoints, options.checkpoint,
+                 self.epoch, self.avatar.n_points)
+
+    # ---- test-frame inputs -----------------------------------------------------------------------
+
+    def test_inputs(self, data: FaceDataset) -> FrameInputs | None:
+        """Fitted (or reloaded) expression/pose/camera of the test frames, or None when the conf's
+        optimize flags are off (or there is no ground truth to fit)."""
+        train = self.conf.get("train")
+        inputs = FrameInputs(data.expressions, data.flame_poses, data.world_mats,
+                             bool(train["optimize_expression"]), bool(train["optimize_camera"])).to(self.device)
+        if not inputs.enabled or data.only_json:
+            return None
+        saved = self.checkpoints / ckpt.TEST_INPUTS / f"{self.epoch}.pth"
+        if saved.is_file():
+            state = torch.load(saved, map_location=self.device, weights_only=False)
+            if state.get("n_frames") == len(data) and state.get("sub_dirs") == self._sub_dirs():
+                inputs.load_state_dict(state["inputs_state_dict"])
+                log.info("using the test inputs fitted before: %s", saved)
+                return inputs
+            log.info("%s was fitted for other test frames; fitting again", saved)
+        steps = int(self.conf.get("evaluation.test_fit_steps"))
+        size = self._batch_size()
+        order = torch.arange(len(data))
+        fit_frame_inputs(self.avatar, inputs, batches(data, size, order), math.ceil(len(data) / size), steps,
+                         float(train["learning_rate_cam"]), self.device)
+        payload = {"epoch": self.epoch, "n_frames": len(data), "sub_dirs": self._sub_dirs(),
+                   "inputs_state_dict": inputs.state_dict()}
+        ckpt.atomic_save(payload, saved)
+        ckpt.atomic_save(payload, saved.with_name(f"{ckpt.LATEST}.pth"))
+        return inputs
+
+    def _sub_dirs(self) -> list[str]:
+        return [str(s) for s in self.conf.get("dataset.test.sub_dir")]
+
+    def _batch_size(self) -> int:
+        train = self.conf.get("train")
+        return max(1, min(int(train["max_points_training"]) // self.avatar.n_points, int(train["max_batch"])))
+
+    # ---- rendering -------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def _render_batches(self, data: FaceDataset, inputs: FrameInputs | None) -> Iterator[tuple[dict, dict, Any]]:
+        size = self._batch_size()
+        for _, model_input, ground_truth in batches(data, size, torch.arange(len(data))):
+            model_input = to_device(model_input, self.device)
+            if inputs is not None:
+                model_input = inputs.apply(model_input)
+            out = self.avatar(model_input["expression"], model_input["flame_pose"], model_input["world_mat"],
+                              model_input["intrinsics"])
+            yield model_input, to_device(ground_truth, self.device), out
+
+    def evaluate(self) -> dict[str, Path]:
+        """Render the whole test split, write images, metrics and videos; returns the folders written."""
+        data = dataset_from_conf(self.conf, "test", is_eval=True, only_json=self.options.only_json)
+        inputs = self.test_inputs(data)
+        lpips_model = self._lpips()
+        rows: list[dict[str, Any]] = []
+        folders = {s: self.paths.eval_epoch_dir(s, self.epoch) for s in self._sub_dirs()}
+        bar = tqdm(total=len(data), desc="evaluating", dynamic_ncols=True)
+        for model_input, ground_truth, out in self._render_batches(data, inputs):
+            for b in range(out.rgb.shape[0]):
+                folder = folders[model_input["sub_dir"][b]]
+                name = f"{model_input['frame_id'][b]}.png"
+                rendering = out.rgb[b].clamp(0, 1)
+                opened = erode_dilate(rendering)
+                save_png(folder / "rgb" / name, rendering)
+                save_png(folder / "rgb_erode_dilate" / name, opened)
+                save_png(folder / "alpha" / name, out.alpha[b, ..., None].clamp(0, 1))
+                if data.only_json:
+                    continue
+                gt = ground_truth["rgb"][b]
+                save_png(folder / "gt" / name, gt)
+                save_png(folder / "error" / name, error_heatmap(opened, gt, vmax=0.5))
+                row = {"sub_dir": model_input["sub_dir"][b], "frame_id": model_input["frame_id"][b]}
+                row.update(self._frame_metrics(opened, gt, None, lpips_model))
+                if "semantic" in ground_truth:
+                    keep = ~torch.isin(ground_truth["semantic"][b], torch.tensor(CLOTH_LABELS, device=gt.device))
+                    mask = ground_truth["mask"][b] * keep.to(gt.dtype)
+                    row.update({f"{k}_nocloth": v for k, v in
+                                self._frame_metrics(opened, gt, mask, lpips_model).items()})
+                rows.append(row)
+            bar.update(out.rgb.shape[0])
+        bar.close()
+        for sub_dir, folder in folders.items():
+            frame_rows = [r for r in rows if r["sub_dir"] == sub_dir]
+            if frame_rows:
+                self._write_metrics(folder, frame_rows, lpips_model, inputs is not None)
+            if self.options.videos:
+                self._write_videos(folder, data, sub_dir)
+            self.export_canonical(folder / "canonical.ply")
+        return folders
+
+    def _lpips(self) -> LPIPS | Unavailable:
+        if self.options.only_json:
+            return Unavailable("no ground truth (--only_json)")
+        evaluation = self.conf.get("evaluation")
+        return load_lpips(evaluation["lpips_alexnet_path"] or None, evaluation["lpips_lin_path"] or None,
+                          device=self.device)
+
+    @staticmethod
+    def _frame_metrics(pred: torch.Tensor, gt: torch.Tensor, mask: torch.Tensor | None,
+                       lpips_model: LPIPS | Unavailable) -> dict[str, float | None]:
+        values: dict[str, float | None] = {k: float(v) for k, v in image_metrics(pred, gt, mask).items()}
+        lp = lpips_metric(lpips_model, pred, gt, mask)
+        values["lpips"] = None if isinstance(lp, Unavailable) else float(lp)
+        return values
+
+    def _write_metrics(self, folder: Path, rows: list[dict], lpips_model: LPIPS | Unavailable, fitted: bool) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        columns = list(rows[0].keys())
+        with open(folder / "metrics.csv", "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=columns)
+            writer.writeheader()
+            for row in rows:
+                writer.writerow({k: ("unavailable" if v is None else v) for k, v in row.items()})
+        summary: dict[str, Any] = {}
+        for suffix, label in (("", "all"), ("_nocloth", "no_cloth")):
+            if f"l1{suffix}" not in columns:
+                summary[label] = {"unavailable": "the test split has no semantic maps"}
+                continue
+            means: dict[str, Any] = {}
+            for name in METRIC_NAMES:
+                values = [r[f"{name}{suffix}"] for r in rows]
+                if any(v is None for v in values):
+                    means[name] = {"unavailable": lpips_model.reason if isinstance(lpips_model, Unavailable)
+                                   else "not computed"}
+                else:
+                    means[name] = float(np.mean(values))
+            summary[label] = means
+        report = {
+            "epoch": self.epoch,
+            "checkpoint": str(self.checkpoints / ckpt.MODEL / f"{self.options.checkpoint}.pth"),
+            "conf": str(self.paths.runconf),
+            "n_frames": len(rows),
+            "test_inputs_fitted": fitted,
+            "metric_input": "rgb_erode_dilate vs ground truth composited on white with its mask",
+            "metrics": summary,
+        }
+        (folder / "metrics.json").write_text(json.dumps(report, indent=2))
+        log.info("%s: PSNR %.2f, SSIM %.4f, L1 %.4f over %d frames", folder, summary["all"]["psnr"],
+                 summary["all"]["ssim"], summary["all"]["l1"], len(rows))
+
+    def _write_videos(self, folder: Path, data: FaceDataset, sub_dir: str) -> None:
+        ids = [r.frame_id for r in data.frames if r.sub_dir == sub_dir]
+
+        def frames() -> Iterator[np.ndarray]:
+            for frame_id in ids:
+                parts = [imageio.imread(folder / part / f"{frame_id}.png")[..., :3]
+                         for part in (("gt", "rgb", "error") if not data.only_json else ("rgb",))]
+                yield side_by_side([torch.from_numpy(p) for p in parts]).numpy()
+
+        write_mp4(folder / "video.mp4", frames(), fps=self.fps)
+        write_mp4(folder / "turntable.mp4", self.turntable(data.world_mats[0], data.frame_intrinsics[0]), fps=self.fps)
+
+    # ---- turntable, reenactment, export ----------------------------------------------------------
+
+    @torch.no_grad()
+    def turntable(self, world_mat: torch.Tensor, intrinsics: torch.Tensor) -> Iterator[np.ndarray]:
+        """Frames [H, W, 3] uint8 of the camera orbiting the avatar at its canonical expression, mouth closed."""
+        n = int(self.conf.get("evaluation.turntable_frames"))
+        expression = self.avatar.canonical_expression[None]
+        pose = torch.zeros(1, 15, device=self.device)
+        gaussians, _ = self.avatar.deform(expression, pose)
+        for k in range(n):
+            camera = self.avatar.camera(_orbit_world_mat(world_mat, 2 * math.pi * k / n).to(self.device),
+                                        intrinsics.to(self.device))
+            rgb, _, _ = self.avatar.render(gaussians, [camera])
+            yield (rgb[0].clamp(0, 1) * 255).round().byte().cpu().numpy()
+
+    @torch.no_grad()
+    def reenact(self, drive_json: str | Path) -> Path:
+        """Render the avatar with another sequence's expressions, poses and cameras; returns the folder."""
+        params = read_flame_params(drive_json)
+        name = Path(drive_json).resolve().parent.name
+        folder = self.paths.eval_dir / f"reenact_{name}" / f"epoch_{self.epoch}"
+        written = []
+        for start in tqdm(range(0, len(params), self._batch_size()), desc="reenacting", dynamic_ncols=True):
+            stop = min(start + self._batch_size(), len(params))
+            out = self.avatar(params.expressions[start:stop].to(self.device), params.poses[start:stop].to(self.device),
+                              params.world_mats[start:stop].to(self.device),
+                              params.intrinsics.expand(stop - start, 4).to(self.device))
+            for b, frame_id in enumerate(params.frame_ids[start:stop]):
+                written.append(save_png(folder / "rgb" / f"{frame_id}.png", out.rgb[b].clamp(0, 1)))
+        write_mp4(folder / "video.mp4", (imageio.imread(p)[..., :3] for p in written), fps=self.fps)
+        log.info("reenacted %d frames of %s into %s", len(written), drive_json, folder)
+        return folder
+
+    @torch.no_grad()
+    def gaussians_of(self, expression: torch.Tensor, pose: torch.Tensor) -> Gaussians:
+        """Activated Gaussians [N, ...] of one frame given expression [E] and FLAME pose [15]."""
+        gaussians, _ = self.avatar.deform(expression[None].to(self.device), pose[None].to(self.device))
+        return gaussians.frame(0)
+
+    def export_canonical(self, path: Path) -> Path:
+        """The avatar in its canonical frame (canonical expression and pose) as a standard 3DGS .ply."""
+        g = self.gaussians_of(self.avatar.canonical_expression, self.avatar.canonical_pose)
+        return save_gaussians_ply(path, g.means, g.quats, g.scales, g.opacities, g.colors)

@@ -1,0 +1,206 @@
+"""The three networks of the method: canonical (appearance), deformer (FLAME-like blendshapes and
+skinning), and the gaussian deformation network (expression-dependent Gaussian attributes).
+
+Constructor arguments mirror the conf sections `model.geometry_network`, `model.deformer_network`
+and `model.gaussian_network`, so a conf section can be passed as keyword arguments.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+from torch import nn
+from torch.nn.utils.parametrizations import weight_norm as _weight_norm
+
+SKINNING_TEMPERATURE = 20.0  # softmax(20 * logits), as the reference deformer
+N_POSE_FEATURES = 36
+
+
+class PositionalEncoding(nn.Module):
+    """x -> [x, sin(2^k x), cos(2^k x) for k < multires] (NeRF-style, frequencies 1 .. 2^(multires-1))."""
+
+    def __init__(self, multires: int, d_in: int = 3) -> None:
+        super().__init__()
+        self.register_buffer("freqs", 2.0 ** torch.arange(multires, dtype=torch.float32), persistent=False)
+        self.out_dim = d_in * (1 + 2 * multires)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # [N, d] -> [N, out_dim]
+        if self.freqs.numel() == 0:
+            return x
+        scaled = x[..., None, :] * self.freqs[:, None]  # [N, K, d]
+        return torch.cat([x, scaled.sin().flatten(-2), scaled.cos().flatten(-2)], dim=-1)
+
+
+def _linear(d_in: int, d_out: int, use_weight_norm: bool, init: str = "default", std_scale: float = 2.0
+            ) -> nn.Linear:
+    """A linear layer; `init='he'` is N(0, sqrt(std_scale) / sqrt(d_out)) weights and zero bias,
+    `init='zero'` starts at zero (the deformer's blendshape and skinning outputs)."""
+    layer = nn.Linear(d_in, d_out)
+    if init == "he":
+        nn.init.normal_(layer.weight, 0.0, math.sqrt(std_scale) / math.sqrt(d_out))
+        nn.init.zeros_(layer.bias)
+    elif init == "zero":
+        nn.init.zeros_(layer.weight)
+        nn.init.zeros_(layer.bias)
+    return _weight_norm(layer) if use_weight_norm else layer
+
+
+def _head(width: int, d_out: int, activation: nn.Module) -> nn.Sequential:
+    """An output head: Linear - activation - Linear."""
+    return nn.Sequential(nn.Linear(width, width), activation, nn.Linear(width, d_out))
+
+
+@dataclass
+class CanonicalAttributes:
+    """Per-point logits of the canonical Gaussians (before activations)."""
+
+    color: torch.Tensor  # [N, 3]
+    scale: torch.Tensor  # [N, 3]
+    rotation: torch.Tensor  # [N, 4]
+    opacity: torch.Tensor  # [N, 1]
+
+
+class CanonicalNetwork(nn.Module):
+    """Point -> colour, scale, rotation and opacity logits (conf `geometry_network`).
+
+    A softplus(beta=100) MLP on the positionally encoded point with a skip connection of the
+    input, IDR's geometric initialisation and weight normalisation, then four heads.
+    `d_out` and `feature_vector_size` are accepted for conf compatibility: the heads fix the outputs.
+    """
+
+    def __init__(self, d_in: int = 3, d_out: int = 1, feature_vector_size: int = 3,
+                 dims: Sequence[int] = (256,) * 7, geometric_init: bool = True, bias: float = 0.6,
+                 skip_in: Sequence[int] = (3,), weight_norm: bool = True, multires: int = 6) -> None:
+        super().__init__()
+        self.embed = PositionalEncoding(multires, d_in)
+        widths = [self.embed.out_dim] + list(dims)
+        self.skip_in = tuple(skip_in)
+        layers = []
+        for index in range(len(widths) - 1):
+            d_out_layer = widths[index + 1] - (widths[0] if index + 1 in self.skip_in else 0)
+            layer = nn.Linear(widths[index], d_out_layer)
+            if geometric_init:
+                self._geometric_init(layer, index, len(widths) - 2, widths[0], d_in, multires > 0, bias)
+            layers.append(_weight_norm(layer) if weight_norm else layer)
+        self.layers = nn.ModuleList(layers)
+        self.activation = nn.Softplus(beta=100)
+        width = widths[-1]
+        self.color_head = _head(width, 3, nn.Softplus(beta=100))
+        self.scale_head = _head(width, 3, nn.Softplus(beta=100))
+        self.rotation_head = _head(width, 4, nn.Softplus(beta=100))
+        self.opacity_head = _head(width, 1, nn.Softplus(beta=100))
+
+    def _geometric_init(self, layer: nn.Linear, index: int, last: int, d_embedded: int, d_in: int,
+                        encoded: bool, bias: float) -> None:
+        """IDR's initialisation: the trunk starts as a smooth function of the raw coordinates."""
+        d_out = layer.out_features
+        # IDR gives its last layer an SDF-shaped init (weights ~ sqrt(pi)/sqrt(d), bias -bias). The
+        # reference applies it to this 256-wide feature layer, whose softplus then starts (and tends to
+        # stay) dead, freezing colour/scale/rotation/opacity across points; it is initialised like the
+        # other layers instead, and `bias` is kept for conf compatibility.
+        del last, bias
+        nn.init.zeros_(layer.bias)
+        nn.init.normal_(layer.weight, 0.0, math.sqrt(2) / math.sqrt(d_out))
+        with torch.no_grad():
+            if encoded and index == 0:
+                layer.weight[:, d_in:] = 0.0  # encoded frequencies start switched off
+            elif encoded and index in self.skip_in:
+                layer.weight[:, -(d_embedded - d_in):] = 0.0
+
+    def forward(self, points: torch.Tensor) -> CanonicalAttributes:  # points [N, 3]
+        encoded = self.embed(points)
+        x = encoded
+        for index, layer in enumerate(self.layers):
+            if index in self.skip_in:
+                x = torch.cat([x, encoded], dim=-1) / math.sqrt(2)
+            x = self.activation(layer(x))
+        return CanonicalAttributes(self.color_head(x), self.scale_head(x), self.rotation_head(x), self.opacity_head(x))
+
+
+@dataclass
+class DeformerOutput:
+    """Per-point FLAME-like deformation quantities predicted from the canonical position."""
+
+    shapedirs: torch.Tensor  # [N, 3, E] expression blendshapes
+    posedirs: torch.Tensor  # [N, 36, 3] pose correctives
+    lbs_weights: torch.Tensor  # [N, J (+1 ghost bone)] skinning weights, rows sum to 1
+    offset: torch.Tensor  # [N, 3] canonical offset d (zeros without deform_c)
+
+
+class DeformerNetwork(nn.Module):
+    """Canonical point -> (E, P, W, d) (conf `deformer_network`).
+
+    Blendshape and skinning output layers start at zero, so every point starts with no
+    blendshapes and uniform skinning weights.
+    """
+
+    def __init__(self, d_in: int = 3, dims: Sequence[int] = (128,) * 4, weight_norm: bool = True,
+                 multires: int = 0, num_exp: int = 50, ghostbone: bool = True, deform_c: bool = True,
+                 n_joints: int = 5) -> None:
+        super().__init__()
+        self.num_exp, self.ghostbone, self.deform_c = num_exp, ghostbone, deform_c
+        self.embed = PositionalEncoding(multires, d_in)
+        widths = [self.embed.out_dim] + list(dims)
+        self.layers = nn.ModuleList(_linear(widths[i], widths[i + 1], weight_norm, "he")
+                                    for i in range(len(widths) - 1))
+        width = widths[-1]
+        n_blend = N_POSE_FEATURES * 3 + num_exp * 3 + (3 if deform_c else 0)
+        self.blendshapes = _linear(width, n_blend, False, "zero")
+        self.skinning_hidden = _linear(width, width, weight_norm, "he")
+        self.skinning = _linear(width, n_joints + (1 if ghostbone else 0), False, "zero")
+        self.activation = nn.Softplus(beta=100)
+
+    def forward(self, points: torch.Tensor) -> DeformerOutput:  # points [N, 3]
+        x = self.embed(points)
+        for layer in self.layers:
+            x = self.activation(layer(x))
+        blend = self.blendshapes(x)
+        n = points.shape[0]
+        n_pose = N_POSE_FEATURES * 3
+        posedirs = blend[:, :n_pose].reshape(n, N_POSE_FEATURES, 3)
+        shapedirs = blend[:, n_pose:n_pose + 3 * self.num_exp].reshape(n, 3, self.num_exp)
+        offset = blend[:, -3:] if self.deform_c else torch.zeros_like(points)
+        logits = self.skinning(self.activation(self.skinning_hidden(x)))
+        weights = torch.softmax(SKINNING_TEMPERATURE * logits, dim=-1)
+        return DeformerOutput(shapedirs, posedirs, weights, offset)
+
+
+@dataclass
+class GaussianOffsets:
+    """Expression-dependent offsets added to the canonical logits."""
+
+    scale: torch.Tensor  # [..., 3]
+    rotation: torch.Tensor  # [..., 4]
+    opacity: torch.Tensor  # [..., 1]
+    color: torch.Tensor  # [..., 3]
+
+
+class GaussianNetwork(nn.Module):
+    """Deformation offset of a point (x_t - x') -> offsets of its Gaussian's attributes (conf `gaussian_network`).
+
+    A ReLU MLP and four Linear-ReLU-Linear heads. `feature_vector_size`, `d_out`, `multires_view`
+    and `multires_pnts` are accepted for conf compatibility.
+    """
+
+    def __init__(self, d_in: int = 3, feature_vector_size: int = 0, d_out: int = 8,
+                 dims: Sequence[int] = (64, 64, 64), weight_norm: bool = True, multires_view: int = 0,
+                 multires_pnts: int = 0) -> None:
+        super().__init__()
+        widths = [d_in] + list(dims)
+        self.layers = nn.ModuleList(_linear(widths[i], widths[i + 1], weight_norm) for i in range(len(widths) - 1))
+        width = widths[-1]
+        self.scale_head = _head(width, 3, nn.ReLU())
+        self.rotation_head = _head(width, 4, nn.ReLU())
+        self.opacity_head = _head(width, 1, nn.ReLU())
+        self.color_head = _head(width, 3, nn.ReLU())
+
+    def forward(self, offset: torch.Tensor) -> GaussianOffsets:  # offset [..., 3]
+        x = offset
+        for index, layer in enumerate(self.layers):
+            x = layer(x)
+            if index < len(self.layers) - 1:  # no activation after the last trunk layer, as the reference
+                x = torch.relu(x)
+        return GaussianOffsets(self.scale_head(x), self.rotation_head(x), self.opacity_head(x), self.color_head(x))

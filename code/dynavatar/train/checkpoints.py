@@ -1,0 +1,135 @@
+"""The experiment folder layout users know from the paper, and atomic checkpoint files.
+
+<exps_folder>/<subject>/<methodname>/<train sub_dirs joined by +>/
+    train/runconf.conf
+    train/checkpoints/{ModelParameters, OptimizerParameters, SchedulerParameters,
+                       OptimizerInputs, InputParameters, TestInputParameters}/{latest, N}.pth
+    train/tensorboard/
+    eval/<test sub_dir>/epoch_<N>/
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..config import as_list
+from ..errors import CheckpointError
+
+log = logging.getLogger(__name__)
+
+MODEL = "ModelParameters"
+OPTIMIZER = "OptimizerParameters"
+SCHEDULER = "SchedulerParameters"
+OPTIMIZER_INPUTS = "OptimizerInputs"
+INPUTS = "InputParameters"
+TEST_INPUTS = "TestInputParameters"
+PARTS = (MODEL, OPTIMIZER, SCHEDULER, OPTIMIZER_INPUTS, INPUTS)
+LATEST = "latest"
+
+
+@dataclass(frozen=True)
+class ExperimentPaths:
+    root: Path  # <exps_folder>/<subject>/<methodname>/<train split>
+
+    @classmethod
+    def from_conf(cls, conf: Any) -> "ExperimentPaths":
+        split = "+".join(str(s) for s in as_list(conf.get("dataset.train.sub_dir")))
+        return cls(Path(conf.get("train.exps_folder")) / conf.get("dataset.subject_name")
+                   / conf.get("train.methodname") / split)
+
+    @property
+    def train_dir(self) -> Path:
+        return self.root / "train"
+
+    @property
+    def eval_dir(self) -> Path:
+        return self.root / "eval"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.train_dir / "checkpoints"
+
+    @property
+    def runconf(self) -> Path:
+        return self.train_dir / "runconf.conf"
+
+    @property
+    def tensorboard(self) -> Path:
+        return self.train_dir / "tensorboard"
+
+    def eval_epoch_dir(self, sub_dir: str, epoch: int) -> Path:
+        return self.eval_dir / sub_dir / f"epoch_{epoch}"
+
+
+def checkpoints_dir_of(load_path: str | Path) -> Path:
+    """Accept an experiment's train folder (as the paper's --load_path), its checkpoints folder, or its split folder."""
+    path = Path(load_path)
+    for candidate in (path / "checkpoints", path, path / "train" / "checkpoints"):
+        if (candidate / MODEL).is_dir():
+            return candidate
+    raise CheckpointError(f"no checkpoints found under {path}: expected {path / 'checkpoints' / MODEL} "
+                          f"(pass the experiment's train folder to --load_path)")
+
+
+def available_epochs(checkpoints: Path) -> list[int]:
+    folder = checkpoints / MODEL
+    if not folder.is_dir():
+        return []
+    return sorted(int(m.group(1)) for p in folder.iterdir() if (m := re.fullmatch(r"(\d+)\.pth", p.name)))
+
+
+def atomic_save(obj: Any, path: Path) -> None:
+    """Write via a temporary file and rename, so a kill never leaves a broken checkpoint."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def save_checkpoint(checkpoints: Path, epoch: int, parts: dict[str, dict], numbered: bool) -> None:
+    """Write each part as `latest.pth` and, when `numbered`, as `<epoch>.pth`."""
+    for part, state in parts.items():
+        payload = {"epoch": epoch, **state}
+        atomic_save(payload, checkpoints / part / f"{LATEST}.pth")
+        if numbered:
+            atomic_save(payload, checkpoints / part / f"{epoch}.pth")
+
+
+def load_part(checkpoints: Path, part: str, tag: str | int, map_location: Any = "cpu") -> dict:
+    """Read one checkpoint part; a missing file is one clear error listing the epochs that exist."""
+    path = checkpoints / part / f"{tag}.pth"
+    if not path.is_file():
+        epochs = available_epochs(checkpoints)
+        have = ", ".join(str(e) for e in epochs) or "none"
+        latest = " and latest" if (checkpoints / part / f"{LATEST}.pth").is_file() else ""
+        raise CheckpointError(f"checkpoint {path} not found; epochs available: {have}{latest} "
+                              f"(choose one with --checkpoint)")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=False)
+    except (RuntimeError, EOFError, OSError) as exc:
+        raise CheckpointError(f"checkpoint {path} cannot be read ({exc}); it may be truncated") from None
+
+
+def load_model_state(module: torch.nn.Module, state: dict[str, torch.Tensor], source: Path) -> None:
+    """load_state_dict with one clear error when names or shapes do not fit the model of the conf."""
+    own = module.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    mismatched = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+                  for k in own if k in state and state[k].shape != own[k].shape]
+    if missing or unexpected or mismatched:
+        details = "; ".join(filter(None, [
+            f"missing {missing[:5]}" if missing else "",
+            f"unexpected {unexpected[:5]}" if unexpected else "",
+            f"wrong sizes {mismatched[:5]}" if mismatched else "",
+        ]))
+        raise CheckpointError(f"{source} does not fit the model described by the conf ({details}); "
+                              f"use the runconf.conf the checkpoint was trained with")
+    module.load_state_dict(state)

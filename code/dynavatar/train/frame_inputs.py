@@ -1,0 +1,47 @@
+"""Per-frame tracking refinement: expression, FLAME pose and camera translation as embeddings.
+
+The tracked values of each frame start the embeddings; a SparseAdam optimizer refines them jointly
+with the avatar (training frames) or with the avatar frozen (test frames, at evaluation).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+
+class FrameInputs(nn.Module):
+    """Refinable inputs of the frames of one dataset (indexed by the dataset's `idx`)."""
+
+    def __init__(self, expressions: torch.Tensor, flame_poses: torch.Tensor, world_mats: torch.Tensor,
+                 optimize_expression: bool, optimize_camera: bool) -> None:
+        super().__init__()
+        self.optimize_expression, self.optimize_camera = optimize_expression, optimize_camera
+        if optimize_expression:
+            self.expression = nn.Embedding.from_pretrained(expressions.clone(), freeze=False, sparse=True)  # [F, 50]
+        if optimize_camera:  # as the paper: the flag covers FLAME pose and camera translation
+            self.flame_pose = nn.Embedding.from_pretrained(flame_poses.clone(), freeze=False, sparse=True)  # [F, 15]
+            self.camera_translation = nn.Embedding.from_pretrained(world_mats[:, :3, 3].clone(), freeze=False,
+                                                                   sparse=True)  # [F, 3]
+
+    @property
+    def enabled(self) -> bool:
+        return self.optimize_expression or self.optimize_camera
+
+    def apply(self, model_input: dict[str, Any]) -> dict[str, Any]:
+        """A copy of a batch's model_input with the refined values of its frames (by 'idx' [B])."""
+        out = dict(model_input)
+        idx = model_input["idx"]
+        if self.optimize_expression:
+            out["expression"] = self.expression(idx)
+        if self.optimize_camera:
+            out["flame_pose"] = self.flame_pose(idx)
+            world_mat = model_input["world_mat"].clone()
+            out["world_mat"] = torch.cat([world_mat[:, :, :3], self.camera_translation(idx)[:, :, None]], dim=2)
+        return out
+
+    def optimizer(self, lr: float) -> torch.optim.SparseAdam | None:
+        params = list(self.parameters())
+        return torch.optim.SparseAdam(params, lr=lr) if params else None

@@ -1,0 +1,92 @@
+"""Training losses: photometric (L1, SSIM, VGG perceptual) and the FLAME priors on the deformer."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+
+from ..evaluate.metrics import ssim_loss
+from ..flame import FLAME
+from ..model.networks import DeformerOutput
+from .vgg import load_vgg_perceptual
+
+log = logging.getLogger(__name__)
+
+# Inner weights of the FLAME priors (the paper's): skinning x0.1, correctives and blendshapes x10
+# on 10x-scaled values, blendshapes additionally divided by 50 x the expression variance.
+LBS_PRIOR_SCALE = 0.1
+DIRS_PRIOR_SCALE = 10.0
+DIRS_VALUE_SCALE = 10.0
+VARIANCE_DIVISOR = 50.0
+
+
+class AvatarLoss:
+    """L1 + ssim_weight (1 - SSIM) + vgg_feature_weight VGG + lbs_weight x FLAME priors.
+
+    `lbs_weight` is halved at the conf's GT_lbs_milestones by the trainer (`set_epoch`).
+    """
+
+    def __init__(self, loss_conf: Any, train_conf: Any, var_expression: torch.Tensor | None,
+                 device: torch.device) -> None:
+        self.rgb_weight = float(loss_conf["rgb_weight"])
+        self.ssim_weight = float(loss_conf["ssim_weight"])
+        self.vgg_weight = float(loss_conf["vgg_feature_weight"])
+        self.base_lbs_weight = float(loss_conf["lbs_weight"])
+        self.lbs_weight = self.base_lbs_weight
+        self.lbs_milestones = [int(m) for m in train_conf["GT_lbs_milestones"]]
+        self.lbs_factor = float(train_conf["GT_lbs_factor"])
+        self.var_expression = None if var_expression is None else var_expression.to(device)  # [E]
+        self.vgg = None
+        if self.vgg_weight > 0:
+            path = str(loss_conf["vgg_weights_path"]) or None
+            self.vgg = load_vgg_perceptual(path, device=device)  # raises a clear error when unavailable
+
+    def set_epoch(self, epoch: int) -> None:
+        """lbs_weight halves at each milestone reached (epoch >= milestone)."""
+        passed = sum(1 for m in self.lbs_milestones if epoch >= m)
+        self.lbs_weight = self.base_lbs_weight * self.lbs_factor ** passed
+
+    def photometric(self, rgb: torch.Tensor, gt: torch.Tensor) -> dict[str, torch.Tensor]:
+        """rgb, gt [B, H, W, 3] -> weighted terms."""
+        terms = {"rgb_loss": (rgb - gt).abs().mean()}
+        if self.ssim_weight > 0:
+            terms["ssim_loss"] = ssim_loss(rgb, gt)
+        if self.vgg is not None:
+            terms["vgg_loss"] = self.vgg(rgb, gt)
+        return terms
+
+    def flame_prior(self, deformer: DeformerOutput, nearest: torch.Tensor, flame: FLAME) -> dict[str, torch.Tensor]:
+        """Deformer outputs vs FLAME's at each point's nearest canonical FLAME vertex `nearest` [N]."""
+        weights_gt = flame.lbs_weights[nearest]  # [N, J]
+        if deformer.lbs_weights.shape[1] == weights_gt.shape[1] + 1:  # ghost bone: target weight 0
+            weights_gt = torch.cat([torch.zeros_like(weights_gt[:, :1]), weights_gt], dim=1)
+        n = nearest.shape[0]
+        posedirs_gt = flame.posedirs[nearest]  # [N, 36, 3]
+        num_exp = deformer.shapedirs.shape[2]
+        shapedirs_gt = flame.shapedirs[nearest][:, :, :num_exp]  # [N, 3, E]
+        shapedirs_err = (DIRS_VALUE_SCALE * (deformer.shapedirs - shapedirs_gt)) ** 2
+        if self.var_expression is not None:
+            shapedirs_err = shapedirs_err / (self.var_expression[:num_exp] * VARIANCE_DIVISOR)
+        return {
+            "lbs_loss": ((deformer.lbs_weights - weights_gt) ** 2).mean(),
+            "posedirs_loss": ((DIRS_VALUE_SCALE * (deformer.posedirs - posedirs_gt)) ** 2).reshape(n, -1).mean(),
+            "shapedirs_loss": shapedirs_err.mean(),
+        }
+
+    def total(self, terms: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The weighted sum of whichever terms were computed."""
+        weights = {
+            "rgb_loss": self.rgb_weight,
+            "ssim_loss": self.ssim_weight,
+            "vgg_loss": self.vgg_weight,
+            "lbs_loss": self.lbs_weight * LBS_PRIOR_SCALE,
+            "posedirs_loss": self.lbs_weight * DIRS_PRIOR_SCALE,
+            "shapedirs_loss": self.lbs_weight * DIRS_PRIOR_SCALE,
+        }
+        return sum(weights[name] * value for name, value in terms.items())
+
+    @property
+    def uses_priors(self) -> bool:
+        return self.lbs_weight > 0

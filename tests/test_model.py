@@ -1,0 +1,133 @@
+"""The avatar's deformation path, its networks' initial state, and the point schedule."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from dynavatar.config import load_conf
+from dynavatar.flame import FLAME
+from dynavatar.model.avatar import Avatar, nearest_vertex
+from dynavatar.model.networks import CanonicalNetwork, DeformerNetwork, DeformerOutput
+from dynavatar.model.point_schedule import CoarseToFine, PointSchedule, prune_and_grow
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def avatar(synthetic_flame_paths):
+    conf = load_conf(REPO / "confs" / "subject1.conf")
+    shape = torch.randn(100, generator=torch.Generator().manual_seed(1))
+    flame = FLAME(*synthetic_flame_paths, shape_params=shape)
+    expression = torch.randn(50, generator=torch.Generator().manual_seed(2)) * 0.5
+    return Avatar(conf.get("model"), flame, shape, expression, 0.4, (32, 32))
+
+
+class FlameDeformer(torch.nn.Module):
+    """Stands in for the deformer network: FLAME's own blendshapes, correctives and weights (ghost 0)
+    for points that are the canonical FLAME vertices, and no offset."""
+
+    def __init__(self, flame: FLAME) -> None:
+        super().__init__()
+        self.flame, self.num_exp, self.ghostbone = flame, flame.n_exp, True
+
+    def forward(self, points: torch.Tensor) -> DeformerOutput:
+        weights = torch.cat([torch.zeros(points.shape[0], 1), self.flame.lbs_weights], dim=1)
+        return DeformerOutput(self.flame.shapedirs, self.flame.posedirs, weights, torch.zeros_like(points))
+
+
+def test_points_at_canonical_flame_vertices_land_on_the_frames_mesh(avatar):
+    canonical_vertices, _, _ = avatar.canonical_flame()
+    network = avatar.deformer
+    try:
+        avatar.deformer = FlameDeformer(avatar.flame)
+        avatar.set_points(canonical_vertices)
+        gen = torch.Generator().manual_seed(4)
+        expression = torch.randn(3, 50, generator=gen)
+        pose = (torch.rand(3, 15, generator=gen) - 0.5) * 0.6
+        gaussians, _ = avatar.deform(expression, pose)
+        mesh = avatar.flame(expression, pose).vertices
+        assert (gaussians.means - mesh).abs().max().item() <= 1e-4
+        assert (mesh - canonical_vertices).abs().max().item() > 0.05  # the frames really differ
+    finally:
+        avatar.deformer = network
+
+
+def test_canonical_frame_is_the_jaw_opened_mean_expression(avatar):
+    vertices, feature, transforms = avatar.canonical_flame()
+    assert transforms.shape == (1, 6, 4, 4)  # ghost bone + 5 FLAME joints
+    assert torch.allclose(transforms[0, 0], torch.eye(4))
+    assert avatar.canonical_pose[6].item() == pytest.approx(0.4)
+    expected = avatar.flame(avatar.canonical_expression[None], avatar.canonical_pose[None]).vertices[0]
+    assert torch.allclose(vertices, expected)
+
+
+def test_deformer_starts_with_no_blendshapes_and_uniform_weights():
+    deformer = DeformerNetwork()
+    out = deformer(torch.randn(50, 3))
+    assert out.shapedirs.abs().max() == 0 and out.posedirs.abs().max() == 0 and out.offset.abs().max() == 0
+    assert torch.allclose(out.lbs_weights, torch.full((50, 6), 1 / 6))
+    assert out.shapedirs.shape == (50, 3, 50) and out.posedirs.shape == (50, 36, 3)
+
+
+def test_canonical_network_features_vary_across_points():
+    net = CanonicalNetwork()
+    points = torch.nn.functional.normalize(torch.randn(200, 3), dim=1) * 0.5
+    attrs = net(points)
+    assert attrs.color.shape == (200, 3) and attrs.rotation.shape == (200, 4) and attrs.opacity.shape == (200, 1)
+    assert attrs.color.std(0).min() > 1e-4  # a dead trunk would give the same colour to every point
+
+
+def test_activations_and_shapes(avatar):
+    gaussians, shifted = avatar.deform(torch.zeros(2, 50), torch.zeros(2, 15))
+    n = avatar.n_points
+    assert gaussians.means.shape == (2, n, 3) and shifted.shape == (n, 3)
+    assert torch.allclose(gaussians.quats.norm(dim=-1), torch.ones(2, n), atol=1e-5)
+    assert (gaussians.scales >= avatar.strategy.radius).all()
+    assert (gaussians.scales <= avatar.strategy.radius + avatar.max_scale).all()
+    assert ((gaussians.opacities > 0) & (gaussians.opacities < 1)).all()
+
+
+def test_nearest_vertex_matches_brute_force():
+    gen = torch.Generator().manual_seed(0)
+    points, vertices = torch.randn(1000, 3, generator=gen), torch.randn(300, 3, generator=gen)
+    brute = ((points[:, None] - vertices[None]) ** 2).sum(-1).argmin(1)
+    assert torch.equal(nearest_vertex(points, vertices, chunk=128), brute)
+
+
+class TestSchedule:
+    def test_paper_targets_and_radius(self):
+        s = PointSchedule()
+        targets = {e: s.target_points(e) for e in (0, 4, 5, 9, 10, 15, 20, 25, 30, 39, 40, 50, 60, 200)}
+        assert targets == {0: 400, 4: 400, 5: 800, 9: 800, 10: 1600, 15: 3200, 20: 6400, 25: 10000,
+                           30: 20000, 39: 20000, 40: 40000, 50: 80000, 60: 100000, 200: 100000}
+        assert s.initial_radius() == pytest.approx(0.15 * 0.75 ** 2)
+        assert [s.radius_factor_at(e) for e in (5, 6, 40, 60, 61, 65, 70)] == [0.75, 1.0, 0.75, 0.9, 1.0, 0.75, 0.75]
+        assert s.noise_size(100, 0.01) == 0.01 and s.noise_size(101, 0.01) == pytest.approx(0.004)
+
+    def test_prune_and_grow(self):
+        gen = torch.Generator().manual_seed(0)
+        points = torch.randn(10, 3)
+        keep = torch.tensor([True, False] * 5)
+        new = prune_and_grow(points, keep, 12, 0.1, gen)
+        assert new.shape == (12, 3)
+        assert torch.equal(new[:5], points[keep])
+        # Each grown point is a survivor plus noise within [-0.05, 0.05].
+        offsets = (new[5:, None] - points[keep][None]).abs().amax(-1).min(1).values
+        assert (offsets <= 0.05 + 1e-6).all()
+
+    def test_strategy_prunes_invisible_and_shrinks_radius(self):
+        schedule = PointSchedule(n_init_points=8, schedule_epochs=(1, 2), schedule_points=(12, 16),
+                                 radius_factors=(0.5, 0.5), max_points=14)
+        strategy = CoarseToFine.start(schedule, 8, torch.device("cpu"))
+        radius = strategy.radius
+        strategy.observe(torch.tensor([True] * 6 + [False] * 2))
+        new = strategy.start_epoch(1, torch.randn(8, 3), torch.Generator().manual_seed(0))
+        assert new.shape == (12, 3) and strategy.radius == pytest.approx(radius * 0.5)
+        strategy.observe(torch.ones(12, dtype=torch.bool))
+        new = strategy.start_epoch(2, new, torch.Generator().manual_seed(0))
+        assert new.shape == (14, 3)  # capped by max_points
+        strategy.observe(torch.ones(14, dtype=torch.bool))
+        assert strategy.start_epoch(3, new, torch.Generator().manual_seed(0)) is None  # nothing to change
