@@ -43,7 +43,7 @@ def run(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
                         format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
     # Heavy imports after argument parsing, so that --help is instant.
-    from ..data.demo_subject import ensure_synthetic_subject
+    from ..data.synthetic_subject import ensure_synthetic_subject
     from ..evaluate.evaluator import EvalOptions, Evaluator
     from ..train.trainer import Trainer, TrainOptions
 
