@@ -43,7 +43,8 @@ def parse_scene(text: str) -> tuple[str, int, int, int]:
     kind = kind or "random"
     count, _, size = rest.partition("@")
     width, _, height = size.partition("x")
-    if kind not in ("random", "sphere") or not count.isdigit() or not width.isdigit() or (height and not height.isdigit()):
+    numbers_ok = count.isdigit() and width.isdigit() and (not height or height.isdigit())
+    if kind not in ("random", "sphere") or not numbers_ok:
         raise SystemExit(f"bad scene {text!r}: expected KIND:N@WxH or KIND:N@S, KIND random or sphere")
     return kind, int(count), int(width), int(height or width)
 
@@ -125,7 +126,8 @@ def bench_one(backend: str, kind: str, n: int, width: int, height: int, device: 
     visible = int(forward().visible.sum())
     return dict(backend=backend, scene=f"{kind}:{n}@{width}x{height}", gaussians=n, width=width, height=height,
                 visible=visible, forward_ms=fwd, forward_backward_ms=fwd_bwd, peak_mib=memory,
-                device=torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu x{torch.get_num_threads()}")
+                device=torch.cuda.get_device_name(device) if device.type == "cuda"
+                else f"cpu x{torch.get_num_threads()} threads")
 
 
 def markdown(rows: list[dict]) -> str:

@@ -35,7 +35,8 @@ def rasterize_gsplat(means_cam: Tensor, quats_cam: Tensor, scales: Tensor, opaci
     device, dtype = means_cam.device, torch.float32
     viewmats = constant((((1.0, 0.0, 0.0, 0.0), (0.0, 1.0, 0.0, 0.0), (0.0, 0.0, 1.0, 0.0), (0.0, 0.0, 0.0, 1.0)),),
                         dtype, device)  # [1, 4, 4]
-    ks = constant((((camera.fx, 0.0, camera.cx), (0.0, camera.fy, camera.cy), (0.0, 0.0, 1.0)),), dtype, device)  # [1, 3, 3]
+    k = ((camera.fx, 0.0, camera.cx), (0.0, camera.fy, camera.cy), (0.0, 0.0, 1.0))
+    ks = constant((k,), dtype, device)  # [1, 3, 3]
     render, alphas, meta = gsplat.rasterization(
         means_cam.to(dtype), quats_cam.to(dtype), scales.to(dtype), opacities.to(dtype), colors.to(dtype),
         viewmats, ks, camera.width, camera.height, near_plane=camera.near, far_plane=camera.far, eps2d=LOW_PASS,

@@ -62,7 +62,8 @@ def random_scene(n: int, width: int, height: int, seed: int = 0, device: torch.d
     y = (torch.rand(n, generator=gen, dtype=torch.float64) * 2 - 1) * z * (0.5 * height / camera.fy) * 1.1
     means = torch.stack([x, y, z], dim=-1)
     size = scale * math.sqrt(1000.0 / n)
-    scales = size * torch.exp(torch.empty(n, 3, dtype=torch.float64).uniform_(math.log(0.3), math.log(1.5), generator=gen))
+    log_factor = torch.empty(n, 3, dtype=torch.float64).uniform_(math.log(0.3), math.log(1.5), generator=gen)
+    scales = size * torch.exp(log_factor)
     quats = torch.randn(n, 4, generator=gen, dtype=torch.float64)
     opacities = 0.1 + (max_opacity - 0.1) * torch.rand(n, generator=gen, dtype=torch.float64)
     colors = torch.rand(n, 3, generator=gen, dtype=torch.float64)

@@ -11,9 +11,14 @@ transmittance by a cumulative product along K and the early stop emulated by mas
 large for the memory budget is cut into fewer tiles, then into chunks along K whose transmittance
 is carried from one chunk to the next, so memory never grows as pixels x Gaussians.
 
+The Gaussian's exponent at the 256 pixels of a tile is one small matrix product: written around
+the tile centre, power = -0.5 d^T conic d is a quadratic polynomial in the pixel's (x, y) whose six
+coefficients are computed per (tile, Gaussian) pair. It is clamped to <= 0 (the CUDA kernel skips
+power > 0, which only rounding can produce for a positive-definite conic).
+
 The compositing is one autograd Function with a hand-written backward (the CUDA rasterizer's,
-recomputing each chunk instead of storing it); everything per Gaussian (projection, gathering into
-tile lists) is ordinary autograd.
+recomputing each chunk instead of storing it; like it, gradients pass the 0.99 cap unchanged);
+everything per Gaussian (projection, gathering into tile lists) is ordinary autograd.
 """
 
 from __future__ import annotations
@@ -99,7 +104,9 @@ def _plan(screen: ScreenGaussians, camera: Camera, max_elements: int, merge_padd
         gid = spread(vis)  # [P] Gaussian of each pair
         local = torch.arange(total, device=device) - spread(per.cumsum(0) - per)
         width = spread(span[:, 0])
-        tile = (spread(screen.tile_min[vis, 1]) + local // width) * grid_x + spread(screen.tile_min[vis, 0]) + local % width
+        tx = spread(screen.tile_min[vis, 0]) + local % width
+        ty = spread(screen.tile_min[vis, 1]) + local // width
+        tile = ty * grid_x + tx  # [P]
         rank = torch.empty(n, dtype=torch.long, device=device)
         rank[torch.argsort(screen.depths.detach())] = torch.arange(n, device=device)
         gid = gid[torch.argsort(tile * n + rank[gid])]  # by tile, then front to back
