@@ -81,7 +81,7 @@ def rasterize_inria(means_cam: Tensor, quats_cam: Tensor, scales: Tensor, opacit
                               camera.fy * means[:, 1] / safe_z + camera.cy], dim=-1)  # [N, 2]
     needs_grad = torch.is_grad_enabled() and any(
         t.requires_grad for t in (means_cam, quats_cam, scales, opacities, colors))
-    means2d = pixels.clone().requires_grad_(needs_grad)
+    means2d = pixels.requires_grad_(needs_grad)  # a leaf
     to_ndc = constant((2.0 / camera.width, 2.0 / camera.height), dtype, device)
     screen = torch.cat([means2d * to_ndc, torch.zeros(n, 1, dtype=dtype, device=device)], dim=-1)  # [N, 3]
 
@@ -93,7 +93,7 @@ def rasterize_inria(means_cam: Tensor, quats_cam: Tensor, scales: Tensor, opacit
 
     image, radii = run(background, colors.to(dtype))
     aux_colors = torch.stack([z, torch.ones_like(z), torch.zeros_like(z)], dim=-1)  # [N, 3] (z, 1, 0)
-    aux, _ = run(torch.zeros(3, dtype=dtype, device=device), aux_colors)
+    aux, _ = run(constant((0.0, 0.0, 0.0), dtype, device), aux_colors)  # black background
     radii = torch.where(in_depth, radii, torch.zeros_like(radii)).to(torch.int32)
     return RasterOutput(image=image.permute(1, 2, 0), alpha=aux[1], depth=aux[0],
                         radii=radii, visible=radii > 0, means2d=means2d)
