@@ -141,7 +141,8 @@ class Evaluator:
 
     def evaluate(self) -> dict[str, Path]:
         """Render the whole test split, write images, metrics and videos; returns the folders written."""
-        data = dataset_from_conf(self.conf, "test", is_eval=True, only_json=self.options.only_json)
+        data = dataset_from_conf(self.conf, "test", is_eval=True, only_json=self.options.only_json,
+                                 use_mean_expression=False, use_var_expression=False)
         inputs = self.test_inputs(data)
         lpips_model = self._lpips()
         rows: list[dict[str, Any]] = []

@@ -80,7 +80,8 @@ class Trainer:
         seed_everything(self.seed)
         self.paths = ckpt.ExperimentPaths.from_conf(conf)
         self.train_data = dataset_from_conf(conf, "train")
-        self.plot_data = dataset_from_conf(conf, "test")
+        # Plots only: the expression statistics come from the training frames.
+        self.plot_data = dataset_from_conf(conf, "test", use_mean_expression=False, use_var_expression=False)
         log.info("training on %d frames of %s, plotting %d test frames, on %s", len(self.train_data),
                  conf.get("dataset.train.sub_dir"), len(self.plot_data), self.device)
 
