@@ -36,7 +36,7 @@ def experiment(tmp_path_factory):
         f"dataset.data_folder={root / 'datasets'}", f"dataset.subject_name={SUBJECT}", "dataset.synthetic=false",
         "dataset.train.img_res=[32, 32]", "dataset.test.img_res=[32, 32]", f"train.exps_folder={root / 'exps'}",
         "train.learning_rate=3e-4", "model.point_cloud.n_init_points=100", f"evaluation.turntable_frames={TURNTABLE}",
-        "evaluation.test_fit_steps=2",
+        "evaluation.test_fit_steps=2", "train.optimize_expression=true", "train.optimize_camera=true",
     ]
     code = exp_runner.run(["--conf", str(REPO / "confs" / "demo.conf"), "--nepoch", "2", "--quiet", *overrides])
     assert code == 0

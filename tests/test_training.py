@@ -30,6 +30,7 @@ def tiny_conf(data_folder: Path, exps: Path, *extra: str):
         f"dataset.data_folder={data_folder}", f"dataset.subject_name={SUBJECT}", "dataset.synthetic=false",
         "dataset.train.img_res=[32, 32]", "dataset.test.img_res=[32, 32]", "dataset.test.subsample=3",
         f"train.exps_folder={exps}", "train.plot_freq=100", "train.optimize_inputs_after_epoch=0",
+        "train.optimize_expression=true", "train.optimize_camera=true",  # the paper's per-frame refinement
         "train.max_points_training=400", "train.learning_rate=3e-4",
         "model.point_cloud.n_init_points=100", "model.point_cloud.max_points=300",
         "model.point_cloud.schedule_epochs=[1, 3]", "model.point_cloud.schedule_points=[200, 300]",

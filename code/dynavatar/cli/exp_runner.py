@@ -64,9 +64,8 @@ def run(argv: Sequence[str] | None = None) -> int:
     nepoch = args.nepoch if args.nepoch is not None else int(conf.get("train.nepoch"))
     trainer = Trainer(conf, TrainOptions(nepoch=nepoch, is_continue=args.is_continue, checkpoint=tag,
                                          load_path=load_path))
-    final_epoch = trainer.run()
-    # Evaluate the checkpoint just written, in this experiment's folder.
-    eval_options.checkpoint, eval_options.load_path = str(final_epoch), None
+    if trainer.run():  # evaluate the checkpoint just written, in this experiment's folder
+        eval_options.checkpoint, eval_options.load_path = "latest", None
     Evaluator(conf, eval_options).evaluate()
     return 0
 

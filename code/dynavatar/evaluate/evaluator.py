@@ -220,7 +220,7 @@ class Evaluator:
             summary[label] = means
         report = {
             "epoch": self.epoch,
-            "checkpoint": str(self.checkpoints / ckpt.MODEL / f"{self.options.checkpoint}.pth"),
+            "checkpoint": str(self._checkpoint_file()),
             "conf": str(self.paths.runconf),
             "n_frames": len(rows),
             "test_inputs_fitted": fitted,
@@ -230,6 +230,11 @@ class Evaluator:
         (folder / "metrics.json").write_text(json.dumps(report, indent=2))
         log.info("%s: PSNR %.2f, SSIM %.4f, L1 %.4f over %d frames", folder, summary["all"]["psnr"],
                  summary["all"]["ssim"], summary["all"]["l1"], len(rows))
+
+    def _checkpoint_file(self) -> Path:
+        """The numbered file of the evaluated epoch when there is one (`latest` changes as training goes on)."""
+        numbered = self.checkpoints / ckpt.MODEL / f"{self.epoch}.pth"
+        return numbered if numbered.is_file() else self.checkpoints / ckpt.MODEL / f"{self.options.checkpoint}.pth"
 
     def _write_videos(self, folder: Path, data: FaceDataset, sub_dir: str) -> None:
         ids = [r.frame_id for r in data.frames if r.sub_dir == sub_dir]

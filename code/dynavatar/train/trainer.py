@@ -233,8 +233,8 @@ class Trainer:
 
     # ---- the loop --------------------------------------------------------------------------------
 
-    def run(self) -> int:
-        """Train until `nepoch` epochs are done; returns the epoch of the final checkpoint."""
+    def run(self) -> bool:
+        """Train until `nepoch` epochs are done; returns whether any epoch was trained (and saved)."""
         self.paths.train_dir.mkdir(parents=True, exist_ok=True)
         self.paths.runconf.write_text(to_hocon(self.conf))
         self.writer = SummaryWriter(str(self.paths.tensorboard))
@@ -259,7 +259,7 @@ class Trainer:
                      stats["psnr"], f", test PSNR {stats['test_psnr']:.2f}" if "test_psnr" in stats else "",
                      self.avatar.n_points, stats["epoch_time_s"])
         self.writer.flush()
-        return max(nepoch, self.start_epoch)
+        return nepoch > self.start_epoch
 
 
 def _rng_state() -> dict:
