@@ -139,3 +139,20 @@ def test_ensure_synthetic_subject_generates_once(tmp_path):
     stamp = (target / "demo" / "MVI_1810" / "flame_params.json").stat().st_mtime_ns
     assert ensure_synthetic_subject(conf) == target  # already there: not generated again
     assert (target / "demo" / "MVI_1810" / "flame_params.json").stat().st_mtime_ns == stamp
+
+
+def test_a_folder_not_written_by_the_generator_is_never_replaced(tmp_path):
+    from dynavatar.config import load_conf
+    from dynavatar.data.synthetic_subject import ensure_synthetic_subject, generate_subject
+    from dynavatar.errors import DatasetError
+
+    real = tmp_path / "datasets" / "person" / "person" / "MVI_1810"
+    real.mkdir(parents=True)
+    (real / "flame_params.json").write_text("{}")
+    with pytest.raises(DatasetError, match="never replaced"):
+        generate_subject(tmp_path / "datasets", "person", res=16, frames=1, overwrite=True)
+    conf = load_conf(Path(__file__).resolve().parents[1] / "confs" / "demo.conf",
+                     [f"dataset.data_folder={tmp_path / 'datasets'}", "dataset.subject_name=person"])
+    with pytest.raises(DatasetError, match="never replaced"):  # a mistyped sub_dir must not wipe real data
+        ensure_synthetic_subject(conf)
+    assert (real / "flame_params.json").read_text() == "{}"

@@ -12,7 +12,11 @@ import torch
 from dynavatar.cli import exp_runner, export_ply
 from dynavatar.config import load_conf
 from dynavatar.data.synthetic_subject import generate_subject
+from dynavatar.data.reader import dataset_from_conf
 from dynavatar.evaluate.evaluator import EvalOptions, Evaluator
+from dynavatar.evaluate.fitting import fit_frame_inputs
+from dynavatar.train.frame_inputs import FrameInputs
+from dynavatar.train.trainer import batches
 from dynavatar.export.ply import load_gaussians_ply
 from dynavatar.render import rasterize
 
@@ -79,6 +83,21 @@ def test_fitted_test_inputs_are_saved_and_reused(experiment, caplog):
     assert json.loads((folder / "metrics.json").read_text())["metrics"] == json.loads(before)["metrics"]
 
 
+def test_test_time_fitting_lowers_the_loss_of_perturbed_inputs(experiment):
+    overrides, _ = experiment
+    conf = load_conf(REPO / "confs" / "demo.conf", overrides)
+    evaluator = Evaluator(conf, EvalOptions())
+    data = dataset_from_conf(conf, "test", is_eval=True)
+    noisy = data.expressions + 0.5 * torch.randn(data.expressions.shape, generator=torch.Generator().manual_seed(0))
+    inputs = FrameInputs(noisy, data.flame_poses, data.world_mats, True, True)
+    losses = fit_frame_inputs(evaluator.avatar, inputs, batches(data, 8, torch.arange(len(data))), 1, 15, 5e-2,
+                              0.25, torch.device("cpu"))
+    (first, last), = losses
+    assert last < first
+    assert not torch.equal(inputs.expression.weight.detach(), noisy)
+    assert all(p.requires_grad for p in evaluator.avatar.parameters())  # the avatar is unfrozen afterwards
+
+
 def test_missing_checkpoint_is_one_clear_error(experiment, capsys):
     overrides, _ = experiment
     with pytest.raises(SystemExit) as info:
@@ -125,8 +144,9 @@ def test_export_one_frame(experiment, tmp_path):
     canonical = load_gaussians_ply(export_ply_canonical(overrides, tmp_path))
     assert frame.means.shape == canonical.means.shape
     assert (frame.means - canonical.means).abs().max() > 1e-3  # the frame is posed, not the canonical avatar
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as info:
         export_ply.main(["--conf", str(REPO / "confs" / "demo.conf"), "--out", str(out), "--frame", "999", *overrides])
+    assert info.value.code == 2
 
 
 def export_ply_canonical(overrides: list[str], folder: Path) -> Path:

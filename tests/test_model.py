@@ -77,7 +77,8 @@ def test_canonical_network_features_vary_across_points():
     points = torch.nn.functional.normalize(torch.randn(200, 3), dim=1) * 0.5
     attrs = net(points)
     assert attrs.color.shape == (200, 3) and attrs.rotation.shape == (200, 4) and attrs.opacity.shape == (200, 1)
-    assert attrs.color.std(0).min() > 1e-4  # a dead trunk would give the same colour to every point
+    # The reference's SDF-style init of the last trunk layer leaves about 1e-4 of spread (a dead softplus).
+    assert attrs.color.std(0).min() > 1e-3
 
 
 def test_activations_and_shapes(avatar):

@@ -106,3 +106,37 @@ def test_checkpoint_of_another_model_is_one_clear_error(data_folder, tmp_path):
     other = tiny_conf(data_folder, tmp_path, "model.deformer_network.dims=[64, 64]")
     with pytest.raises(CheckpointError, match="does not fit the model.*wrong sizes"):
         Trainer(other, TrainOptions(nepoch=2, is_continue=True))
+
+
+def test_canonical_expression_is_the_training_mean_and_inputs_wait_for_their_epoch(data_folder, tmp_path):
+    conf = tiny_conf(data_folder, tmp_path, "train.optimize_inputs_after_epoch=1")
+    trainer = Trainer(conf, TrainOptions(nepoch=3))
+    assert torch.allclose(trainer.avatar.canonical_expression, trainer.train_data.expressions.mean(0))
+    tracked = trainer.train_data.expressions.clone()
+    trainer.train_epoch(0)
+    trainer.train_epoch(1)
+    assert torch.equal(trainer.inputs.expression.weight.detach(), tracked)  # not stepped up to the epoch named
+    trainer.train_epoch(2)
+    assert not torch.equal(trainer.inputs.expression.weight.detach(), tracked)  # refined after it
+
+
+def test_a_new_run_never_overwrites_an_experiment(data_folder, tmp_path):
+    conf = tiny_conf(data_folder, tmp_path)
+    Trainer(conf, TrainOptions(nepoch=1)).run()
+    with pytest.raises(CheckpointError, match="already holds checkpoints.*--is_continue.*--overwrite"):
+        Trainer(conf, TrainOptions(nepoch=1))
+    Trainer(conf, TrainOptions(nepoch=1, overwrite=True))  # asked for explicitly
+
+
+def test_checkpoint_parts_of_different_epochs_are_refused(data_folder, tmp_path):
+    conf = tiny_conf(data_folder, tmp_path)
+    Trainer(conf, TrainOptions(nepoch=1)).run()
+    latest = tmp_path / SUBJECT / "demo" / "MVI_1810+MVI_1814" / "train" / "checkpoints" / ckpt.OPTIMIZER / "latest.pth"
+    part = torch.load(latest, weights_only=False)
+    part["epoch"] = 0  # as if a kill had left an older optimizer beside the newer model
+    torch.save(part, latest)
+    with pytest.raises(CheckpointError, match="different epochs"):
+        Trainer(conf, TrainOptions(nepoch=2, is_continue=True))
+    latest.write_bytes(b"garbage")
+    with pytest.raises(CheckpointError, match="cannot be read"):
+        Trainer(conf, TrainOptions(nepoch=2, is_continue=True))

@@ -52,14 +52,6 @@ class Camera:
         v = self.fy * cam[..., 1] / z + self.cy
         return torch.stack([u, v], dim=-1), z
 
-    def intrinsics_matrix(self, device: torch.device | None = None) -> torch.Tensor:
-        """The 3x3 pixel intrinsics matrix K."""
-        return torch.tensor(
-            [[self.fx, 0.0, self.cx], [0.0, self.fy, self.cy], [0.0, 0.0, 1.0]],
-            dtype=torch.float32,
-            device=device if device is not None else self.world_to_camera.device,
-        )
-
 
 # Flip of the y and z axes: IMavatar camera (y up, z backward) -> OpenCV camera (y down, z forward).
 _AXIS_FLIP = (1.0, -1.0, -1.0)
@@ -68,9 +60,9 @@ _AXIS_FLIP = (1.0, -1.0, -1.0)
 def imavatar_world_to_camera(world_mat: torch.Tensor) -> torch.Tensor:
     """Stored IMavatar `world_mat` [..., 3, 4] -> OpenCV world-to-camera [..., 4, 4].
 
-    The paper's loader computes inv(flip_yz_columns(inv([world_mat; 0 0 0 1]))); for a rigid
-    [R | t] that equals diag(1, -1, -1) @ [R | t], which is what we compute (differentiably, so
-    a refined camera translation receives gradients).
+    The paper's loader computes inv(flip_yz_columns(inv([world_mat; 0 0 0 1]))), which equals
+    diag(1, -1, -1) @ [world_mat; 0 0 0 1] for any invertible matrix; that is what we compute
+    (differentiably, so a refined camera translation receives gradients).
     """
     flip = torch.tensor(_AXIS_FLIP, dtype=world_mat.dtype, device=world_mat.device)
     top = world_mat[..., :3, :4] * flip[:, None]

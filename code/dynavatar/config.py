@@ -14,6 +14,7 @@ from typing import Any, Iterable
 
 from pyhocon import ConfigFactory, ConfigTree, HOCONConverter
 from pyhocon.exceptions import ConfigException
+from pyparsing import ParseBaseException
 
 from .errors import ConfigError
 
@@ -32,7 +33,7 @@ train {
     num_pixels = 2048                # accepted for compatibility; Gaussian splatting renders whole images
     max_points_training = 102400     # batch size = min(max_points_training / n_points, max_batch)
     max_batch = 8
-    upsample_freq = 1
+    upsample_freq = 1                # prune/grow (and radius) steps happen at epochs divisible by this
     plot_freq = 1
     save_freq = 1
     sched_milestones = [80, 100]
@@ -41,12 +42,10 @@ train {
     GT_lbs_factor = 0.5
     optimize_expression = true
     optimize_camera = true
-    optimize_inputs_after_epoch = 10 # per-frame inputs are stepped only in epochs after this one
+    optimize_inputs_after_epoch = 10 # per-frame inputs are stepped only in epochs after this one (> 10)
     seed = 0
     device = auto                    # auto | cpu | cuda | cuda:N
-    num_workers = 0
     plot_n_images = 4                # test images logged to TensorBoard per epoch
-    deterministic = false
 }
 loss {
     rgb_weight = 1.0
@@ -94,7 +93,8 @@ model {
     rasterizer = auto                # auto | torch | gsplat | inria
     flame_model_path = ./data/FLAME2020/generic_model.pkl   # or "synthetic"
     flame_landmark_path = ./data/FLAME2020/landmark_embedding.npy
-    max_scale = 0.025                # scales are sigmoid(.) x max_scale (+ point radius); 0.025 at 512 px
+    max_scale = 0.025                # scales are sigmoid(.) x max_scale (+ point radius), in FLAME x4 units;
+                                     # the paper uses 0.025 for 512 px video and 0.01 for 1024 px
     geometry_network {
         d_in = 3
         d_out = 1
@@ -145,7 +145,7 @@ model {
         radius_factors = [0.75, 0.75, 0.75, 0.75, 0.75, 0.75, 0.75, 0.75, 0.9]
         late_radius_every = 5        # after the last schedule epoch, every this many epochs ...
         late_radius_factor = 0.75    # ... the radius is multiplied by this
-        fine_noise_epoch = 100       # from this epoch on, new points get fixed noise ...
+        fine_noise_epoch = 100       # after this epoch, new points get fixed noise ...
         fine_noise = 0.004           # ... of this size instead of the radius
     }
 }
@@ -222,6 +222,10 @@ def validate(conf: ConfigTree, source: str) -> None:
         if value is None or not _type_ok(value, types):
             raise ConfigError(f"{source}: key '{key}' must be {_type_name(types)}, got {value!r} "
                               f"(default: {valid[key]!r})")
+        if key.endswith(".img_res") and not (len(value) == 2 and all(isinstance(v, int) and v > 0 for v in value)):
+            raise ConfigError(f"{source}: key '{key}' must be [height, width] in pixels, got {value!r}")
+        if key == "train.upsample_freq" and value < 1:
+            raise ConfigError(f"{source}: key '{key}' must be at least 1, got {value!r}")
 
 
 def parse_override(text: str) -> tuple[str, Any]:
@@ -233,7 +237,7 @@ def parse_override(text: str) -> tuple[str, Any]:
     key = key.strip()
     try:
         parsed = ConfigFactory.parse_string(f"x = {value}" if value.strip() else 'x = ""')
-    except (ConfigException, ValueError) as exc:  # pyhocon raises ParseException subclasses of both kinds
+    except (ConfigException, ParseBaseException, ValueError) as exc:
         raise ConfigError(f"command-line override '{text}': cannot parse the value ({exc})") from None
     return key, parsed.get("x")
 
@@ -245,7 +249,7 @@ def load_conf(path: str | Path, overrides: Iterable[str] = ()) -> ConfigTree:
         raise ConfigError(f"config file not found: {path} (pass an existing .conf, e.g. confs/demo.conf)")
     try:
         user = ConfigFactory.parse_file(str(path), resolve=True)
-    except Exception as exc:  # pyhocon raises a variety of parser errors; report any of them once
+    except (ConfigException, ParseBaseException, ValueError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: cannot parse the config ({type(exc).__name__}: {exc})") from None
     validate(user, str(path))
     merged = user.with_fallback(defaults())

@@ -32,6 +32,7 @@ from .mesh_renderer import outward_winding, render_mesh
 from .motion import JAW, video_motion
 
 log = logging.getLogger(__name__)
+SYNTHETIC_MARKER = ".dynavatar-synthetic"  # only folders holding it are ever regenerated or replaced
 
 DEFAULT_TRAIN_VIDEOS = ("MVI_1810", "MVI_1814")
 DEFAULT_TEST_VIDEOS = ("MVI_1812",)
@@ -194,6 +195,9 @@ def generate_subject(out_dir: str | Path, subject: str, res: int = 512, frames: 
     target = out_dir / subject
     if target.exists() and not overwrite:
         raise DatasetError(f"{target} already exists; remove it or pass overwrite=True (--overwrite)")
+    if target.exists() and not (target / SYNTHETIC_MARKER).is_file():
+        raise DatasetError(f"{target} exists and was not written by the synthetic generator: it is never "
+                           f"replaced (choose another subject name or remove the folder yourself)")
     out_dir.mkdir(parents=True, exist_ok=True)
     supersample = supersample or default_supersample(res)
 
@@ -206,6 +210,7 @@ def generate_subject(out_dir: str | Path, subject: str, res: int = 512, frames: 
             for index, (name, test) in enumerate(videos):
                 rng = np.random.default_rng([seed, 100 + index])
                 _render_video(built, staging / subject / name, frames, res, rng, test, supersample, progress)
+        (staging / SYNTHETIC_MARKER).write_text("written by dynavatar's synthetic subject generator\n")
         if target.exists():
             shutil.rmtree(target)
         staging.rename(target)
@@ -221,8 +226,8 @@ def ensure_synthetic_subject(conf) -> Path | None:
     Reads dataset.data_folder / subject_name / json_name / synthetic_frames / synthetic_seed, the
     train and test sub_dirs, the train img_res (square images of its larger side) and
     model.flame_model_path ("synthetic" = the synthetic FLAME-format head, the same seed-0 model the
-    training code builds). A subject that lacks one of the conf's videos is generated again (it is
-    synthetic, and generation is deterministic).
+    training code builds). A synthetic subject (one holding the generator's marker file) that lacks
+    one of the conf's videos is generated again; any other existing folder is never touched.
     """
     if not conf.get("dataset.synthetic", False):
         return None

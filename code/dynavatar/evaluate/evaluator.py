@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from ..config import as_list
 from ..data.flame_params import read_flame_params
 from ..data.reader import FaceDataset, dataset_from_conf
 from ..export.images import erode_dilate, error_heatmap, save_png, side_by_side
@@ -31,7 +32,7 @@ from ..model.avatar import Avatar, Gaussians
 from ..model.build import avatar_from_conf
 from ..train import checkpoints as ckpt
 from ..train.frame_inputs import FrameInputs
-from ..train.trainer import batches, resolve_device, to_device
+from ..train.trainer import batch_size_for, batches, resolve_device, to_device
 from .fitting import fit_frame_inputs
 from .lpips import LPIPS, Unavailable, load_lpips, lpips_metric
 from .metrics import image_metrics
@@ -48,7 +49,6 @@ class EvalOptions:
     checkpoint: str = ckpt.LATEST
     load_path: str | None = None
     only_json: bool = False
-    drive: str | None = None  # a flame_params.json to reenact instead of evaluating the test split
     videos: bool = True
 
 
@@ -56,16 +56,20 @@ def load_avatar(conf: Any, checkpoints: Path, tag: str | int, img_res: tuple[int
                 device: torch.device) -> tuple[Avatar, int]:
     """The avatar of a checkpoint (points, networks, radius, canonical frame, FLAME shape) and its epoch."""
     model = ckpt.load_part(checkpoints, ckpt.MODEL, tag)
-    state = model["model_state_dict"]
+    state = model.get("model_state_dict", {})
     source = checkpoints / ckpt.MODEL / f"{tag}.pth"
     for key in ("points", "shape_params", "canonical_expression"):
         if key not in state:
             raise ckpt.CheckpointError(f"{source} lacks '{key}': it is not a DynAvatar model checkpoint")
     avatar = avatar_from_conf(conf, state["shape_params"], state["canonical_expression"], img_res)
-    avatar.set_points(state["points"])
-    ckpt.load_model_state(avatar, state, source)
-    avatar.strategy.load_state_dict(model["strategy"])
+    ckpt.restore_avatar(avatar, model, source)
     return avatar.to(device).eval(), int(model["epoch"])
+
+
+def points_fingerprint(avatar: Avatar) -> float:
+    """A number that changes with the trained model, to tell whether saved test inputs belong to it."""
+    with torch.no_grad():
+        return float(avatar.points.double().abs().sum()) + avatar.n_points
 
 
 def _orbit_world_mat(world_mat: torch.Tensor, angle: float) -> torch.Tensor:
@@ -101,30 +105,34 @@ class Evaluator:
         if not inputs.enabled or data.only_json:
             return None
         saved = self.checkpoints / ckpt.TEST_INPUTS / f"{self.epoch}.pth"
+        fingerprint = {"n_frames": len(data), "sub_dirs": self._sub_dirs(), "model": points_fingerprint(self.avatar),
+                       "keys": sorted(inputs.state_dict())}
         if saved.is_file():
-            state = torch.load(saved, map_location=self.device, weights_only=False)
-            if state.get("n_frames") == len(data) and state.get("sub_dirs") == self._sub_dirs():
+            state = ckpt.load_part(self.checkpoints, ckpt.TEST_INPUTS, self.epoch, map_location=self.device)
+            if state.get("fingerprint") == fingerprint:
                 inputs.load_state_dict(state["inputs_state_dict"])
                 log.info("using the test inputs fitted before: %s", saved)
                 return inputs
-            log.info("%s was fitted for other test frames; fitting again", saved)
+            log.info("%s was fitted for another model or other test frames; fitting again", saved)
         steps = int(self.conf.get("evaluation.test_fit_steps"))
         size = self._batch_size()
         order = torch.arange(len(data))
-        fit_frame_inputs(self.avatar, inputs, batches(data, size, order), math.ceil(len(data) / size), steps,
-                         float(train["learning_rate_cam"]), self.device)
-        payload = {"epoch": self.epoch, "n_frames": len(data), "sub_dirs": self._sub_dirs(),
-                   "inputs_state_dict": inputs.state_dict()}
+        losses = fit_frame_inputs(self.avatar, inputs, batches(data, size, order), math.ceil(len(data) / size),
+                                  steps, float(train["learning_rate_cam"]), float(self.conf.get("loss.ssim_weight")),
+                                  self.device)
+        if losses:
+            log.info("fitted the test inputs: photometric loss %.4f -> %.4f (mean over batches)",
+                     np.mean([a for a, _ in losses]), np.mean([b for _, b in losses]))
+        payload = {"epoch": self.epoch, "fingerprint": fingerprint, "inputs_state_dict": inputs.state_dict()}
         ckpt.atomic_save(payload, saved)
         ckpt.atomic_save(payload, saved.with_name(f"{ckpt.LATEST}.pth"))
         return inputs
 
     def _sub_dirs(self) -> list[str]:
-        return [str(s) for s in self.conf.get("dataset.test.sub_dir")]
+        return [str(s) for s in as_list(self.conf.get("dataset.test.sub_dir"))]
 
     def _batch_size(self) -> int:
-        train = self.conf.get("train")
-        return max(1, min(int(train["max_points_training"]) // self.avatar.n_points, int(train["max_batch"])))
+        return batch_size_for(self.conf.get("train"), self.avatar.n_points)
 
     # ---- rendering -------------------------------------------------------------------------------
 

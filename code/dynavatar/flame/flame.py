@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..errors import FlameModelError
 from .lbs import axis_angle_to_matrix, pose_feature, rigid_transforms, skin_mesh
 from .model_file import load_flame_model, load_landmark_embedding
 
@@ -52,7 +53,6 @@ class FLAME(nn.Module):
         n_components = model.shapedirs.shape[2]
         n_exp_available = n_components - 300
         if n_exp > n_exp_available:
-            from ..errors import FlameModelError
             raise FlameModelError(f"{model_path} has {n_exp_available} expression components, {n_exp} requested "
                                   f"(set model.deformer_network.num_exp <= {n_exp_available})")
         self.n_shape, self.n_exp = n_shape, n_exp

@@ -46,9 +46,10 @@ def rigid_transforms(rotations: torch.Tensor, joints: torch.Tensor, parents: tor
     local[..., :3, :3] = rotations
     local[..., :3, 3] = relative
     local[..., 3, 3] = 1.0
+    parent_of = parents.tolist()  # one device sync, not one per joint
     chain = [local[:, 0]]
     for j in range(1, n_joints):
-        chain.append(chain[int(parents[j])] @ local[:, j])
+        chain.append(chain[parent_of[j]] @ local[:, j])
     world = torch.stack(chain, dim=1)  # [B, J, 4, 4]
     posed_joints = world[..., :3, 3]
     # Express relative to the rest pose: T_j x = G_j (x - rest_joint_j).

@@ -43,7 +43,6 @@ class AvatarOutput:
     depth: torch.Tensor  # [B, H, W] alpha-weighted camera depth
     visible: torch.Tensor  # [N] bool: opacity >= prune threshold in some frame of the batch
     gaussians: Gaussians  # [B, N, ...]
-    canonical_points: torch.Tensor  # [N, 3] x' = x + d, the points the FLAME prior compares
 
 
 class Avatar(nn.Module):
@@ -131,12 +130,13 @@ class Avatar(nn.Module):
         )
         return gaussians, shifted
 
-    def prior_query(self) -> tuple[DeformerOutput, torch.Tensor]:
+    def prior_query(self, chunk: int = 4096) -> tuple[DeformerOutput, torch.Tensor]:
         """Deformer outputs on the detached points, for the FLAME priors (which must not move the
-        points), and the nearest canonical FLAME vertex of each x' = x + d [N]."""
+        points), and the nearest canonical FLAME vertex of each x' = x + d [N] (searched in chunks
+        of `chunk` points)."""
         deformer = self.deformer(self.points.detach())
         vertices, _, _ = self.canonical_flame()
-        return deformer, nearest_vertex(self.points.detach() + deformer.offset.detach(), vertices)
+        return deformer, nearest_vertex(self.points.detach() + deformer.offset.detach(), vertices, chunk)
 
     # ---- rendering -------------------------------------------------------------------------------
 
@@ -163,11 +163,11 @@ class Avatar(nn.Module):
     def forward(self, expression: torch.Tensor, flame_pose: torch.Tensor, world_mat: torch.Tensor,
                 intrinsics: torch.Tensor) -> AvatarOutput:
         """Render frames: expression [B, E], flame_pose [B, 15], world_mat [B, 3, 4], intrinsics [B, 4]."""
-        gaussians, shifted = self.deform(expression, flame_pose)
+        gaussians, _ = self.deform(expression, flame_pose)
         cameras = [self.camera(world_mat[b], intrinsics[b]) for b in range(world_mat.shape[0])]
         rgb, alpha, depth = self.render(gaussians, cameras)
         visible = (gaussians.opacities.detach() >= self.prune_thresh).any(dim=0)
-        return AvatarOutput(rgb, alpha, depth, visible, gaussians, shifted)
+        return AvatarOutput(rgb, alpha, depth, visible, gaussians)
 
 
 def nearest_vertex(points: torch.Tensor, vertices: torch.Tensor, chunk: int = 4096) -> torch.Tensor:

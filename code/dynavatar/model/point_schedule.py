@@ -16,6 +16,8 @@ from typing import Any, Sequence
 
 import torch
 
+from ..errors import ConfigError
+
 log = logging.getLogger(__name__)
 
 
@@ -36,12 +38,10 @@ class PointSchedule:
     def __post_init__(self) -> None:
         lengths = {len(self.schedule_epochs), len(self.schedule_points), len(self.radius_factors)}
         if len(lengths) != 1:
-            from ..errors import ConfigError
             raise ConfigError("model.point_cloud: schedule_epochs, schedule_points and radius_factors must have "
                               f"the same length (got {len(self.schedule_epochs)}, {len(self.schedule_points)}, "
                               f"{len(self.radius_factors)})")
         if list(self.schedule_epochs) != sorted(self.schedule_epochs):
-            from ..errors import ConfigError
             raise ConfigError("model.point_cloud.schedule_epochs must be increasing")
 
     @classmethod
@@ -115,9 +115,10 @@ class CoarseToFine:
             return None
         noise = self.schedule.noise_size(epoch, self.radius)
         target = self.schedule.target_points(epoch)
-        keep = self.visible if self.visible.numel() == points.shape[0] else torch.ones_like(self.visible)
-        if not bool(keep.any()):
-            log.warning("epoch %d: no point was visible in the last epoch; keeping all %d points", epoch, len(keep))
+        keep = self.visible.to(points.device)
+        if keep.numel() != points.shape[0] or not bool(keep.any()):
+            log.warning("epoch %d: no visibility recorded for the %d points; keeping them all", epoch, points.shape[0])
+            keep = torch.ones(points.shape[0], dtype=torch.bool, device=points.device)
         new = prune_and_grow(points.detach(), keep, target, noise, generator)
         old_radius = self.radius
         self.radius *= self.schedule.radius_factor_at(epoch)

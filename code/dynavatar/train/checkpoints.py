@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -94,8 +95,12 @@ def atomic_save(obj: Any, path: Path) -> None:
 
 
 def save_checkpoint(checkpoints: Path, epoch: int, parts: dict[str, dict], numbered: bool) -> None:
-    """Write each part as `latest.pth` and, when `numbered`, as `<epoch>.pth`."""
-    for part, state in parts.items():
+    """Write each part as `latest.pth` and, when `numbered`, as `<epoch>.pth`.
+
+    The model part goes last: a kill in between leaves the previous model `latest`, and resuming
+    checks that every part holds the same epoch (`check_same_epoch`).
+    """
+    for part, state in sorted(parts.items(), key=lambda item: item[0] == MODEL):
         payload = {"epoch": epoch, **state}
         atomic_save(payload, checkpoints / part / f"{LATEST}.pth")
         if numbered:
@@ -112,9 +117,38 @@ def load_part(checkpoints: Path, part: str, tag: str | int, map_location: Any = 
         raise CheckpointError(f"checkpoint {path} not found; epochs available: {have}{latest} "
                               f"(choose one with --checkpoint)")
     try:
-        return torch.load(path, map_location=map_location, weights_only=False)
-    except (RuntimeError, EOFError, OSError) as exc:
-        raise CheckpointError(f"checkpoint {path} cannot be read ({exc}); it may be truncated") from None
+        payload = torch.load(path, map_location=map_location, weights_only=False)
+    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, ValueError) as exc:
+        raise CheckpointError(f"checkpoint {path} cannot be read ({type(exc).__name__}: {exc}); "
+                              f"it may be truncated or not a DynAvatar checkpoint") from None
+    if not isinstance(payload, dict) or "epoch" not in payload:
+        raise CheckpointError(f"{path} is not a DynAvatar checkpoint (no 'epoch' entry)")
+    return payload
+
+
+def check_same_epoch(parts: dict[str, dict], checkpoints: Path, tag: str | int) -> None:
+    """Parts of one checkpoint must come from one epoch (an interrupted save can mix them)."""
+    epochs = {part: int(state["epoch"]) for part, state in parts.items()}
+    if len(set(epochs.values())) > 1:
+        raise CheckpointError(f"the '{tag}' checkpoint parts in {checkpoints} come from different epochs {epochs} "
+                              f"(an interrupted save?); resume from a numbered one with --checkpoint N "
+                              f"(available: {available_epochs(checkpoints)})")
+
+
+def restore_avatar(avatar: torch.nn.Module, model_part: dict, source: Path) -> None:
+    """Load a ModelParameters payload into an avatar: point count, networks, buffers, radius, visibility."""
+    state = model_part.get("model_state_dict")
+    points = state.get("points") if isinstance(state, dict) else None
+    if not isinstance(points, torch.Tensor) or points.dim() != 2 or points.shape[1] != 3:
+        raise CheckpointError(f"{source} is not a DynAvatar model checkpoint: expected 'model_state_dict' with "
+                              f"'points' of shape [N, 3] (checkpoints of the paper's code cannot be loaded)")
+    strategy = model_part.get("strategy", {})
+    visible = strategy.get("visible")
+    if not isinstance(visible, torch.Tensor) or visible.shape != (points.shape[0],):
+        raise CheckpointError(f"{source}: the point visibility does not match its {points.shape[0]} points")
+    avatar.set_points(points)
+    load_model_state(avatar, state, source)
+    avatar.strategy.load_state_dict(strategy)
 
 
 def load_model_state(module: torch.nn.Module, state: dict[str, torch.Tensor], source: Path) -> None:

@@ -10,7 +10,7 @@ import torch
 from ..evaluate.metrics import ssim_loss
 from ..flame import FLAME
 from ..model.networks import DeformerOutput
-from .vgg import load_vgg_perceptual
+from .vgg import VGGPerceptualLoss
 
 log = logging.getLogger(__name__)
 
@@ -20,6 +20,7 @@ LBS_PRIOR_SCALE = 0.1
 DIRS_PRIOR_SCALE = 10.0
 DIRS_VALUE_SCALE = 10.0
 VARIANCE_DIVISOR = 50.0
+MIN_VARIANCE = 1e-6  # a component constant over the training frames would divide by zero
 
 
 class AvatarLoss:
@@ -29,7 +30,7 @@ class AvatarLoss:
     """
 
     def __init__(self, loss_conf: Any, train_conf: Any, var_expression: torch.Tensor | None,
-                 device: torch.device) -> None:
+                 vgg: VGGPerceptualLoss | None, device: torch.device) -> None:
         self.rgb_weight = float(loss_conf["rgb_weight"])
         self.ssim_weight = float(loss_conf["ssim_weight"])
         self.vgg_weight = float(loss_conf["vgg_feature_weight"])
@@ -37,11 +38,11 @@ class AvatarLoss:
         self.lbs_weight = self.base_lbs_weight
         self.lbs_milestones = [int(m) for m in train_conf["GT_lbs_milestones"]]
         self.lbs_factor = float(train_conf["GT_lbs_factor"])
-        self.var_expression = None if var_expression is None else var_expression.to(device)  # [E]
-        self.vgg = None
-        if self.vgg_weight > 0:
-            path = str(loss_conf["vgg_weights_path"]) or None
-            self.vgg = load_vgg_perceptual(path, device=device)  # raises a clear error when unavailable
+        self.var_expression = (None if var_expression is None
+                               else var_expression.to(device).clamp_min(MIN_VARIANCE))  # [E]
+        if self.vgg_weight > 0 and vgg is None:
+            raise ValueError("vgg_feature_weight > 0 needs the VGG perceptual network")  # never train without it
+        self.vgg = vgg if self.vgg_weight > 0 else None
 
     def set_epoch(self, epoch: int) -> None:
         """lbs_weight halves at each milestone reached (epoch >= milestone)."""

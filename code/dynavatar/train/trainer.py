@@ -15,20 +15,39 @@ from tqdm import tqdm
 
 from ..config import to_hocon
 from ..data.reader import FaceDataset, dataset_from_conf
+from ..errors import CheckpointError, ConfigError
 from ..evaluate.metrics import psnr
+from ..flame import load_flame_model
 from ..model.avatar import Avatar
-from ..model.build import avatar_from_conf
+from ..model.build import avatar_from_conf, flame_paths
 from . import checkpoints as ckpt
 from .frame_inputs import FrameInputs
 from .losses import AvatarLoss
+from .vgg import load_vgg_perceptual
 
 log = logging.getLogger(__name__)
 
 
 def resolve_device(name: str) -> torch.device:
+    """`train.device`: auto | cpu | cuda | cuda:N -> a usable torch device, or one clear error."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"train.device = {name!r} is not a device: use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and (not torch.cuda.is_available()
+                                  or (device.index or 0) >= torch.cuda.device_count()):
+        raise ConfigError(f"train.device = {name!r} but this machine has {torch.cuda.device_count()} CUDA "
+                          f"device(s): use train.device=auto or cpu")
+    if device.type not in ("cpu", "cuda"):
+        raise ConfigError(f"train.device = {name!r}: only cpu and cuda devices are supported")
+    return device
+
+
+def batch_size_for(train_conf: Any, n_points: int) -> int:
+    """The paper's rule: min(max_points_training / n_points, max_batch), at least 1."""
+    return max(1, min(int(train_conf["max_points_training"]) // n_points, int(train_conf["max_batch"])))
 
 
 def seed_everything(seed: int) -> None:
@@ -66,6 +85,7 @@ class TrainOptions:
     is_continue: bool = False
     checkpoint: str = ckpt.LATEST
     load_path: str | None = None
+    overwrite: bool = False  # start again in a folder that already holds checkpoints
 
 
 class Trainer:
@@ -79,6 +99,12 @@ class Trainer:
         self.seed = int(train["seed"])
         seed_everything(self.seed)
         self.paths = ckpt.ExperimentPaths.from_conf(conf)
+        self._check_experiment_folder()
+        # Files the run needs besides the data are checked before the (possibly long) image loading.
+        load_flame_model(flame_paths(conf)[0])
+        vgg = None
+        if float(conf.get("loss.vgg_feature_weight")) > 0:
+            vgg = load_vgg_perceptual(str(conf.get("loss.vgg_weights_path")) or None, device=self.device)
         self.train_data = dataset_from_conf(conf, "train")
         # Plots only: the expression statistics come from the training frames.
         self.plot_data = dataset_from_conf(conf, "test", use_mean_expression=False, use_var_expression=False)
@@ -87,11 +113,12 @@ class Trainer:
 
         self.avatar: Avatar = avatar_from_conf(conf, self.train_data.shape_params, self.train_data.mean_expression,
                                                self.train_data.img_res).to(self.device)
-        self.loss = AvatarLoss(conf.get("loss"), train, self.train_data.var_expression, self.device)
+        self.loss = AvatarLoss(conf.get("loss"), train, self.train_data.var_expression, vgg, self.device)
         self.inputs = FrameInputs(self.train_data.expressions, self.train_data.flame_poses,
                                   self.train_data.world_mats, bool(train["optimize_expression"]),
                                   bool(train["optimize_camera"])).to(self.device)
         self.inputs_after_epoch = int(train["optimize_inputs_after_epoch"])
+        self.upsample_freq = int(train["upsample_freq"])
         self.lr = float(train["learning_rate"])
         self.lr_milestones = [int(m) for m in train["sched_milestones"]]
         self.lr_factor = float(train["sched_factor"])
@@ -101,6 +128,15 @@ class Trainer:
         if options.is_continue:
             self._resume()
         self.writer: SummaryWriter | None = None
+
+    def _check_experiment_folder(self) -> None:
+        """A new run never overwrites an experiment's checkpoints unless asked to."""
+        existing = (self.paths.checkpoints / ckpt.MODEL / f"{ckpt.LATEST}.pth").is_file()
+        if existing and not self.options.is_continue and not self.options.overwrite:
+            raise CheckpointError(
+                f"{self.paths.train_dir} already holds checkpoints (epochs {ckpt.available_epochs(self.paths.checkpoints)}"
+                f" and latest): resume with --is_continue, start again with --overwrite, or train into another "
+                f"folder with train.methodname=<name>")
 
     # ---- optimisers ------------------------------------------------------------------------------
 
@@ -114,9 +150,7 @@ class Trainer:
         return lr
 
     def batch_size(self) -> int:
-        """min(max_points_training / n_points, max_batch), at least 1."""
-        train = self.conf.get("train")
-        return max(1, min(int(train["max_points_training"]) // self.avatar.n_points, int(train["max_batch"])))
+        return batch_size_for(self.conf.get("train"), self.avatar.n_points)
 
     # ---- checkpoints -----------------------------------------------------------------------------
 
@@ -140,30 +174,42 @@ class Trainer:
             return
         source = ckpt.checkpoints_dir_of(self.options.load_path or self.paths.train_dir)
         tag = self.options.checkpoint
-        model = ckpt.load_part(source, ckpt.MODEL, tag)
-        state = model["model_state_dict"]
-        self.avatar.set_points(state["points"])
-        ckpt.load_model_state(self.avatar, state, source / ckpt.MODEL / f"{tag}.pth")
-        self.avatar.strategy.load_state_dict(model["strategy"])
+        names = [ckpt.MODEL, ckpt.OPTIMIZER] + ([ckpt.INPUTS, ckpt.OPTIMIZER_INPUTS] if self.inputs.enabled else [])
+        parts = {name: ckpt.load_part(source, name, tag) for name in names}
+        ckpt.check_same_epoch(parts, source, tag)
+        model = parts[ckpt.MODEL]
+        ckpt.restore_avatar(self.avatar, model, source / ckpt.MODEL / f"{tag}.pth")
         self.optimizer = self._make_optimizer()
-        self.optimizer.load_state_dict(ckpt.load_part(source, ckpt.OPTIMIZER, tag)["optimizer_state_dict"])
+        self._load_optimizer(self.optimizer, parts[ckpt.OPTIMIZER], "optimizer_state_dict", source)
         if self.inputs.enabled:
-            inputs = ckpt.load_part(source, ckpt.INPUTS, tag)["inputs_state_dict"]
-            ckpt.load_model_state(self.inputs, inputs, source / ckpt.INPUTS / f"{tag}.pth")
-            self.input_optimizer.load_state_dict(
-                ckpt.load_part(source, ckpt.OPTIMIZER_INPUTS, tag)["optimizer_cam_state_dict"])
+            ckpt.load_model_state(self.inputs, parts[ckpt.INPUTS]["inputs_state_dict"],
+                                  source / ckpt.INPUTS / f"{tag}.pth")
+            self._load_optimizer(self.input_optimizer, parts[ckpt.OPTIMIZER_INPUTS], "optimizer_cam_state_dict",
+                                 source)
         _set_rng_state(model["rng_state"])
         self.start_epoch = int(model["epoch"])
         log.info("resumed from %s (%s): epoch %d, %d points, radius %.5f", source, tag, self.start_epoch,
                  self.avatar.n_points, self.avatar.strategy.radius)
 
+    @staticmethod
+    def _load_optimizer(optimizer: torch.optim.Optimizer, part: dict, key: str, source) -> None:
+        try:
+            optimizer.load_state_dict(part[key])
+        except (KeyError, ValueError) as exc:
+            raise CheckpointError(f"the optimizer state in {source} does not fit this model ({exc}); use the "
+                                  f"runconf.conf the checkpoint was trained with") from None
+
     # ---- one epoch -------------------------------------------------------------------------------
 
     def _start_epoch(self, epoch: int) -> None:
-        new_points = self.avatar.strategy.start_epoch(epoch, self.avatar.points, epoch_generator(self.seed, epoch, 1))
-        if new_points is not None:
-            self.avatar.set_points(new_points)
-            self.optimizer = self._make_optimizer()  # the paper rebuilds it after each prune/grow
+        if epoch % self.upsample_freq == 0:
+            new_points = self.avatar.strategy.start_epoch(epoch, self.avatar.points,
+                                                          epoch_generator(self.seed, epoch, 1))
+            # The paper rebuilds the optimizer after each prune/grow; when nothing was pruned or
+            # grown (all points visible, target reached) the Adam state is kept instead.
+            if new_points is not None:
+                self.avatar.set_points(new_points)
+                self.optimizer = self._make_optimizer()
         self.loss.set_epoch(epoch)
 
     def train_epoch(self, epoch: int) -> dict[str, float]:
@@ -185,7 +231,7 @@ class Trainer:
                               model_input["intrinsics"])
             terms = self.loss.photometric(out.rgb, ground_truth["rgb"])
             if self.loss.uses_priors:
-                deformer, nearest = self.avatar.prior_query()
+                deformer, nearest = self.avatar.prior_query(int(self.conf.get("loss.flame_distance_chunk")))
                 terms.update(self.loss.flame_prior(deformer, nearest, self.avatar.flame))
             loss = self.loss.total(terms)
             self.optimizer.zero_grad(set_to_none=True)
@@ -243,22 +289,24 @@ class Trainer:
         nepoch = self.options.nepoch
         if self.start_epoch >= nepoch:
             log.info("nothing to train: checkpoint is at epoch %d, --nepoch is %d", self.start_epoch, nepoch)
-        for epoch in tqdm(range(self.start_epoch, nepoch), desc="training", initial=self.start_epoch,
-                          total=nepoch, dynamic_ncols=True):
-            started = time.perf_counter()
-            stats = self.train_epoch(epoch)
-            stats["epoch_time_s"] = time.perf_counter() - started
-            done = epoch + 1
-            if done % save_freq == 0 or done == nepoch:
-                self.save(done, numbered=done % (5 * save_freq) == 0 or done == nepoch)
-            if done % plot_freq == 0 or done == nepoch:
-                stats["test_psnr"] = self.plot(done)
-            for name, value in stats.items():
-                self.writer.add_scalar(f"train/{name}", value, done)
-            log.info("epoch %d: loss %.4f, train PSNR %.2f%s, %d points, %.1f s", epoch, stats["loss"],
-                     stats["psnr"], f", test PSNR {stats['test_psnr']:.2f}" if "test_psnr" in stats else "",
-                     self.avatar.n_points, stats["epoch_time_s"])
-        self.writer.flush()
+        try:
+            for epoch in tqdm(range(self.start_epoch, nepoch), desc="training", initial=self.start_epoch,
+                              total=nepoch, dynamic_ncols=True):
+                started = time.perf_counter()
+                stats = self.train_epoch(epoch)
+                stats["epoch_time_s"] = time.perf_counter() - started
+                done = epoch + 1
+                if done % save_freq == 0 or done == nepoch:
+                    self.save(done, numbered=done % (5 * save_freq) == 0 or done == nepoch)
+                if done % plot_freq == 0 or done == nepoch:
+                    stats["test_psnr"] = self.plot(done)
+                for name, value in stats.items():
+                    self.writer.add_scalar(f"train/{name}", value, done)
+                log.info("epoch %d: loss %.4f, train PSNR %.2f%s, %d points, %.1f s", epoch, stats["loss"],
+                         stats["psnr"], f", test PSNR {stats['test_psnr']:.2f}" if "test_psnr" in stats else "",
+                         self.avatar.n_points, stats["epoch_time_s"])
+        finally:
+            self.writer.close()
         return nepoch > self.start_epoch
 
 

@@ -1,0 +1,44 @@
+"""What the command-line entry points share: checkpoint arguments and user-facing error reporting."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Callable, Sequence
+
+from ..errors import DynAvatarError
+
+
+def checkpoint_tag(text: str) -> str:
+    """argparse type of --checkpoint: 'latest' or an epoch number."""
+    if text == "latest":
+        return text
+    if text.isdigit():
+        return str(int(text))
+    raise argparse.ArgumentTypeError(f"expected 'latest' or an epoch number, got {text!r}")
+
+
+def add_checkpoint_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--checkpoint", type=checkpoint_tag, default="latest",
+                        help="checkpoint to load: latest or an epoch number")
+    parser.add_argument("--load_path", default="", help="train folder of the experiment to load from "
+                                                        "(default: the conf's experiment)")
+
+
+def setup_logging(quiet: bool = False) -> None:
+    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+
+
+def main_with_errors(run: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None = None) -> None:
+    """Run a command; a problem with the user's input is one message on stderr and exit code 2."""
+    try:
+        sys.exit(run(argv))
+    except DynAvatarError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted: checkpoints already written are kept (resume training with --is_continue)",
+              file=sys.stderr)
+        sys.exit(130)

@@ -1,0 +1,86 @@
+"""The paper's numbers that steer training: learning rate, FLAME-prior weight, batch size, priors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from dynavatar.config import load_conf
+from dynavatar.flame import FLAME
+from dynavatar.model.networks import DeformerOutput
+from dynavatar.train.losses import AvatarLoss
+from dynavatar.train.trainer import batch_size_for, learning_rate, resolve_device
+from dynavatar.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def conf():
+    return load_conf(REPO / "confs" / "subject1.conf", ["loss.vgg_feature_weight=0"])
+
+
+def test_learning_rate_halves_at_80_and_100(conf):
+    lr = lambda e: learning_rate(1e-4, conf.get("train.sched_milestones"), conf.get("train.sched_factor"), e)  # noqa
+    assert [lr(e) for e in (0, 79, 80, 99, 100, 500)] == pytest.approx([1e-4, 1e-4, 5e-5, 5e-5, 2.5e-5, 2.5e-5])
+
+
+def test_lbs_weight_halves_at_20_30_50_70(conf):
+    loss = AvatarLoss(conf.get("loss"), conf.get("train"), None, None, torch.device("cpu"))
+    weights = []
+    for epoch in (0, 19, 20, 30, 49, 50, 70, 300):
+        loss.set_epoch(epoch)
+        weights.append(loss.lbs_weight)
+    assert weights == [10, 10, 5, 2.5, 2.5, 1.25, 0.625, 0.625]
+
+
+def test_vgg_term_is_never_silently_dropped():
+    paper = load_conf(REPO / "confs" / "subject1.conf")  # vgg_feature_weight 0.1
+    with pytest.raises(ValueError, match="VGG"):
+        AvatarLoss(paper.get("loss"), paper.get("train"), None, None, torch.device("cpu"))
+
+
+def test_batch_size_rule(conf):
+    train = conf.get("train")  # max_points_training 102400, max_batch 8
+    assert [batch_size_for(train, n) for n in (400, 12800, 20000, 40000, 100000, 200000)] == [8, 8, 5, 2, 1, 1]
+
+
+def test_prior_weights_and_targets(conf, synthetic_flame_paths):
+    flame = FLAME(*synthetic_flame_paths)
+    loss = AvatarLoss(conf.get("loss"), conf.get("train"), torch.full((50,), 2.0), None, torch.device("cpu"))
+    nearest = torch.tensor([0, 5, 100])
+    exact = DeformerOutput(flame.shapedirs[nearest], flame.posedirs[nearest],
+                           torch.cat([torch.zeros(3, 1), flame.lbs_weights[nearest]], dim=1), torch.zeros(3, 3))
+    terms = loss.flame_prior(exact, nearest, flame)
+    assert all(v.item() == pytest.approx(0.0, abs=1e-12) for v in terms.values())  # FLAME's own values: no penalty
+    off = DeformerOutput(exact.shapedirs + 0.01, exact.posedirs + 0.02, exact.lbs_weights, exact.offset)
+    terms = loss.flame_prior(off, nearest, flame)
+    assert terms["posedirs_loss"].item() == pytest.approx((10 * 0.02) ** 2)
+    assert terms["shapedirs_loss"].item() == pytest.approx((10 * 0.01) ** 2 / (2.0 * 50))  # / (var x 50)
+    total = loss.total({"rgb_loss": torch.tensor(0.0), **terms})
+    assert total.item() == pytest.approx(10 * 10 * (terms["posedirs_loss"] + terms["shapedirs_loss"]).item())
+    # A ghost-bone weight is pulled towards 0 and skinning errors weigh lbs_weight x 0.1.
+    ghost = DeformerOutput(exact.shapedirs, exact.posedirs,
+                           torch.tensor([[1.0, 0, 0, 0, 0, 0]]).expand(3, 6), exact.offset)
+    lbs = loss.flame_prior(ghost, nearest, flame)["lbs_loss"]
+    assert lbs.item() > 0 and loss.total({"lbs_loss": lbs}).item() == pytest.approx(lbs.item() * 10 * 0.1)
+
+
+def test_zero_expression_variance_does_not_divide_by_zero(conf, synthetic_flame_paths):
+    flame = FLAME(*synthetic_flame_paths)
+    loss = AvatarLoss(conf.get("loss"), conf.get("train"), torch.zeros(50), None, torch.device("cpu"))
+    nearest = torch.tensor([0, 1])
+    out = DeformerOutput(flame.shapedirs[nearest] + 0.01, flame.posedirs[nearest],
+                         torch.full((2, 6), 1 / 6), torch.zeros(2, 3))
+    assert torch.isfinite(loss.flame_prior(out, nearest, flame)["shapedirs_loss"])
+
+
+def test_device_errors_are_clear():
+    assert resolve_device("cpu").type == "cpu"
+    with pytest.raises(ConfigError, match="not a device"):
+        resolve_device("gpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="CUDA"):
+            resolve_device("cuda")
