@@ -202,14 +202,15 @@ class Trainer:
     # ---- one epoch -------------------------------------------------------------------------------
 
     def _start_epoch(self, epoch: int) -> None:
-        if epoch % self.upsample_freq == 0:
+        if epoch % self.upsample_freq == 0 and epoch > 0:
             new_points = self.avatar.strategy.start_epoch(epoch, self.avatar.points,
                                                           epoch_generator(self.seed, epoch, 1))
-            # The paper rebuilds the optimizer after each prune/grow; when nothing was pruned or
-            # grown (all points visible, target reached) the Adam state is kept instead.
             if new_points is not None:
                 self.avatar.set_points(new_points)
-                self.optimizer = self._make_optimizer()
+            # As the paper, the optimizer is rebuilt at every prune/grow step, even when no point
+            # changed: the fresh Adam state is part of the method (it also pulls a run whose
+            # opacities all fell early in training back out of that state).
+            self.optimizer = self._make_optimizer()
         self.loss.set_epoch(epoch)
 
     def train_epoch(self, epoch: int) -> dict[str, float]:
