@@ -186,11 +186,12 @@ def test_landmark_file_errors(tmp_path):
         load_landmark_embedding(bad)
 
 
-class TestSyntheticModel:
-    @pytest.fixture(scope="class")
-    def model(self):
-        return build_synthetic_flame()
+@pytest.fixture(scope="module")
+def model():
+    return build_synthetic_flame()
 
+
+class TestSyntheticModel:
     def test_deterministic(self, model):
         again = build_synthetic_flame()
         for key in ("v_template", "shapedirs", "posedirs", "weights", "J_regressor"):
