@@ -160,6 +160,8 @@ class Trainer:
                          "model_state_dict": self.avatar.state_dict(),
                          "strategy": self.avatar.strategy.state_dict(), "rng_state": _rng_state()},
             ckpt.OPTIMIZER: {"optimizer_state_dict": self.optimizer.state_dict()},
+            # The paper's layout has a scheduler part; the rate itself is recomputed in closed form
+            # from the epoch on resume (`learning_rate`), so this part is informative only.
             ckpt.SCHEDULER: {"scheduler_state_dict": {"milestones": self.lr_milestones, "gamma": self.lr_factor,
                                                       "base_lr": self.lr, "last_epoch": epoch - 1}},
         }
