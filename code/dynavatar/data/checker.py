@@ -55,6 +55,14 @@ def _file_problems(path: Path, where: str, reader) -> tuple[Any, list[Problem]]:
         return None, [Problem(str(path), message, where)]
 
 
+def _size_problem(path: Path, what: str, shape: tuple, size: tuple[int, int] | None, where: str) -> list[Problem]:
+    """A problem when a map's [h, w] differs from the image's."""
+    if size is None or shape[:2] == size:
+        return []
+    return [Problem(str(path), f"{what} size {shape[1]}x{shape[0]} differs from the image's {size[1]}x{size[0]}",
+                    where)]
+
+
 def _frame_file_problems(image_path: Path, where: str, check_mask: bool, check_semantic: bool
                          ) -> tuple[list[Problem], tuple[int, int] | None]:
     """Problems of one frame's image, mask and semantic map -> (problems, image (height, width) or None)."""
@@ -66,18 +74,16 @@ def _frame_file_problems(image_path: Path, where: str, check_mask: bool, check_s
         mask_path = sibling_path(image_path, "mask")
         mask, found = _file_problems(mask_path, where, read_mask)
         problems += found
-        if mask is not None and size is not None and mask.shape != size:
-            problems.append(Problem(str(mask_path), f"mask size {mask.shape[1]}x{mask.shape[0]} differs from the "
-                                                    f"image's {size[1]}x{size[0]}", where))
-        elif mask is not None and mask.max() <= 0.0:
+        mismatch = _size_problem(mask_path, "mask", mask.shape, size, where) if mask is not None else []
+        problems += mismatch
+        if mask is not None and not mismatch and mask.max() <= 0.0:
             problems.append(Problem(str(mask_path), "mask is empty (all zero): no person in this frame", where))
     if check_semantic:
         semantic_path = sibling_path(image_path, "semantic")
         labels, found = _file_problems(semantic_path, where, read_labels)
         problems += found
-        if labels is not None and size is not None and labels.shape != size:
-            problems.append(Problem(str(semantic_path), f"semantic map size {labels.shape[1]}x{labels.shape[0]} "
-                                                        f"differs from the image's {size[1]}x{size[0]}", where))
+        if labels is not None:
+            problems += _size_problem(semantic_path, "semantic map", labels.shape, size, where)
         if labels is not None and labels.max(initial=0) > MAX_LABEL:
             problems.append(Problem(str(semantic_path), f"label {int(labels.max())} outside the face-parsing "
                                                         f"labels 0..{MAX_LABEL}", where))

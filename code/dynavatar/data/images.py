@@ -21,15 +21,18 @@ _SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 PNG_COMPRESS_LEVEL = 3  # fast to write; the generator writes thousands of frames
 
 
-def _load(path: str | Path, what: str) -> Image.Image:
-    """Open and fully decode an image, turning any failure into a DatasetError naming the file."""
+def _load(path: str | Path, what: str, palette_indices: bool = False) -> Image.Image:
+    """Open and fully decode an image, turning any failure into a DatasetError naming the file.
+
+    Palette images become RGBA unless `palette_indices` (label maps store the label as the index).
+    """
     path = Path(path)
     if not path.is_file():
         raise DatasetError(f"{path}: {what} not found")
     try:
         with Image.open(path) as img:
             img.load()
-            return img.copy() if img.mode != "P" else img.convert("RGBA")
+            return img.copy() if img.mode != "P" or palette_indices else img.convert("RGBA")
     except DECODE_ERRORS as exc:
         raise DatasetError(f"{path}: cannot read the {what} ({type(exc).__name__}: {exc})") from None
 
@@ -76,16 +79,7 @@ def read_mask(path: str | Path) -> np.ndarray:
 
 def read_labels(path: str | Path) -> np.ndarray:
     """A face-parsing label map (grey, palette indices or RGB with equal channels) -> [h, w] uint8."""
-    path = Path(path)
-    if not path.is_file():
-        raise DatasetError(f"{path}: semantic map not found")
-    try:
-        with Image.open(path) as img:
-            img.load()
-            # Palette images hold the label as the palette index: read the indices, not the colours.
-            arr = np.asarray(img)
-    except DECODE_ERRORS as exc:
-        raise DatasetError(f"{path}: cannot read the semantic map ({type(exc).__name__}: {exc})") from None
+    arr = np.asarray(_load(path, "semantic map", palette_indices=True))
     if arr.ndim == 3:
         arr = arr[..., 0]
     return arr.astype(np.uint8)
