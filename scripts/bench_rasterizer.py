@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "code"))
 
 from dynavatar.errors import DynAvatarError  # noqa: E402
 from dynavatar.render import available_backends, rasterize, resolve_backend  # noqa: E402
-from dynavatar.render.synthetic import random_scene, sphere_scene  # noqa: E402
+from dynavatar.render.random_scenes import random_scene, sphere_scene  # noqa: E402
 
 log = logging.getLogger("bench_rasterizer")
 CPU_SCENES = "random:2000@64,random:10000@128,sphere:2000@64,sphere:10000@128"

@@ -13,7 +13,7 @@ import argparse
 import logging
 import sys
 
-from dynavatar.data.synthetic_subject import DEFAULT_TEST_VIDEOS, DEFAULT_TRAIN_VIDEOS, generate_subject
+from dynavatar.subject_generator.subject import DEFAULT_TEST_VIDEOS, DEFAULT_TRAIN_VIDEOS, generate_subject
 from dynavatar.errors import DynAvatarError
 
 

@@ -12,7 +12,7 @@ from PIL import Image
 
 from dynavatar.config import load_conf
 from dynavatar.data.checker import check_conf, check_path, check_sub_dir
-from dynavatar.data.synthetic_subject import generate_subject
+from dynavatar.subject_generator.subject import generate_subject
 
 REPO = Path(__file__).resolve().parents[1]
 VIDEOS = ["MVI_1810", "MVI_1814", "MVI_1812"]

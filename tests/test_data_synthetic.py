@@ -9,10 +9,10 @@ import torch
 from PIL import Image
 
 from dynavatar.cameras import imavatar_camera, pixels_to_keypoints
-from dynavatar.data import face_regions as fr
+from dynavatar.subject_generator import face_regions as fr
 from dynavatar.data.reader import FaceDataset
 from dynavatar.config import load_conf
-from dynavatar.data.synthetic_subject import (DEFAULT_TEST_VIDEOS, DEFAULT_TRAIN_VIDEOS, ensure_synthetic_subject,
+from dynavatar.subject_generator.subject import (DEFAULT_TEST_VIDEOS, DEFAULT_TRAIN_VIDEOS, ensure_synthetic_subject,
                                               generate_subject)
 from dynavatar.errors import DatasetError
 from dynavatar.flame import FLAME, synthetic_flame_files
@@ -143,7 +143,7 @@ def test_ensure_synthetic_subject_generates_once(tmp_path):
 
 def test_a_folder_not_written_by_the_generator_is_never_replaced(tmp_path):
     from dynavatar.config import load_conf
-    from dynavatar.data.synthetic_subject import ensure_synthetic_subject, generate_subject
+    from dynavatar.subject_generator.subject import ensure_synthetic_subject, generate_subject
     from dynavatar.errors import DatasetError
 
     real = tmp_path / "datasets" / "person" / "person" / "MVI_1810"

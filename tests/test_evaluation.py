@@ -11,7 +11,7 @@ import torch
 
 from dynavatar.cli import exp_runner, export_ply
 from dynavatar.config import load_conf
-from dynavatar.data.synthetic_subject import generate_subject
+from dynavatar.subject_generator.subject import generate_subject
 from dynavatar.data.reader import dataset_from_conf
 from dynavatar.evaluate.evaluator import EvalOptions, Evaluator
 from dynavatar.evaluate.fitting import fit_frame_inputs

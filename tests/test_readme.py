@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from dynavatar.data.synthetic_subject import generate_subject
+from dynavatar.subject_generator.subject import generate_subject
 from dynavatar.flame import synthetic_flame_files
 
 REPO = Path(__file__).resolve().parents[1]

@@ -10,7 +10,7 @@ from dynavatar.errors import BackendUnavailableError, DynAvatarError
 from dynavatar.render import available_backends, rasterize, resolve_backend
 from dynavatar.render import backends as backends_module
 from dynavatar.render.inria_backend import projection_matrix
-from dynavatar.render.synthetic import random_scene
+from dynavatar.render.random_scenes import random_scene
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")
 

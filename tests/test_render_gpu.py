@@ -14,7 +14,7 @@ import torch
 from dynavatar.cameras import Camera
 from dynavatar.render import rasterize, resolve_backend
 from dynavatar.render.backends import BACKENDS, INSTALL_HINTS, is_installed
-from dynavatar.render.synthetic import random_scene
+from dynavatar.render.random_scenes import random_scene
 
 log = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ import torch
 
 from dynavatar.cameras import Camera
 from dynavatar.render import rasterize
-from dynavatar.render.synthetic import Scene, random_scene
+from dynavatar.render.random_scenes import Scene, random_scene
 from dynavatar.render.torch_backend import rasterize_torch
 from dynavatar.render.projection import quaternion_to_rotation, rotation_to_quaternion, to_camera
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from dynavatar.config import load_conf
-from dynavatar.data.synthetic_subject import generate_subject
+from dynavatar.subject_generator.subject import generate_subject
 from dynavatar.errors import CheckpointError
 from dynavatar.train import checkpoints as ckpt
 from dynavatar.train.trainer import Trainer, TrainOptions

@@ -38,7 +38,7 @@ def run(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.quiet)
     # Heavy imports after argument parsing, so that --help is instant.
-    from ..data.synthetic_subject import ensure_synthetic_subject
+    from ..subject_generator.subject import ensure_synthetic_subject
     from ..evaluate.evaluator import EvalOptions, Evaluator
     from ..train.trainer import Trainer, TrainOptions
 

@@ -1,12 +1,11 @@
-"""Data: the IMavatar-format reader, the dataset checker and the synthetic subject generator."""
+"""Data: the IMavatar-format reader and the dataset checker."""
 
 from .checker import CheckReport, check_conf, check_path, check_sub_dir, run_check
 from .flame_params import FlameParams, read_flame_params
 from .problems import Problem
 from .reader import FaceDataset, dataset_from_conf
-from .synthetic_subject import ensure_synthetic_subject, generate_subject
 
 __all__ = [
     "CheckReport", "check_conf", "check_path", "check_sub_dir", "run_check", "FlameParams", "read_flame_params",
-    "Problem", "FaceDataset", "dataset_from_conf", "ensure_synthetic_subject", "generate_subject",
+    "Problem", "FaceDataset", "dataset_from_conf",
 ]

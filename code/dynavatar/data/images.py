@@ -37,18 +37,6 @@ def _load(path: str | Path, what: str, palette_indices: bool = False) -> Image.I
         raise DatasetError(f"{path}: cannot read the {what} ({type(exc).__name__}: {exc})") from None
 
 
-def image_size(path: str | Path, what: str = "image") -> tuple[int, int]:
-    """(width, height) of an image file, reading only its header."""
-    path = Path(path)
-    if not path.is_file():
-        raise DatasetError(f"{path}: {what} not found")
-    try:
-        with Image.open(path) as img:
-            return img.size
-    except DECODE_ERRORS as exc:
-        raise DatasetError(f"{path}: cannot read the {what} ({type(exc).__name__}: {exc})") from None
-
-
 def _to_float(img: Image.Image) -> np.ndarray:
     """Decoded image -> float32 array [h, w] or [h, w, c] in [0, 1] (16-bit scaled by 65535)."""
     if img.mode in _SIXTEEN_BIT:

@@ -40,7 +40,6 @@ from .metrics import image_metrics
 log = logging.getLogger(__name__)
 
 CLOTH_LABELS = (15, 16)  # face-parsing labels excluded by the "no cloth" metrics
-IMAGE_FOLDERS = ("rgb", "rgb_erode_dilate", "gt", "alpha", "error")
 METRIC_NAMES = ("l1", "mse", "psnr", "ssim", "lpips")
 
 

@@ -2,7 +2,7 @@
 
 from .flame import FLAME, FLAME_SCALE, FlameOutput, face_landmarks
 from .model_file import FlameModelFile, LandmarkEmbedding, load_flame_model, load_landmark_embedding
-from .synthetic import build_synthetic_flame, synthetic_flame_files, write_synthetic_flame
+from .synthetic_head import build_synthetic_flame, synthetic_flame_files, write_synthetic_flame
 
 __all__ = [
     "FLAME", "FLAME_SCALE", "FlameOutput", "face_landmarks", "FlameModelFile", "LandmarkEmbedding",

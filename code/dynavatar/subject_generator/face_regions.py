@@ -17,7 +17,7 @@ LEFT_EYE_JOINT, RIGHT_EYE_JOINT = 3, 4  # FLAME joint order; left = the subject'
 # 68-landmark index groups (iBUG order).
 JAW = list(range(0, 17))
 RIGHT_BROW, LEFT_BROW = list(range(17, 22)), list(range(22, 27))
-NOSE_BRIDGE, NOSE_BASE = list(range(27, 31)), list(range(31, 36))
+NOSE_BASE = list(range(31, 36))
 OUTER_UPPER_LIP = list(range(48, 55))  # right corner .. left corner along the top
 OUTER_LOWER_LIP = [54, 55, 56, 57, 58, 59, 48]
 INNER_UPPER_LIP = [64, 63, 62, 61, 60]  # back from left to right
