@@ -1,47 +1,11 @@
+#!/usr/bin/env python3
 """Generate a synthetic subject in the IMavatar layout (images, soft masks, semantic maps, flame_params.json).
 
-    python scripts/make_synthetic_subject.py --out data/datasets --subject subject1
-    python scripts/make_synthetic_subject.py --out data/datasets --subject demo --res 64 --frames 30 --seed 0
-    python scripts/make_synthetic_subject.py --out data/datasets --subject real_head \
-        --flame data/FLAME2020/generic_model.pkl
+Run with --help for the options."""
 
-Writes <out>/<subject>/<subject>/<video>/{image,mask,semantic}/<k>.png and flame_params.json for two
-training videos and one test video (the names of confs/subject1.conf unless given). Deterministic for a seed.
-"""
-
-import argparse
-import logging
 import sys
 
-from dynavatar.subject_generator.subject import DEFAULT_TEST_VIDEOS, DEFAULT_TRAIN_VIDEOS, generate_subject
-from dynavatar.errors import DynAvatarError
-
-
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", required=True, help="dataset folder (dataset.data_folder), e.g. data/datasets")
-    parser.add_argument("--subject", required=True, help="subject name (dataset.subject_name)")
-    parser.add_argument("--res", type=int, default=512, help="image size in pixels (square), default 512")
-    parser.add_argument("--frames", type=int, default=30, help="frames per video, default 30")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (shape, colours, motion), default 0")
-    parser.add_argument("--flame", default=None,
-                        help="FLAME 2020 generic_model.pkl (or its folder); default: the synthetic FLAME-format head")
-    parser.add_argument("--landmarks", default=None,
-                        help="landmark embedding (default: landmark_embedding.npy beside --flame)")
-    parser.add_argument("--train-videos", nargs="+", default=list(DEFAULT_TRAIN_VIDEOS), help="training video names")
-    parser.add_argument("--test-videos", nargs="+", default=list(DEFAULT_TEST_VIDEOS), help="test video names")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing subject of that name")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
-    try:
-        generate_subject(args.out, args.subject, res=args.res, frames=args.frames, seed=args.seed,
-                         flame_model_path=args.flame, train_videos=args.train_videos, test_videos=args.test_videos,
-                         landmark_path=args.landmarks, overwrite=args.overwrite)
-    except DynAvatarError as exc:  # user errors: one message, no traceback
-        logging.error("%s", exc)
-        return 1
-    return 0
-
+from dynavatar.cli.make_synthetic_subject import main
 
 if __name__ == "__main__":
     sys.exit(main())

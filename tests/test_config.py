@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import typing
 from pathlib import Path
 
 import pytest
@@ -118,32 +120,32 @@ def write(tmp_path, text, name="my.conf"):
 
 def test_paper_conf_is_accepted_as_is(tmp_path):
     conf = load_conf(write(tmp_path, PAPER_STYLE_CONF))
-    assert conf.get_list("dataset.train.sub_dir") == ["MVI_1810", "MVI_1814"]
-    assert conf.get_int("dataset.test.subsample") == 200
-    assert conf.get_bool("train.optimize_camera") is True
+    assert conf.dataset.train.sub_dir == ("MVI_1810", "MVI_1814")
+    assert conf.dataset.test.subsample == 200
+    assert conf.train.optimize_camera is True
     # Keys the paper's conf leaves out take the defaults.
-    assert conf.get_string("model.rasterizer") == "auto"
-    assert conf.get_list("model.point_cloud.schedule_points")[-1] == 100000
+    assert conf.model.rasterizer == "auto"
+    assert conf.model.point_cloud.schedule_points[-1] == 100000
 
 
 def test_missing_keys_take_the_papers_defaults(tmp_path):
     conf = load_conf(write(tmp_path, "dataset { subject_name = me }"))
-    assert conf.get_float("train.learning_rate") == pytest.approx(1e-4)
-    assert conf.get_list("train.sched_milestones") == [80, 100]
-    assert conf.get_float("loss.vgg_feature_weight") == pytest.approx(0.1)
-    assert conf.get_float("dataset.canonical_pose") == pytest.approx(0.4)
-    assert conf.get_float("model.prune_thresh") == pytest.approx(0.1)
-    assert conf.get_int("model.point_cloud.n_init_points") == 400
+    assert conf.train.learning_rate == pytest.approx(1e-4)
+    assert conf.train.sched_milestones == (80, 100)
+    assert conf.loss.vgg_feature_weight == pytest.approx(0.1)
+    assert conf.dataset.canonical_pose == pytest.approx(0.4)
+    assert conf.model.prune_thresh == pytest.approx(0.1)
+    assert conf.model.point_cloud.n_init_points == 400
 
 
 def test_shipped_confs_load():
     for name, train, test in [("subject1", ["MVI_1810", "MVI_1814"], ["MVI_1812"]),
                               ("subject2", ["MVI_1797", "MVI_1801"], ["MVI_1802"])]:
         conf = load_conf(REPO / "confs" / f"{name}.conf")
-        assert conf.get_list("dataset.train.sub_dir") == train
-        assert conf.get_list("dataset.test.sub_dir") == test
-        assert conf.get_string("dataset.data_folder").startswith("./data")
-        assert conf.get_string("train.exps_folder").startswith("./data")
+        assert conf.dataset.train.sub_dir == tuple(train)
+        assert conf.dataset.test.sub_dir == tuple(test)
+        assert conf.dataset.data_folder.startswith("./data")
+        assert conf.train.exps_folder.startswith("./data")
 
 
 def test_unknown_key_names_key_file_and_nearest_valid_key(tmp_path):
@@ -172,10 +174,10 @@ def test_command_line_overrides(tmp_path):
     path = write(tmp_path, PAPER_STYLE_CONF)
     conf = load_conf(path, ["train.learning_rate=2e-4", "model.rasterizer=torch",
                             "dataset.train.sub_dir=[A, B]", "dataset.test.subsample=[0, 10]"])
-    assert conf.get_float("train.learning_rate") == pytest.approx(2e-4)
-    assert conf.get_string("model.rasterizer") == "torch"
-    assert conf.get_list("dataset.train.sub_dir") == ["A", "B"]
-    assert conf.get_list("dataset.test.subsample") == [0, 10]
+    assert conf.train.learning_rate == pytest.approx(2e-4)
+    assert conf.model.rasterizer == "torch"
+    assert conf.dataset.train.sub_dir == ("A", "B")
+    assert conf.dataset.test.subsample == (0, 10)
     with pytest.raises(ConfigError, match="train.learnig_rate.*train.learning_rate"):
         load_conf(path, ["train.learnig_rate=2e-4"])
     with pytest.raises(ConfigError, match="key=value"):
@@ -196,3 +198,37 @@ def test_runconf_round_trip(tmp_path):
     again = load_conf(write(tmp_path, to_hocon(conf), "runconf.conf"))
     assert again == conf
     assert set(defaults().keys()) == {"train", "loss", "dataset", "model", "evaluation"}
+
+
+def test_every_default_key_is_a_typed_field_or_a_compatibility_key():
+    """The defaults and the dataclasses describe the same keys: none is validated but then lost."""
+    from dynavatar.config.loader import _flatten
+    from dynavatar.config.schema import SECTIONS, Section, section_keys
+
+    def walk(section: type[Section], prefix: str, tree) -> None:
+        assert set(str(k) for k in tree.keys()) == section_keys(section), prefix
+        hints = typing.get_type_hints(section)
+        for f in dataclasses.fields(section):
+            hint = hints[f.name]
+            if isinstance(hint, type) and issubclass(hint, Section):
+                walk(hint, f"{prefix}.{f.name}", tree[f.metadata.get("key", f.name)])
+
+    tree = defaults()
+    for name, section in SECTIONS.items():
+        walk(section, name, tree[name])
+    assert _flatten(tree)  # the defaults parse
+
+
+def test_typed_values_and_one_name_as_sub_dir(tmp_path):
+    conf = load_conf(write(tmp_path, "dataset { train { sub_dir = one_video } }"))
+    assert conf.dataset.train.sub_dir == ("one_video",)
+    assert isinstance(conf.train.learning_rate, float) and conf.train.lbs_milestones == (20, 30, 50, 70)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        conf.train.learning_rate = 1.0  # type: ignore[misc]
+
+
+def test_range_errors_name_key_and_file(tmp_path):
+    with pytest.raises(ConfigError, match=r"my.conf: key 'dataset.train.img_res' must be \[height, width\]"):
+        load_conf(write(tmp_path, "dataset { train { img_res = [512] } }"))
+    with pytest.raises(ConfigError, match="my.conf: key 'model.point_cloud.schedule_epochs'.*same length"):
+        load_conf(write(tmp_path, "model { point_cloud { schedule_epochs = [1] } }"))

@@ -11,6 +11,7 @@ from PIL import Image
 
 from dynavatar.config import load_conf
 from dynavatar.data.flame_params import read_flame_params
+from dynavatar.data.batch import collate
 from dynavatar.data.reader import FaceDataset, dataset_from_conf
 from dynavatar.data.subsample import select_frames
 from dynavatar.errors import ConfigError, DatasetError
@@ -70,43 +71,43 @@ def test_item_contents_and_white_compositing(data):
     ds = dataset(data)
     assert len(ds) == 9 and ds.img_res == (H, W) and not ds.has_semantic
     assert ds.shape_params.shape == (100,)
-    i, item, gt = ds[6]  # B, frame 2
-    assert i == 6 and item["idx"].dtype == torch.long and item["idx"].dim() == 0 and int(item["idx"]) == 6
-    assert item["frame_id"] == 2 and item["sub_dir"] == "B"
-    assert item["expression"].shape == (50,) and item["flame_pose"].shape == (15,)
-    assert item["world_mat"].shape == (3, 4) and torch.isclose(item["world_mat"][0, 3], torch.tensor(0.02))
-    assert torch.allclose(item["intrinsics"], torch.tensor(INTRINSICS))
+    item = ds[6]  # B, frame 2
+    assert item.idx.dtype == torch.long and item.idx.tolist() == [6] and len(item) == 1
+    assert item.frame_id == [2] and item.sub_dir == ["B"]
+    assert item.expression.shape == (1, 50) and item.flame_pose.shape == (1, 15)
+    assert item.world_mat.shape == (1, 3, 4) and torch.isclose(item.world_mat[0, 0, 3], torch.tensor(0.02))
+    assert torch.allclose(item.intrinsics[0], torch.tensor(INTRINSICS))
     image, mask = _png(data / "subj/subj/B/image/2.png"), _png(data / "subj/subj/B/mask/2.png")
-    assert gt["rgb"].shape == (H, W, 3) and gt["mask"].shape == (H, W)
+    assert item.rgb.shape == (1, H, W, 3) and item.mask.shape == (1, H, W)
     expected = image * mask[..., None] + (1 - mask[..., None])
-    assert np.allclose(gt["rgb"].numpy(), expected, atol=1e-6)
-    assert np.allclose(gt["mask"].numpy(), mask)
+    assert np.allclose(item.rgb[0].numpy(), expected, atol=1e-6)
+    assert np.allclose(item.mask[0].numpy(), mask)
 
 
 def test_use_background_keeps_the_raw_image(data):
-    _, _, gt = dataset(data, use_background=True)[0]
-    assert np.allclose(gt["rgb"].numpy(), _png(data / "subj/subj/A/image/1.png"), atol=1e-6)
+    gt = dataset(data, use_background=True)[0]
+    assert np.allclose(gt.rgb[0].numpy(), _png(data / "subj/subj/A/image/1.png"), atol=1e-6)
 
 
 def test_rgba_images_rgb_masks_and_grey_images(tmp_path):
     root = tmp_path / "d"
     write_video(root / "subj" / "subj" / "A", n=2, image_mode="RGBA", mask_mode="RGB")
     write_video(root / "subj" / "subj" / "G", n=1, image_mode="L")
-    _, _, gt = dataset(root, ["A"], use_background=True)[1]
+    gt = dataset(root, ["A"], use_background=True)[1]
     rgba = _png(root / "subj/subj/A/image/2.png")
-    assert np.allclose(gt["rgb"].numpy(), rgba[..., :3], atol=1e-6)  # alpha dropped, not composited
-    assert np.allclose(gt["mask"].numpy(), _png(root / "subj/subj/A/mask/2.png")[..., 0])  # first channel
-    _, _, grey = dataset(root, ["G"], use_background=True)[0]
-    assert torch.equal(grey["rgb"][..., 0], grey["rgb"][..., 2])
+    assert np.allclose(gt.rgb[0].numpy(), rgba[..., :3], atol=1e-6)  # alpha dropped, not composited
+    assert np.allclose(gt.mask[0].numpy(), _png(root / "subj/subj/A/mask/2.png")[..., 0])  # first channel
+    grey = dataset(root, ["G"], use_background=True)[0]
+    assert torch.equal(grey.rgb[..., 0], grey.rgb[..., 2])
 
 
 def test_resize_to_img_res(tmp_path):
     root = tmp_path / "d"
     write_video(root / "subj" / "subj" / "A", n=1, size=(2 * H, 2 * W))
-    _, _, gt = dataset(root, ["A"])[0]
-    assert gt["rgb"].shape == (H, W, 3) and gt["mask"].shape == (H, W)
+    gt = dataset(root, ["A"])[0]
+    assert gt.rgb.shape == (1, H, W, 3) and gt.mask.shape == (1, H, W)
     mask = _png(root / "subj/subj/A/mask/1.png")
-    assert abs(gt["mask"].mean().item() - mask.mean()) < 0.02  # an area-preserving downsample
+    assert abs(gt.mask.mean().item() - mask.mean()) < 0.02  # an area-preserving downsample
 
 
 @pytest.mark.parametrize("subsample, expected", [
@@ -122,11 +123,9 @@ def test_subsample(data, subsample, expected):
                                                             for i in expected]
     # One selection applies to every per-frame list alike.
     for j, i in enumerate(expected):
-        _, item, gt = ds[j]
-        _, ref_item, ref_gt = full[i]
-        for key in ("expression", "flame_pose", "world_mat", "intrinsics"):
-            assert torch.equal(item[key], ref_item[key])
-        assert torch.equal(gt["rgb"], ref_gt["rgb"]) and torch.equal(gt["mask"], ref_gt["mask"])
+        item, ref = ds[j], full[i]
+        for key in ("expression", "flame_pose", "world_mat", "intrinsics", "rgb", "mask"):
+            assert torch.equal(getattr(item, key), getattr(ref, key))
 
 
 @pytest.mark.parametrize("bad", [0, -1, [5, 2], [], [0, 1, 99], "2", True])
@@ -137,7 +136,7 @@ def test_bad_subsample(bad):
 
 def test_mean_and_variance_of_the_selected_expressions(data):
     ds = dataset(data, subsample=2, use_mean_expression=True, use_var_expression=True, only_json=True)
-    expressions = torch.stack([ds[i][1]["expression"] for i in range(len(ds))])
+    expressions = torch.cat([ds[i].expression for i in range(len(ds))])
     assert ds.mean_expression.shape == (50,) and ds.var_expression.shape == (50,)
     assert torch.allclose(ds.mean_expression, expressions.mean(0))
     assert torch.allclose(ds.var_expression, expressions.var(0))
@@ -150,8 +149,8 @@ def test_old_pixel_intrinsics_are_normalised(tmp_path):
     write_video(root / "subj" / "subj" / "A", n=1, intrinsics=[-1539.7, 1508.9, 261.4, 253.2])
     ds = dataset(root, ["A"], only_json=True)
     expected = torch.tensor([-1539.7, 1508.9, 261.4, 253.2]) / 512
-    assert torch.allclose(ds[0][1]["intrinsics"], expected)
-    assert torch.allclose(ds[0][1]["intrinsics"], torch.tensor([-3.0072, 2.9471, 0.5105, 0.4945]), atol=1e-3)
+    assert torch.allclose(ds[0].intrinsics[0], expected)
+    assert torch.allclose(ds[0].intrinsics[0], torch.tensor([-3.0072, 2.9471, 0.5105, 0.4945]), atol=1e-3)
     assert read_flame_params(root / "subj/subj/A/flame_params.json").legacy_intrinsics
 
 
@@ -223,7 +222,7 @@ def test_mask_path_replaces_only_the_image_folder(tmp_path):
     write_video(root / "subj" / "subj" / "A", n=2)
     ds = dataset(root, ["A"])
     assert ds.frames[0].mask_path == root / "subj/subj/A/mask/1.png"
-    assert ds[1][2]["mask"].shape == (H, W)
+    assert ds[1].mask.shape == (1, H, W)
 
 
 def test_semantic_maps_when_present(tmp_path):
@@ -231,23 +230,27 @@ def test_semantic_maps_when_present(tmp_path):
     write_video(root / "subj" / "subj" / "A", n=2, semantic=True)
     ds = dataset(root, ["A"], load_images=True)
     assert ds.has_semantic
-    semantic = ds[1][2]["semantic"]
+    semantic = ds[1].semantic[0]
     assert semantic.dtype == torch.long and semantic.shape == (H, W)
     assert np.array_equal(semantic.numpy(), np.asarray(Image.open(root / "subj/subj/A/semantic/2.png")))
 
 
-def test_preloaded_equals_lazy_and_collate(data):
+def test_preloaded_equals_lazy_batches_and_collate(data):
     lazy, loaded = dataset(data), dataset(data, load_images=True)
     for i in (0, 8):
-        for a, b in zip(lazy[i][2].values(), loaded[i][2].values()):
-            assert torch.equal(a, b)
-    loader = torch.utils.data.DataLoader(loaded, batch_size=4, collate_fn=FaceDataset.collate_fn)
-    indices, inputs, truth = next(iter(loader))
-    assert indices.tolist() == [0, 1, 2, 3]
-    assert inputs["idx"].tolist() == [0, 1, 2, 3] and inputs["expression"].shape == (4, 50)
-    assert inputs["world_mat"].shape == (4, 3, 4) and inputs["intrinsics"].shape == (4, 4)
-    assert inputs["sub_dir"] == ["A"] * 4 and inputs["frame_id"] == [1, 2, 3, 4]
-    assert truth["rgb"].shape == (4, H, W, 3) and truth["mask"].shape == (4, H, W)
+        for name in ("rgb", "mask"):
+            assert torch.equal(getattr(lazy[i], name), getattr(loaded[i], name))
+    batch = loaded.batch(torch.tensor([0, 1, 2, 3]))
+    assert batch.idx.tolist() == [0, 1, 2, 3] and batch.expression.shape == (4, 50)
+    assert batch.world_mat.shape == (4, 3, 4) and batch.intrinsics.shape == (4, 4)
+    assert batch.sub_dir == ["A"] * 4 and batch.frame_id == [1, 2, 3, 4]
+    assert batch.rgb.shape == (4, H, W, 3) and batch.mask.shape == (4, H, W)
+    loader = torch.utils.data.DataLoader(lazy, batch_size=4, collate_fn=collate)
+    collated = next(iter(loader))
+    assert collated.frame_id == batch.frame_id and torch.equal(collated.rgb, batch.rgb)
+    assert torch.equal(collated.expression, batch.expression)
+    reordered = loaded.batch([3, 0])
+    assert torch.equal(reordered.rgb, batch.rgb[[3, 0]]) and reordered.frame_id == [4, 1]
 
 
 def test_dataset_from_conf(data):

@@ -60,12 +60,12 @@ def test_keypoints_match_flame_landmarks_through_the_reader_camera(subject, flam
     flame = FLAME(*flame_files, shape_params=dataset.shape_params)
     worst = 0.0
     for i in range(len(dataset)):
-        _, item, _ = dataset[i]
+        item = dataset[i]
         record = dataset.frames[i]
         stored = json.loads(record.json_path.read_text())["frames"][record.json_index]["flame_keypoints"]
         with torch.no_grad():
-            landmarks = flame(item["expression"][None], item["flame_pose"][None]).landmarks[0]
-        camera = imavatar_camera(item["world_mat"], item["intrinsics"], RES, RES)
+            landmarks = flame(item.expression, item.flame_pose).landmarks[0]
+        camera = imavatar_camera(item.world_mat[0], item.intrinsics[0], RES, RES)
         keypoints = pixels_to_keypoints(camera.project(landmarks)[0], RES, RES)
         error_px = ((keypoints - torch.tensor(stored)).abs() * RES / 2).max().item()
         worst = max(worst, error_px)
@@ -78,8 +78,8 @@ def test_images_masks_and_semantics(subject):
     yy, xx = np.mgrid[0:RES, 0:RES]
     seen = set()
     for i in range(len(dataset)):
-        _, item, gt = dataset[i]
-        rgb, mask, semantic = gt["rgb"].numpy(), gt["mask"].numpy(), gt["semantic"].numpy()
+        item = dataset[i]
+        rgb, mask, semantic = item.rgb[0].numpy(), item.mask[0].numpy(), item.semantic[0].numpy()
         assert rgb.std() > 0.05  # not blank
         keypoints = json.loads(dataset.frames[i].json_path.read_text())["frames"][dataset.frames[i].json_index][
             "flame_keypoints"]
@@ -99,11 +99,10 @@ def test_images_masks_and_semantics(subject):
 def test_white_compositing_and_background(subject):
     composited = _dataset(subject, ["MVI_1810"])
     raw = _dataset(subject, ["MVI_1810"], use_background=True)
-    _, _, gt = composited[0]
-    _, _, gt_raw = raw[0]
-    background = gt["mask"] == 0
-    assert torch.allclose(gt["rgb"][background], torch.ones(1, 3))
-    assert (gt_raw["rgb"][background] < 0.9).all()  # the generator's backdrop is not white
+    gt, gt_raw = composited[0], raw[0]
+    background = gt.mask == 0
+    assert torch.allclose(gt.rgb[background], torch.ones(1, 3))
+    assert (gt_raw.rgb[background] < 0.9).all()  # the generator's backdrop is not white
 
 
 def test_test_video_expressions_are_new_but_in_range(subject):
@@ -131,7 +130,7 @@ def test_ensure_synthetic_subject_generates_once(tmp_path):
                  "dataset.train.img_res=[16, 16]", "model.flame_model_path=synthetic"]
     conf = load_conf(REPO / "confs" / "subject1.conf", overrides)
     assert ensure_synthetic_subject(conf) is None  # a real dataset: nothing to do
-    conf.put("dataset.synthetic", True)
+    conf = load_conf(REPO / "confs" / "subject1.conf", [*overrides, "dataset.synthetic=true"])
     target = ensure_synthetic_subject(conf)
     assert target == tmp_path / "demo"
     assert sorted(p.name for p in (target / "demo").iterdir()) == sorted(VIDEOS)

@@ -15,8 +15,9 @@ from dynavatar.subject_generator.subject import generate_subject
 from dynavatar.data.reader import dataset_from_conf
 from dynavatar.evaluate.evaluator import EvalOptions, Evaluator
 from dynavatar.evaluate.fitting import fit_frame_inputs
-from dynavatar.train.frame_inputs import FrameInputs
-from dynavatar.train.trainer import batches
+from dynavatar.data.batch import batches
+from dynavatar.losses import AvatarLoss
+from dynavatar.model.frame_inputs import FrameInputs
 from dynavatar.export.ply import load_gaussians_ply
 from dynavatar.render import rasterize
 
@@ -90,8 +91,9 @@ def test_test_time_fitting_lowers_the_loss_of_perturbed_inputs(experiment):
     data = dataset_from_conf(conf, "test", is_eval=True)
     noisy = data.expressions + 0.5 * torch.randn(data.expressions.shape, generator=torch.Generator().manual_seed(0))
     inputs = FrameInputs(noisy, data.flame_poses, data.world_mats, True, True)
+    loss = AvatarLoss(conf.loss, conf.train, None, None, torch.device("cpu"), perceptual=False)
     losses = fit_frame_inputs(evaluator.avatar, inputs, batches(data, 8, torch.arange(len(data))), 1, 15, 5e-2,
-                              0.25, torch.device("cpu"))
+                              loss, torch.device("cpu"))
     (first, last), = losses
     assert last < first
     assert not torch.equal(inputs.expression.weight.detach(), noisy)
@@ -127,7 +129,7 @@ def test_ply_round_trip_renders_the_same_image(experiment, tmp_path):
 def test_reenactment_writes_one_frame_per_driving_frame(experiment):
     overrides, folder = experiment
     conf = load_conf(REPO / "confs" / "demo.conf", overrides)
-    drive = Path(conf.get("dataset.data_folder")) / SUBJECT / SUBJECT / "MVI_1814" / "flame_params.json"
+    drive = Path(conf.dataset.data_folder) / SUBJECT / SUBJECT / "MVI_1814" / "flame_params.json"
     assert exp_runner.run(["--conf", str(REPO / "confs" / "demo.conf"), "--drive", str(drive), *overrides]) == 0
     out = folder.parents[1] / "reenact_MVI_1814" / "epoch_2"
     n_drive = len(json.loads(drive.read_text())["frames"])

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dynavatar.evaluate import lpips as L
+from dynavatar.metrics import lpips as L
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dynavatar.evaluate import metrics as M
+from dynavatar.metrics import image as M
 
 
 def _pair(shape, seed=0, noise=0.2):

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
 import torch
 
-from dynavatar.config import load_conf
+from dynavatar.config import default_conf, load_conf
 from dynavatar.flame import FLAME
 from dynavatar.model.avatar import Avatar, nearest_vertex
 from dynavatar.model.networks import CanonicalNetwork, DeformerNetwork, DeformerOutput
-from dynavatar.model.point_schedule import CoarseToFine, PointSchedule, prune_and_grow
+from dynavatar.train.strategy import CoarseToFine, prune_and_grow
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -22,7 +23,7 @@ def avatar(synthetic_flame_paths):
     shape = torch.randn(100, generator=torch.Generator().manual_seed(1))
     flame = FLAME(*synthetic_flame_paths, shape_params=shape)
     expression = torch.randn(50, generator=torch.Generator().manual_seed(2)) * 0.5
-    return Avatar(conf.get("model"), flame, shape, expression, 0.4, (32, 32))
+    return Avatar(conf.model, flame, shape, expression, 0.4, (32, 32))
 
 
 class FlameDeformer(torch.nn.Module):
@@ -86,8 +87,8 @@ def test_activations_and_shapes(avatar):
     n = avatar.n_points
     assert gaussians.means.shape == (2, n, 3) and shifted.shape == (n, 3)
     assert torch.allclose(gaussians.quats.norm(dim=-1), torch.ones(2, n), atol=1e-5)
-    assert (gaussians.scales >= avatar.strategy.radius).all()
-    assert (gaussians.scales <= avatar.strategy.radius + avatar.max_scale).all()
+    assert (gaussians.scales >= avatar.point_radius).all()
+    assert (gaussians.scales <= avatar.point_radius + avatar.max_scale).all()
     assert ((gaussians.opacities > 0) & (gaussians.opacities < 1)).all()
 
 
@@ -100,7 +101,7 @@ def test_nearest_vertex_matches_brute_force():
 
 class TestSchedule:
     def test_paper_targets_and_radius(self):
-        s = PointSchedule()
+        s = default_conf().model.point_cloud
         targets = {e: s.target_points(e) for e in (0, 4, 5, 9, 10, 15, 20, 25, 30, 39, 40, 50, 60, 200)}
         assert targets == {0: 400, 4: 400, 5: 800, 9: 800, 10: 1600, 15: 3200, 20: 6400, 25: 10000,
                            30: 20000, 39: 20000, 40: 40000, 50: 80000, 60: 100000, 200: 100000}
@@ -120,15 +121,30 @@ class TestSchedule:
         assert (offsets <= 0.05 + 1e-6).all()
 
     def test_strategy_prunes_invisible_and_shrinks_radius(self):
-        schedule = PointSchedule(n_init_points=8, schedule_epochs=(1, 2), schedule_points=(12, 16),
-                                 radius_factors=(0.5, 0.5), max_points=14)
-        strategy = CoarseToFine.start(schedule, 8, torch.device("cpu"))
-        radius = strategy.radius
-        strategy.observe(torch.tensor([True] * 6 + [False] * 2))
-        new = strategy.start_epoch(1, torch.randn(8, 3), torch.Generator().manual_seed(0))
-        assert new.shape == (12, 3) and strategy.radius == pytest.approx(radius * 0.5)
-        strategy.observe(torch.ones(12, dtype=torch.bool))
-        new = strategy.start_epoch(2, new, torch.Generator().manual_seed(0))
-        assert new.shape == (14, 3)  # capped by max_points
-        strategy.observe(torch.ones(14, dtype=torch.bool))
-        assert strategy.start_epoch(3, new, torch.Generator().manual_seed(0)) is None  # nothing to change
+        schedule = dataclasses.replace(default_conf().model.point_cloud, n_init_points=8, schedule_epochs=(1, 2),
+                                       schedule_points=(12, 16), radius_factors=(0.5, 0.5), max_points=14)
+        cloud = PointCloud(torch.randn(8, 3), schedule.initial_radius())
+        strategy = CoarseToFine(schedule, 0.1, 8, torch.device("cpu"))
+        strategy.observe(torch.tensor([[0.5] * 6 + [0.05] * 2]))  # two points below the prune threshold
+        strategy.start_epoch(cloud, 1, torch.Generator().manual_seed(0))
+        assert cloud.points.shape == (12, 3) and float(cloud.point_radius) == pytest.approx(schedule.initial_radius() / 2)
+        strategy.observe(torch.ones(2, 12))
+        strategy.start_epoch(cloud, 2, torch.Generator().manual_seed(0))
+        assert cloud.points.shape == (14, 3)  # capped by max_points
+        strategy.observe(torch.ones(1, 14))
+        before = cloud.points
+        strategy.start_epoch(cloud, 3, torch.Generator().manual_seed(0))
+        assert cloud.points is before  # nothing to prune or grow: the point set is kept
+
+
+class PointCloud:
+    """What the strategy edits on an avatar: its points and point radius."""
+
+    def __init__(self, points: torch.Tensor, radius: float) -> None:
+        self.points, self.point_radius = points, torch.tensor(radius, dtype=torch.float64)
+
+    def set_points(self, points: torch.Tensor) -> None:
+        self.points = points
+
+    def set_point_radius(self, radius: float) -> None:
+        self.point_radius.fill_(radius)

@@ -10,8 +10,8 @@ import torch
 from dynavatar.config import load_conf
 from dynavatar.flame import FLAME
 from dynavatar.model.networks import DeformerOutput
-from dynavatar.train.losses import AvatarLoss
-from dynavatar.train.trainer import batch_size_for, learning_rate, resolve_device
+from dynavatar.losses import AvatarLoss
+from dynavatar.runtime import resolve_device
 from dynavatar.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -23,12 +23,11 @@ def conf():
 
 
 def test_learning_rate_halves_at_80_and_100(conf):
-    lr = lambda e: learning_rate(1e-4, conf.get("train.sched_milestones"), conf.get("train.sched_factor"), e)  # noqa
-    assert [lr(e) for e in (0, 79, 80, 99, 100, 500)] == pytest.approx([1e-4, 1e-4, 5e-5, 5e-5, 2.5e-5, 2.5e-5])
+    assert [conf.train.learning_rate_at(e) for e in (0, 79, 80, 99, 100, 500)] == pytest.approx([1e-4, 1e-4, 5e-5, 5e-5, 2.5e-5, 2.5e-5])
 
 
 def test_lbs_weight_halves_at_20_30_50_70(conf):
-    loss = AvatarLoss(conf.get("loss"), conf.get("train"), None, None, torch.device("cpu"))
+    loss = AvatarLoss(conf.loss, conf.train, None, None, torch.device("cpu"))
     weights = []
     for epoch in (0, 19, 20, 30, 49, 50, 70, 300):
         loss.set_epoch(epoch)
@@ -39,17 +38,17 @@ def test_lbs_weight_halves_at_20_30_50_70(conf):
 def test_vgg_term_is_never_silently_dropped():
     paper = load_conf(REPO / "confs" / "subject1.conf")  # vgg_feature_weight 0.1
     with pytest.raises(ValueError, match="VGG"):
-        AvatarLoss(paper.get("loss"), paper.get("train"), None, None, torch.device("cpu"))
+        AvatarLoss(paper.loss, paper.train, None, None, torch.device("cpu"))
 
 
 def test_batch_size_rule(conf):
-    train = conf.get("train")  # max_points_training 102400, max_batch 8
-    assert [batch_size_for(train, n) for n in (400, 12800, 20000, 40000, 100000, 200000)] == [8, 8, 5, 2, 1, 1]
+    # max_points_training 102400, max_batch 8
+    assert [conf.train.batch_size(n) for n in (400, 12800, 20000, 40000, 100000, 200000)] == [8, 8, 5, 2, 1, 1]
 
 
 def test_prior_weights_and_targets(conf, synthetic_flame_paths):
     flame = FLAME(*synthetic_flame_paths)
-    loss = AvatarLoss(conf.get("loss"), conf.get("train"), torch.full((50,), 2.0), None, torch.device("cpu"))
+    loss = AvatarLoss(conf.loss, conf.train, torch.full((50,), 2.0), None, torch.device("cpu"))
     nearest = torch.tensor([0, 5, 100])
     exact = DeformerOutput(flame.shapedirs[nearest], flame.posedirs[nearest],
                            torch.cat([torch.zeros(3, 1), flame.lbs_weights[nearest]], dim=1), torch.zeros(3, 3))
@@ -70,7 +69,7 @@ def test_prior_weights_and_targets(conf, synthetic_flame_paths):
 
 def test_zero_expression_variance_does_not_divide_by_zero(conf, synthetic_flame_paths):
     flame = FLAME(*synthetic_flame_paths)
-    loss = AvatarLoss(conf.get("loss"), conf.get("train"), torch.zeros(50), None, torch.device("cpu"))
+    loss = AvatarLoss(conf.loss, conf.train, torch.zeros(50), None, torch.device("cpu"))
     nearest = torch.tensor([0, 1])
     out = DeformerOutput(flame.shapedirs[nearest] + 0.01, flame.posedirs[nearest],
                          torch.full((2, 6), 1 / 6), torch.zeros(2, 3))

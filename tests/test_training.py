@@ -10,7 +10,8 @@ import torch
 from dynavatar.config import load_conf
 from dynavatar.subject_generator.subject import generate_subject
 from dynavatar.errors import CheckpointError
-from dynavatar.train import checkpoints as ckpt
+from dynavatar.experiment import checkpoints as ckpt
+from dynavatar.model.build import load_avatar
 from dynavatar.train.trainer import Trainer, TrainOptions
 
 REPO = Path(__file__).resolve().parents[1]
@@ -50,7 +51,8 @@ def test_short_training_lowers_the_photometric_loss(data_folder, tmp_path):
     assert last["rgb_loss"] <= 0.5 * first["rgb_loss"], (first, last)
     assert last["psnr"] >= first["psnr"] + 4.0
     # x0.75 at the schedule epochs 1 and 3, and at epoch 5 (every 5 epochs after the last schedule epoch).
-    assert trainer.avatar.strategy.radius == pytest.approx(trainer.avatar.schedule.initial_radius() * 0.75 ** 3)
+    initial = trainer.conf.model.point_cloud.initial_radius()
+    assert float(trainer.avatar.point_radius) == pytest.approx(initial * 0.75 ** 3)
 
 
 def _state(trainer: Trainer) -> dict[str, torch.Tensor]:
@@ -68,11 +70,10 @@ def test_resume_gives_the_same_parameters_as_an_uninterrupted_run(data_folder, t
     assert resumed.start_epoch == 1 and resumed.avatar.n_points == 100
     resumed.run()
     assert resumed.avatar.n_points == straight.avatar.n_points == 200
-    assert resumed.avatar.strategy.radius == pytest.approx(straight.avatar.strategy.radius)
     a, b = _state(straight), _state(resumed)
-    assert a.keys() == b.keys()
+    assert a.keys() == b.keys() and "avatar.point_radius" in a
     for key in a:
-        assert torch.allclose(a[key], b[key], atol=1e-6), key
+        assert torch.equal(a[key], b[key]), key  # bitwise
     # The run really trained: parameters moved from their initial values.
     fresh = Trainer(tiny_conf(data_folder, tmp_path / "c"), TrainOptions(nepoch=0))
     assert not torch.allclose(fresh.avatar.points, straight.avatar.points[:100])
@@ -140,3 +141,25 @@ def test_checkpoint_parts_of_different_epochs_are_refused(data_folder, tmp_path)
     latest.write_bytes(b"garbage")
     with pytest.raises(CheckpointError, match="cannot be read"):
         Trainer(conf, TrainOptions(nepoch=2, is_continue=True))
+
+
+def test_checkpoints_of_the_earlier_layout_still_load(data_folder, tmp_path):
+    """Before the point radius was a model buffer, checkpoints kept it as top-level 'radius' and
+    'n_points' and inside 'strategy' (with the visibility); such files resume and evaluate."""
+    conf = tiny_conf(data_folder, tmp_path)
+    trainer = Trainer(conf, TrainOptions(nepoch=2))
+    trainer.run()
+    checkpoints = tmp_path / SUBJECT / "demo" / "MVI_1810+MVI_1814" / "train" / "checkpoints"
+    latest = checkpoints / ckpt.MODEL / "latest.pth"
+    part = torch.load(latest, weights_only=False)
+    state = dict(part["model_state_dict"])
+    radius = float(state.pop("point_radius"))
+    old = {"epoch": part["epoch"], "radius": radius, "n_points": state["points"].shape[0], "model_state_dict": state,
+           "strategy": {"radius": radius, "visible": part["strategy"]["visible"]}, "rng_state": part["rng_state"]}
+    torch.save(old, latest)
+    resumed = Trainer(conf, TrainOptions(nepoch=3, is_continue=True))
+    assert float(resumed.avatar.point_radius) == radius and resumed.start_epoch == 2
+    assert torch.equal(resumed.strategy.visible, part["strategy"]["visible"])
+    avatar, epoch = load_avatar(conf, checkpoints, "latest", (32, 32), torch.device("cpu"))
+    assert epoch == 2 and float(avatar.point_radius) == radius
+    assert torch.equal(avatar.points, trainer.avatar.points)

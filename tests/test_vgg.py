@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from dynavatar.errors import ConfigError
-from dynavatar.train import vgg as V
+from dynavatar.losses import vgg as V
 
 
 @pytest.fixture

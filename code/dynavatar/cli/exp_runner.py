@@ -51,7 +51,7 @@ def run(argv: Sequence[str] | None = None) -> int:
         return 0
     ensure_synthetic_subject(conf)
     if not args.is_eval:
-        nepoch = args.nepoch if args.nepoch is not None else int(conf.get("train.nepoch"))
+        nepoch = args.nepoch if args.nepoch is not None else conf.train.nepoch
         trainer = Trainer(conf, TrainOptions(nepoch=nepoch, is_continue=args.is_continue, checkpoint=args.checkpoint,
                                              load_path=load_path, overwrite=args.overwrite))
         if trainer.run():  # evaluate the checkpoint just written, in this experiment's folder

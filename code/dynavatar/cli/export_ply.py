@@ -8,7 +8,7 @@ import logging
 from pathlib import Path
 from typing import Sequence
 
-from ..config import as_list, load_conf
+from ..config import load_conf
 from ..errors import DatasetError
 from .common import add_checkpoint_arguments, main_with_errors, setup_logging
 
@@ -37,7 +37,7 @@ def run(argv: Sequence[str] | None = None) -> int:
     if args.frame is None:
         path = evaluator.export_canonical(Path(args.out))
     else:
-        sub_dir = args.sub_dir or str(as_list(conf.get("dataset.test.sub_dir"))[0])
+        sub_dir = args.sub_dir or conf.dataset.test.sub_dir[0]
         frames = dataset_from_conf(conf, "test", sub_dir=[sub_dir], subsample=1, only_json=True,
                                    use_mean_expression=False, use_var_expression=False)
         ids = [record.frame_id for record in frames.frames]

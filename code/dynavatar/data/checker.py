@@ -15,7 +15,7 @@ from typing import Any, Iterable, Sequence
 
 from tqdm import tqdm
 
-from ..config import as_list, load_conf
+from ..config import Conf, load_conf
 from ..errors import ConfigError, DatasetError
 from .flame_params import flame_params_problems, frame_id_of, load_json
 from .images import read_labels, read_mask, read_rgb
@@ -195,15 +195,15 @@ def check_path(path: str | Path, json_name: str = DEFAULT_JSON_NAME) -> CheckRep
     return check_subject_dir(path, json_name)
 
 
-def check_conf(conf: Any) -> CheckReport:
+def check_conf(conf: Conf) -> CheckReport:
     """Check the train and test videos a configuration names."""
-    subject = conf.get_string("dataset.subject_name")
-    subject_dir = Path(conf.get_string("dataset.data_folder")) / subject / subject
-    json_name = conf.get_string("dataset.json_name")
+    subject = conf.dataset.subject_name
+    subject_dir = Path(conf.dataset.data_folder) / subject / subject
+    json_name = conf.dataset.json_name
     report = CheckReport()
     seen = set()
     for split in ("train", "test"):
-        names = [str(s) for s in as_list(conf.get(f"dataset.{split}.sub_dir"))]
+        names = conf.dataset.split(split).sub_dir
         if not names:
             report.problems.append(Problem(f"dataset.{split}.sub_dir", "no video named for this split"))
         for name in names:
@@ -220,7 +220,7 @@ def run_check(conf_path: str | Path | None = None, paths: Sequence[str | Path] =
     if conf_path is not None:
         conf = load_conf(conf_path, overrides)
         report.extend(check_conf(conf))
-        json_name = json_name or conf.get_string("dataset.json_name")
+        json_name = json_name or conf.dataset.json_name
     for path in paths:
         report.extend(check_path(path, json_name or DEFAULT_JSON_NAME))
     for problem in report.problems:

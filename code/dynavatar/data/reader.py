@@ -1,7 +1,7 @@
 """The IMavatar-format dataset reader: frames of one subject's videos as (input, ground truth) pairs.
 
 Layout: `<data_folder>/<subject>/<subject>/<sub_dir>/{image,mask,semantic}/<k>.png` and
-`<sub_dir>/<json_name>` (see DATA_FORMAT.md). Every defect a user can cause raises one DatasetError
+`<sub_dir>/<json_name>` (see docs/DATA_FORMAT.md). Every defect a user can cause raises one DatasetError
 naming the file and frame; `scripts/check_dataset.py` lists all of them at once.
 """
 
@@ -16,8 +16,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ..config import as_list, defaults
+from ..config import Conf
 from ..errors import ConfigError, DatasetError
+from .batch import FrameBatch
 from .flame_params import N_EXPRESSION, read_flame_params
 from .images import read_labels, read_mask, read_rgb, resize, resize_labels, to_uint8
 from .problems import Problem, raise_first
@@ -90,13 +91,11 @@ def load_frame_arrays(record: FrameRecord, img_res: Sequence[int], with_semantic
 
 
 class FaceDataset(torch.utils.data.Dataset):
-    """Frames of `sub_dir` videos of one subject.
+    """Frames of `sub_dir` videos of one subject, served as `FrameBatch`es.
 
-    Item i -> (i, model_input, ground_truth):
-      model_input: 'idx' long scalar (= i), 'frame_id' int, 'sub_dir' str, 'expression' [50],
-                   'flame_pose' [15], 'world_mat' [3, 4] (as stored), 'intrinsics' [4] (normalised, fx negated)
-      ground_truth (empty when only_json): 'rgb' [H, W, 3] in [0, 1] (on white with the mask unless
-                   use_background), 'mask' [H, W] in [0, 1], 'semantic' [H, W] long (when has_semantic)
+    `batch(indices)` gathers several frames at once (from the preloaded 8-bit images when
+    `load_images`, else read from disk); `dataset[i]` is the batch of frame i alone.
+    Without images (`only_json`) the batches carry no ground truth.
     `is_eval` is recorded for callers; `dataset_from_conf` uses it to read every test frame.
     """
 
@@ -108,7 +107,7 @@ class FaceDataset(torch.utils.data.Dataset):
         self.use_background = use_background
         self.only_json = only_json
         self.is_eval = is_eval
-        sub_dirs = [str(s) for s in as_list(sub_dir)]
+        sub_dirs = [sub_dir] if isinstance(sub_dir, str) else [str(s) for s in sub_dir]
         if not sub_dirs:
             raise DatasetError(f"no sub_dir given for subject '{subject_name}': {LAYOUT_HINT}")
         self.subject_dir = Path(data_folder) / subject_name / subject_name
@@ -149,13 +148,16 @@ class FaceDataset(torch.utils.data.Dataset):
             log.warning("one frame only: expression variance undefined, use_var_expression ignored")
 
         self.has_semantic = False
-        self._cache: list[tuple[np.ndarray, np.ndarray, np.ndarray | None]] | None = None
+        # Preloaded 8-bit images (what the PNGs hold: 4 bytes a pixel): rgb [N, H, W, 3], mask [N, H, W],
+        # labels [N, H, W] or None.
+        self._cache: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None] | None = None
         if not only_json:
             self._check_files_exist()
             self.has_semantic = self._semantic_present(sub_dirs)
             if load_images:
-                self._cache = [load_frame_arrays(r, self.img_res, self.has_semantic)
-                               for r in tqdm(self.frames, desc=f"loading {subject_name} images", unit="frame")]
+                arrays = [load_frame_arrays(r, self.img_res, self.has_semantic)
+                          for r in tqdm(self.frames, desc=f"loading {subject_name} images", unit="frame")]
+                self._cache = _stack_frames(arrays)
 
     def _check_files_exist(self) -> None:
         problems = []
@@ -180,67 +182,51 @@ class FaceDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.frames)
 
-    def __getitem__(self, i: int) -> tuple[int, dict[str, Any], dict[str, torch.Tensor]]:
-        record = self.frames[i]
-        model_input = {
-            "idx": torch.tensor(i, dtype=torch.long),
-            "frame_id": record.frame_id,
-            "sub_dir": record.sub_dir,
-            "expression": self.expressions[i].clone(),  # [50]
-            "flame_pose": self.flame_poses[i].clone(),  # [15]
-            "world_mat": self.world_mats[i].clone(),  # [3, 4]
-            "intrinsics": self.frame_intrinsics[i].clone(),  # [4]
-        }
+    def __getitem__(self, i: int) -> FrameBatch:
+        return self.batch(torch.tensor([i]))
+
+    def batch(self, indices: torch.Tensor | Sequence[int]) -> FrameBatch:
+        """The frames at `indices` [B] (positions in this dataset)."""
+        idx = torch.as_tensor(indices, dtype=torch.long).reshape(-1)
+        records = [self.frames[i] for i in idx.tolist()]
+        batch = FrameBatch(idx=idx, frame_id=[r.frame_id for r in records], sub_dir=[r.sub_dir for r in records],
+                           expression=self.expressions[idx], flame_pose=self.flame_poses[idx],
+                           world_mat=self.world_mats[idx], intrinsics=self.frame_intrinsics[idx])
         if self.only_json:
-            return i, model_input, {}
-        rgb8, mask8, labels = (self._cache[i] if self._cache is not None
-                               else load_frame_arrays(record, self.img_res, self.has_semantic))
-        rgb = torch.from_numpy(rgb8).float() / 255.0  # [H, W, 3]
-        mask = torch.from_numpy(mask8).float() / 255.0  # [H, W]
+            return batch
+        if self._cache is not None:
+            rgb8, mask8, labels = (None if t is None else t[idx] for t in self._cache)
+        else:
+            rgb8, mask8, labels = _stack_frames([load_frame_arrays(r, self.img_res, self.has_semantic)
+                                                 for r in records])
+        rgb = rgb8.float() / 255.0  # [B, H, W, 3]
+        mask = mask8.float() / 255.0  # [B, H, W]
         if not self.use_background:
             rgb = rgb * mask[..., None] + (1.0 - mask[..., None])
-        ground_truth = {"rgb": rgb, "mask": mask}
-        if self.has_semantic:
-            ground_truth["semantic"] = torch.from_numpy(labels.astype(np.int64))  # [H, W]
-        return i, model_input, ground_truth
-
-    @staticmethod
-    def collate_fn(batch: Sequence[tuple[int, dict, dict]]) -> tuple[torch.Tensor, dict, dict]:
-        """Stack the tensors of a batch along a new first axis; keep other values (str, int) as lists."""
-        indices = torch.tensor([item[0] for item in batch], dtype=torch.long)
-
-        def merge(dicts: list[dict]) -> dict:
-            out = {}
-            for key in dicts[0]:
-                values = [d[key] for d in dicts]
-                out[key] = torch.stack(values) if all(isinstance(v, torch.Tensor) for v in values) else values
-            return out
-
-        return indices, merge([item[1] for item in batch]), merge([item[2] for item in batch])
+        return batch.replace(rgb=rgb, mask=mask, semantic=None if labels is None else labels.long())
 
 
-def _conf_value(conf: Any, key: str) -> Any:
-    """A conf value, falling back to the package default (so a partial ConfigTree works too)."""
-    value = conf.get(key, None)
-    return defaults().get(key) if value is None else value
+def _stack_frames(arrays: list[tuple[np.ndarray, np.ndarray, np.ndarray | None]]
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Per-frame uint8 arrays -> stacked uint8 tensors (rgb [N, H, W, 3], mask [N, H, W], labels or None)."""
+    rgb = torch.from_numpy(np.stack([a[0] for a in arrays]))
+    mask = torch.from_numpy(np.stack([a[1] for a in arrays]))
+    labels = None if arrays[0][2] is None else torch.from_numpy(np.stack([a[2] for a in arrays]))
+    return rgb, mask, labels
 
 
-def dataset_from_conf(conf: Any, split: str, **overrides: Any) -> FaceDataset:
+def dataset_from_conf(conf: Conf, split: str, **overrides: Any) -> FaceDataset:
     """The `split` ('train' | 'test') dataset described by `conf.dataset`; keyword overrides win
     (e.g. only_json=True, subsample=1). With is_eval=True and no subsample override every frame is read."""
     if split not in SPLITS:
         raise ConfigError(f"dataset split must be one of {SPLITS}, got {split!r}")
+    data, split_conf = conf.dataset, conf.dataset.split(split)
     kwargs = dict(
-        data_folder=_conf_value(conf, "dataset.data_folder"),
-        subject_name=_conf_value(conf, "dataset.subject_name"),
-        json_name=_conf_value(conf, "dataset.json_name"),
-        sub_dir=as_list(_conf_value(conf, f"dataset.{split}.sub_dir")),
-        img_res=list(_conf_value(conf, f"dataset.{split}.img_res")),
-        subsample=_conf_value(conf, f"dataset.{split}.subsample"),
-        load_images=_conf_value(conf, f"dataset.{split}.load_images"),
-        use_mean_expression=_conf_value(conf, "dataset.use_mean_expression"),
-        use_var_expression=_conf_value(conf, "dataset.use_var_expression"),
-        use_background=_conf_value(conf, "dataset.use_background"),
+        data_folder=data.data_folder, subject_name=data.subject_name, json_name=data.json_name,
+        sub_dir=list(split_conf.sub_dir), img_res=list(split_conf.img_res),
+        subsample=list(split_conf.subsample) if isinstance(split_conf.subsample, tuple) else split_conf.subsample,
+        load_images=split_conf.load_images, use_mean_expression=data.use_mean_expression,
+        use_var_expression=data.use_var_expression, use_background=data.use_background,
     )
     if overrides.get("is_eval") and "subsample" not in overrides:
         kwargs["subsample"] = 1  # evaluation always uses every frame (the conf's subsample is for plots)

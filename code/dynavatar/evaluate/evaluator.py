@@ -21,21 +21,23 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ..config import as_list
+from ..config import Conf
+from ..data.batch import FrameBatch, batches
 from ..data.flame_params import read_flame_params
 from ..data.reader import FaceDataset, dataset_from_conf
+from ..experiment import ExperimentPaths
+from ..experiment import checkpoints as ckpt
 from ..export.images import erode_dilate, error_heatmap, save_png, side_by_side
 from ..export.ply import save_gaussians_ply
 from ..export.video import write_mp4
 from ..flame.lbs import axis_angle_to_matrix
-from ..model.avatar import Avatar, Gaussians
-from ..model.build import avatar_from_conf
-from ..train import checkpoints as ckpt
-from ..train.frame_inputs import FrameInputs
-from ..train.trainer import batch_size_for, batches, resolve_device, to_device
+from ..losses import AvatarLoss
+from ..metrics import LPIPS, Unavailable, image_metrics, load_lpips, lpips_metric
+from ..model.avatar import Avatar, AvatarOutput, Gaussians
+from ..model.build import load_avatar
+from ..model.frame_inputs import FrameInputs
+from ..runtime import resolve_device
 from .fitting import fit_frame_inputs
-from .lpips import LPIPS, Unavailable, load_lpips, lpips_metric
-from .metrics import image_metrics
 
 log = logging.getLogger(__name__)
 
@@ -49,20 +51,6 @@ class EvalOptions:
     load_path: str | None = None
     only_json: bool = False
     videos: bool = True
-
-
-def load_avatar(conf: Any, checkpoints: Path, tag: str | int, img_res: tuple[int, int],
-                device: torch.device) -> tuple[Avatar, int]:
-    """The avatar of a checkpoint (points, networks, radius, canonical frame, FLAME shape) and its epoch."""
-    model = ckpt.load_part(checkpoints, ckpt.MODEL, tag)
-    state = model.get("model_state_dict", {})
-    source = checkpoints / ckpt.MODEL / f"{tag}.pth"
-    for key in ("points", "shape_params", "canonical_expression"):
-        if key not in state:
-            raise ckpt.CheckpointError(f"{source} lacks '{key}': it is not a DynAvatar model checkpoint")
-    avatar = avatar_from_conf(conf, state["shape_params"], state["canonical_expression"], img_res)
-    ckpt.restore_avatar(avatar, model, source)
-    return avatar.to(device).eval(), int(model["epoch"])
 
 
 def points_fingerprint(avatar: Avatar) -> float:
@@ -82,14 +70,14 @@ def _orbit_world_mat(world_mat: torch.Tensor, angle: float) -> torch.Tensor:
 class Evaluator:
     """Loads a checkpoint and evaluates, reenacts or exports it."""
 
-    def __init__(self, conf: Any, options: EvalOptions) -> None:
+    def __init__(self, conf: Conf, options: EvalOptions) -> None:
         self.conf, self.options = conf, options
-        self.device = resolve_device(conf.get("train.device"))
-        self.paths = ckpt.ExperimentPaths.from_conf(conf)
+        self.device = resolve_device(conf.train.device)
+        self.paths = ExperimentPaths.from_conf(conf)
         self.checkpoints = ckpt.checkpoints_dir_of(options.load_path or self.paths.train_dir)
-        self.img_res = tuple(int(v) for v in conf.get("dataset.test.img_res"))
+        self.img_res = conf.dataset.test.img_res
         self.avatar, self.epoch = load_avatar(conf, self.checkpoints, options.checkpoint, self.img_res, self.device)
-        self.fps = float(conf.get("evaluation.video_fps"))
+        self.fps = conf.evaluation.video_fps
         log.info("evaluating %s checkpoint %s (epoch %d, %d points)", self.checkpoints, options.checkpoint,
                  self.epoch, self.avatar.n_points)
 
@@ -98,9 +86,9 @@ class Evaluator:
     def test_inputs(self, data: FaceDataset) -> FrameInputs | None:
         """Fitted (or reloaded) expression/pose/camera of the test frames, or None when the conf's
         optimize flags are off (or there is no ground truth to fit)."""
-        train = self.conf.get("train")
+        train = self.conf.train
         inputs = FrameInputs(data.expressions, data.flame_poses, data.world_mats,
-                             bool(train["optimize_expression"]), bool(train["optimize_camera"])).to(self.device)
+                             train.optimize_expression, train.optimize_camera).to(self.device)
         if not inputs.enabled or data.only_json:
             return None
         saved = self.checkpoints / ckpt.TEST_INPUTS / f"{self.epoch}.pth"
@@ -113,12 +101,11 @@ class Evaluator:
                 log.info("using the test inputs fitted before: %s", saved)
                 return inputs
             log.info("%s was fitted for another model or other test frames; fitting again", saved)
-        steps = int(self.conf.get("evaluation.test_fit_steps"))
         size = self._batch_size()
-        order = torch.arange(len(data))
-        losses = fit_frame_inputs(self.avatar, inputs, batches(data, size, order), math.ceil(len(data) / size),
-                                  steps, float(train["learning_rate_cam"]), float(self.conf.get("loss.ssim_weight")),
-                                  self.device)
+        loss = AvatarLoss(self.conf.loss, train, None, None, self.device, perceptual=False)
+        losses = fit_frame_inputs(self.avatar, inputs, batches(data, size, torch.arange(len(data))),
+                                  math.ceil(len(data) / size), self.conf.evaluation.test_fit_steps,
+                                  train.learning_rate_cam, loss, self.device)
         if losses:
             log.info("fitted the test inputs: photometric loss %.4f -> %.4f (mean over batches)",
                      np.mean([a for a, _ in losses]), np.mean([b for _, b in losses]))
@@ -128,23 +115,20 @@ class Evaluator:
         return inputs
 
     def _sub_dirs(self) -> list[str]:
-        return [str(s) for s in as_list(self.conf.get("dataset.test.sub_dir"))]
+        return list(self.conf.dataset.test.sub_dir)
 
     def _batch_size(self) -> int:
-        return batch_size_for(self.conf.get("train"), self.avatar.n_points)
+        return self.conf.train.batch_size(self.avatar.n_points)
 
     # ---- rendering -------------------------------------------------------------------------------
 
     @torch.no_grad()
-    def _render_batches(self, data: FaceDataset, inputs: FrameInputs | None) -> Iterator[tuple[dict, dict, Any]]:
-        size = self._batch_size()
-        for _, model_input, ground_truth in batches(data, size, torch.arange(len(data))):
-            model_input = to_device(model_input, self.device)
+    def _render_batches(self, data: FaceDataset, inputs: FrameInputs | None) -> Iterator[tuple[FrameBatch, AvatarOutput]]:
+        for batch in batches(data, self._batch_size(), torch.arange(len(data))):
+            batch = batch.to(self.device)
             if inputs is not None:
-                model_input = inputs.apply(model_input)
-            out = self.avatar(model_input["expression"], model_input["flame_pose"], model_input["world_mat"],
-                              model_input["intrinsics"])
-            yield model_input, to_device(ground_truth, self.device), out
+                batch = inputs.apply(batch)
+            yield batch, self.avatar(batch)
 
     def evaluate(self) -> dict[str, Path]:
         """Render the whole test split, write images, metrics and videos; returns the folders written."""
@@ -155,10 +139,10 @@ class Evaluator:
         rows: list[dict[str, Any]] = []
         folders = {s: self.paths.eval_epoch_dir(s, self.epoch) for s in self._sub_dirs()}
         bar = tqdm(total=len(data), desc="evaluating", dynamic_ncols=True)
-        for model_input, ground_truth, out in self._render_batches(data, inputs):
-            for b in range(out.rgb.shape[0]):
-                folder = folders[model_input["sub_dir"][b]]
-                name = f"{model_input['frame_id'][b]}.png"
+        for batch, out in self._render_batches(data, inputs):
+            for b in range(len(batch)):
+                folder = folders[batch.sub_dir[b]]
+                name = f"{batch.frame_id[b]}.png"
                 rendering = out.rgb[b].clamp(0, 1)
                 opened = erode_dilate(rendering)
                 save_png(folder / "rgb" / name, rendering)
@@ -166,14 +150,14 @@ class Evaluator:
                 save_png(folder / "alpha" / name, out.alpha[b, ..., None].clamp(0, 1))
                 if data.only_json:
                     continue
-                gt = ground_truth["rgb"][b]
+                gt = batch.rgb[b]
                 save_png(folder / "gt" / name, gt)
                 save_png(folder / "error" / name, error_heatmap(opened, gt, vmax=0.5))
-                row = {"sub_dir": model_input["sub_dir"][b], "frame_id": model_input["frame_id"][b]}
+                row = {"sub_dir": batch.sub_dir[b], "frame_id": batch.frame_id[b]}
                 row.update(self._frame_metrics(opened, gt, None, lpips_model))
-                if "semantic" in ground_truth:
-                    keep = ~torch.isin(ground_truth["semantic"][b], torch.tensor(CLOTH_LABELS, device=gt.device))
-                    mask = ground_truth["mask"][b] * keep.to(gt.dtype)
+                if batch.semantic is not None:
+                    keep = ~torch.isin(batch.semantic[b], torch.tensor(CLOTH_LABELS, device=gt.device))
+                    mask = batch.mask[b] * keep.to(gt.dtype)
                     row.update({f"{k}_nocloth": v for k, v in
                                 self._frame_metrics(opened, gt, mask, lpips_model).items()})
                 rows.append(row)
@@ -191,8 +175,8 @@ class Evaluator:
     def _lpips(self) -> LPIPS | Unavailable:
         if self.options.only_json:
             return Unavailable("no ground truth (--only_json)")
-        evaluation = self.conf.get("evaluation")
-        return load_lpips(evaluation["lpips_alexnet_path"] or None, evaluation["lpips_lin_path"] or None,
+        evaluation = self.conf.evaluation
+        return load_lpips(evaluation.lpips_alexnet_path or None, evaluation.lpips_lin_path or None,
                           device=self.device)
 
     @staticmethod
@@ -260,7 +244,7 @@ class Evaluator:
     @torch.no_grad()
     def turntable(self, world_mat: torch.Tensor, intrinsics: torch.Tensor) -> Iterator[np.ndarray]:
         """Frames [H, W, 3] uint8 of the camera orbiting the avatar at its canonical expression, mouth closed."""
-        n = int(self.conf.get("evaluation.turntable_frames"))
+        n = self.conf.evaluation.turntable_frames
         expression = self.avatar.canonical_expression[None]
         pose = torch.zeros(1, 15, device=self.device)
         gaussians, _ = self.avatar.deform(expression, pose)
@@ -279,9 +263,11 @@ class Evaluator:
         written = []
         for start in tqdm(range(0, len(params), self._batch_size()), desc="reenacting", dynamic_ncols=True):
             stop = min(start + self._batch_size(), len(params))
-            out = self.avatar(params.expressions[start:stop].to(self.device), params.poses[start:stop].to(self.device),
-                              params.world_mats[start:stop].to(self.device),
-                              params.intrinsics.expand(stop - start, 4).to(self.device))
+            batch = FrameBatch(idx=torch.arange(start, stop), frame_id=params.frame_ids[start:stop],
+                               sub_dir=[name] * (stop - start), expression=params.expressions[start:stop],
+                               flame_pose=params.poses[start:stop], world_mat=params.world_mats[start:stop],
+                               intrinsics=params.intrinsics.expand(stop - start, 4))
+            out = self.avatar(batch.to(self.device))
             for b, frame_id in enumerate(params.frame_ids[start:stop]):
                 written.append(save_png(folder / "rgb" / f"{frame_id}.png", out.rgb[b].clamp(0, 1)))
         write_mp4(folder / "video.mp4", (imageio.imread(p)[..., :3] for p in written), fps=self.fps)

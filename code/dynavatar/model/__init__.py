@@ -1,2 +1,3 @@
-"""The avatar: canonical Gaussians (`point_schedule`), the three networks (`networks`), the deformation
-and rendering of a frame (`avatar`), and building one from a conf (`build`)."""
+"""The avatar: the three networks (`networks`), the deformation and rendering of frames (`avatar`),
+per-frame refinement of tracked inputs (`frame_inputs`), and building one from a conf or a
+checkpoint (`build`)."""

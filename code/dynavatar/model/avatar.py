@@ -7,18 +7,19 @@ apply the frame's (LBS) -> gaussian network on the offset -> activations -> rast
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Sequence
+from dataclasses import asdict, dataclass
+from typing import Sequence
 
 import torch
 from torch import nn
 
 from ..cameras import Camera, imavatar_camera
+from ..config import ModelConf
+from ..data.batch import FrameBatch
 from ..flame import FLAME
 from ..flame.lbs import forward_points, inverse_points, with_ghost_bone
 from ..render import rasterize
 from .networks import CanonicalNetwork, DeformerNetwork, DeformerOutput, GaussianNetwork
-from .point_schedule import CoarseToFine, PointSchedule, initial_points
 
 
 @dataclass
@@ -41,33 +42,40 @@ class AvatarOutput:
     rgb: torch.Tensor  # [B, H, W, 3]
     alpha: torch.Tensor  # [B, H, W]
     depth: torch.Tensor  # [B, H, W] alpha-weighted camera depth
-    visible: torch.Tensor  # [N] bool: opacity >= prune threshold in some frame of the batch
     gaussians: Gaussians  # [B, N, ...]
+
+
+def initial_points(n: int, radius: float, generator: torch.Generator) -> torch.Tensor:
+    """n points [n, 3] on a sphere: a uniform cube sample pushed onto the sphere."""
+    cube = torch.rand(n, 3, generator=generator) * 2.0 - 1.0
+    return torch.nn.functional.normalize(cube, dim=1) * radius
 
 
 class Avatar(nn.Module):
     """Animatable Gaussian head avatar (MonoGaussianAvatar).
 
-    Persistent state (what checkpoints hold): the points, the three networks, the canonical
-    expression and pose, the subject's FLAME shape, and (with `use_background`) the background.
+    Persistent state (what checkpoints hold): the points, the three networks, the point radius
+    (set by the training strategy), the canonical expression and pose, the subject's FLAME shape,
+    and (with `use_background`) the background.
     """
 
-    def __init__(self, model_conf: Any, flame: FLAME, shape_params: torch.Tensor, canonical_expression: torch.Tensor,
-                 canonical_jaw: float, img_res: Sequence[int], use_background: bool = False, seed: int = 0) -> None:
+    def __init__(self, model_conf: ModelConf, flame: FLAME, shape_params: torch.Tensor,
+                 canonical_expression: torch.Tensor, canonical_jaw: float, img_res: Sequence[int],
+                 use_background: bool = False, seed: int = 0) -> None:
         super().__init__()
         self.flame = flame
         self.img_res = (int(img_res[0]), int(img_res[1]))  # (H, W)
-        self.prune_thresh = float(model_conf["prune_thresh"])
-        self.max_scale = float(model_conf["max_scale"])
-        self.rasterizer = str(model_conf["rasterizer"])
-        self.canonical_net = CanonicalNetwork(**model_conf["geometry_network"])
-        deformer_conf = dict(model_conf["deformer_network"])
-        self.deformer = DeformerNetwork(n_joints=flame.n_joints, **deformer_conf)
-        self.gaussian_net = GaussianNetwork(**model_conf["gaussian_network"])
-        self.schedule = PointSchedule.from_conf(model_conf["point_cloud"])
+        self.max_scale = model_conf.max_scale
+        self.rasterizer = model_conf.rasterizer
+        self.canonical_net = CanonicalNetwork(**asdict(model_conf.geometry_network))
+        self.deformer = DeformerNetwork(n_joints=flame.n_joints, **asdict(model_conf.deformer_network))
+        self.gaussian_net = GaussianNetwork(**asdict(model_conf.gaussian_network))
+        schedule = model_conf.point_cloud
         generator = torch.Generator().manual_seed(seed)
-        self.points = nn.Parameter(initial_points(self.schedule.n_init_points, self.schedule.init_radius, generator))
-        self.strategy = CoarseToFine.start(self.schedule, self.schedule.n_init_points, self.points.device)
+        self.points = nn.Parameter(initial_points(schedule.n_init_points, schedule.init_radius, generator))
+        # The smallest Gaussian extent, added to every scale; the coarse-to-fine strategy shrinks it.
+        # float64, so that its repeated shrinking rounds as a Python float does.
+        self.register_buffer("point_radius", torch.tensor(schedule.initial_radius(), dtype=torch.float64))
         num_exp = self.deformer.num_exp
         expression = torch.zeros(num_exp)
         expression[: min(num_exp, canonical_expression.numel())] = canonical_expression.reshape(-1)[:num_exp]
@@ -102,8 +110,9 @@ class Avatar(nn.Module):
     def set_points(self, points: torch.Tensor) -> None:
         """Replace the point set (after prune/grow, or when loading a checkpoint)."""
         self.points = nn.Parameter(points.detach().clone().to(self.points.device))
-        if self.strategy.visible.numel() != self.n_points:
-            self.strategy.visible = torch.zeros(self.n_points, dtype=torch.bool, device=self.points.device)
+
+    def set_point_radius(self, radius: float) -> None:
+        self.point_radius.fill_(radius)
 
     # ---- deformation -----------------------------------------------------------------------------
 
@@ -124,7 +133,7 @@ class Avatar(nn.Module):
         gaussians = Gaussians(
             means=posed,
             quats=torch.nn.functional.normalize(logits.rotation[None] + offsets.rotation, dim=-1),
-            scales=torch.sigmoid(logits.scale[None] + offsets.scale) * self.max_scale + self.strategy.radius,
+            scales=torch.sigmoid(logits.scale[None] + offsets.scale) * self.max_scale + self.point_radius,
             opacities=torch.sigmoid(logits.opacity[None] + offsets.opacity)[..., 0],
             colors=torch.sigmoid(logits.color[None] + offsets.color),
         )
@@ -160,14 +169,12 @@ class Avatar(nn.Module):
             depths.append(out.depth)
         return torch.stack(images), torch.stack(alphas), torch.stack(depths)
 
-    def forward(self, expression: torch.Tensor, flame_pose: torch.Tensor, world_mat: torch.Tensor,
-                intrinsics: torch.Tensor) -> AvatarOutput:
-        """Render frames: expression [B, E], flame_pose [B, 15], world_mat [B, 3, 4], intrinsics [B, 4]."""
-        gaussians, _ = self.deform(expression, flame_pose)
-        cameras = [self.camera(world_mat[b], intrinsics[b]) for b in range(world_mat.shape[0])]
+    def forward(self, batch: FrameBatch) -> AvatarOutput:
+        """Render the frames of a batch (its expressions, FLAME poses and cameras)."""
+        gaussians, _ = self.deform(batch.expression, batch.flame_pose)
+        cameras = [self.camera(batch.world_mat[b], batch.intrinsics[b]) for b in range(len(batch))]
         rgb, alpha, depth = self.render(gaussians, cameras)
-        visible = (gaussians.opacities.detach() >= self.prune_thresh).any(dim=0)
-        return AvatarOutput(rgb, alpha, depth, visible, gaussians)
+        return AvatarOutput(rgb, alpha, depth, gaussians)
 
 
 def nearest_vertex(points: torch.Tensor, vertices: torch.Tensor, chunk: int = 4096) -> torch.Tensor:

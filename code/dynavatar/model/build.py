@@ -1,13 +1,17 @@
-"""Building FLAME and the avatar from a configuration (shared by training, evaluation and export)."""
+"""Building FLAME and the avatar from a configuration or a checkpoint (shared by training,
+evaluation and export)."""
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import torch
 
+from ..config import Conf
+from ..errors import CheckpointError
+from ..experiment import checkpoints as ckpt
 from ..flame import FLAME, synthetic_flame_files
 from .avatar import Avatar
 
@@ -16,33 +20,66 @@ log = logging.getLogger(__name__)
 SYNTHETIC = "synthetic"
 
 
-def synthetic_flame_folder(conf: Any) -> Path:
+def synthetic_flame_folder(conf: Conf) -> Path:
     """Where the synthetic FLAME-format model is written: beside the datasets folder."""
-    return Path(conf.get("dataset.data_folder")).parent / "FLAME_synthetic"
+    return Path(conf.dataset.data_folder).parent / "FLAME_synthetic"
 
 
-def flame_paths(conf: Any) -> tuple[Path, Path | None]:
+def flame_paths(conf: Conf) -> tuple[Path, Path | None]:
     """(model file, landmark file or None) named by `model.flame_model_path` / `model.flame_landmark_path`."""
-    model_path = str(conf.get("model.flame_model_path"))
+    model_path = conf.model.flame_model_path
     if model_path == SYNTHETIC:
         return synthetic_flame_files(synthetic_flame_folder(conf))
-    landmarks = Path(conf.get("model.flame_landmark_path"))
+    landmarks = Path(conf.model.flame_landmark_path)
     if not landmarks.is_file():
         log.info("no FLAME landmark embedding at %s: landmarks are not drawn", landmarks)
         return Path(model_path), None
     return Path(model_path), landmarks
 
 
-def flame_from_conf(conf: Any, shape_params: torch.Tensor | None) -> FLAME:
+def flame_from_conf(conf: Conf, shape_params: torch.Tensor | None) -> FLAME:
     model_path, landmark_path = flame_paths(conf)
-    return FLAME(model_path, landmark_path, shape_params=shape_params,
-                 n_exp=int(conf.get("model.deformer_network.num_exp")))
+    return FLAME(model_path, landmark_path, shape_params=shape_params, n_exp=conf.model.deformer_network.num_exp)
 
 
-def avatar_from_conf(conf: Any, shape_params: torch.Tensor, canonical_expression: torch.Tensor,
+def avatar_from_conf(conf: Conf, shape_params: torch.Tensor, canonical_expression: torch.Tensor,
                      img_res: Sequence[int]) -> Avatar:
     """A freshly initialised avatar for the subject with these FLAME shape parameters [100]."""
     flame = flame_from_conf(conf, shape_params)
-    return Avatar(conf.get("model"), flame, shape_params, canonical_expression,
-                  float(conf.get("dataset.canonical_pose")), img_res,
-                  use_background=bool(conf.get("dataset.use_background")), seed=int(conf.get("train.seed")))
+    return Avatar(conf.model, flame, shape_params, canonical_expression, conf.dataset.canonical_pose, img_res,
+                  use_background=conf.dataset.use_background, seed=conf.train.seed)
+
+
+def restore_avatar(avatar: Avatar, model_part: dict, source: Path) -> None:
+    """Load a ModelParameters payload into an avatar: point count, networks, buffers, point radius.
+
+    Checkpoints written before the point radius became a model buffer kept it only in their
+    'strategy' entry; it is taken from there.
+    """
+    state = model_part.get("model_state_dict")
+    points = state.get("points") if isinstance(state, dict) else None
+    if not isinstance(points, torch.Tensor) or points.dim() != 2 or points.shape[1] != 3:
+        raise CheckpointError(f"{source} is not a DynAvatar model checkpoint: expected 'model_state_dict' with "
+                              f"'points' of shape [N, 3] (checkpoints of the paper's code cannot be loaded)")
+    if "point_radius" not in state:
+        radius = model_part.get("strategy", {}).get("radius")
+        if radius is None:
+            raise CheckpointError(f"{source} holds no point radius: it is not a DynAvatar model checkpoint")
+        state = {**state, "point_radius": torch.tensor(float(radius), dtype=torch.float64)}
+    avatar.set_points(points)
+    ckpt.load_model_state(avatar, state, source)
+
+
+def load_avatar(conf: Conf, checkpoints: Path, tag: str | int, img_res: tuple[int, int],
+                device: torch.device) -> tuple[Avatar, int]:
+    """The avatar of a checkpoint (points, networks, radius, canonical frame, FLAME shape) in eval
+    mode on `device`, and its epoch."""
+    model = ckpt.load_part(checkpoints, ckpt.MODEL, tag)
+    state = model.get("model_state_dict", {})
+    source = checkpoints / ckpt.MODEL / f"{tag}.pth"
+    for key in ("points", "shape_params", "canonical_expression"):
+        if key not in state:
+            raise CheckpointError(f"{source} lacks '{key}': it is not a DynAvatar model checkpoint")
+    avatar = avatar_from_conf(conf, state["shape_params"], state["canonical_expression"], img_res)
+    restore_avatar(avatar, model, source)
+    return avatar.to(device).eval(), int(model["epoch"])

@@ -1,8 +1,9 @@
 """The three networks of the method: canonical (appearance), deformer (FLAME-like blendshapes and
 skinning), and the gaussian deformation network (expression-dependent Gaussian attributes).
 
-Constructor arguments mirror the conf sections `model.geometry_network`, `model.deformer_network`
-and `model.gaussian_network`, so a conf section can be passed as keyword arguments.
+Constructor arguments are the fields of the conf sections `model.geometry_network`,
+`model.deformer_network` and `model.gaussian_network` (`dynavatar.config.schema`); keys the paper's
+confs carry for other networks are dropped by the config, not here.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from torch.nn.utils.parametrizations import weight_norm as _weight_norm
 
 SKINNING_TEMPERATURE = 20.0  # softmax(20 * logits), as the reference deformer
 N_POSE_FEATURES = 36
+POINT_DIM = 3  # the networks take canonical points
 
 
 class PositionalEncoding(nn.Module):
@@ -68,13 +70,12 @@ class CanonicalNetwork(nn.Module):
 
     A softplus(beta=100) MLP on the positionally encoded point with a skip connection of the
     input, IDR's geometric initialisation and weight normalisation, then four heads.
-    `d_out` and `feature_vector_size` are accepted for conf compatibility: the heads fix the outputs.
     """
 
-    def __init__(self, d_in: int = 3, d_out: int = 1, feature_vector_size: int = 3,
-                 dims: Sequence[int] = (256,) * 7, geometric_init: bool = True, bias: float = 0.6,
-                 skip_in: Sequence[int] = (3,), weight_norm: bool = True, multires: int = 6) -> None:
+    def __init__(self, dims: Sequence[int] = (256,) * 7, geometric_init: bool = True, skip_in: Sequence[int] = (3,),
+                 weight_norm: bool = True, multires: int = 6) -> None:
         super().__init__()
+        d_in = POINT_DIM
         self.embed = PositionalEncoding(multires, d_in)
         widths = [self.embed.out_dim] + list(dims)
         self.skip_in = tuple(skip_in)
@@ -83,7 +84,7 @@ class CanonicalNetwork(nn.Module):
             d_out_layer = widths[index + 1] - (widths[0] if index + 1 in self.skip_in else 0)
             layer = nn.Linear(widths[index], d_out_layer)
             if geometric_init:
-                self._geometric_init(layer, index, len(widths) - 2, widths[0], d_in, multires > 0, bias)
+                self._geometric_init(layer, index, widths[0], d_in, multires > 0)
             layers.append(_weight_norm(layer) if weight_norm else layer)
         self.layers = nn.ModuleList(layers)
         self.activation = nn.Softplus(beta=100)
@@ -93,15 +94,13 @@ class CanonicalNetwork(nn.Module):
         self.rotation_head = _head(width, 4, nn.Softplus(beta=100))
         self.opacity_head = _head(width, 1, nn.Softplus(beta=100))
 
-    def _geometric_init(self, layer: nn.Linear, index: int, last: int, d_embedded: int, d_in: int,
-                        encoded: bool, bias: float) -> None:
+    def _geometric_init(self, layer: nn.Linear, index: int, d_embedded: int, d_in: int, encoded: bool) -> None:
         """IDR's initialisation: the trunk starts as a smooth function of the raw coordinates."""
         d_out = layer.out_features
         # IDR gives its last layer an SDF-shaped init (weights ~ sqrt(pi)/sqrt(d), bias -bias). The
         # reference applies it to this 256-wide feature layer, whose softplus then starts (and tends to
         # stay) dead, freezing colour/scale/rotation/opacity across points; it is initialised like the
-        # other layers instead, and `bias` is kept for conf compatibility.
-        del last, bias
+        # other layers instead (the conf's `bias` is therefore unused).
         nn.init.zeros_(layer.bias)
         nn.init.normal_(layer.weight, 0.0, math.sqrt(2) / math.sqrt(d_out))
         with torch.no_grad():
@@ -137,10 +136,10 @@ class DeformerNetwork(nn.Module):
     blendshapes and uniform skinning weights.
     """
 
-    def __init__(self, d_in: int = 3, dims: Sequence[int] = (128,) * 4, weight_norm: bool = True,
-                 multires: int = 0, num_exp: int = 50, ghostbone: bool = True, deform_c: bool = True,
-                 n_joints: int = 5) -> None:
+    def __init__(self, dims: Sequence[int] = (128,) * 4, weight_norm: bool = True, multires: int = 0,
+                 num_exp: int = 50, ghostbone: bool = True, deform_c: bool = True, n_joints: int = 5) -> None:
         super().__init__()
+        d_in = POINT_DIM
         self.num_exp, self.ghostbone, self.deform_c = num_exp, ghostbone, deform_c
         self.embed = PositionalEncoding(multires, d_in)
         widths = [self.embed.out_dim] + list(dims)
@@ -181,14 +180,12 @@ class GaussianOffsets:
 class GaussianNetwork(nn.Module):
     """Deformation offset of a point (x_t - x') -> offsets of its Gaussian's attributes (conf `gaussian_network`).
 
-    A ReLU MLP and four Linear-ReLU-Linear heads. `feature_vector_size`, `d_out`, `multires_view`
-    and `multires_pnts` are accepted for conf compatibility.
+    A ReLU MLP and four Linear-ReLU-Linear heads.
     """
 
-    def __init__(self, d_in: int = 3, feature_vector_size: int = 0, d_out: int = 8,
-                 dims: Sequence[int] = (64, 64, 64), weight_norm: bool = True, multires_view: int = 0,
-                 multires_pnts: int = 0) -> None:
+    def __init__(self, dims: Sequence[int] = (64, 64, 64), weight_norm: bool = True) -> None:
         super().__init__()
+        d_in = POINT_DIM
         widths = [d_in] + list(dims)
         self.layers = nn.ModuleList(_linear(widths[i], widths[i + 1], weight_norm) for i in range(len(widths) - 1))
         width = widths[-1]

@@ -22,7 +22,7 @@ import torch
 from tqdm import tqdm
 
 from ..cameras import imavatar_camera, pixels_to_keypoints
-from ..config import as_list
+from ..config import Conf
 from ..errors import DatasetError
 from ..flame import FLAME, synthetic_flame_files
 from .appearance import Appearance
@@ -219,7 +219,7 @@ def generate_subject(out_dir: str | Path, subject: str, res: int = 512, frames: 
     return target
 
 
-def ensure_synthetic_subject(conf) -> Path | None:
+def ensure_synthetic_subject(conf: Conf) -> Path | None:
     """With `dataset.synthetic = true`, generate the conf's subject on first use; return its folder
     (`<data_folder>/<subject>`), or None when the conf names a real dataset.
 
@@ -229,27 +229,26 @@ def ensure_synthetic_subject(conf) -> Path | None:
     training code builds). A synthetic subject (one holding the generator's marker file) that lacks
     one of the conf's videos is generated again; any other existing folder is never touched.
     """
-    if not conf.get("dataset.synthetic", False):
+    data = conf.dataset
+    if not data.synthetic:
         return None
-    subject = str(conf.get("dataset.subject_name"))
-    target = Path(str(conf.get("dataset.data_folder"))) / subject
-    train_videos = [str(v) for v in as_list(conf.get("dataset.train.sub_dir"))]
-    test_videos = [str(v) for v in as_list(conf.get("dataset.test.sub_dir"))]
-    json_name = str(conf.get("dataset.json_name", JSON_NAME))
+    subject = data.subject_name
+    target = Path(data.data_folder) / subject
+    train_videos, test_videos = list(data.train.sub_dir), list(data.test.sub_dir)
+    json_name = data.json_name
     missing = [v for v in train_videos + test_videos if not (target / subject / v / json_name).is_file()]
     if not missing:
         return target
     if target.exists():
         log.warning("synthetic subject %s lacks video(s) %s: generating it again", target, missing)
-    height, width = (int(v) for v in conf.get("dataset.train.img_res"))
+    height, width = data.train.img_res
     if height != width:
         log.warning("synthetic subjects are square: generating %d px images, the reader resizes them to %dx%d",
                     max(height, width), height, width)
-    model_path = str(conf.get("model.flame_model_path", "synthetic"))
-    landmark_path = None if model_path == "synthetic" else conf.get("model.flame_landmark_path", None)
+    model_path = conf.model.flame_model_path
+    landmark_path = None if model_path == "synthetic" else conf.model.flame_landmark_path
     log.info("dataset.synthetic: generating subject %s into %s (first use)", subject, target.parent)
     return generate_subject(target.parent, subject, res=max(height, width),
-                            frames=int(conf.get("dataset.synthetic_frames")),
-                            seed=int(conf.get("dataset.synthetic_seed")), flame_model_path=model_path,
+                            frames=data.synthetic_frames, seed=data.synthetic_seed, flame_model_path=model_path,
                             train_videos=train_videos, test_videos=test_videos, landmark_path=landmark_path,
                             overwrite=True)

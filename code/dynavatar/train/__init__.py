@@ -1,2 +1,1 @@
-"""Training: losses (`losses`), VGG perceptual loss (`vgg`), per-frame input refinement
-(`frame_inputs`), the experiment layout and checkpoints (`checkpoints`), and the runner (`trainer`)."""
+"""Training: the coarse-to-fine strategy (`strategy`) and the runner (`trainer`)."""

@@ -14,13 +14,11 @@ import logging
 import os
 import pickle
 import re
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from ..config import as_list
 from ..errors import CheckpointError
 
 log = logging.getLogger(__name__)
@@ -33,40 +31,6 @@ INPUTS = "InputParameters"
 TEST_INPUTS = "TestInputParameters"
 PARTS = (MODEL, OPTIMIZER, SCHEDULER, OPTIMIZER_INPUTS, INPUTS)
 LATEST = "latest"
-
-
-@dataclass(frozen=True)
-class ExperimentPaths:
-    root: Path  # <exps_folder>/<subject>/<methodname>/<train split>
-
-    @classmethod
-    def from_conf(cls, conf: Any) -> "ExperimentPaths":
-        split = "+".join(str(s) for s in as_list(conf.get("dataset.train.sub_dir")))
-        return cls(Path(conf.get("train.exps_folder")) / conf.get("dataset.subject_name")
-                   / conf.get("train.methodname") / split)
-
-    @property
-    def train_dir(self) -> Path:
-        return self.root / "train"
-
-    @property
-    def eval_dir(self) -> Path:
-        return self.root / "eval"
-
-    @property
-    def checkpoints(self) -> Path:
-        return self.train_dir / "checkpoints"
-
-    @property
-    def runconf(self) -> Path:
-        return self.train_dir / "runconf.conf"
-
-    @property
-    def tensorboard(self) -> Path:
-        return self.train_dir / "tensorboard"
-
-    def eval_epoch_dir(self, sub_dir: str, epoch: int) -> Path:
-        return self.eval_dir / sub_dir / f"epoch_{epoch}"
 
 
 def checkpoints_dir_of(load_path: str | Path) -> Path:
@@ -133,22 +97,6 @@ def check_same_epoch(parts: dict[str, dict], checkpoints: Path, tag: str | int) 
         raise CheckpointError(f"the '{tag}' checkpoint parts in {checkpoints} come from different epochs {epochs} "
                               f"(an interrupted save?); resume from a numbered one with --checkpoint N "
                               f"(available: {available_epochs(checkpoints)})")
-
-
-def restore_avatar(avatar: torch.nn.Module, model_part: dict, source: Path) -> None:
-    """Load a ModelParameters payload into an avatar: point count, networks, buffers, radius, visibility."""
-    state = model_part.get("model_state_dict")
-    points = state.get("points") if isinstance(state, dict) else None
-    if not isinstance(points, torch.Tensor) or points.dim() != 2 or points.shape[1] != 3:
-        raise CheckpointError(f"{source} is not a DynAvatar model checkpoint: expected 'model_state_dict' with "
-                              f"'points' of shape [N, 3] (checkpoints of the paper's code cannot be loaded)")
-    strategy = model_part.get("strategy", {})
-    visible = strategy.get("visible")
-    if not isinstance(visible, torch.Tensor) or visible.shape != (points.shape[0],):
-        raise CheckpointError(f"{source}: the point visibility does not match its {points.shape[0]} points")
-    avatar.set_points(points)
-    load_model_state(avatar, state, source)
-    avatar.strategy.load_state_dict(strategy)
 
 
 def load_model_state(module: torch.nn.Module, state: dict[str, torch.Tensor], source: Path) -> None:

@@ -6,10 +6,10 @@ with the avatar (training frames) or with the avatar frozen (test frames, at eva
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from torch import nn
+
+from ..data.batch import FrameBatch
 
 
 class FrameInputs(nn.Module):
@@ -30,17 +30,16 @@ class FrameInputs(nn.Module):
     def enabled(self) -> bool:
         return self.optimize_expression or self.optimize_camera
 
-    def apply(self, model_input: dict[str, Any]) -> dict[str, Any]:
-        """A copy of a batch's model_input with the refined values of its frames (by 'idx' [B])."""
-        out = dict(model_input)
-        idx = model_input["idx"]
+    def apply(self, batch: FrameBatch) -> FrameBatch:
+        """A copy of the batch with the refined values of its frames (by `batch.idx` [B])."""
+        changes = {}
         if self.optimize_expression:
-            out["expression"] = self.expression(idx)
+            changes["expression"] = self.expression(batch.idx)
         if self.optimize_camera:
-            out["flame_pose"] = self.flame_pose(idx)
-            world_mat = model_input["world_mat"].clone()
-            out["world_mat"] = torch.cat([world_mat[:, :, :3], self.camera_translation(idx)[:, :, None]], dim=2)
-        return out
+            changes["flame_pose"] = self.flame_pose(batch.idx)
+            rotation = batch.world_mat[:, :, :3]
+            changes["world_mat"] = torch.cat([rotation, self.camera_translation(batch.idx)[:, :, None]], dim=2)
+        return batch.replace(**changes)
 
     def optimizer(self, lr: float) -> torch.optim.SparseAdam | None:
         params = list(self.parameters())

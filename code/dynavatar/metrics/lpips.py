@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .metrics import apply_mask
+from .image import apply_mask
 
 log = logging.getLogger(__name__)
 

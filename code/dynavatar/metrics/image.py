@@ -156,7 +156,7 @@ def ssim_metric(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor | None = No
 
 def image_metrics(pred: torch.Tensor, gt: torch.Tensor, mask: torch.Tensor | None = None,
                   fill: float = 0.0) -> dict[str, torch.Tensor]:
-    """L1 (MAE), MSE, PSNR and SSIM of pred vs gt, per image; LPIPS lives in `evaluate.lpips`."""
+    """L1 (MAE), MSE, PSNR and SSIM of pred vs gt, per image; LPIPS lives in `metrics.lpips`."""
     with torch.no_grad():
         return {
             "l1": l1(pred, gt, mask, fill),

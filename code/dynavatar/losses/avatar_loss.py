@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 import torch
 
-from ..evaluate.metrics import ssim_loss
+from ..config import LossConf, TrainConf
+from ..metrics.image import ssim_loss
 from ..flame import FLAME
 from ..model.networks import DeformerOutput
 from .vgg import VGGPerceptualLoss
@@ -27,17 +27,19 @@ class AvatarLoss:
     """L1 + ssim_weight (1 - SSIM) + vgg_feature_weight VGG + lbs_weight x FLAME priors.
 
     `lbs_weight` is halved at the conf's GT_lbs_milestones by the trainer (`set_epoch`).
+    With `perceptual=False` the VGG term is left out whatever the conf says: test-time fitting of
+    the inputs uses L1 + SSIM only.
     """
 
-    def __init__(self, loss_conf: Any, train_conf: Any, var_expression: torch.Tensor | None,
-                 vgg: VGGPerceptualLoss | None, device: torch.device) -> None:
-        self.rgb_weight = float(loss_conf["rgb_weight"])
-        self.ssim_weight = float(loss_conf["ssim_weight"])
-        self.vgg_weight = float(loss_conf["vgg_feature_weight"])
-        self.base_lbs_weight = float(loss_conf["lbs_weight"])
+    def __init__(self, loss_conf: LossConf, train_conf: TrainConf, var_expression: torch.Tensor | None,
+                 vgg: VGGPerceptualLoss | None, device: torch.device, perceptual: bool = True) -> None:
+        self.rgb_weight = loss_conf.rgb_weight
+        self.ssim_weight = loss_conf.ssim_weight
+        self.vgg_weight = loss_conf.vgg_feature_weight if perceptual else 0.0
+        self.base_lbs_weight = loss_conf.lbs_weight
         self.lbs_weight = self.base_lbs_weight
-        self.lbs_milestones = [int(m) for m in train_conf["GT_lbs_milestones"]]
-        self.lbs_factor = float(train_conf["GT_lbs_factor"])
+        self.lbs_milestones = train_conf.lbs_milestones
+        self.lbs_factor = train_conf.lbs_factor
         self.var_expression = (None if var_expression is None
                                else var_expression.to(device).clamp_min(MIN_VARIANCE))  # [E]
         if self.vgg_weight > 0 and vgg is None:

@@ -1,0 +1,48 @@
+"""The experiment folder layout users know from the paper.
+
+<exps_folder>/<subject>/<methodname>/<train sub_dirs joined by +>/
+    train/runconf.conf
+    train/checkpoints/<part>/{latest, N}.pth
+    train/tensorboard/
+    eval/<test sub_dir>/epoch_<N>/
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..config import Conf
+
+
+@dataclass(frozen=True)
+class ExperimentPaths:
+    root: Path  # <exps_folder>/<subject>/<methodname>/<train split>
+
+    @classmethod
+    def from_conf(cls, conf: Conf) -> "ExperimentPaths":
+        split = "+".join(conf.dataset.train.sub_dir)
+        return cls(Path(conf.train.exps_folder) / conf.dataset.subject_name / conf.train.methodname / split)
+
+    @property
+    def train_dir(self) -> Path:
+        return self.root / "train"
+
+    @property
+    def eval_dir(self) -> Path:
+        return self.root / "eval"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.train_dir / "checkpoints"
+
+    @property
+    def runconf(self) -> Path:
+        return self.train_dir / "runconf.conf"
+
+    @property
+    def tensorboard(self) -> Path:
+        return self.train_dir / "tensorboard"
+
+    def eval_epoch_dir(self, sub_dir: str, epoch: int) -> Path:
+        return self.eval_dir / sub_dir / f"epoch_{epoch}"

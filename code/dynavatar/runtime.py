@@ -1,0 +1,56 @@
+"""Where and how reproducibly the code runs: the torch device of a conf, seeds, RNG state, and
+per-epoch random generators."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import torch
+
+from .errors import ConfigError
+
+
+def resolve_device(name: str) -> torch.device:
+    """`train.device`: auto | cpu | cuda | cuda:N -> a usable torch device, or one clear error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"train.device = {name!r} is not a device: use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and (not torch.cuda.is_available()
+                                  or (device.index or 0) >= torch.cuda.device_count()):
+        raise ConfigError(f"train.device = {name!r} but this machine has {torch.cuda.device_count()} CUDA "
+                          f"device(s): use train.device=auto or cpu")
+    if device.type not in ("cpu", "cuda"):
+        raise ConfigError(f"train.device = {name!r}: only cpu and cuda devices are supported")
+    return device
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def epoch_generator(seed: int, epoch: int, stream: int) -> torch.Generator:
+    """A generator for one epoch and purpose: data order and point growth do not depend on how
+    many epochs ran in this process, so a resumed run repeats the uninterrupted one."""
+    return torch.Generator().manual_seed(seed * 1_000_003 + epoch * 101 + stream)
+
+
+def rng_state() -> dict:
+    """Every global RNG's state (torch, CUDA, numpy, Python), for exact resumes."""
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
