@@ -11,7 +11,7 @@ from dynavatar.flame.lbs import axis_angle_to_matrix
 
 
 def paper_recipe(world_mat: np.ndarray) -> np.ndarray:
-    """DATA_FORMAT.md: P = [world_mat; 0 0 0 1], c2w = inv(P), c2w[:3, 1:3] *= -1, w2c = inv(c2w)."""
+    """docs/DATA_FORMAT.md: P = [world_mat; 0 0 0 1], c2w = inv(P), c2w[:3, 1:3] *= -1, w2c = inv(c2w)."""
     p = np.vstack([world_mat, [0.0, 0.0, 0.0, 1.0]])
     c2w = np.linalg.inv(p)
     c2w[:3, 1:3] *= -1
@@ -26,7 +26,7 @@ def test_world_to_camera_equals_the_papers_recipe_for_a_general_pose():
 
 
 def test_pixel_intrinsics_of_the_documented_example():
-    # DATA_FORMAT.md: [-3.0072, 2.9471, 0.5106, 0.4946] at 512 px is fx 1539.7, fy 1508.9, cx 261.4, cy 253.2,
+    # docs/DATA_FORMAT.md: [-3.0072, 2.9471, 0.5106, 0.4946] at 512 px is fx 1539.7, fy 1508.9, cx 261.4, cy 253.2,
     # and the rasterizer's pixel centres add half a pixel.
     camera = imavatar_camera(torch.eye(4)[:3], [-3.0072, 2.9471, 0.5106, 0.4946], 512, 512)
     assert camera.fx == pytest.approx(1539.7, abs=0.05) and camera.fy == pytest.approx(1508.9, abs=0.05)

@@ -1,7 +1,7 @@
 """`flame_params.json`: parse, validate and normalise the per-video FLAME tracking file.
 
 Works on a json alone (no images), so reenactment can drive an avatar with another video's
-expressions and poses. See DATA_FORMAT.md for the fields.
+expressions and poses. See docs/DATA_FORMAT.md for the fields.
 """
 
 from __future__ import annotations

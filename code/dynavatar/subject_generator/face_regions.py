@@ -2,7 +2,7 @@
 
 Only geometry that every FLAME-format model has is used (landmarks, skinning weights, the y-up /
 face-towards-+z frame), so the same rules label the synthetic head and the real FLAME 2020 mesh.
-Labels follow the face-parsing convention of IMavatar's preprocessing (DATA_FORMAT.md).
+Labels follow the face-parsing convention of IMavatar's preprocessing (docs/DATA_FORMAT.md).
 """
 
 from __future__ import annotations
