@@ -13,7 +13,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "code" / "dynavatar"
 # Lowest first. Subpackages (or top-level modules) of one layer may not import each other.
 LAYERS = [
     {"errors"},
-    {"config", "cameras", "runtime"},
+    {"config", "runtime"},
+    {"cameras"},
     {"flame", "render", "data", "metrics", "experiment", "export"},
     {"model", "subject_generator"},
     {"losses"},

@@ -337,3 +337,18 @@ def test_camera_space_quaternions_rotate_like_the_matrices():
         torch.testing.assert_close(quaternion_to_rotation(quats_cam), w2c[:3, :3] @ quaternion_to_rotation(quats),
                                    atol=1e-12, rtol=0)
         torch.testing.assert_close(quats_cam.norm(dim=-1), torch.ones(50, dtype=F64))
+
+
+def test_rasterize_frames_stacks_the_frames():
+    from dynavatar.render import rasterize_frames
+    scenes = [random_scene(300, 24, 16, seed=s) for s in (1, 2)]
+    fields = ("means", "quats", "scales", "opacities", "colors")
+    out = rasterize_frames(*(torch.stack([getattr(s, k) for s in scenes]) for k in fields),
+                           [s.camera for s in scenes], scenes[0].background, backend="torch")
+    assert out.image.shape == (2, 16, 24, 3) and out.alpha.shape == (2, 16, 24) and out.radii.shape == (2, 300)
+    for b, s in enumerate(scenes):
+        one = rasterize(s.means, s.quats, s.scales, s.opacities, s.colors, s.camera, s.background, "torch")
+        assert torch.equal(out.image[b], one.image) and torch.equal(out.depth[b], one.depth)
+    with pytest.raises(ValueError, match="2 frames of Gaussians but 1 cameras"):
+        rasterize_frames(*(torch.stack([getattr(s, k) for s in scenes]) for k in fields), [scenes[0].camera],
+                         scenes[0].background)

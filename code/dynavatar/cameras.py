@@ -14,6 +14,8 @@ from typing import Sequence
 
 import torch
 
+from .runtime import constant
+
 # Offset from IMavatar's pixel centres (at integers) to the rasterizers' (at half-integers).
 PIXEL_CENTRE_OFFSET = 0.5
 DEFAULT_NEAR = 0.01
@@ -64,10 +66,9 @@ def imavatar_world_to_camera(world_mat: torch.Tensor) -> torch.Tensor:
     diag(1, -1, -1) @ [world_mat; 0 0 0 1] for any invertible matrix; that is what we compute
     (differentiably, so a refined camera translation receives gradients).
     """
-    flip = torch.tensor(_AXIS_FLIP, dtype=world_mat.dtype, device=world_mat.device)
+    flip = constant(_AXIS_FLIP, world_mat.dtype, world_mat.device)
     top = world_mat[..., :3, :4] * flip[:, None]
-    bottom = torch.zeros(*world_mat.shape[:-2], 1, 4, dtype=world_mat.dtype, device=world_mat.device)
-    bottom[..., 0, 3] = 1.0
+    bottom = constant((0.0, 0.0, 0.0, 1.0), world_mat.dtype, world_mat.device).expand(*world_mat.shape[:-2], 1, 4)
     return torch.cat([top, bottom], dim=-2)
 
 

@@ -3,6 +3,7 @@ per-epoch random generators."""
 
 from __future__ import annotations
 
+import functools
 import random
 
 import numpy as np
@@ -54,3 +55,10 @@ def set_rng_state(state: dict) -> None:
     random.setstate(state["python"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+@functools.lru_cache(maxsize=256)
+def constant(values: tuple, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A small constant tensor, made once per (values, dtype, device): no host-to-device copy (and
+    so no wait for the device) per call. Never modify the result in place."""
+    return torch.tensor(values, dtype=dtype, device=device)

@@ -19,7 +19,7 @@ class FrameBatch:
     expression: torch.Tensor  # [B, 50]
     flame_pose: torch.Tensor  # [B, 15]
     world_mat: torch.Tensor  # [B, 3, 4] as stored in flame_params.json
-    intrinsics: torch.Tensor  # [B, 4] normalised, fx negated (IMavatar convention)
+    intrinsics: torch.Tensor  # [B, 4] normalised, fx negated (IMavatar convention); stays on the host
     rgb: torch.Tensor | None = None  # [B, H, W, 3] in [0, 1], on white with the mask unless use_background
     mask: torch.Tensor | None = None  # [B, H, W] in [0, 1]
     semantic: torch.Tensor | None = None  # [B, H, W] long face-parsing labels
@@ -28,10 +28,11 @@ class FrameBatch:
         return int(self.idx.shape[0])
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> "FrameBatch":
-        """The same batch with every tensor on `device`."""
+        """The same batch with its tensors on `device`. The intrinsics stay on the host: the
+        rasterizer reads them as Python numbers, which from the device would wait for it each frame."""
         moved = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         for name, value in moved.items():
-            if isinstance(value, torch.Tensor):
+            if isinstance(value, torch.Tensor) and name != "intrinsics":
                 moved[name] = value.to(device, non_blocking=non_blocking)
         return FrameBatch(**moved)
 

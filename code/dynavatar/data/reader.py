@@ -185,20 +185,38 @@ class FaceDataset(torch.utils.data.Dataset):
     def __getitem__(self, i: int) -> FrameBatch:
         return self.batch(torch.tensor([i]))
 
+    @property
+    def device(self) -> torch.device:
+        return self.expressions.device
+
+    def preloaded_bytes(self) -> int:
+        """Size of the preloaded 8-bit images (0 when they are read from disk per batch)."""
+        return 0 if self._cache is None else sum(t.numel() * t.element_size() for t in self._cache if t is not None)
+
+    def to(self, device: torch.device | str) -> "FaceDataset":
+        """Keep the per-frame inputs and the preloaded images on `device`, so that batches are gathered
+        and composited there (the intrinsics stay on the host, see FrameBatch). Returns self."""
+        self.expressions, self.flame_poses, self.world_mats = (
+            t.to(device) for t in (self.expressions, self.flame_poses, self.world_mats))
+        if self._cache is not None:
+            self._cache = tuple(None if t is None else t.to(device) for t in self._cache)
+        return self
+
     def batch(self, indices: torch.Tensor | Sequence[int]) -> FrameBatch:
         """The frames at `indices` [B] (positions in this dataset)."""
-        idx = torch.as_tensor(indices, dtype=torch.long).reshape(-1)
-        records = [self.frames[i] for i in idx.tolist()]
+        host_idx = torch.as_tensor(indices, dtype=torch.long).cpu().reshape(-1)
+        records = [self.frames[i] for i in host_idx.tolist()]
+        idx = host_idx.to(self.device)
         batch = FrameBatch(idx=idx, frame_id=[r.frame_id for r in records], sub_dir=[r.sub_dir for r in records],
                            expression=self.expressions[idx], flame_pose=self.flame_poses[idx],
-                           world_mat=self.world_mats[idx], intrinsics=self.frame_intrinsics[idx])
+                           world_mat=self.world_mats[idx], intrinsics=self.frame_intrinsics[host_idx])
         if self.only_json:
             return batch
         if self._cache is not None:
             rgb8, mask8, labels = (None if t is None else t[idx] for t in self._cache)
         else:
-            rgb8, mask8, labels = _stack_frames([load_frame_arrays(r, self.img_res, self.has_semantic)
-                                                 for r in records])
+            rgb8, mask8, labels = (None if t is None else t.to(self.device) for t in _stack_frames(
+                [load_frame_arrays(r, self.img_res, self.has_semantic) for r in records]))
         rgb = rgb8.float() / 255.0  # [B, H, W, 3]
         mask = mask8.float() / 255.0  # [B, H, W]
         if not self.use_background:

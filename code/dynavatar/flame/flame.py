@@ -69,6 +69,12 @@ class FLAME(nn.Module):
         self.register_buffer("j_regressor", f32(model.j_regressor), persistent=False)
         self.register_buffer("lbs_weights", f32(model.weights), persistent=False)
         self.register_buffer("parents", torch.as_tensor(model.parents, dtype=torch.long), persistent=False)
+        self.parent_list = [int(p) for p in model.parents]  # the kinematic chain, read on the host
+        # Joints as a function of the expression (see transforms_only): rest joints [J, 3] and their
+        # expression directions [J, 3, E], regressed once.
+        self.register_buffer("joint_rest", self.j_regressor @ self.v_template, persistent=False)
+        self.register_buffer("joint_dirs", torch.einsum("jv,vce->jce", self.j_regressor, self.shapedirs),
+                             persistent=False)
         self.register_buffer("faces", torch.as_tensor(model.faces, dtype=torch.long), persistent=False)
         self.has_landmarks = landmark_path is not None
         if landmark_path is not None:
@@ -90,7 +96,7 @@ class FLAME(nn.Module):
         """expression [B, n_exp] (longer inputs are truncated), pose [B, 15] -> FlameOutput."""
         vertices, feat, transforms, joints = skin_mesh(
             self.v_template, expression[:, : self.n_exp], pose, self.shapedirs, self.posedirs,
-            self.j_regressor, self.parents, self.lbs_weights)
+            self.j_regressor, self.parent_list, self.lbs_weights)
         landmarks = self.landmarks(vertices) if self.has_landmarks else None
         return FlameOutput(vertices, feat, transforms, joints, landmarks)
 
@@ -106,9 +112,7 @@ class FLAME(nn.Module):
         Joints depend on the expression (FLAME regresses them from the expression-shaped template);
         regressing the blendshapes instead of the shaped vertices gives the same joints cheaply.
         """
-        rest = self.j_regressor @ self.v_template  # [J, 3]
-        joint_dirs = torch.einsum("jv,vce->jce", self.j_regressor, self.shapedirs)  # [J, 3, E]
-        joints = rest + torch.einsum("be,jce->bjc", expression[:, : self.n_exp], joint_dirs)
+        joints = self.joint_rest + torch.einsum("be,jce->bjc", expression[:, : self.n_exp], self.joint_dirs)
         rotations = axis_angle_to_matrix(pose.reshape(pose.shape[0], -1, 3))
-        transforms, _ = rigid_transforms(rotations, joints, self.parents)
+        transforms, _ = rigid_transforms(rotations, joints, self.parent_list)
         return pose_feature(rotations), transforms

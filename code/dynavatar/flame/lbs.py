@@ -6,7 +6,11 @@ Notation: B frames, V mesh vertices, N free points, J joints, E expression compo
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
+
+from ..runtime import constant
 
 
 def axis_angle_to_matrix(axis_angle: torch.Tensor) -> torch.Tensor:
@@ -31,25 +35,25 @@ def pose_feature(rotations: torch.Tensor) -> torch.Tensor:
     return (rotations[:, 1:] - eye).reshape(rotations.shape[0], -1)
 
 
-def rigid_transforms(rotations: torch.Tensor, joints: torch.Tensor, parents: torch.Tensor
+def rigid_transforms(rotations: torch.Tensor, joints: torch.Tensor, parents: Sequence[int]
                      ) -> tuple[torch.Tensor, torch.Tensor]:
     """Forward kinematics along the kinematic chain.
 
     rotations [B, J, 3, 3] local joint rotations, joints [B, J, 3] rest joint positions, parents [J]
-    (parents[0] = -1). Returns (transforms [B, J, 4, 4] that map rest-pose points to posed points for
+    (parents[0] = -1) as Python ints: the chain is walked on the host without reading the device. Returns (transforms [B, J, 4, 4] that map rest-pose points to posed points for
     a point fully bound to joint j, posed joint positions [B, J, 3]).
     """
     batch, n_joints = joints.shape[:2]
     relative = joints.clone()
-    relative[:, 1:] = joints[:, 1:] - joints[:, parents[1:]]
+    parent_index = constant(tuple(parents[1:]), torch.long, joints.device)
+    relative[:, 1:] = joints[:, 1:] - joints[:, parent_index]
     local = torch.zeros(batch, n_joints, 4, 4, dtype=joints.dtype, device=joints.device)
     local[..., :3, :3] = rotations
     local[..., :3, 3] = relative
     local[..., 3, 3] = 1.0
-    parent_of = parents.tolist()  # one device sync, not one per joint
     chain = [local[:, 0]]
     for j in range(1, n_joints):
-        chain.append(chain[parent_of[j]] @ local[:, j])
+        chain.append(chain[parents[j]] @ local[:, j])
     world = torch.stack(chain, dim=1)  # [B, J, 4, 4]
     posed_joints = world[..., :3, 3]
     # Express relative to the rest pose: T_j x = G_j (x - rest_joint_j).
@@ -74,9 +78,18 @@ def apply_transforms(blended: torch.Tensor, points: torch.Tensor) -> torch.Tenso
 def invert_transforms(blended: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
     """Undo per-point 4x4 transforms [B, N, 4, 4] on points [B, N, 3].
 
-    A blend of rotations is not a rotation, so this solves the 3x3 system instead of transposing.
+    A blend of rotations is not a rotation, so this solves the 3x3 system instead of transposing,
+    by Cramer's rule: elementwise arithmetic only, where a batched LU solve launches several
+    kernels and waits for the device to check for singular matrices.
     """
-    return torch.linalg.solve(blended[..., :3, :3], (points - blended[..., :3, 3])[..., None])[..., 0]
+    a = blended[..., :3, :3]
+    b = points - blended[..., :3, 3]
+    rows = a.unbind(-2)  # three rows [B, N, 3]
+    # The columns of adj(A) are the cross products of A's rows: adj(A) = [r1 x r2, r2 x r0, r0 x r1].
+    cofactors = torch.stack([torch.linalg.cross(rows[1], rows[2]), torch.linalg.cross(rows[2], rows[0]),
+                             torch.linalg.cross(rows[0], rows[1])], dim=-1)  # [B, N, 3, 3] = adj(A)
+    determinant = (rows[0] * cofactors[..., :, 0]).sum(-1)  # [B, N]
+    return (cofactors @ b[..., None])[..., 0] / determinant[..., None]
 
 
 def blendshape_offsets(expression: torch.Tensor, shapedirs: torch.Tensor) -> torch.Tensor:
@@ -115,7 +128,7 @@ def inverse_points(points: torch.Tensor, expression: torch.Tensor, pose_feat: to
 
 
 def skin_mesh(template: torch.Tensor, expression: torch.Tensor, pose: torch.Tensor, shapedirs: torch.Tensor,
-              posedirs: torch.Tensor, j_regressor: torch.Tensor, parents: torch.Tensor, weights: torch.Tensor
+              posedirs: torch.Tensor, j_regressor: torch.Tensor, parents: Sequence[int], weights: torch.Tensor
               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Standard FLAME mesh forward.
 

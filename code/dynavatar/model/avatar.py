@@ -18,8 +18,9 @@ from ..config import ModelConf
 from ..data.batch import FrameBatch
 from ..flame import FLAME
 from ..flame.lbs import forward_points, inverse_points, with_ghost_bone
-from ..render import rasterize
-from .networks import CanonicalNetwork, DeformerNetwork, DeformerOutput, GaussianNetwork
+from ..render import rasterize_frames
+from ..runtime import constant
+from .networks import CanonicalAttributes, CanonicalNetwork, DeformerNetwork, DeformerOutput, GaussianNetwork
 
 
 @dataclass
@@ -38,11 +39,32 @@ class Gaussians:
 
 
 @dataclass
+class CanonicalState:
+    """What the avatar's frames share: the canonical Gaussians' logits and their deformation bases."""
+
+    logits: CanonicalAttributes  # [N, ...]
+    deformer: DeformerOutput  # [N, ...] on the points (gradients reach them)
+    shifted: torch.Tensor  # x' = x + d [N, 3]
+    unposed: torch.Tensor  # x0: x' with the canonical frame undone [N, 3]
+    prior: DeformerOutput | None = None  # the deformer on the detached points, for the FLAME priors
+
+
+@dataclass
+class PriorQuery:
+    """What the FLAME priors compare: deformer outputs (no gradient to the points) and each point's
+    nearest canonical FLAME vertex."""
+
+    deformer: DeformerOutput  # [N, ...]
+    nearest: torch.Tensor  # [N] long
+
+
+@dataclass
 class AvatarOutput:
     rgb: torch.Tensor  # [B, H, W, 3]
     alpha: torch.Tensor  # [B, H, W]
     depth: torch.Tensor  # [B, H, W] alpha-weighted camera depth
     gaussians: Gaussians  # [B, N, ...]
+    prior: PriorQuery | None = None
 
 
 def initial_points(n: int, radius: float, generator: torch.Generator) -> torch.Tensor:
@@ -87,19 +109,24 @@ class Avatar(nn.Module):
         self.use_background = use_background
         if use_background:
             self.background = nn.Parameter(torch.zeros(*self.img_res, 3))
+        self._canonical_flame: tuple | None = None  # (key, value) caches, see canonical_flame / canonical_state
+        self._canonical_state: tuple | None = None
 
     # ---- canonical FLAME frame -------------------------------------------------------------------
 
     def canonical_flame(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(canonical vertices [V, 3], pose feature [1, 36], transforms with ghost bone [1, J + 1, 4, 4]).
 
-        Recomputed on each call: one FLAME forward is cheap next to rendering, and this way it can
-        never go stale after a checkpoint load or a device move.
+        Depends on buffers only; computed once and again whenever a buffer changes (a checkpoint
+        load, a device move).
         """
-        with torch.no_grad():
-            out = self.flame(self.canonical_expression[None], self.canonical_pose[None])
-        transforms = with_ghost_bone(out.transforms) if self.deformer.ghostbone else out.transforms
-        return out.vertices[0], out.pose_feature, transforms
+        key = _tensors_key(self.buffers())
+        if self._canonical_flame is None or self._canonical_flame[0] != key:
+            with torch.no_grad():
+                out = self.flame(self.canonical_expression[None], self.canonical_pose[None])
+            transforms = with_ghost_bone(out.transforms) if self.deformer.ghostbone else out.transforms
+            self._canonical_flame = (key, (out.vertices[0], out.pose_feature, transforms))
+        return self._canonical_flame[1]
 
     # ---- points ----------------------------------------------------------------------------------
 
@@ -116,36 +143,62 @@ class Avatar(nn.Module):
 
     # ---- deformation -----------------------------------------------------------------------------
 
-    def deform(self, expression: torch.Tensor, flame_pose: torch.Tensor) -> tuple[Gaussians, torch.Tensor]:
-        """Gaussians of the frames given by expression [B, E] and FLAME pose [B, 15] -> (Gaussians [B, N, ...], x' [N, 3])."""
+    def canonical_state(self, with_prior: bool = False) -> CanonicalState:
+        """What does not depend on the frame: canonical logits, the deformer's outputs, x' and x0.
+
+        While the avatar cannot change (no gradient, or every parameter frozen, as when animating
+        or fitting test inputs), the state is computed once and reused until a parameter, buffer or
+        the point set changes. With `with_prior`, the deformer is also evaluated on the detached
+        points (in the same call) for the FLAME priors, which must not move the points.
+        """
+        frozen = not torch.is_grad_enabled() or not any(p.requires_grad for p in self.parameters())
+        if frozen and not with_prior:
+            key = _tensors_key(self.state_dict(keep_vars=True).values())
+            if self._canonical_state is None or self._canonical_state[0] != key:
+                self._canonical_state = (key, self._compute_canonical_state(False))
+            return self._canonical_state[1]
+        return self._compute_canonical_state(with_prior)
+
+    def _compute_canonical_state(self, with_prior: bool) -> CanonicalState:
         _, canonical_feature, canonical_transforms = self.canonical_flame()
+        logits = self.canonical_net(self.points.detach())
+        n = self.n_points
+        if with_prior:  # one deformer call for both: rows [:N] carry gradients to the points, rows [N:] do not
+            both = self.deformer(torch.cat([self.points, self.points.detach()]))
+            deformer, prior = both.rows(0, n), both.rows(n, 2 * n)
+        else:
+            deformer, prior = self.deformer(self.points), None
+        shifted = self.points + deformer.offset  # x'
+        unposed = inverse_points(shifted, self.canonical_expression[None], canonical_feature, canonical_transforms,
+                                 deformer.shapedirs, deformer.posedirs, deformer.lbs_weights)[0]  # x0 [N, 3]
+        return CanonicalState(logits, deformer, shifted, unposed, prior)
+
+    def pose(self, state: CanonicalState, expression: torch.Tensor, flame_pose: torch.Tensor) -> Gaussians:
+        """Gaussians [B, N, ...] of the frames given by expression [B, E] and FLAME pose [B, 15]."""
         pose_feature, transforms = self.flame.transforms_only(expression, flame_pose)
         if self.deformer.ghostbone:
             transforms = with_ghost_bone(transforms)
-        logits = self.canonical_net(self.points.detach())
-        deformer = self.deformer(self.points)
-        shifted = self.points + deformer.offset  # x'
-        blend = (deformer.shapedirs, deformer.posedirs, deformer.lbs_weights)
-        unposed = inverse_points(shifted, self.canonical_expression[None], canonical_feature,
-                                 canonical_transforms, *blend)[0]  # x0 [N, 3]
-        posed = forward_points(unposed, expression[:, : self.deformer.num_exp], pose_feature, transforms, *blend)
-        offsets = self.gaussian_net(posed.detach() - shifted.detach()[None])  # [B, N, ...]
-        gaussians = Gaussians(
+        deformer, logits = state.deformer, state.logits
+        posed = forward_points(state.unposed, expression[:, : self.deformer.num_exp], pose_feature, transforms,
+                               deformer.shapedirs, deformer.posedirs, deformer.lbs_weights)
+        offsets = self.gaussian_net(posed.detach() - state.shifted.detach()[None])  # [B, N, ...]
+        return Gaussians(
             means=posed,
             quats=torch.nn.functional.normalize(logits.rotation[None] + offsets.rotation, dim=-1),
             scales=torch.sigmoid(logits.scale[None] + offsets.scale) * self.max_scale + self.point_radius,
             opacities=torch.sigmoid(logits.opacity[None] + offsets.opacity)[..., 0],
             colors=torch.sigmoid(logits.color[None] + offsets.color),
         )
-        return gaussians, shifted
 
-    def prior_query(self, chunk: int = 4096) -> tuple[DeformerOutput, torch.Tensor]:
-        """Deformer outputs on the detached points, for the FLAME priors (which must not move the
-        points), and the nearest canonical FLAME vertex of each x' = x + d [N] (searched in chunks
-        of `chunk` points)."""
-        deformer = self.deformer(self.points.detach())
+    def deform(self, expression: torch.Tensor, flame_pose: torch.Tensor) -> tuple[Gaussians, torch.Tensor]:
+        """Gaussians of the frames given by expression [B, E] and FLAME pose [B, 15] -> (Gaussians [B, N, ...], x' [N, 3])."""
+        state = self.canonical_state()
+        return self.pose(state, expression, flame_pose), state.shifted
+
+    def nearest_flame_vertex(self, shifted: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
+        """The nearest canonical FLAME vertex [N] of each x' [N, 3] (searched in chunks of `chunk` points)."""
         vertices, _, _ = self.canonical_flame()
-        return deformer, nearest_vertex(self.points.detach() + deformer.offset.detach(), vertices, chunk)
+        return nearest_vertex(shifted.detach(), vertices, chunk)
 
     # ---- rendering -------------------------------------------------------------------------------
 
@@ -154,27 +207,34 @@ class Avatar(nn.Module):
         return imavatar_camera(world_mat, intrinsics, width=self.img_res[1], height=self.img_res[0])
 
     def render(self, gaussians: Gaussians, cameras: Sequence[Camera]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Rasterize each frame (one call per frame). Returns rgb [B, H, W, 3], alpha [B, H, W], depth [B, H, W]."""
-        background = torch.zeros(3) if self.use_background else torch.ones(3)
-        background = background.to(gaussians.means)
-        images, alphas, depths = [], [], []
-        for index, camera in enumerate(cameras):
-            g = gaussians.frame(index)
-            out = rasterize(g.means, g.quats, g.scales, g.opacities, g.colors, camera, background, self.rasterizer)
-            image = out.image
-            if self.use_background:  # the learnt background shows where the Gaussians do not cover
-                image = image + (1.0 - out.alpha[..., None]) * self.background
-            images.append(image)
-            alphas.append(out.alpha)
-            depths.append(out.depth)
-        return torch.stack(images), torch.stack(alphas), torch.stack(depths)
+        """Rasterize the frames of `gaussians` [B, N, ...], one camera each. Returns rgb [B, H, W, 3],
+        alpha [B, H, W], depth [B, H, W]."""
+        background = constant((0.0,) * 3 if self.use_background else (1.0,) * 3, gaussians.means.dtype,
+                              gaussians.means.device)
+        g = gaussians
+        out = rasterize_frames(g.means, g.quats, g.scales, g.opacities, g.colors, cameras, background, self.rasterizer)
+        image = out.image
+        if self.use_background:  # the learnt background shows where the Gaussians do not cover
+            image = image + (1.0 - out.alpha[..., None]) * self.background
+        return image, out.alpha, out.depth
 
-    def forward(self, batch: FrameBatch) -> AvatarOutput:
-        """Render the frames of a batch (its expressions, FLAME poses and cameras)."""
-        gaussians, _ = self.deform(batch.expression, batch.flame_pose)
+    def forward(self, batch: FrameBatch, with_prior: bool = False, prior_chunk: int = 4096) -> AvatarOutput:
+        """Render the frames of a batch (its expressions, FLAME poses and cameras). With `with_prior`,
+        the output also carries what the FLAME priors compare (`AvatarOutput.prior`; the nearest
+        vertices are searched `prior_chunk` points at a time)."""
+        state = self.canonical_state(with_prior)
+        gaussians = self.pose(state, batch.expression, batch.flame_pose)
         cameras = [self.camera(batch.world_mat[b], batch.intrinsics[b]) for b in range(len(batch))]
         rgb, alpha, depth = self.render(gaussians, cameras)
-        return AvatarOutput(rgb, alpha, depth, gaussians)
+        prior = None
+        if with_prior:
+            prior = PriorQuery(state.prior, self.nearest_flame_vertex(state.shifted, prior_chunk))
+        return AvatarOutput(rgb, alpha, depth, gaussians, prior)
+
+
+def _tensors_key(tensors) -> tuple:
+    """Identity and in-place version of tensors: it changes when any is replaced, moved or modified."""
+    return tuple((t.data_ptr(), t._version, t.shape) for t in tensors)
 
 
 def nearest_vertex(points: torch.Tensor, vertices: torch.Tensor, chunk: int = 4096) -> torch.Tensor:

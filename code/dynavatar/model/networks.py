@@ -128,6 +128,11 @@ class DeformerOutput:
     lbs_weights: torch.Tensor  # [N, J (+1 ghost bone)] skinning weights, rows sum to 1
     offset: torch.Tensor  # [N, 3] canonical offset d (zeros without deform_c)
 
+    def rows(self, start: int, stop: int) -> "DeformerOutput":
+        """The outputs of points start..stop-1."""
+        return DeformerOutput(self.shapedirs[start:stop], self.posedirs[start:stop], self.lbs_weights[start:stop],
+                              self.offset[start:stop])
+
 
 class DeformerNetwork(nn.Module):
     """Canonical point -> (E, P, W, d) (conf `deformer_network`).

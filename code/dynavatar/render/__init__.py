@@ -9,6 +9,6 @@ Choose with `backend=` (conf `model.rasterizer`): auto | torch | gsplat | inria.
 
 from .backends import available_backends, resolve_backend
 from .output import RasterOutput
-from .rasterize import rasterize
+from .rasterize import rasterize, rasterize_frames
 
-__all__ = ["rasterize", "RasterOutput", "available_backends", "resolve_backend"]
+__all__ = ["rasterize", "rasterize_frames", "RasterOutput", "available_backends", "resolve_backend"]

@@ -11,44 +11,63 @@ axis. They change pixels only where a Gaussian's alpha exceeds 0.99 or lies near
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
 from torch import Tensor
 
 from ..cameras import Camera
+from ..runtime import constant
 from .backends import import_backend_module
 from .output import RasterOutput
-from .projection import LOW_PASS, TILE_SIZE, constant
+from .projection import LOW_PASS, TILE_SIZE
 
 
-def _forward_grad_to(proxy: Tensor):
-    """A hook that adds the gradient of gsplat's means2d [1, N, 2] to `proxy.grad` [N, 2]."""
-    def hook(grad: Tensor) -> None:
-        g = grad.reshape(proxy.shape).detach()
-        proxy.grad = g.clone() if proxy.grad is None else proxy.grad + g
-    return hook
+def _grad_proxy(source: Tensor, shape: tuple[int, ...]) -> Tensor:
+    """A leaf holding gsplat's projected means `source` [B, 1, N, 2] reshaped to `shape`; after a
+    backward pass its `.grad` is dL/d(pixel position) (a view of `source` would get no .grad)."""
+    proxy = source.detach().reshape(shape).clone()
+    if source.requires_grad:
+        proxy.requires_grad_(True)
+
+        def hook(grad: Tensor) -> None:
+            g = grad.reshape(shape).detach()
+            proxy.grad = g.clone() if proxy.grad is None else proxy.grad + g
+
+        source.register_hook(hook)
+    return proxy
 
 
 def rasterize_gsplat(means_cam: Tensor, quats_cam: Tensor, scales: Tensor, opacities: Tensor, colors: Tensor,
                      camera: Camera, background: Tensor) -> RasterOutput:
     """Rasterize camera-space Gaussians (means [N, 3], unit quaternions [N, 4], scales [N, 3]) with gsplat."""
+    return rasterize_gsplat_frames(means_cam[None], quats_cam[None], scales[None], opacities[None], colors[None],
+                                   [camera], background, frame_axis=False)
+
+
+def rasterize_gsplat_frames(means_cam: Tensor, quats_cam: Tensor, scales: Tensor, opacities: Tensor,
+                            colors: Tensor, cameras: Sequence[Camera], background: Tensor,
+                            frame_axis: bool = True) -> RasterOutput:
+    """B frames in one gsplat call: camera-space means [B, N, 3], unit quaternions [B, N, 4], scales
+    [B, N, 3], opacities [B, N], colours [B, N, 3], one camera per frame (all of one image size).
+    Returns fields with a leading frame axis (dropped for one frame with `frame_axis=False`)."""
     gsplat = import_backend_module("gsplat")
     device, dtype = means_cam.device, torch.float32
-    viewmats = constant((((1.0, 0.0, 0.0, 0.0), (0.0, 1.0, 0.0, 0.0), (0.0, 0.0, 1.0, 0.0), (0.0, 0.0, 0.0, 1.0)),),
-                        dtype, device)  # [1, 4, 4]
-    k = ((camera.fx, 0.0, camera.cx), (0.0, camera.fy, camera.cy), (0.0, 0.0, 1.0))
-    ks = constant((k,), dtype, device)  # [1, 3, 3]
+    n_frames, n = means_cam.shape[:2]
+    identity = (((1.0, 0.0, 0.0, 0.0), (0.0, 1.0, 0.0, 0.0), (0.0, 0.0, 1.0, 0.0), (0.0, 0.0, 0.0, 1.0)),)
+    viewmats = constant(identity, dtype, device).expand(n_frames, 1, 4, 4)  # [B, 1, 4, 4]
+    ks = constant(tuple(((c.fx, 0.0, c.cx), (0.0, c.fy, c.cy), (0.0, 0.0, 1.0)) for c in cameras),
+                  dtype, device)[:, None]  # [B, 1, 3, 3]
+    first = cameras[0]
     render, alphas, meta = gsplat.rasterization(
         means_cam.to(dtype), quats_cam.to(dtype), scales.to(dtype), opacities.to(dtype), colors.to(dtype),
-        viewmats, ks, camera.width, camera.height, near_plane=camera.near, far_plane=camera.far, eps2d=LOW_PASS,
-        packed=False, tile_size=TILE_SIZE, backgrounds=background.to(dtype)[None], render_mode="RGB+D",
-        rasterize_mode="classic")
-    means2d_full = meta["means2d"]  # [1, N, 2] pixels, upstream of the image
-    means2d = means2d_full.detach().reshape(-1, 2).clone()
-    if means2d_full.requires_grad:
-        # Expose dL/d(pixel) on a [N, 2] leaf (a view of gsplat's [1, N, 2] would get no .grad).
-        means2d.requires_grad_(True)
-        means2d_full.register_hook(_forward_grad_to(means2d))
-    radii = meta["radii"].reshape(means_cam.shape[0], -1)  # [N, 2] per axis (gsplat >= 1.5) or [N, 1]
-    radii = radii.max(dim=-1).values.to(torch.int32)
-    return RasterOutput(image=render[0, ..., :3], alpha=alphas[0, ..., 0], depth=render[0, ..., 3],
-                        radii=radii, visible=radii > 0, means2d=means2d)
+        viewmats, ks, first.width, first.height, near_plane=first.near, far_plane=first.far, eps2d=LOW_PASS,
+        packed=False, tile_size=TILE_SIZE, backgrounds=background.to(dtype).expand(n_frames, 1, 3),
+        render_mode="RGB+D", rasterize_mode="classic")
+    # render [B, 1, H, W, 4], alphas [B, 1, H, W, 1]; radii [B, 1, N, 2] per axis (gsplat >= 1.5) or [B, 1, N].
+    radii = meta["radii"].reshape(n_frames, n, -1).max(dim=-1).values.to(torch.int32)
+    lead = (n_frames,) if frame_axis else ()
+    pick = (lambda t: t) if frame_axis else (lambda t: t[0])
+    return RasterOutput(image=pick(render[:, 0, ..., :3]), alpha=pick(alphas[:, 0, ..., 0]),
+                        depth=pick(render[:, 0, ..., 3]), radii=pick(radii), visible=pick(radii > 0),
+                        means2d=_grad_proxy(meta["means2d"], lead + (n, 2)))

@@ -21,9 +21,9 @@ import torch
 from torch import Tensor
 
 from ..cameras import Camera
+from ..runtime import constant
 from .backends import import_backend_module
 from .output import RasterOutput
-from .projection import constant
 
 _IDENTITY = ((1.0, 0.0, 0.0, 0.0), (0.0, 1.0, 0.0, 0.0), (0.0, 0.0, 1.0, 0.0), (0.0, 0.0, 0.0, 1.0))
 

@@ -13,26 +13,19 @@ with the covariance factor L = R(q) diag(s) (Sigma = L L^T) and never forms the 
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 from ..cameras import Camera
+from ..runtime import constant
 
 LOW_PASS = 0.3  # px^2 added to the diagonal of every screen-space covariance
 EXTENT_SIGMAS = 3.0  # screen-space radius = ceil(3 * sqrt(largest eigenvalue))
 EIGEN_FLOOR = 0.1  # the 3DGS kernel's floor under the eigenvalue square root
 TILE_SIZE = 16  # px, square tiles
 FOV_MARGIN = 0.3  # means are clamped to the frustum widened by 30% for the Jacobian
-
-
-@functools.lru_cache(maxsize=256)
-def constant(values: tuple, dtype: torch.dtype, device: torch.device) -> Tensor:
-    """A small constant tensor, made once per (values, dtype, device): no host-to-device copy per
-    call. Never modify the result in place."""
-    return torch.tensor(values, dtype=dtype, device=device)
 
 
 # R(q) of a unit quaternion (w, x, y, z) is linear in the products q_i q_j: row k of this [16, 9]

@@ -1,9 +1,13 @@
-"""The one rasterizer entry point: world-space Gaussians and a camera in, a RasterOutput out."""
+"""The rasterizer entry points: world-space Gaussians and a camera in, a RasterOutput out
+(`rasterize`), or the Gaussians of several frames and one camera each (`rasterize_frames`)."""
 
 from __future__ import annotations
 
 import logging
+from dataclasses import fields
+from typing import Sequence
 
+import torch
 from torch import Tensor
 
 from ..cameras import Camera
@@ -39,22 +43,58 @@ def rasterize(means: Tensor, quats: Tensor, scales: Tensor, opacities: Tensor, c
     camera-space Gaussians under an identity view matrix. Gaussians whose camera z is not inside
     (camera.near, camera.far) are culled.
     """
-    n = means.shape[0]
-    if means.shape != (n, 3) or quats.shape != (n, 4) or scales.shape != (n, 3) \
-            or opacities.shape != (n,) or colors.shape != (n, 3) or background.shape != (3,):
-        raise ValueError(
-            "rasterize expects means [N,3], quats [N,4], scales [N,3], opacities [N], colors [N,3], background [3]; "
-            f"got {tuple(means.shape)}, {tuple(quats.shape)}, {tuple(scales.shape)}, {tuple(opacities.shape)}, "
-            f"{tuple(colors.shape)}, {tuple(background.shape)}")
-    name = resolve_backend(backend, means.device)
-    if (backend, name) not in _announced:
-        _announced.add((backend, name))
-        log.info("rasterizer backend %r -> %s on %s", backend, name, means.device.type)
-    if n == 0:
-        name = "torch"  # nothing to draw: the background, without calling a CUDA kernel on empty inputs
+    _check_shapes(means, quats, scales, opacities, colors, background, batched=False)
+    name = _backend_for(backend, means)
     means_cam, quats_cam = to_camera(means, quats, camera.world_to_camera)
     return _run_backend(name, means_cam, quats_cam, scales, opacities, colors, camera,
                         background.to(device=means.device, dtype=means.dtype))
 
 
-__all__ = ["rasterize", "RasterOutput"]
+def rasterize_frames(means: Tensor, quats: Tensor, scales: Tensor, opacities: Tensor, colors: Tensor,
+                     cameras: Sequence[Camera], background: Tensor, backend: str = "auto") -> RasterOutput:
+    """Render B frames, each with its own Gaussians and camera: means [B, N, 3], quats [B, N, 4],
+    scales [B, N, 3], opacities [B, N], colors [B, N, 3], one camera per frame, background [3].
+    Returns a RasterOutput whose fields have a leading frame axis (image [B, H, W, 3], ...).
+
+    The same images as B calls of `rasterize`; gsplat draws all frames in one call (fewer kernel
+    launches), the other backends frame by frame.
+    """
+    _check_shapes(means, quats, scales, opacities, colors, background, batched=True)
+    if len(cameras) != means.shape[0]:
+        raise ValueError(f"rasterize_frames: {means.shape[0]} frames of Gaussians but {len(cameras)} cameras")
+    name = _backend_for(backend, means)
+    background = background.to(device=means.device, dtype=means.dtype)
+    if name == "gsplat" and len({(c.width, c.height) for c in cameras}) == 1:
+        from .gsplat_backend import rasterize_gsplat_frames
+        placed = [to_camera(means[b], quats[b], camera.world_to_camera) for b, camera in enumerate(cameras)]
+        return rasterize_gsplat_frames(torch.stack([m for m, _ in placed]), torch.stack([q for _, q in placed]),
+                                       scales, opacities, colors, cameras, background)
+    outputs = [rasterize(means[b], quats[b], scales[b], opacities[b], colors[b], camera, background, name)
+               for b, camera in enumerate(cameras)]
+    return RasterOutput(*(torch.stack([getattr(o, f.name) for o in outputs]) for f in fields(RasterOutput)))
+
+
+def _check_shapes(means: Tensor, quats: Tensor, scales: Tensor, opacities: Tensor, colors: Tensor,
+                  background: Tensor, batched: bool) -> None:
+    lead = tuple(means.shape[:-1])
+    expected = (lead + (3,), lead + (4,), lead + (3,), lead, lead + (3,), (3,))
+    got = tuple(tuple(t.shape) for t in (means, quats, scales, opacities, colors, background))
+    if means.dim() != (3 if batched else 2) or got != expected:
+        frames = "B," if batched else ""
+        raise ValueError(
+            f"{'rasterize_frames' if batched else 'rasterize'} expects means [{frames}N,3], quats [{frames}N,4], "
+            f"scales [{frames}N,3], opacities [{frames}N], colors [{frames}N,3], background [3]; got "
+            + ", ".join(str(g) for g in got))
+
+
+def _backend_for(backend: str, means: Tensor) -> str:
+    name = resolve_backend(backend, means.device)
+    if (backend, name) not in _announced:
+        _announced.add((backend, name))
+        log.info("rasterizer backend %r -> %s on %s", backend, name, means.device.type)
+    if means.shape[-2] == 0:
+        return "torch"  # nothing to draw: the background, without calling a CUDA kernel on empty inputs
+    return name
+
+
+__all__ = ["rasterize", "rasterize_frames", "RasterOutput"]

@@ -1,0 +1,46 @@
+"""scripts/benchmark.py: the quick CPU run prints its table and writes its JSON; the schedule
+projection adds up per-epoch times correctly."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from dynavatar.cli.benchmark import Row, parse_sizes, project_schedule
+from dynavatar.config import default_conf
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_quick_run_prints_the_table_and_writes_json(tmp_path):
+    out = tmp_path / "bench.json"
+    result = subprocess.run([sys.executable, "scripts/benchmark.py", "--quick", "--data", str(tmp_path / "data"),
+                             "--project", "--project-epochs", "3", "--project-frames", "10", "--json", str(out)],
+                            cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "| Gaussians | batch | train step (ms)" in result.stdout and "projected: 3 epochs" in result.stdout
+    report = json.loads(out.read_text())
+    assert [(r["gaussians"], r["batch"]) for r in report["rows"]] == [(400, 4), (2000, 2)]
+    for row in report["rows"]:
+        assert row["train_ms"] > 0 and row["render_ms"] > 0
+        assert row["train_fps"] == pytest.approx(row["batch"] / row["train_ms"] * 1e3)
+    assert report["environment"]["device"] == "cpu" and report["projection"]["minutes"] > 0
+
+
+def test_projection_follows_the_point_schedule():
+    schedule = default_conf().model.point_cloud  # 400 points for epochs 0-4, 800 for 5-9, ...
+    rows = [Row(400, 8, 8.0, 0, None, 1, 1), Row(1600, 8, 16.0, 0, None, 1, 1)]  # 1 and 2 ms per frame
+    seconds = project_schedule(rows, schedule, epochs=10, frames=1000)
+    # epochs 0-4 at 400 points: 1 ms a frame; epochs 5-9 at 800: log-log halfway, sqrt(2) ms a frame.
+    assert seconds == pytest.approx(5 * 1.0 + 5 * math.sqrt(2.0))
+
+
+def test_bad_sizes_are_refused():
+    assert parse_sizes("400:8,100000:1") == [(400, 8), (100000, 1)]
+    with pytest.raises(SystemExit, match="GAUSSIANS:BATCH"):
+        parse_sizes("400x8")

@@ -1,0 +1,113 @@
+"""The training step's fast path computes the method's maths: its losses and gradients equal those of
+a straightforward implementation (the deformer evaluated twice, a batched LU solve for the inverse
+skinning, one rasterizer call per frame, the canonical FLAME frame recomputed) on a fixed batch."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from dynavatar.config import load_conf
+from dynavatar.flame.lbs import blend_transforms, forward_points, with_ghost_bone
+from dynavatar.model.avatar import nearest_vertex
+from dynavatar.render import rasterize
+from dynavatar.subject_generator import generate_subject
+from dynavatar.train.trainer import Trainer, TrainOptions
+
+REPO = Path(__file__).resolve().parents[1]
+SUBJECT = "fast"
+
+
+@pytest.fixture(scope="module")
+def trainer(tmp_path_factory):
+    root = tmp_path_factory.mktemp("fast")
+    generate_subject(root / "datasets", SUBJECT, res=32, frames=4, seed=7)
+    conf = load_conf(REPO / "confs" / "demo.conf", [
+        f"dataset.data_folder={root / 'datasets'}", f"dataset.subject_name={SUBJECT}", "dataset.synthetic=false",
+        "dataset.train.img_res=[32, 32]", "dataset.test.img_res=[32, 32]", f"train.exps_folder={root / 'exps'}",
+        "model.point_cloud.n_init_points=300", "loss.flame_distance_chunk=128"])
+    trainer = Trainer(conf, TrainOptions(nepoch=1))
+    # Give the networks non-trivial outputs (the deformer's last layers start at zero).
+    with torch.no_grad():
+        for p in trainer.avatar.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
+    return trainer
+
+
+def straightforward_loss(trainer: Trainer, batch) -> dict[str, torch.Tensor]:
+    """The loss terms of one step written out directly from the method's description."""
+    avatar, loss = trainer.avatar, trainer.loss
+    with torch.no_grad():
+        out = avatar.flame(avatar.canonical_expression[None], avatar.canonical_pose[None])
+    canonical_transforms = with_ghost_bone(out.transforms)
+    logits = avatar.canonical_net(avatar.points.detach())
+    deformer = avatar.deformer(avatar.points)
+    shifted = avatar.points + deformer.offset
+    blended = blend_transforms(deformer.lbs_weights, canonical_transforms)[0]  # [N, 4, 4]
+    unskinned = torch.linalg.solve(blended[:, :3, :3], (shifted - blended[:, :3, 3])[..., None])[..., 0]
+    unposed = (unskinned - torch.einsum("e,nce->nc", avatar.canonical_expression, deformer.shapedirs)
+               - torch.einsum("p,npc->nc", out.pose_feature[0], deformer.posedirs))
+    pose_feature, transforms = avatar.flame.transforms_only(batch.expression, batch.flame_pose)
+    posed = forward_points(unposed, batch.expression, pose_feature, with_ghost_bone(transforms),
+                           deformer.shapedirs, deformer.posedirs, deformer.lbs_weights)
+    offsets = avatar.gaussian_net(posed.detach() - shifted.detach()[None])
+    quats = torch.nn.functional.normalize(logits.rotation[None] + offsets.rotation, dim=-1)
+    scales = torch.sigmoid(logits.scale[None] + offsets.scale) * avatar.max_scale + avatar.point_radius
+    opacities = torch.sigmoid(logits.opacity[None] + offsets.opacity)[..., 0]
+    colors = torch.sigmoid(logits.color[None] + offsets.color)
+    images = []
+    for b in range(len(batch)):
+        camera = avatar.camera(batch.world_mat[b], batch.intrinsics[b])
+        images.append(rasterize(posed[b], quats[b], scales[b], opacities[b], colors[b], camera, torch.ones(3),
+                                "torch").image)
+    terms = loss.photometric(torch.stack(images), batch.rgb)
+    prior = avatar.deformer(avatar.points.detach())
+    nearest = nearest_vertex(avatar.points.detach() + prior.offset.detach(), out.vertices[0], 64)
+    terms.update(loss.flame_prior(prior, nearest, avatar.flame))
+    return terms
+
+
+def _gradients(trainer: Trainer, terms: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    trainer.avatar.zero_grad(set_to_none=True)
+    trainer.loss.total(terms).backward()
+    return {name: p.grad.clone() for name, p in trainer.avatar.named_parameters() if p.grad is not None}
+
+
+def test_fast_step_equals_the_straightforward_step(trainer):
+    batch = trainer.train_data.batch([0, 3, 5])
+    trainer.loss.set_epoch(0)
+    out = trainer.avatar(batch, with_prior=True, prior_chunk=trainer.conf.loss.flame_distance_chunk)
+    fast = trainer.loss.photometric(out.rgb, batch.rgb)
+    fast.update(trainer.loss.flame_prior(out.prior.deformer, out.prior.nearest, trainer.avatar.flame))
+    fast_grads = _gradients(trainer, fast)
+    reference = straightforward_loss(trainer, batch)
+    reference_grads = _gradients(trainer, reference)
+    assert fast.keys() == reference.keys() and len(fast) == 5
+    for name in fast:
+        assert torch.allclose(fast[name], reference[name], rtol=1e-5, atol=1e-7), name
+    assert fast_grads.keys() == reference_grads.keys() and "points" in fast_grads
+    for name, grad in fast_grads.items():
+        error = (grad - reference_grads[name]).norm() / reference_grads[name].norm().clamp_min(1e-12)
+        assert error <= 1e-4, (name, float(error))
+    assert float(trainer.loss.total(fast).detach()) > 0
+
+
+def test_animation_reuses_the_frame_independent_state_until_the_avatar_changes(trainer):
+    avatar = trainer.avatar
+    expression, pose = torch.zeros(1, 50), torch.zeros(1, 15)
+    with torch.no_grad():
+        first = avatar.canonical_state()
+        assert avatar.canonical_state() is first  # reused
+        gaussians, _ = avatar.deform(expression, pose)
+    with torch.enable_grad():  # training recomputes it, with gradients
+        assert avatar.canonical_state() is not first
+    with torch.no_grad():
+        avatar.deformer.blendshapes.bias.add_(0.01)  # an optimizer step changes a parameter in place
+        second = avatar.canonical_state()
+        assert second is not first and not torch.equal(second.unposed, first.unposed)
+        avatar.set_points(avatar.points[:-10])  # prune/grow replaces the point set
+        assert avatar.canonical_state().unposed.shape[0] == avatar.n_points
+        avatar.deformer.blendshapes.bias.sub_(0.01)
+    assert gaussians.means.shape == (1, avatar.n_points + 10, 3)
