@@ -1,10 +1,12 @@
-"""Every command and code block of README.md runs as documented.
+"""Every command and code block of README.md and docs/*.md runs as documented, and the documents'
+links and the docs the code cites exist.
 
-The commands run in a scratch project (the repository's confs and scripts, a data folder, and the
-synthetic FLAME-format model where the README says FLAME 2020 goes), with sizes shrunk so that the
-suite stays fast: flags stay as written, only image sizes, frame counts and epoch counts shrink,
-and a few small overrides are appended (listed in `SMALL`). Commands that need CUDA run only
-where a CUDA device is present.
+The commands of all documents run once each (a command written in two documents runs once), in a
+scratch project (the repository's confs and scripts, a data folder, and the synthetic FLAME-format
+model where the README says FLAME 2020 goes), with sizes shrunk so that the suite stays fast: flags
+stay as written, only image sizes, frame counts and epoch counts shrink, and a few small overrides
+are appended (listed in `SMALL`). Commands that need CUDA run only where a CUDA device is present
+(tests marked gpu).
 """
 
 from __future__ import annotations
@@ -24,23 +26,28 @@ from dynavatar.flame import synthetic_flame_files
 
 REPO = Path(__file__).resolve().parents[1]
 README = REPO / "README.md"
+DOCS = sorted((REPO / "docs").glob("*.md"))
+DOCUMENTS = [README, *DOCS]  # README first: its training commands make the experiment the docs' commands use
+README_MAX_LINES = 210  # the README stays an overview; details belong in docs/
 SMALL = ["dataset.train.img_res=[24, 24]", "dataset.test.img_res=[24, 24]", "dataset.synthetic_frames=3",
          "model.point_cloud.n_init_points=100", "model.point_cloud.max_points=200",
          "evaluation.turntable_frames=3", "evaluation.test_fit_steps=1", "train.device=cpu"]
 NO_VGG = "loss.vgg_feature_weight=0"  # no pretrained VGG16 weights here (see test_subject_conf_asks_for_vgg)
 
 
-def _blocks(language: str) -> list[str]:
-    return re.findall(rf"```{language}\n(.*?)```", README.read_text(), flags=re.S)
+def _blocks(language: str, documents: list[Path] = DOCUMENTS) -> list[tuple[Path, str]]:
+    """(document, code) of every ```language block of the documents, in order."""
+    return [(doc, block) for doc in documents
+            for block in re.findall(rf"```{language}\n(.*?)```", doc.read_text(), flags=re.S)]
 
 
-def _commands() -> list[str]:
-    """Command lines of the bash blocks, trailing comments removed."""
-    out = []
-    for block in _blocks("bash"):
+def _commands(documents: list[Path] = DOCUMENTS) -> list[str]:
+    """Command lines of the bash blocks, trailing comments removed, each once (first occurrence first)."""
+    out: list[str] = []
+    for _, block in _blocks("bash", documents):
         for line in block.splitlines():
             line = re.sub(r"\s+#.*$", "", line).strip()
-            if line:
+            if line and line not in out:
                 out.append(line)
     return out
 
@@ -85,21 +92,22 @@ def project(tmp_path_factory):
 
 def test_setup_commands_are_what_ci_runs():
     ci = (REPO / ".ci" / "run").read_text()
-    setup = [c for c in _commands() if c.startswith(("python3 -m venv", "python -m pip", "python -m pytest"))]
+    setup = [c for c in _commands([README]) if c.startswith(("python3 -m venv", "python -m pip", "python -m pytest"))]
     assert len(setup) == 4
     for command in setup:
         assert command in ci, command
-    assert "bash .ci/run" in _commands()
+    assert "bash .ci/run" in _commands([README])
 
 
 def test_every_readme_command_runs(project):
+    """Every bash command of README.md and docs/*.md, once, at test size."""
     commands = _commands()
     handled = [c for c in commands if c.startswith(("python scripts/", "python -c"))]
     others = [c for c in commands if c not in handled and not c.startswith(("python3 -m venv", "python -m pip",
                                                                             "python -m pytest", "bash .ci/run"))]
-    assert not others, f"README commands this test does not know how to exercise: {others}"
+    assert not others, f"document commands this test does not know how to exercise: {others}"
     assert len(handled) >= 15
-    # Generate before checking or training; then the rest in README order.
+    # Generate before checking or training; then the rest in document order (README first).
     order = sorted(handled, key=lambda c: 0 if "make_synthetic_subject" in c else 1 if "check_dataset" in c else 2)
     for command in order:
         args = shlex.split(_shrink_generation(command))[1:]
@@ -125,13 +133,14 @@ def test_every_readme_command_runs(project):
 
 
 def test_readme_python_blocks_run(project, monkeypatch):
+    """Every ```python block of README.md and docs/*.md, in the scratch project."""
     monkeypatch.chdir(project)
     snippets = _blocks("python")
-    assert len(snippets) >= 2
-    if not (project / "data" / "datasets" / "subject1").is_dir():  # normally made by the README's own command
+    assert len(snippets) >= 4
+    if not (project / "data" / "datasets" / "subject1").is_dir():  # normally made by the documents' own command
         generate_subject(project / "data" / "datasets", "subject1", res=24, frames=3)
-    for snippet in snippets:  # (```py blocks are API sketches with placeholders and are not run)
-        exec(compile(_shrink_generation(snippet), str(README), "exec"), {})
+    for doc, snippet in snippets:  # (```py blocks would be sketches with placeholders and are not run)
+        exec(compile(_shrink_generation(snippet), str(doc), "exec"), {})
 
 
 def test_subject_conf_asks_for_vgg(project):
@@ -165,3 +174,68 @@ def test_gpu_marker_command_runs():
     assert result.returncode == 0, result.stdout[-3000:]
     assert "skipped" in result.stdout and "failed" not in result.stdout
     assert "python -m pytest -q tests -m gpu" in README.read_text()
+
+
+# ---- the documents themselves -------------------------------------------------------------------
+
+CITED_DOC = re.compile(r"docs/[A-Z_]+\.md")
+LINK = re.compile(r"(?<!!)\[[^\]]*\]\(([^)\s]+)\)")
+FENCE = re.compile(r"^```.*?^```[^\n]*$", flags=re.S | re.M)
+
+
+def _prose(text: str) -> str:
+    """The text outside fenced code blocks and inline code spans."""
+    return re.sub(r"`[^`\n]*`", "", FENCE.sub("", text))
+
+
+def _anchors(path: Path) -> set[str]:
+    """GitHub's anchors of a document's headings: lower case, punctuation dropped, spaces to hyphens,
+    a repeated heading numbered -1, -2, ..."""
+    seen: dict[str, int] = {}
+    anchors = set()
+    for heading in re.findall(r"^#{1,6}\s+(.+?)\s*#*\s*$", FENCE.sub("", path.read_text()), flags=re.M):
+        slug = re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+        count = seen.get(slug, 0)
+        seen[slug] = count + 1
+        anchors.add(slug if count == 0 else f"{slug}-{count}")
+    return anchors
+
+
+def test_docs_the_code_cites_exist():
+    """Comments and docstrings of code/, tests/ and scripts/ cite docs/*.md: each of those files exists."""
+    cited: dict[str, list[str]] = {}
+    for folder in ("code", "tests", "scripts"):
+        for path in sorted((REPO / folder).rglob("*.py")):
+            for name in set(CITED_DOC.findall(path.read_text())):
+                cited.setdefault(name, []).append(str(path.relative_to(REPO)))
+    assert {"docs/METHOD.md", "docs/DATA_FORMAT.md"} <= set(cited), sorted(cited)
+    missing = {name: files for name, files in cited.items() if not (REPO / name).is_file()}
+    assert not missing, f"cited but not in the repository: {missing}"
+
+
+def test_document_links_point_to_files_and_headings():
+    """Every relative link of README.md and docs/*.md names an existing file, and its #anchor a heading there."""
+    broken = []
+    checked = 0
+    for doc in DOCUMENTS:
+        for target in LINK.findall(_prose(doc.read_text())):
+            if re.match(r"[a-z]+:", target):  # https:, mailto:
+                continue
+            checked += 1
+            path_part, _, anchor = target.partition("#")
+            path = (doc.parent / path_part).resolve() if path_part else doc
+            if not path.exists() or REPO not in [path, *path.parents]:
+                broken.append(f"{doc.relative_to(REPO)}: {target} (no such file)")
+            elif anchor and (path.suffix != ".md" or anchor not in _anchors(path)):
+                broken.append(f"{doc.relative_to(REPO)}: {target} (no such heading)")
+    assert checked >= 20
+    assert not broken, "\n".join(broken)
+
+
+def test_readme_is_an_overview_that_links_every_doc():
+    text = README.read_text()
+    lines = len(text.splitlines())
+    assert lines <= README_MAX_LINES, f"README.md has {lines} lines; move details to docs/ (limit {README_MAX_LINES})"
+    assert len(DOCS) >= 5
+    for doc in DOCS:
+        assert f"](docs/{doc.name})" in text, f"README.md does not link docs/{doc.name}"
