@@ -3,7 +3,7 @@
 Medians over `--repeat` runs after `--warmup` runs (CUDA events on GPU, a wall clock on CPU).
 Forward: `rasterize()` with inputs that require grad; forward+backward: that plus the backward of
 image.sum() (gradients of means, quaternions, scales, opacities and colours).
-Scenes are `KIND:N@WxH` (KIND random or sphere, see dynavatar.render.synthetic; `@S` means SxS).
+Scenes are `KIND:N@WxH` (KIND random or sphere, see dynavatar.render.random_scenes; `@S` means SxS).
 Prints a markdown table at the end.
 
   python scripts/bench_rasterizer.py                                    # defaults for the device

@@ -41,7 +41,7 @@ from .fitting import fit_frame_inputs
 
 log = logging.getLogger(__name__)
 
-CLOTH_LABELS = (15, 16)  # face-parsing labels excluded by the "no cloth" metrics
+CLOTH_LABELS = (15, 16)  # face-parsing necklace and cloth, excluded by the "no cloth" metrics
 METRIC_NAMES = ("l1", "mse", "psnr", "ssim", "lpips")
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 BACKGROUND, SKIN, L_BROW, R_BROW, L_EYE, R_EYE = 0, 1, 2, 3, 4, 5
-NOSE, MOUTH, U_LIP, L_LIP, NECK, CLOTH, HAIR = 10, 11, 12, 13, 14, 15, 17
+NOSE, MOUTH, U_LIP, L_LIP, NECK, CLOTH, HAIR = 10, 11, 12, 13, 14, 16, 17  # 15 is a necklace
 N_LABELS = 19
 LEFT_EYE_JOINT, RIGHT_EYE_JOINT = 3, 4  # FLAME joint order; left = the subject's left (+x)
 
