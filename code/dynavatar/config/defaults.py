@@ -24,6 +24,7 @@ train {
     optimize_inputs_after_epoch = 10 # per-frame inputs are stepped only in epochs after this one (> 10)
     seed = 0
     device = auto                    # auto | cpu | cuda | cuda:N
+    tf32 = false                     # CUDA matrix products in TF32 (faster, 10-bit mantissa); off = full float32
     plot_n_images = 4                # test images logged to TensorBoard per epoch
 }
 loss {

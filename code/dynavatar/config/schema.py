@@ -94,6 +94,7 @@ class TrainConf(Section):
     optimize_inputs_after_epoch: int
     seed: int
     device: str
+    tf32: bool
     plot_n_images: int
 
     COMPAT_KEYS = ("dataset_class", "num_pixels")

@@ -128,10 +128,10 @@ class DeformerOutput:
     lbs_weights: torch.Tensor  # [N, J (+1 ghost bone)] skinning weights, rows sum to 1
     offset: torch.Tensor  # [N, 3] canonical offset d (zeros without deform_c)
 
-    def rows(self, start: int, stop: int) -> "DeformerOutput":
-        """The outputs of points start..stop-1."""
-        return DeformerOutput(self.shapedirs[start:stop], self.posedirs[start:stop], self.lbs_weights[start:stop],
-                              self.offset[start:stop])
+    def split(self, n: int) -> tuple["DeformerOutput", "DeformerOutput"]:
+        """(outputs of the first n points, outputs of the rest), split in one operation per field."""
+        parts = [t.split([n, t.shape[0] - n]) for t in (self.shapedirs, self.posedirs, self.lbs_weights, self.offset)]
+        return DeformerOutput(*(p[0] for p in parts)), DeformerOutput(*(p[1] for p in parts))
 
 
 class DeformerNetwork(nn.Module):

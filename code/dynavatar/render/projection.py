@@ -61,42 +61,55 @@ def covariance_factor(quats: Tensor, scales: Tensor) -> Tensor:
     return quaternion_to_rotation(quats) * scales[..., None, :]
 
 
+# Shepperd's four candidates (row i = 4 q_i q) are affine in the rotation's entries: each of the
+# 16 candidate entries is a constant plus a +-1 combination of r00..r22 (flattened row-major).
+_SHEPPERD_CONSTANT = (1.0, 0, 0, 0, 0, 1.0, 0, 0, 0, 0, 1.0, 0, 0, 0, 0, 1.0)
+_SHEPPERD_TERMS = (
+    {0: 1, 4: 1, 8: 1}, {7: 1, 5: -1}, {2: 1, 6: -1}, {3: 1, 1: -1},  # 4 w q
+    {7: 1, 5: -1}, {0: 1, 4: -1, 8: -1}, {1: 1, 3: 1}, {2: 1, 6: 1},  # 4 x q
+    {2: 1, 6: -1}, {1: 1, 3: 1}, {0: -1, 4: 1, 8: -1}, {5: 1, 7: 1},  # 4 y q
+    {3: 1, 1: -1}, {2: 1, 6: 1}, {5: 1, 7: 1}, {0: -1, 4: -1, 8: 1},  # 4 z q
+)
+_SHEPPERD_MATRIX = tuple(tuple(float(t.get(k, 0)) for k in range(9)) for t in _SHEPPERD_TERMS)  # [16, 9]
+# L(p) [4, 4] with L(p) q = p * q is linear in p = (w, x, y, z): entry (i, j) = sign * p[index].
+_LEFT_ENTRIES = ((0, 1), (1, -1), (2, -1), (3, -1), (1, 1), (0, 1), (3, -1), (2, 1),
+                 (2, 1), (3, 1), (0, 1), (1, -1), (3, 1), (2, -1), (1, 1), (0, 1))
+_LEFT_MATRIX = tuple(tuple(float(sign) if index == k else 0.0 for (index, sign) in _LEFT_ENTRIES)
+                     for k in range(4))  # [4, 16]
+
+
 def rotation_to_quaternion(rotation: Tensor) -> Tensor:
-    """A rotation matrix [3, 3] -> its unit quaternion [4] (w, x, y, z), differentiable, no host sync.
+    """Rotation matrices [..., 3, 3] -> unit quaternions [..., 4] (w, x, y, z), differentiable, no host sync.
 
     Of the four standard expressions (each 4 q_i q for one component i), the one with the largest
-    q_i is used (Shepperd's method), selected on the device.
+    q_i is used (Shepperd's method), selected on the device. All four come from one matrix product.
     """
-    r = rotation
-    candidates = torch.stack([
-        torch.stack([1 + r[0, 0] + r[1, 1] + r[2, 2], r[2, 1] - r[1, 2], r[0, 2] - r[2, 0], r[1, 0] - r[0, 1]]),
-        torch.stack([r[2, 1] - r[1, 2], 1 + r[0, 0] - r[1, 1] - r[2, 2], r[0, 1] + r[1, 0], r[0, 2] + r[2, 0]]),
-        torch.stack([r[0, 2] - r[2, 0], r[0, 1] + r[1, 0], 1 - r[0, 0] + r[1, 1] - r[2, 2], r[1, 2] + r[2, 1]]),
-        torch.stack([r[1, 0] - r[0, 1], r[0, 2] + r[2, 0], r[1, 2] + r[2, 1], 1 - r[0, 0] - r[1, 1] + r[2, 2]]),
-    ])  # [4, 4], row i = 4 q_i q
-    best = candidates.diagonal().argmax()
-    q = candidates.index_select(0, best[None])[0]
-    return q / q.norm()
+    flat = rotation.reshape(*rotation.shape[:-2], 9)
+    terms = constant(_SHEPPERD_MATRIX, flat.dtype, flat.device)
+    offset = constant(_SHEPPERD_CONSTANT, flat.dtype, flat.device)
+    candidates = (flat @ terms.T + offset).reshape(*rotation.shape[:-2], 4, 4)  # row i = 4 q_i q
+    best = candidates.diagonal(dim1=-2, dim2=-1).argmax(dim=-1)  # [...]
+    q = torch.take_along_dim(candidates, best[..., None, None].expand(*best.shape, 1, 4), dim=-2)[..., 0, :]
+    return q / q.norm(dim=-1, keepdim=True)
 
 
 def quaternion_left_matrix(p: Tensor) -> Tensor:
-    """[4] -> [4, 4] matrix L(p) with L(p) q = p * q (Hamilton product), so R(p * q) = R(p) R(q)."""
-    w, x, y, z = p.unbind(-1)
-    return torch.stack([torch.stack([w, -x, -y, -z]), torch.stack([x, w, -z, y]),
-                        torch.stack([y, z, w, -x]), torch.stack([z, -y, x, w])])
+    """[..., 4] -> [..., 4, 4] matrices L(p) with L(p) q = p * q (Hamilton product), so R(p * q) = R(p) R(q)."""
+    return (p @ constant(_LEFT_MATRIX, p.dtype, p.device)).reshape(*p.shape[:-1], 4, 4)
 
 
 def to_camera(means: Tensor, quats: Tensor, world_to_camera: Tensor) -> tuple[Tensor, Tensor]:
-    """World means [N, 3] and quaternions [N, 4] -> camera-space means and unit quaternions (OpenCV axes).
+    """World means [..., N, 3] and quaternions [..., N, 4] -> camera-space means and unit quaternions
+    (OpenCV axes), for world-to-camera matrices [..., 4, 4] (one per leading index, e.g. per frame).
 
-    Differentiable in `world_to_camera` [4, 4] (whose 3x3 part must be a rotation), so a refined
-    camera receives gradients whatever backend rasterizes afterwards.
+    Differentiable in `world_to_camera` (whose 3x3 part must be a rotation), so a refined camera
+    receives gradients whatever backend rasterizes afterwards.
     """
     w2c = world_to_camera.to(means)
-    rotation, translation = w2c[:3, :3], w2c[:3, 3]
-    means_cam = torch.addmm(translation, means, rotation.T)
+    rotation, translation = w2c[..., :3, :3], w2c[..., None, :3, 3]
+    means_cam = means @ rotation.transpose(-1, -2) + translation
     unit = quats / quats.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-    quats_cam = unit @ quaternion_left_matrix(rotation_to_quaternion(rotation)).T
+    quats_cam = unit @ quaternion_left_matrix(rotation_to_quaternion(rotation)).transpose(-1, -2)
     return means_cam, quats_cam
 
 

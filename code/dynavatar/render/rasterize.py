@@ -66,9 +66,9 @@ def rasterize_frames(means: Tensor, quats: Tensor, scales: Tensor, opacities: Te
     background = background.to(device=means.device, dtype=means.dtype)
     if name == "gsplat" and len({(c.width, c.height) for c in cameras}) == 1:
         from .gsplat_backend import rasterize_gsplat_frames
-        placed = [to_camera(means[b], quats[b], camera.world_to_camera) for b, camera in enumerate(cameras)]
-        return rasterize_gsplat_frames(torch.stack([m for m, _ in placed]), torch.stack([q for _, q in placed]),
-                                       scales, opacities, colors, cameras, background)
+        world_to_camera = torch.stack([camera.world_to_camera for camera in cameras])  # [B, 4, 4]
+        means_cam, quats_cam = to_camera(means, quats, world_to_camera)
+        return rasterize_gsplat_frames(means_cam, quats_cam, scales, opacities, colors, cameras, background)
     outputs = [rasterize(means[b], quats[b], scales[b], opacities[b], colors[b], camera, background, name)
                for b, camera in enumerate(cameras)]
     return RasterOutput(*(torch.stack([getattr(o, f.name) for o in outputs]) for f in fields(RasterOutput)))

@@ -49,6 +49,11 @@ class Trainer:
         self.options = options
         train = conf.train
         self.device = resolve_device(train.device)
+        if self.device.type == "cuda":
+            # The fastest convolution algorithms for this run's fixed image sizes (SSIM, VGG) are
+            # chosen once; TF32 matrix products only when the conf asks for them.
+            torch.backends.cudnn.benchmark = True
+            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = train.tf32
         self.seed = train.seed
         seed_everything(self.seed)
         self.paths = ExperimentPaths.from_conf(conf)
