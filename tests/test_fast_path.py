@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from dynavatar.config import load_conf
-from dynavatar.flame.lbs import blend_transforms, forward_points, with_ghost_bone
+from dynavatar.flame.lbs import with_ghost_bone
 from dynavatar.model import avatar as avatar_module
 from dynavatar.model.avatar import nearest_vertex
 from dynavatar.render import rasterize
@@ -46,13 +46,15 @@ def straightforward_loss(trainer: Trainer, batch) -> dict[str, torch.Tensor]:
     logits = avatar.canonical_net(avatar.points.detach())
     deformer = avatar.deformer(avatar.points)
     shifted = avatar.points + deformer.offset
-    blended = blend_transforms(deformer.lbs_weights, canonical_transforms)[0]  # [N, 4, 4]
+    blended = torch.einsum("nj,jxy->nxy", deformer.lbs_weights, canonical_transforms[0])  # [N, 4, 4]
     unskinned = torch.linalg.solve(blended[:, :3, :3], (shifted - blended[:, :3, 3])[..., None])[..., 0]
     unposed = (unskinned - torch.einsum("e,nce->nc", avatar.canonical_expression, deformer.shapedirs)
                - torch.einsum("p,npc->nc", out.pose_feature[0], deformer.posedirs))
     pose_feature, transforms = avatar.flame.transforms_only(batch.expression, batch.flame_pose)
-    posed = forward_points(unposed, batch.expression, pose_feature, with_ghost_bone(transforms),
-                           deformer.shapedirs, deformer.posedirs, deformer.lbs_weights)
+    shaped = (unposed[None] + torch.einsum("be,nce->bnc", batch.expression, deformer.shapedirs)
+              + torch.einsum("bp,npc->bnc", pose_feature, deformer.posedirs))
+    frame = torch.einsum("nj,bjxy->bnxy", deformer.lbs_weights, with_ghost_bone(transforms))
+    posed = (frame[..., :3, :3] @ shaped[..., None])[..., 0] + frame[..., :3, 3]
     offsets = avatar.gaussian_net(posed.detach() - shifted.detach()[None])
     quats = torch.nn.functional.normalize(logits.rotation[None] + offsets.rotation, dim=-1)
     scales = torch.sigmoid(logits.scale[None] + offsets.scale) * avatar.max_scale + avatar.point_radius

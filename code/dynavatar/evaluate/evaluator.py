@@ -118,13 +118,18 @@ class Evaluator:
         return list(self.conf.dataset.test.sub_dir)
 
     def _batch_size(self) -> int:
+        """Frames per test-time fitting step: the training rule, as the paper's protocol."""
         return self.conf.train.batch_size(self.avatar.n_points)
+
+    def _render_batch_size(self) -> int:
+        """Frames per call when only rendering: without gradients memory allows the largest batch."""
+        return self.conf.train.max_batch
 
     # ---- rendering -------------------------------------------------------------------------------
 
     @torch.no_grad()
     def _render_batches(self, data: FaceDataset, inputs: FrameInputs | None) -> Iterator[tuple[FrameBatch, AvatarOutput]]:
-        for batch in batches(data, self._batch_size(), torch.arange(len(data))):
+        for batch in batches(data, self._render_batch_size(), torch.arange(len(data))):
             batch = batch.to(self.device)
             if inputs is not None:
                 batch = inputs.apply(batch)
@@ -261,8 +266,9 @@ class Evaluator:
         name = Path(drive_json).resolve().parent.name
         folder = self.paths.eval_dir / f"reenact_{name}" / f"epoch_{self.epoch}"
         written = []
-        for start in tqdm(range(0, len(params), self._batch_size()), desc="reenacting", dynamic_ncols=True):
-            stop = min(start + self._batch_size(), len(params))
+        size = self._render_batch_size()
+        for start in tqdm(range(0, len(params), size), desc="reenacting", dynamic_ncols=True):
+            stop = min(start + size, len(params))
             batch = FrameBatch(idx=torch.arange(start, stop), frame_id=params.frame_ids[start:stop],
                                sub_dir=[name] * (stop - start), expression=params.expressions[start:stop],
                                flame_pose=params.poses[start:stop], world_mat=params.world_mats[start:stop],

@@ -65,14 +65,14 @@ def rigid_transforms(rotations: torch.Tensor, joints: torch.Tensor, parents: Seq
 
 def blend_transforms(weights: torch.Tensor, transforms: torch.Tensor) -> torch.Tensor:
     """Skinning weights [N, J] (shared across the batch) or [B, N, J], joint transforms [B, J, 4, 4] -> [B, N, 4, 4]."""
-    if weights.dim() == 2:
-        return torch.einsum("nj,bjxy->bnxy", weights, transforms)
-    return torch.einsum("bnj,bjxy->bnxy", weights, transforms)
+    batch, joints = transforms.shape[:2]
+    flat = transforms.reshape(batch, joints, 16)
+    return torch.matmul(weights, flat).reshape(batch, -1, 4, 4)  # one (batched) matrix product
 
 
 def apply_transforms(blended: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
-    """Per-point 4x4 transforms [B, N, 4, 4] applied to points [B, N, 3]."""
-    return (blended[..., :3, :3] @ points[..., None])[..., 0] + blended[..., :3, 3]
+    """Per-point 4x4 transforms [B, N, 4, 4] applied to points [B, N, 3] (elementwise, not N tiny products)."""
+    return (blended[..., :3, :3] * points[..., None, :]).sum(-1) + blended[..., :3, 3]
 
 
 def invert_transforms(blended: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
@@ -92,14 +92,28 @@ def invert_transforms(blended: torch.Tensor, points: torch.Tensor) -> torch.Tens
     return (cofactors @ b[..., None])[..., 0] / determinant[..., None]
 
 
+def _contract(coefficients: torch.Tensor, directions: torch.Tensor) -> torch.Tensor:
+    """coefficients [B, K] with per-point directions given as rows [N * 3, K] -> offsets [B, N, 3]:
+    one matrix product (no copy when the rows are contiguous)."""
+    return torch.mm(coefficients, directions.T).reshape(coefficients.shape[0], -1, 3)
+
+
 def blendshape_offsets(expression: torch.Tensor, shapedirs: torch.Tensor) -> torch.Tensor:
     """Expression [B, E] with per-point blendshapes [N, 3, E] -> offsets [B, N, 3]."""
-    return torch.einsum("be,nce->bnc", expression, shapedirs)
+    return _contract(expression, shapedirs.reshape(-1, shapedirs.shape[-1]))
 
 
 def corrective_offsets(pose_feat: torch.Tensor, posedirs: torch.Tensor) -> torch.Tensor:
-    """Pose feature [B, P] with per-point pose correctives [N, P, 3] -> offsets [B, N, 3]."""
-    return torch.einsum("bp,npc->bnc", pose_feat, posedirs)
+    """Pose feature [B, P] with per-point pose correctives [N, P, 3] -> offsets [B, N, 3].
+
+    A view, not a copy, when `posedirs` is stored coordinate-major (see `coordinate_major`)."""
+    return _contract(pose_feat, posedirs.transpose(1, 2).reshape(-1, posedirs.shape[1]))
+
+
+def coordinate_major(posedirs: torch.Tensor) -> torch.Tensor:
+    """The same correctives [N, P, 3] stored as [N, 3, P] in memory, the layout `corrective_offsets`
+    contracts without copying (worth it when they are reused for many frames)."""
+    return posedirs.transpose(1, 2).contiguous().transpose(1, 2)
 
 
 def forward_points(points: torch.Tensor, expression: torch.Tensor, pose_feat: torch.Tensor,

@@ -18,7 +18,7 @@ from ..cameras import Camera, imavatar_camera
 from ..config import ModelConf
 from ..data.batch import FrameBatch
 from ..flame import FLAME
-from ..flame.lbs import forward_points, inverse_points, with_ghost_bone
+from ..flame.lbs import coordinate_major, forward_points, inverse_points, with_ghost_bone
 from ..render import rasterize_frames
 from ..runtime import constant
 from .networks import CanonicalAttributes, CanonicalNetwork, DeformerNetwork, DeformerOutput, GaussianNetwork
@@ -51,6 +51,13 @@ class CanonicalState:
     shifted: torch.Tensor  # x' = x + d [N, 3]
     unposed: torch.Tensor  # x0: x' with the canonical frame undone [N, 3]
     prior: DeformerOutput | None = None  # the deformer on the detached points, for the FLAME priors
+
+    def for_reuse(self) -> "CanonicalState":
+        """The same state with its per-point bases laid out for the per-frame products (no copy per frame)."""
+        d = self.deformer
+        deformer = DeformerOutput(d.shapedirs.contiguous(), coordinate_major(d.posedirs), d.lbs_weights.contiguous(),
+                                  d.offset)
+        return CanonicalState(self.logits, deformer, self.shifted, self.unposed.contiguous(), self.prior)
 
 
 @dataclass
@@ -124,7 +131,7 @@ class Avatar(nn.Module):
         Depends on buffers only; computed once and again whenever a buffer changes (a checkpoint
         load, a device move).
         """
-        key = _tensors_key(self.buffers())
+        key = _tensors_key(self._watched()[1])
         if self._canonical_flame is None or self._canonical_flame[0] != key:
             with torch.no_grad():
                 out = self.flame(self.canonical_expression[None], self.canonical_pose[None])
@@ -142,6 +149,24 @@ class Avatar(nn.Module):
         """Replace the point set (after prune/grow, or when loading a checkpoint)."""
         self.points = nn.Parameter(points.detach().clone().to(self.points.device))
 
+    # ---- what the caches watch -------------------------------------------------------------------
+
+    def _watched(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """(parameters, buffers), listed once: walking the module tree costs about a millisecond."""
+        if self.__dict__.get("_watched_tensors") is None:
+            self.__dict__["_watched_tensors"] = (list(self.parameters()), list(self.buffers()))
+        return self.__dict__["_watched_tensors"]
+
+    def __setattr__(self, name: str, value) -> None:
+        if isinstance(value, (nn.Module, torch.Tensor)):  # a replaced network, parameter or buffer
+            self.__dict__["_watched_tensors"] = None
+        super().__setattr__(name, value)
+
+    def _apply(self, fn, recurse: bool = True):
+        self.__dict__["_watched_tensors"] = None  # a device or dtype move may replace tensors
+        self._canonical_flame = self._canonical_state = None
+        return super()._apply(fn, recurse)
+
     def set_point_radius(self, radius: float) -> None:
         self.point_radius.fill_(radius)
 
@@ -155,27 +180,28 @@ class Avatar(nn.Module):
         the point set changes. With `with_prior`, the deformer is also evaluated on the detached
         points (in the same call) for the FLAME priors, which must not move the points.
         """
-        frozen = not torch.is_grad_enabled() or not any(p.requires_grad for p in self.parameters())
+        parameters, buffers = self._watched()
+        frozen = not torch.is_grad_enabled() or not any(p.requires_grad for p in parameters)
         if frozen and not with_prior:
-            key = _tensors_key(self.state_dict(keep_vars=True).values())
+            key = _tensors_key(parameters + buffers)
             if self._canonical_state is None or self._canonical_state[0] != key:
-                self._canonical_state = (key, self._compute_canonical_state(False))
+                self._canonical_state = (key, self._compute_canonical_state(False).for_reuse())
             return self._canonical_state[1]
         return self._compute_canonical_state(with_prior)
 
     def _compute_canonical_state(self, with_prior: bool) -> CanonicalState:
         _, canonical_feature, canonical_transforms = self.canonical_flame()
         n = self.n_points
-        if torch.is_grad_enabled() and n > CHECKPOINT_POINTS:
-            # Store only the points and recompute the canonical network's activations in the backward
-            # pass: at 100k points they would hold about 2.4 GB (the same maths, ~1/3 more compute).
-            logits = checkpoint(self.canonical_net, self.points.detach(), use_reentrant=False)
-        else:
-            logits = self.canonical_net(self.points.detach())
+        # Above CHECKPOINT_POINTS only the networks' inputs are kept and their activations are
+        # recomputed in the backward pass: at 100k points they would hold about 3.5 GB (the same
+        # maths, about a third more network compute).
+        recompute = torch.is_grad_enabled() and n > CHECKPOINT_POINTS
+        run = (lambda net, x: checkpoint(net, x, use_reentrant=False)) if recompute else (lambda net, x: net(x))
+        logits = run(self.canonical_net, self.points.detach())
         if with_prior:  # one deformer call for both: rows [:N] carry gradients to the points, rows [N:] do not
-            deformer, prior = self.deformer(torch.cat([self.points, self.points.detach()])).split(n)
+            deformer, prior = run(self.deformer, torch.cat([self.points, self.points.detach()])).split(n)
         else:
-            deformer, prior = self.deformer(self.points), None
+            deformer, prior = run(self.deformer, self.points), None
         shifted = self.points + deformer.offset  # x'
         unposed = inverse_points(shifted, self.canonical_expression[None], canonical_feature, canonical_transforms,
                                  deformer.shapedirs, deformer.posedirs, deformer.lbs_weights)[0]  # x0 [N, 3]
@@ -241,7 +267,8 @@ class Avatar(nn.Module):
 
 
 def _tensors_key(tensors) -> tuple:
-    """Identity and in-place version of tensors: it changes when any is replaced, moved or modified."""
+    """Identity and in-place version of tensors: it changes when any is replaced, moved or modified
+    (`_version` counts a tensor's in-place changes, such as an optimizer step or a state load)."""
     return tuple((t.data_ptr(), t._version, t.shape) for t in tensors)
 
 
