@@ -113,9 +113,10 @@ class TestSchedule:
         gen = torch.Generator().manual_seed(0)
         points = torch.randn(10, 3)
         keep = torch.tensor([True, False] * 5)
-        new = prune_and_grow(points, keep, 12, 0.1, gen)
-        assert new.shape == (12, 3)
-        assert torch.equal(new[:5], points[keep])
+        new, source = prune_and_grow(points, keep, 12, 0.1, gen)
+        assert new.shape == (12, 3) and source.shape == (12,)
+        assert torch.equal(new[:5], points[keep]) and torch.equal(source[:5], torch.tensor([0, 2, 4, 6, 8]))
+        assert keep[source].all()  # every new point copies a survivor
         # Each grown point is a survivor plus noise within [-0.05, 0.05].
         offsets = (new[5:, None] - points[keep][None]).abs().amax(-1).min(1).values
         assert (offsets <= 0.05 + 1e-6).all()
@@ -143,7 +144,7 @@ class PointCloud:
     def __init__(self, points: torch.Tensor, radius: float) -> None:
         self.points, self.point_radius = points, torch.tensor(radius, dtype=torch.float64)
 
-    def set_points(self, points: torch.Tensor) -> None:
+    def set_points(self, points: torch.Tensor, source: torch.Tensor | None = None) -> None:
         self.points = points
 
     def set_point_radius(self, radius: float) -> None:

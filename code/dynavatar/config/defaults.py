@@ -22,6 +22,11 @@ train {
     optimize_expression = true
     optimize_camera = true
     optimize_inputs_after_epoch = 10 # per-frame inputs are stepped only in epochs after this one (> 10)
+    refine_camera_translation = true # render with the refined per-frame camera translation (the reference
+                                     # refines it but renders with the tracked one: false)
+    frames_per_epoch = 0             # 0: an epoch is the whole training set (the paper); N: N frames drawn
+                                     # afresh each epoch, so that a schedule in epochs means the same
+                                     # number of steps for a short and a long video
     seed = 0
     device = auto                    # auto | cpu | cuda | cuda:N
     tf32 = false                     # CUDA matrix products in TF32 (faster, 10-bit mantissa); off = full float32
@@ -63,6 +68,8 @@ dataset {
 }
 evaluation {
     test_fit_steps = 20              # steps per batch when fitting test-frame inputs (the paper's 20)
+    fit_camera_translation = false   # also fit the test frames' camera translation (the reference fits
+                                     # expression and pose only; its numbers compare with false)
     lpips_alexnet_path = ""          # empty: torch hub cache (alexnet-owt-7be5be79.pth)
     lpips_lin_path = ""              # empty: weights/v0.1/alex.pth of an installed lpips package
     video_fps = 25.0
@@ -75,6 +82,9 @@ model {
     flame_landmark_path = ./data/FLAME2020/landmark_embedding.npy
     max_scale = 0.025                # scales are sigmoid(.) x max_scale (+ point radius), in FLAME x4 units;
                                      # the paper uses 0.025 for 512 px video and 0.01 for 1024 px
+    rotate_gaussians = false         # turn each Gaussian with the rotation of its skinning transform
+                                     # (the reference moves Gaussians but never turns them)
+    point_colors = false             # a learnt colour offset per Gaussian beside the colour network
     geometry_network {
         d_in = 3
         d_out = 1

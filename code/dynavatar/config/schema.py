@@ -92,6 +92,8 @@ class TrainConf(Section):
     optimize_expression: bool
     optimize_camera: bool
     optimize_inputs_after_epoch: int
+    refine_camera_translation: bool
+    frames_per_epoch: int
     seed: int
     device: str
     tf32: bool
@@ -103,6 +105,9 @@ class TrainConf(Section):
         problems = []
         if self.upsample_freq < 1:
             problems.append(("upsample_freq", f"must be at least 1, got {self.upsample_freq}"))
+        if self.frames_per_epoch < 0:
+            problems.append(("frames_per_epoch", f"must be 0 (the whole training set) or more, got "
+                                                 f"{self.frames_per_epoch}"))
         return problems
 
     def batch_size(self, n_points: int) -> int:
@@ -167,6 +172,7 @@ class DatasetConf(Section):
 @dataclass(frozen=True)
 class EvaluationConf(Section):
     test_fit_steps: int
+    fit_camera_translation: bool
     lpips_alexnet_path: str
     lpips_lin_path: str
     video_fps: float
@@ -272,6 +278,8 @@ class ModelConf(Section):
     flame_model_path: str
     flame_landmark_path: str
     max_scale: float
+    rotate_gaussians: bool
+    point_colors: bool
     geometry_network: CanonicalNetworkConf
     rendering_network: RenderingNetworkConf
     gaussian_network: GaussianNetworkConf

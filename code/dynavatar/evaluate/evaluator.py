@@ -87,13 +87,13 @@ class Evaluator:
         """Fitted (or reloaded) expression/pose/camera of the test frames, or None when the conf's
         optimize flags are off (or there is no ground truth to fit)."""
         train = self.conf.train
-        inputs = FrameInputs(data.expressions, data.flame_poses, data.world_mats,
-                             train.optimize_expression, train.optimize_camera).to(self.device)
+        inputs = FrameInputs(data.expressions, data.flame_poses, data.world_mats, train.optimize_expression,
+                             train.optimize_camera, self.conf.evaluation.fit_camera_translation).to(self.device)
         if not inputs.enabled or data.only_json:
             return None
         saved = self.checkpoints / ckpt.TEST_INPUTS / f"{self.epoch}.pth"
         fingerprint = {"n_frames": len(data), "sub_dirs": self._sub_dirs(), "model": points_fingerprint(self.avatar),
-                       "keys": sorted(inputs.state_dict())}
+                       "keys": sorted(inputs.state_dict()), "fitted": inputs.refined}
         if saved.is_file():
             state = ckpt.load_part(self.checkpoints, ckpt.TEST_INPUTS, self.epoch, map_location=self.device)
             if state.get("fingerprint") == fingerprint:
@@ -171,7 +171,7 @@ class Evaluator:
         for sub_dir, folder in folders.items():
             frame_rows = [r for r in rows if r["sub_dir"] == sub_dir]
             if frame_rows:
-                self._write_metrics(folder, frame_rows, lpips_model, inputs is not None)
+                self._write_metrics(folder, frame_rows, lpips_model, [] if inputs is None else inputs.refined)
             if self.options.videos:
                 self._write_videos(folder, data, sub_dir)
             self.export_canonical(folder / "canonical.ply")
@@ -192,7 +192,8 @@ class Evaluator:
         values["lpips"] = None if isinstance(lp, Unavailable) else float(lp)
         return values
 
-    def _write_metrics(self, folder: Path, rows: list[dict], lpips_model: LPIPS | Unavailable, fitted: bool) -> None:
+    def _write_metrics(self, folder: Path, rows: list[dict], lpips_model: LPIPS | Unavailable,
+                       fitted: list[str]) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         columns = list(rows[0].keys())
         with open(folder / "metrics.csv", "w", newline="") as handle:
@@ -219,7 +220,8 @@ class Evaluator:
             "checkpoint": str(self._checkpoint_file()),
             "conf": str(self.paths.runconf),
             "n_frames": len(rows),
-            "test_inputs_fitted": fitted,
+            "test_inputs_fitted": bool(fitted),
+            "fitted_inputs": fitted,  # the reference's protocol fits expression and pose
             "metric_input": "rgb_erode_dilate vs ground truth composited on white with its mask",
             "metrics": summary,
         }

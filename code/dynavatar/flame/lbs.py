@@ -98,6 +98,25 @@ def _contract(coefficients: torch.Tensor, directions: torch.Tensor) -> torch.Ten
     return torch.mm(coefficients, directions.T).reshape(coefficients.shape[0], -1, 3)
 
 
+def polar_rotation(matrices: torch.Tensor, iterations: int = 6) -> torch.Tensor:
+    """The rotation of the polar decomposition of 3x3 matrices [..., 3, 3] with positive determinant
+    (the orthogonal factor nearest to each), by the determinant-scaled Newton iteration
+    X <- (g X + X^-T / g) / 2, g = det(X)^(-1/3).
+
+    Blends of joint rotations are close to rotations, where a few steps reach float precision.
+    X^-T is the cofactor matrix over the determinant: elementwise arithmetic only.
+    """
+    x = matrices
+    for _ in range(iterations):
+        r0, r1, r2 = x.unbind(-2)
+        cofactors = torch.stack([torch.linalg.cross(r1, r2), torch.linalg.cross(r2, r0),
+                                 torch.linalg.cross(r0, r1)], dim=-2)  # rows: the cofactor matrix
+        determinant = (r0 * cofactors[..., 0, :]).sum(-1)[..., None, None]
+        scale = determinant.abs().clamp_min(1e-12) ** (-1.0 / 3.0)
+        x = 0.5 * (scale * x + cofactors / (determinant * scale))
+    return x
+
+
 def blendshape_offsets(expression: torch.Tensor, shapedirs: torch.Tensor) -> torch.Tensor:
     """Expression [B, E] with per-point blendshapes [N, 3, E] -> offsets [B, N, 3]."""
     return _contract(expression, shapedirs.reshape(-1, shapedirs.shape[-1]))

@@ -18,8 +18,10 @@ from ..cameras import Camera, imavatar_camera
 from ..config import ModelConf
 from ..data.batch import FrameBatch
 from ..flame import FLAME
-from ..flame.lbs import coordinate_major, forward_points, inverse_points, with_ghost_bone
+from ..flame.lbs import (apply_transforms, blend_transforms, blendshape_offsets, coordinate_major, corrective_offsets,
+                         inverse_points, polar_rotation, with_ghost_bone)
 from ..render import rasterize_frames
+from ..render.projection import quaternion_left_matrix, rotation_to_quaternion
 from ..runtime import constant
 from .networks import CanonicalAttributes, CanonicalNetwork, DeformerNetwork, DeformerOutput, GaussianNetwork
 
@@ -51,13 +53,14 @@ class CanonicalState:
     shifted: torch.Tensor  # x' = x + d [N, 3]
     unposed: torch.Tensor  # x0: x' with the canonical frame undone [N, 3]
     prior: DeformerOutput | None = None  # the deformer on the detached points, for the FLAME priors
+    rotation: torch.Tensor | None = None  # [N, 3, 3] canonical skinning rotation (with rotate_gaussians)
 
     def for_reuse(self) -> "CanonicalState":
         """The same state with its per-point bases laid out for the per-frame products (no copy per frame)."""
         d = self.deformer
         deformer = DeformerOutput(d.shapedirs.contiguous(), coordinate_major(d.posedirs), d.lbs_weights.contiguous(),
                                   d.offset)
-        return CanonicalState(self.logits, deformer, self.shifted, self.unposed.contiguous(), self.prior)
+        return CanonicalState(self.logits, deformer, self.shifted, self.unposed.contiguous(), self.prior, self.rotation)
 
 
 @dataclass
@@ -100,12 +103,15 @@ class Avatar(nn.Module):
         self.img_res = (int(img_res[0]), int(img_res[1]))  # (H, W)
         self.max_scale = model_conf.max_scale
         self.rasterizer = model_conf.rasterizer
+        self.rotate_gaussians = model_conf.rotate_gaussians
         self.canonical_net = CanonicalNetwork(**asdict(model_conf.geometry_network))
         self.deformer = DeformerNetwork(n_joints=flame.n_joints, **asdict(model_conf.deformer_network))
         self.gaussian_net = GaussianNetwork(**asdict(model_conf.gaussian_network))
         schedule = model_conf.point_cloud
         generator = torch.Generator().manual_seed(seed)
         self.points = nn.Parameter(initial_points(schedule.n_init_points, schedule.init_radius, generator))
+        if model_conf.point_colors:  # colour-logit offsets [N, 3] that follow the points through prune/grow
+            self.point_color = nn.Parameter(torch.zeros(schedule.n_init_points, 3))
         # The smallest Gaussian extent, added to every scale; the coarse-to-fine strategy shrinks it.
         # float64, so that its repeated shrinking rounds as a Python float does.
         self.register_buffer("point_radius", torch.tensor(schedule.initial_radius(), dtype=torch.float64))
@@ -145,9 +151,19 @@ class Avatar(nn.Module):
     def n_points(self) -> int:
         return int(self.points.shape[0])
 
-    def set_points(self, points: torch.Tensor) -> None:
-        """Replace the point set (after prune/grow, or when loading a checkpoint)."""
-        self.points = nn.Parameter(points.detach().clone().to(self.points.device))
+    def set_points(self, points: torch.Tensor, source: torch.Tensor | None = None) -> None:
+        """Replace the point set (after prune/grow, or when loading a checkpoint). `source` [M] names
+        the old point each new one copies (per-point attributes follow it); without it they restart."""
+        device = self.points.device
+        if self.has_point_colors:
+            colors = (self.point_color.detach()[source.to(device)] if source is not None
+                      else torch.zeros(points.shape[0], 3, device=device))
+            self.point_color = nn.Parameter(colors.clone())
+        self.points = nn.Parameter(points.detach().clone().to(device))
+
+    @property
+    def has_point_colors(self) -> bool:
+        return "point_color" in self._parameters
 
     # ---- what the caches watch -------------------------------------------------------------------
 
@@ -198,6 +214,8 @@ class Avatar(nn.Module):
         recompute = torch.is_grad_enabled() and n > CHECKPOINT_POINTS
         run = (lambda net, x: checkpoint(net, x, use_reentrant=False)) if recompute else (lambda net, x: net(x))
         logits = run(self.canonical_net, self.points.detach())
+        if self.has_point_colors:
+            logits = CanonicalAttributes(logits.color + self.point_color, logits.scale, logits.rotation, logits.opacity)
         if with_prior:  # one deformer call for both: rows [:N] carry gradients to the points, rows [N:] do not
             deformer, prior = run(self.deformer, torch.cat([self.points, self.points.detach()])).split(n)
         else:
@@ -205,7 +223,10 @@ class Avatar(nn.Module):
         shifted = self.points + deformer.offset  # x'
         unposed = inverse_points(shifted, self.canonical_expression[None], canonical_feature, canonical_transforms,
                                  deformer.shapedirs, deformer.posedirs, deformer.lbs_weights)[0]  # x0 [N, 3]
-        return CanonicalState(logits, deformer, shifted, unposed, prior)
+        rotation = None
+        if self.rotate_gaussians:  # the canonical frame's turn of each point, undone before a frame's
+            rotation = polar_rotation(blend_transforms(deformer.lbs_weights, canonical_transforms)[0, :, :3, :3])
+        return CanonicalState(logits, deformer, shifted, unposed, prior, rotation)
 
     def pose(self, state: CanonicalState, expression: torch.Tensor, flame_pose: torch.Tensor) -> Gaussians:
         """Gaussians [B, N, ...] of the frames given by expression [B, E] and FLAME pose [B, 15]."""
@@ -213,12 +234,18 @@ class Avatar(nn.Module):
         if self.deformer.ghostbone:
             transforms = with_ghost_bone(transforms)
         deformer, logits = state.deformer, state.logits
-        posed = forward_points(state.unposed, expression[:, : self.deformer.num_exp], pose_feature, transforms,
-                               deformer.shapedirs, deformer.posedirs, deformer.lbs_weights)
+        shaped = (state.unposed[None] + blendshape_offsets(expression[:, : self.deformer.num_exp], deformer.shapedirs)
+                  + corrective_offsets(pose_feature, deformer.posedirs))  # [B, N, 3]
+        blended = blend_transforms(deformer.lbs_weights, transforms)  # [B, N, 4, 4]
+        posed = apply_transforms(blended, shaped)
         offsets = self.gaussian_net(posed.detach() - state.shifted.detach()[None])  # [B, N, ...]
+        quats = torch.nn.functional.normalize(logits.rotation[None] + offsets.rotation, dim=-1)
+        if state.rotation is not None:  # turn = R(frame) R(canonical)^T, applied on the left: q_turn * q
+            turn = polar_rotation(blended[..., :3, :3]) @ state.rotation.transpose(-1, -2)
+            quats = (quaternion_left_matrix(rotation_to_quaternion(turn)) @ quats[..., None])[..., 0]
         return Gaussians(
             means=posed,
-            quats=torch.nn.functional.normalize(logits.rotation[None] + offsets.rotation, dim=-1),
+            quats=quats,
             scales=torch.sigmoid(logits.scale[None] + offsets.scale) * self.max_scale + self.point_radius,
             opacities=torch.sigmoid(logits.opacity[None] + offsets.opacity)[..., 0],
             colors=torch.sigmoid(logits.color[None] + offsets.color),

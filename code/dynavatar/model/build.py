@@ -50,8 +50,10 @@ def avatar_from_conf(conf: Conf, shape_params: torch.Tensor, canonical_expressio
                   use_background=conf.dataset.use_background, seed=conf.train.seed)
 
 
-def restore_avatar(avatar: Avatar, model_part: dict, source: Path) -> None:
+def restore_avatar(avatar: Avatar, model_part: dict, source: Path) -> bool:
     """Load a ModelParameters payload into an avatar: point count, networks, buffers, point radius.
+    Returns whether the checkpoint came from an earlier layout that had to be upgraded (its
+    optimizer state then no longer fits).
 
     Checkpoints written before the point radius became a model buffer kept it only in their
     'strategy' entry; it is taken from there.
@@ -61,6 +63,9 @@ def restore_avatar(avatar: Avatar, model_part: dict, source: Path) -> None:
     if not isinstance(points, torch.Tensor) or points.dim() != 2 or points.shape[1] != 3:
         raise CheckpointError(f"{source} is not a DynAvatar model checkpoint: expected 'model_state_dict' with "
                               f"'points' of shape [N, 3] (checkpoints of the paper's code cannot be loaded)")
+    original = state
+    state = _upgrade_colour_head(state, source)
+    upgraded = state is not original
     if "point_radius" not in state:
         radius = model_part.get("strategy", {}).get("radius")
         if radius is None:
@@ -68,6 +73,30 @@ def restore_avatar(avatar: Avatar, model_part: dict, source: Path) -> None:
         state = {**state, "point_radius": torch.tensor(float(radius), dtype=torch.float64)}
     avatar.set_points(points)
     ckpt.load_model_state(avatar, state, source)
+    return upgraded
+
+
+OLD_COLOUR_OUT, NEW_COLOUR_MID, NEW_COLOUR_OUT = "color_head.2", "color_head.2", "color_head.3"
+
+
+def _upgrade_colour_head(state: dict, source: Path) -> dict:
+    """Checkpoints written before the colour head gained the reference's middle Linear(256, 256) hold
+    Linear-softplus-Linear(256, 3): their last layer moves one place on, and the new middle layer is
+    the identity, so the upgraded model computes exactly the colours it computed before."""
+    prefix = "canonical_net."
+    if f"{prefix}{NEW_COLOUR_OUT}.weight" in state or f"{prefix}{OLD_COLOUR_OUT}.weight" not in state:
+        return state
+    out_weight = state[f"{prefix}{OLD_COLOUR_OUT}.weight"]
+    if out_weight.shape[0] != 3:
+        return state
+    width = out_weight.shape[1]
+    upgraded = dict(state)
+    upgraded[f"{prefix}{NEW_COLOUR_OUT}.weight"] = out_weight
+    upgraded[f"{prefix}{NEW_COLOUR_OUT}.bias"] = state[f"{prefix}{OLD_COLOUR_OUT}.bias"]
+    upgraded[f"{prefix}{NEW_COLOUR_MID}.weight"] = torch.eye(width, dtype=out_weight.dtype)
+    upgraded[f"{prefix}{NEW_COLOUR_MID}.bias"] = torch.zeros(width, dtype=out_weight.dtype)
+    log.info("%s: colour head of an earlier version; its middle layer is set to the identity", source)
+    return upgraded
 
 
 def load_avatar(conf: Conf, checkpoints: Path, tag: str | int, img_res: tuple[int, int],

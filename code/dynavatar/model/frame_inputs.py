@@ -18,9 +18,12 @@ class FrameInputs(nn.Module):
     """Refinable inputs of the frames of one dataset (indexed by the dataset's `idx`)."""
 
     def __init__(self, expressions: torch.Tensor, flame_poses: torch.Tensor, world_mats: torch.Tensor,
-                 optimize_expression: bool, optimize_camera: bool) -> None:
+                 optimize_expression: bool, optimize_camera: bool, apply_translation: bool = True) -> None:
         super().__init__()
         self.optimize_expression, self.optimize_camera = optimize_expression, optimize_camera
+        # The translation embedding exists whenever the camera is refined (checkpoints keep one layout);
+        # it reaches the renderer only with `apply_translation`, so that it is refined only then.
+        self.apply_translation = apply_translation
         if optimize_expression:
             self.expression = nn.Embedding.from_pretrained(expressions.clone(), freeze=False, sparse=True)  # [F, 50]
         if optimize_camera:  # as the paper: the flag covers FLAME pose and camera translation
@@ -39,9 +42,17 @@ class FrameInputs(nn.Module):
             changes["expression"] = self.expression(batch.idx)
         if self.optimize_camera:
             changes["flame_pose"] = self.flame_pose(batch.idx)
+        if self.optimize_camera and self.apply_translation:
             rotation = batch.world_mat[:, :, :3]
             changes["world_mat"] = torch.cat([rotation, self.camera_translation(batch.idx)[:, :, None]], dim=2)
         return batch.replace(**changes)
+
+    @property
+    def refined(self) -> list[str]:
+        """Which inputs `apply` replaces."""
+        return ([name for name, on in (("expression", self.optimize_expression), ("pose", self.optimize_camera),
+                                       ("camera_translation", self.optimize_camera and self.apply_translation))
+                 if on])
 
     def optimizer(self, lr: float) -> "RowSparseAdam | None":
         params = list(self.parameters())

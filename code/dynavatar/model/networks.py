@@ -50,9 +50,10 @@ def _linear(d_in: int, d_out: int, use_weight_norm: bool, init: str = "default",
     return _weight_norm(layer) if use_weight_norm else layer
 
 
-def _head(width: int, d_out: int, activation: nn.Module) -> nn.Sequential:
-    """An output head: Linear - activation - Linear."""
-    return nn.Sequential(nn.Linear(width, width), activation, nn.Linear(width, d_out))
+def _head(width: int, d_out: int, activation: nn.Module, extra_linear: bool = False) -> nn.Sequential:
+    """An output head: Linear - activation - Linear, or Linear - activation - Linear - Linear."""
+    layers = [nn.Linear(width, width), activation] + ([nn.Linear(width, width)] if extra_linear else [])
+    return nn.Sequential(*layers, nn.Linear(width, d_out))
 
 
 @dataclass
@@ -89,7 +90,8 @@ class CanonicalNetwork(nn.Module):
         self.layers = nn.ModuleList(layers)
         self.activation = nn.Softplus(beta=100)
         width = widths[-1]
-        self.color_head = _head(width, 3, nn.Softplus(beta=100))
+        # The reference's colour head has one more linear layer than the other heads.
+        self.color_head = _head(width, 3, nn.Softplus(beta=100), extra_linear=True)
         self.scale_head = _head(width, 3, nn.Softplus(beta=100))
         self.rotation_head = _head(width, 4, nn.Softplus(beta=100))
         self.opacity_head = _head(width, 1, nn.Softplus(beta=100))

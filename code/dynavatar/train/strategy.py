@@ -20,16 +20,18 @@ log = logging.getLogger(__name__)
 
 
 def prune_and_grow(points: torch.Tensor, keep: torch.Tensor, target: int, noise: float,
-                   generator: torch.Generator) -> torch.Tensor:
+                   generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """Keep the points where `keep` [N] is true, then grow to `target` by copying random survivors
-    with uniform noise in [-noise/2, noise/2]. Returns the new points [target or more, 3]."""
-    survivors = points[keep] if bool(keep.any()) else points
-    missing = target - survivors.shape[0]
+    with uniform noise in [-noise/2, noise/2]. Returns (the new points [M, 3], M >= target unless
+    nothing was pruned, and the index [M] of the old point each one copies)."""
+    kept = keep.nonzero()[:, 0] if bool(keep.any()) else torch.arange(points.shape[0], device=points.device)
+    missing = target - kept.shape[0]
     if missing <= 0:
-        return survivors
-    index = torch.randint(0, survivors.shape[0], (missing,), generator=generator).to(points.device)
+        return points[kept], kept
+    index = torch.randint(0, kept.shape[0], (missing,), generator=generator).to(points.device)
     jitter = (torch.rand(missing, 3, generator=generator).to(points) - 0.5) * noise
-    return torch.cat([survivors, survivors[index] + jitter], dim=0)
+    source = torch.cat([kept, kept[index]])
+    return torch.cat([points[kept], points[kept[index]] + jitter], dim=0), source
 
 
 class CoarseToFine:
@@ -57,11 +59,11 @@ class CoarseToFine:
         if keep.numel() != points.shape[0] or not bool(keep.any()):
             log.warning("epoch %d: no visibility recorded for the %d points; keeping them all", epoch, points.shape[0])
             keep = torch.ones(points.shape[0], dtype=torch.bool, device=points.device)
-        new = prune_and_grow(points.detach(), keep, target, noise, generator)
+        new, source = prune_and_grow(points.detach(), keep, target, noise, generator)
         new_radius = radius * self.schedule.radius_factor_at(epoch)
         avatar.set_point_radius(new_radius)
         if new.shape[0] != points.shape[0] or not bool(keep.all()):
-            avatar.set_points(new)
+            avatar.set_points(new, source)
         self.visible = torch.zeros(new.shape[0], dtype=torch.bool, device=points.device)
         log.info("epoch %d: %d points (%d pruned), radius %.5f -> %.5f", epoch, new.shape[0],
                  int((~keep).sum()), radius, new_radius)

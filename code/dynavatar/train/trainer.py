@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from torch.utils.tensorboard import SummaryWriter
@@ -76,8 +77,8 @@ class Trainer:
                                      self.device)
         self.loss = AvatarLoss(conf.loss, train, self.train_data.var_expression, vgg, self.device)
         self.inputs = FrameInputs(self.train_data.expressions, self.train_data.flame_poses,
-                                  self.train_data.world_mats, train.optimize_expression,
-                                  train.optimize_camera).to(self.device)
+                                  self.train_data.world_mats, train.optimize_expression, train.optimize_camera,
+                                  train.refine_camera_translation).to(self.device)
         self.optimizer = self._make_optimizer()
         self.input_optimizer = self.inputs.optimizer(train.learning_rate_cam)
         self.start_epoch = 0
@@ -154,14 +155,17 @@ class Trainer:
         ckpt.check_same_epoch(parts, source, tag)
         model = parts[ckpt.MODEL]
         model_file = source / ckpt.MODEL / f"{tag}.pth"
-        restore_avatar(self.avatar, model, model_file)
+        upgraded = restore_avatar(self.avatar, model, model_file)
         visible = model.get("strategy", {}).get("visible")
         if not isinstance(visible, torch.Tensor) or visible.shape != (self.avatar.n_points,):
             raise CheckpointError(f"{model_file}: the point visibility does not match its {self.avatar.n_points} "
                                   f"points")
         self.strategy.load_state_dict(model["strategy"])
         self.optimizer = self._make_optimizer()
-        self._load_optimizer(self.optimizer, parts[ckpt.OPTIMIZER], "optimizer_state_dict", source)
+        if upgraded:  # the network changed shape: its Adam state starts afresh (as at every prune/grow)
+            log.warning("%s: model of an earlier version; its optimizer state is not reused", model_file)
+        else:
+            self._load_optimizer(self.optimizer, parts[ckpt.OPTIMIZER], "optimizer_state_dict", source)
         if self.inputs.enabled:
             ckpt.load_model_state(self.inputs, parts[ckpt.INPUTS]["inputs_state_dict"],
                                   source / ckpt.INPUTS / f"{tag}.pth")
@@ -191,6 +195,17 @@ class Trainer:
             self.optimizer = self._make_optimizer()
         self.loss.set_epoch(epoch)
 
+    def epoch_order(self, epoch: int) -> torch.Tensor:
+        """The frames of an epoch, in order: a permutation of the training set, or with
+        `train.frames_per_epoch` that many frames from consecutive permutations (so long and short
+        videos take the same number of steps per epoch). Depends on the seed and epoch only."""
+        frames, wanted = len(self.train_data), self.conf.train.frames_per_epoch
+        generator = epoch_generator(self.seed, epoch, 0)
+        if wanted == 0:
+            return torch.randperm(frames, generator=generator)
+        rounds = -(-wanted // frames)
+        return torch.cat([torch.randperm(frames, generator=generator) for _ in range(rounds)])[:wanted]
+
     def train_step(self, batch: FrameBatch, step_inputs: bool) -> dict[str, torch.Tensor]:
         """One optimisation step on a batch. Returns the loss terms, the total and the batch's mean
         PSNR as 0-dim device tensors: nothing here waits for the device."""
@@ -219,7 +234,7 @@ class Trainer:
         lr = self._set_lr(epoch)
         step_inputs = self.inputs.enabled and epoch > self.conf.train.optimize_inputs_after_epoch
         batch_size = self.batch_size()
-        order = torch.randperm(len(self.train_data), generator=epoch_generator(self.seed, epoch, 0))
+        order = self.epoch_order(epoch)
         n_batches = (len(order) + batch_size - 1) // batch_size
         sums: dict[str, torch.Tensor] = {}
         self.avatar.train()
@@ -263,8 +278,9 @@ class Trainer:
 
     # ---- the loop --------------------------------------------------------------------------------
 
-    def run(self) -> bool:
-        """Train until `nepoch` epochs are done; returns whether any epoch was trained (and saved)."""
+    def run(self, after_epoch: Callable[[int, dict[str, float]], bool] | None = None) -> bool:
+        """Train until `nepoch` epochs are done; returns whether any epoch was trained (and saved).
+        `after_epoch(epochs_done, stats)` runs after each epoch's save; returning True stops training."""
         self.paths.train_dir.mkdir(parents=True, exist_ok=True)
         self.paths.runconf.write_text(to_hocon(self.conf))
         self.writer = SummaryWriter(str(self.paths.tensorboard))
@@ -289,6 +305,8 @@ class Trainer:
                 log.info("epoch %d: loss %.4f, train PSNR %.2f%s, %d points, %.1f s", epoch, stats["loss"],
                          stats["psnr"], f", test PSNR {stats['test_psnr']:.2f}" if "test_psnr" in stats else "",
                          self.avatar.n_points, stats["epoch_time_s"])
+                if after_epoch is not None and after_epoch(done, stats):
+                    break
         finally:
             self.writer.close()
         return nepoch > self.start_epoch

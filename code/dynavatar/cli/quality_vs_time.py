@@ -1,0 +1,138 @@
+"""Quality against training time: train a recipe for a wall-clock budget and evaluate it on the test
+split at fixed moments.
+
+Training time counts the epochs only (data loading before the first epoch and the evaluations are
+left out). When the clock passes a budget, the checkpoint of that epoch is written and evaluated
+as `--is_eval` would (test inputs fitted by the conf's protocol, no videos); training stops after
+the last budget, or at the conf's `--nepoch` when that comes first (later budgets then report the
+final model). One table row per budget: test PSNR/SSIM/L1, training PSNR, Gaussians, epochs.
+
+  python scripts/quality_vs_time.py --conf confs/fast.conf --budgets 2,5,10 --json fast.json
+  python scripts/quality_vs_time.py --conf confs/subject1.conf --budgets 2,5,10 --name paper
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Sequence
+
+import imageio.v2 as imageio
+import numpy as np
+
+from ..config import load_conf
+from ..errors import ConfigError
+from .common import main_with_errors, setup_logging
+
+log = logging.getLogger("quality_vs_time")
+
+
+@dataclass
+class BudgetRow:
+    budget_min: float  # the budget asked for
+    train_min: float  # training time actually spent when evaluated
+    epochs: int
+    gaussians: int
+    train_psnr: float  # mean over the last epoch's training batches
+    test_psnr: float
+    test_ssim: float
+    test_l1: float
+    fitted_inputs: list[str]
+
+
+def parse_budgets(text: str) -> list[float]:
+    try:
+        budgets = sorted(float(b) for b in text.split(","))
+    except ValueError:
+        raise ConfigError(f"--budgets {text!r}: expected minutes separated by commas, e.g. 2,5,10") from None
+    if not budgets or budgets[0] <= 0:
+        raise ConfigError(f"--budgets {text!r}: budgets must be positive minutes")
+    return budgets
+
+
+def markdown(rows: Sequence[BudgetRow], title: str) -> str:
+    lines = [f"**{title}**", "",
+             "| budget (min) | trained (min) | epochs | Gaussians | train PSNR | test PSNR | test SSIM | test L1 |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r.budget_min:g} | {r.train_min:.1f} | {r.epochs} | {r.gaussians:,} | {r.train_psnr:.2f} | "
+                     f"{r.test_psnr:.2f} | {r.test_ssim:.4f} | {r.test_l1:.4f} |")
+    return "\n".join(lines)
+
+
+def contact_sheet(folder: Path, frames: int) -> np.ndarray:
+    """Ground truth above rendering for the first `frames` test frames of an evaluation folder."""
+    names = sorted((p.name for p in (folder / "gt").glob("*.png")), key=lambda n: int(Path(n).stem))[:frames]
+    columns = [np.concatenate([imageio.imread(folder / "gt" / n)[..., :3], imageio.imread(folder / "rgb" / n)[..., :3]])
+               for n in names]
+    return np.concatenate(columns, axis=1)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="quality_vs_time.py", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--conf", required=True, help="the recipe (e.g. confs/fast.conf)")
+    parser.add_argument("--budgets", default="2,5,10,20", help="minutes of training at which to evaluate")
+    parser.add_argument("--nepoch", type=int, default=None, help="stop after this many epochs (default: the conf's)")
+    parser.add_argument("--name", default="", help="train.methodname of the run (default: the conf's file name)")
+    parser.add_argument("--figure", type=int, default=0,
+                        help="also write figure_<budget>.png: ground truth above rendering for this many test frames")
+    parser.add_argument("--json", default="", help="also write the rows to this file")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="conf overrides")
+    return parser
+
+
+def run(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging()
+    budgets = parse_budgets(args.budgets)
+    from ..evaluate.evaluator import EvalOptions, Evaluator
+    from ..subject_generator import ensure_synthetic_subject
+    from ..train.trainer import Trainer, TrainOptions
+
+    name = args.name or Path(args.conf).stem
+    conf = load_conf(args.conf, [*args.overrides, f"train.methodname={name}", "train.save_freq=1000000",
+                                 "train.plot_freq=1000000"])
+    ensure_synthetic_subject(conf)
+    nepoch = args.nepoch if args.nepoch is not None else conf.train.nepoch
+    trainer = Trainer(conf, TrainOptions(nepoch=nepoch, overwrite=True))
+    rows: list[BudgetRow] = []
+    clock = {"seconds": 0.0}
+
+    def evaluate(done: int, stats: dict, budget: float) -> None:
+        trainer.save(done, numbered=True)
+        folders = Evaluator(conf, EvalOptions(checkpoint=str(done), videos=False)).evaluate()
+        folder = next(iter(folders.values()))
+        report = json.loads((folder / "metrics.json").read_text())
+        metrics = report["metrics"]["all"]
+        rows.append(BudgetRow(budget, clock["seconds"] / 60, done, trainer.avatar.n_points, stats["psnr"],
+                              metrics["psnr"], metrics["ssim"], metrics["l1"], report["fitted_inputs"]))
+        log.info("%g min budget: epoch %d, test PSNR %.2f", budget, done, metrics["psnr"])
+        if args.figure:
+            imageio.imwrite(trainer.paths.root / f"figure_{budget:g}min.png", contact_sheet(folder, args.figure))
+        trainer.avatar.train()
+
+    def after_epoch(done: int, stats: dict) -> bool:
+        clock["seconds"] += stats["epoch_time_s"]
+        while len(rows) < len(budgets) and clock["seconds"] >= budgets[len(rows)] * 60:
+            evaluate(done, stats, budgets[len(rows)])
+        if done == nepoch:  # the recipe ended before the last budget: its final model stands for the rest
+            while len(rows) < len(budgets):
+                evaluate(done, stats, budgets[len(rows)])
+        return len(rows) == len(budgets)
+
+    trainer.run(after_epoch)
+    table = markdown(rows, f"{name} ({Path(args.conf).name})")
+    print(table)
+    (trainer.paths.root / "quality_vs_time.md").write_text(table + "\n")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"conf": args.conf, "name": name, "overrides": args.overrides,
+                                               "rows": [asdict(r) for r in rows]}, indent=1))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    main_with_errors(run, argv)

@@ -1,0 +1,147 @@
+"""Options beyond the reference (each a conf key) and the recipe tools: Gaussians turned by the
+skinning, per-point colours, camera-translation refinement, fixed-size epochs, the colour head of
+the reference (earlier checkpoints upgraded), and the quality-against-time script."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from dynavatar.cli import quality_vs_time
+from dynavatar.config import load_conf
+from dynavatar.flame import FLAME
+from dynavatar.flame.lbs import axis_angle_to_matrix
+from dynavatar.model.avatar import Avatar
+from dynavatar.model.build import restore_avatar
+from dynavatar.model.frame_inputs import FrameInputs
+from dynavatar.render.projection import quaternion_to_rotation
+from dynavatar.subject_generator import generate_subject
+from dynavatar.train.trainer import Trainer, TrainOptions
+
+REPO = Path(__file__).resolve().parents[1]
+SUBJECT = "options"
+
+
+def make_avatar(synthetic_flame_paths, *overrides: str) -> Avatar:
+    conf = load_conf(REPO / "confs" / "subject1.conf", ["model.point_cloud.n_init_points=200", *overrides])
+    shape = torch.zeros(100)
+    flame = FLAME(*synthetic_flame_paths, shape_params=shape)
+    torch.manual_seed(0)
+    return Avatar(conf.model, flame, shape, torch.zeros(50), 0.4, (32, 32))
+
+
+@pytest.fixture(scope="module")
+def data_folder(tmp_path_factory):
+    root = tmp_path_factory.mktemp("options")
+    generate_subject(root, SUBJECT, res=32, frames=4, seed=9)
+    return root
+
+
+def tiny_conf(data_folder: Path, exps: Path, *extra: str):
+    return load_conf(REPO / "confs" / "demo.conf", [
+        f"dataset.data_folder={data_folder}", f"dataset.subject_name={SUBJECT}", "dataset.synthetic=false",
+        "dataset.train.img_res=[32, 32]", "dataset.test.img_res=[32, 32]", f"train.exps_folder={exps}",
+        "model.point_cloud.n_init_points=100", "model.point_cloud.max_points=200",
+        "model.point_cloud.schedule_epochs=[1]", "model.point_cloud.schedule_points=[200]",
+        "model.point_cloud.radius_factors=[0.75]", *extra])
+
+
+def test_a_turned_head_turns_its_gaussians(synthetic_flame_paths):
+    avatar = make_avatar(synthetic_flame_paths, "model.rotate_gaussians=true")
+    still = make_avatar(synthetic_flame_paths)
+    pose = torch.zeros(1, 15)
+    pose[0, :3] = torch.tensor([0.0, 0.6, 0.0])  # the global (root) joint turns the whole head
+    with torch.no_grad():
+        for model in (avatar, still):  # every point skinned to the root joint alone (bone 1; 0 is the ghost)
+            model.deformer.skinning.bias[1] = 5.0
+        turned, _ = avatar.deform(torch.zeros(1, 50), pose)
+        unturned, _ = still.deform(torch.zeros(1, 50), pose)
+        # Half-way between the root and the ghost bone (the identity): half the angle, same axis.
+        for model in (avatar, still):
+            model.deformer.skinning.bias[0] = 5.0
+        half, _ = avatar.deform(torch.zeros(1, 50), pose)
+        half_unturned, _ = still.deform(torch.zeros(1, 50), pose)
+    frame = quaternion_to_rotation(turned.quats[0])
+    canonical = quaternion_to_rotation(unturned.quats[0])  # the same Gaussians, never turned
+    root = axis_angle_to_matrix(pose[0, :3])
+    assert torch.allclose(frame, root @ canonical, atol=1e-5)
+    halfway = axis_angle_to_matrix(pose[0, :3] / 2)
+    assert torch.allclose(quaternion_to_rotation(half.quats[0]),
+                          halfway @ quaternion_to_rotation(half_unturned.quats[0]), atol=1e-5)
+
+
+def test_point_colors_follow_their_points_and_load(synthetic_flame_paths):
+    avatar = make_avatar(synthetic_flame_paths, "model.point_colors=true")
+    assert avatar.point_color.shape == (200, 3)
+    with torch.no_grad():
+        avatar.point_color.copy_(torch.arange(200.0)[:, None].expand(200, 3))
+        before = avatar.canonical_state().logits.color
+    source = torch.tensor([5, 5, 7, 199])
+    avatar.set_points(avatar.points[source] + 0.01, source)
+    assert torch.equal(avatar.point_color[:, 0], torch.tensor([5.0, 5.0, 7.0, 199.0]))
+    with torch.no_grad():
+        after = avatar.canonical_state().logits.color
+    assert after.shape == (4, 3) and not torch.allclose(after, before[:4])
+    again = make_avatar(synthetic_flame_paths, "model.point_colors=true")
+    restore_avatar(again, {"model_state_dict": avatar.state_dict()}, Path("memory"))
+    assert torch.equal(again.point_color, avatar.point_color)
+
+
+def test_earlier_checkpoints_with_a_two_layer_colour_head_load_unchanged(synthetic_flame_paths):
+    avatar = make_avatar(synthetic_flame_paths)
+    head = avatar.canonical_net.color_head
+    assert [type(m).__name__ for m in head] == ["Linear", "Softplus", "Linear", "Linear"]  # the reference's
+    old_state = {k: v for k, v in avatar.state_dict().items() if "color_head.3" not in k}
+    old_state["canonical_net.color_head.2.weight"] = avatar.state_dict()["canonical_net.color_head.3.weight"]
+    old_state["canonical_net.color_head.2.bias"] = avatar.state_dict()["canonical_net.color_head.3.bias"]
+    with torch.no_grad():  # the model an earlier version held: no middle layer
+        head[2].weight.copy_(torch.eye(256))
+        head[2].bias.zero_()
+        expected = avatar.canonical_state().logits.color
+    fresh = make_avatar(synthetic_flame_paths)
+    assert restore_avatar(fresh, {"model_state_dict": old_state}, Path("old.pth")) is True
+    with torch.no_grad():
+        assert torch.allclose(fresh.canonical_state().logits.color, expected, atol=1e-6)
+
+
+def test_camera_translation_reaches_the_renderer_only_when_asked():
+    world = torch.eye(4)[:3].expand(2, 3, 4).clone()
+    world[:, 2, 3] = -4.0
+    for apply, moved in ((True, True), (False, False)):
+        inputs = FrameInputs(torch.zeros(2, 50), torch.zeros(2, 15), world, True, True, apply_translation=apply)
+        with torch.no_grad():
+            inputs.camera_translation.weight.add_(1.0)
+        from dynavatar.data.batch import FrameBatch
+        batch = FrameBatch(torch.arange(2), [1, 2], ["a", "a"], torch.zeros(2, 50), torch.zeros(2, 15), world,
+                           torch.zeros(2, 4))
+        out = inputs.apply(batch)
+        assert (not torch.equal(out.world_mat, world)) is moved
+        assert inputs.refined == ["expression", "pose"] + (["camera_translation"] if apply else [])
+
+
+def test_frames_per_epoch_fixes_the_epoch_length(data_folder, tmp_path):
+    trainer = Trainer(tiny_conf(data_folder, tmp_path, "train.frames_per_epoch=20"), TrainOptions(nepoch=1))
+    order = trainer.epoch_order(0)
+    assert len(order) == 20 and set(order.tolist()) == set(range(len(trainer.train_data)))
+    assert torch.equal(order, trainer.epoch_order(0)) and not torch.equal(order, trainer.epoch_order(1))
+    whole = Trainer(tiny_conf(data_folder, tmp_path, "train.methodname=b"), TrainOptions(nepoch=1))
+    assert sorted(whole.epoch_order(0).tolist()) == list(range(len(whole.train_data)))
+
+
+def test_quality_vs_time_evaluates_at_each_budget(data_folder, tmp_path):
+    out = tmp_path / "q.json"
+    args = ["--conf", str(REPO / "confs" / "demo.conf"), "--budgets", "0.001,0.002,100", "--nepoch", "2",
+            "--figure", "2", "--json", str(out), f"dataset.data_folder={data_folder}",
+            f"dataset.subject_name={SUBJECT}", "dataset.synthetic=false", "dataset.train.img_res=[32, 32]",
+            "dataset.test.img_res=[32, 32]", f"train.exps_folder={tmp_path / 'exps'}",
+            "model.point_cloud.n_init_points=100", "evaluation.test_fit_steps=1"]
+    assert quality_vs_time.run(args) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["budget_min"] for r in rows] == [0.001, 0.002, 100.0]
+    assert rows[0]["epochs"] == 1 and rows[-1]["epochs"] == 2  # the last budget: the recipe's final model
+    assert all(5 < r["test_psnr"] < 60 and r["fitted_inputs"] == ["expression", "pose"] for r in rows)
+    root = tmp_path / "exps" / SUBJECT / "demo" / "MVI_1810+MVI_1814"
+    assert (root / "figure_100min.png").is_file() and (root / "quality_vs_time.md").is_file()
