@@ -111,6 +111,7 @@ def run(argv: Sequence[str] | None = None) -> int:
         rows.append(BudgetRow(budget, clock["seconds"] / 60, done, trainer.avatar.n_points, stats["psnr"],
                               metrics["psnr"], metrics["ssim"], metrics["l1"], report["fitted_inputs"]))
         log.info("%g min budget: epoch %d, test PSNR %.2f", budget, done, metrics["psnr"])
+        write_results()  # after every budget, so that an interrupted run keeps what it measured
         if args.figure:
             imageio.imwrite(trainer.paths.root / f"figure_{budget:g}min.png", contact_sheet(folder, args.figure))
         trainer.avatar.train()
@@ -124,13 +125,16 @@ def run(argv: Sequence[str] | None = None) -> int:
                 evaluate(done, stats, budgets[len(rows)])
         return len(rows) == len(budgets)
 
+    def write_results() -> str:
+        table = markdown(rows, f"{name} ({Path(args.conf).name})")
+        (trainer.paths.root / "quality_vs_time.md").write_text(table + "\n")
+        if args.json:
+            Path(args.json).write_text(json.dumps({"conf": args.conf, "name": name, "overrides": args.overrides,
+                                                   "rows": [asdict(r) for r in rows]}, indent=1))
+        return table
+
     trainer.run(after_epoch)
-    table = markdown(rows, f"{name} ({Path(args.conf).name})")
-    print(table)
-    (trainer.paths.root / "quality_vs_time.md").write_text(table + "\n")
-    if args.json:
-        Path(args.json).write_text(json.dumps({"conf": args.conf, "name": name, "overrides": args.overrides,
-                                               "rows": [asdict(r) for r in rows]}, indent=1))
+    print(write_results())
     return 0
 
 
