@@ -13,7 +13,8 @@ from typing import Sequence
 from ..preprocess.crop import DEFAULT_CROP_SCALE
 from ..preprocess.errors import PreprocessError
 from ..preprocess.frames import FrameSelection
-from ..preprocess.pipeline import _NAME, DEFAULT_FLAME, PreprocessOptions, VideoSpec, preprocess_subject, video_name
+from ..preprocess.pipeline import (DEFAULT_FLAME, FOLDER_NAME, PreprocessOptions, VideoSpec, preprocess_subject,
+                                   video_name)
 from ..preprocess.tracking import DEFAULT_FOCAL, TrackingOptions
 from .common import main_with_errors, setup_logging
 
@@ -21,7 +22,7 @@ from .common import main_with_errors, setup_logging
 def video_spec(text: str, test: bool) -> VideoSpec:
     """FILE or FILE=NAME -> VideoSpec (the folder name is the file's stem unless given)."""
     path, sep, name = text.rpartition("=")
-    if sep and path and _NAME.match(name) and not Path(text).exists():
+    if sep and path and FOLDER_NAME.match(name) and not Path(text).exists():
         return VideoSpec(Path(path), name, test)
     return VideoSpec(Path(text), video_name(text), test)
 

@@ -2,16 +2,19 @@
 
 Per video, at the output size:
 
-1. Background estimate: the per-pixel median of up to 48 frames, leaving out pixels near the face
-   (the convex hull of the landmarks, grown) and, in a second round, every pixel the first round
-   called person. Pixels the person covers in every frame stay unknown and count as person.
-2. Difference: the colour distance of each frame to that background (lightly blurred against video
-   noise), thresholded at a level set from the frame's own noise floor.
-3. Clean-up: morphological opening and closing, only the parts connected to the face, holes filled.
-4. GrabCut refinement in a narrow band around the silhouette (inside and outside stay fixed), with
-   the difference as a veto: a band pixel that matches the background is background.
-5. Soft edges: in a one-pixel band, alpha from the background difference along the foreground
-   colour (`alpha = (I - B).(F - B) / |F - B|^2`, F the nearby person colour), as mattes have.
+1. A first person mask of each sampled frame (up to 48) from colour alone: GrabCut seeded by the
+   landmarks (the face is person; what lies well beyond a generous head-and-shoulders region is not).
+2. Background estimate: the per-pixel median of the sampled frames where the pixel is not person; a
+   second round uses the masks of step 3 instead. Background that no sampled frame shows is filled
+   in from around it, and where it lies away from what was seen, counted as person (the person
+   covered it in every sampled frame).
+3. Each frame: the colour distance to the background (lightly blurred against video noise),
+   thresholded at a level set from the frame's own noise floor; opening and closing, only the parts
+   connected to the face, holes filled.
+4. GrabCut refinement in a narrow band around the silhouette, where a pixel that matches the known
+   background stays background.
+5. Soft edges: on the one-pixel band either side of the edge, alpha from the background difference
+   along the person's colour, `alpha = (I - B).(F - B) / |F - B|^2` (F the nearby person colour).
 
 Or `--masks DIR`: `DIR/<video>/<k>.png`, one grey matte per source frame numbered from 1 (ffmpeg's
 `%d.png`), at the video's size; they are cropped and resized like the frames.

@@ -43,8 +43,7 @@ MARKER = ".dynavatar-preprocess"  # only subjects holding it are ever replaced (
 JSON_NAME = "flame_params.json"
 DEFAULT_FLAME = "./data/FLAME2020/generic_model.pkl"
 DEFAULT_FLAME_LANDMARKS = "./data/FLAME2020/landmark_embedding.npy"
-BACKGROUND_SAMPLES = 48  # frames per video for the background estimate
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+FOLDER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
 @dataclass(frozen=True)
@@ -108,13 +107,13 @@ def flame_files(options: PreprocessOptions) -> tuple[Path, Path]:
 
 def check_options(options: PreprocessOptions) -> list[VideoInfo]:
     """Every check that needs no decoding, before any work: names, files, the target folder."""
-    if not _NAME.match(options.subject):
+    if not FOLDER_NAME.match(options.subject):
         raise PreprocessError(f"--subject {options.subject!r}: use letters, digits, '.', '_' and '-' only")
     if not options.videos:
         raise PreprocessError("give at least one --video")
     names = [v.name for v in options.videos]
     for name in names:
-        if not _NAME.match(name):
+        if not FOLDER_NAME.match(name):
             raise PreprocessError(f"video name {name!r}: use letters, digits, '.', '_' and '-' only "
                                   f"(name a video with --video FILE=NAME)")
     duplicates = sorted({n for n in names if names.count(n) > 1})
@@ -191,7 +190,7 @@ def _write_frames(video: _Video, video_dir: Path, options: PreprocessOptions) ->
     (video_dir / "image").mkdir(parents=True)
     (video_dir / "mask").mkdir()
     count = len(video.landmarks.source_indices)
-    wanted = set(np.linspace(0, count - 1, min(BACKGROUND_SAMPLES, count)).round().astype(int).tolist())
+    wanted = set(np.linspace(0, count - 1, min(options.masks.samples, count)).round().astype(int).tolist())
     written = 0
     frames = iter_frames(video.info, options.selection)
     for k, (index, frame) in enumerate(tqdm(frames, total=count, desc=f"frames {video.spec.name}", unit="frame")):
