@@ -96,7 +96,8 @@ def test_detector_route_on_a_synthetic_video(tmp_path, detector):
 
     made = make_synthetic_videos(tmp_path / "videos", res=192, frames=4, videos=("talk", "test"))
     out = tmp_path / "datasets"
-    result = subprocess.run([sys.executable, str(REPO / "scripts" / "preprocess.py"), "--subject", "me", "--out", str(out),
+    result = subprocess.run([sys.executable, str(REPO / "scripts" / "preprocess.py"), "--subject", "me",
+                             "--out", str(out),
                              "--video", str(made["talk"].path), "--test-video", f"{made['test'].path}=held_out",
                              "--flame", "synthetic", "--res", "128", "--steps", "400"],
                             capture_output=True, text=True, timeout=600, cwd=tmp_path)

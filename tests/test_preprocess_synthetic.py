@@ -145,19 +145,23 @@ def test_outputs_of_a_run(masked_128):
     assert not list((root / "datasets").glob(".m128-*"))  # no staging folder left behind
 
 
-def test_an_existing_subject_is_replaced_only_with_overwrite(masked_128):
+def test_an_existing_subject_is_replaced_only_with_overwrite(masked_128, capsys):
+    from dynavatar.cli.preprocess import main
+
     root, _ = masked_128
-    args = ["--subject", "again", "--out", str(root / "datasets"), "--landmarks", str(root / "videos" / "landmarks.json"),
-            "--res", "64", "--max_frames", "2", "--steps", "50", "--no_contact_sheet"]
-    preprocess(*args, *video_args(root / "videos", ("train1", "train2")), cwd=root)
     subject = root / "datasets" / "again"
-    before = (subject / "again" / "train1" / "flame_params.json").read_bytes()
-    one_video = [*args, *video_args(root / "videos", ("train2",)), "--flame", "synthetic"]
-    refused = subprocess.run([sys.executable, str(REPO / "scripts" / "preprocess.py"), *one_video],
-                             cwd=root, capture_output=True, text=True, timeout=300)
-    assert refused.returncode == 2 and "--overwrite" in refused.stderr
-    assert (subject / "again" / "train1" / "flame_params.json").read_bytes() == before
-    preprocess(*args, *video_args(root / "videos", ("train2",)), "--overwrite", cwd=root)
+    (subject / "again" / "old_video").mkdir(parents=True)
+    (subject / ".dynavatar-preprocess").write_text("an earlier run\n")
+    args = ["--subject", "again", "--out", str(root / "datasets"), *video_args(root / "videos", ("train2",)),
+            "--landmarks", str(root / "videos" / "landmarks.json"), "--flame", "synthetic", "--res", "64",
+            "--max_frames", "2", "--steps", "50", "--no_contact_sheet", "-q"]
+    with pytest.raises(SystemExit) as stop:
+        main(args)
+    assert stop.value.code == 2 and "--overwrite" in capsys.readouterr().err
+    assert (subject / "again" / "old_video").is_dir()
+    with pytest.raises(SystemExit) as stop:
+        main([*args, "--overwrite"])
+    assert stop.value.code == 0, capsys.readouterr().err
     assert sorted(p.name for p in (subject / "again").iterdir()) == ["train2"]
     assert len(list((subject / "again" / "train2" / "image").iterdir())) == 2
     assert not list((root / "datasets").glob(".again-*"))

@@ -71,7 +71,8 @@ def test_frames_keep_the_selected_source_frames(counter_video):
     assert selected(5, 25.0, FrameSelection(end=0.2)) is None  # past the end stops decoding
 
 
-@pytest.mark.parametrize("selection, word", [(FrameSelection(fps=0), "--fps"), (FrameSelection(start=2, end=1), "--end"),
+@pytest.mark.parametrize("selection, word", [(FrameSelection(fps=0), "--fps"),
+                                             (FrameSelection(start=2, end=1), "--end"),
                                              (FrameSelection(max_frames=0), "--max_frames")])
 def test_bad_frame_options_are_user_errors(selection, word):
     with pytest.raises(PreprocessError, match=word):

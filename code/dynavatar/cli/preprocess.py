@@ -6,7 +6,6 @@ See docs/PREPROCESSING.md."""
 from __future__ import annotations
 
 import argparse
-import logging
 from pathlib import Path
 from typing import Sequence
 
@@ -38,14 +37,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--test-video", "--test_video", dest="test_video", action="append", default=[],
                         metavar="FILE[=NAME]", help="a held-out test video; repeatable")
     parser.add_argument("--fps", type=float, default=None, help="frames per second to keep (default: every frame)")
-    parser.add_argument("--max_frames", "--max-frames", type=int, default=None, help="at most this many frames per video")
+    parser.add_argument("--max_frames", "--max-frames", type=int, default=None,
+                        help="at most this many frames per video")
     parser.add_argument("--start", type=float, default=0.0, help="first second to keep (default 0)")
     parser.add_argument("--end", type=float, default=None, help="keep frames before this second (default: to the end)")
     parser.add_argument("--res", type=int, default=512, help="output image size, square (default 512)")
     parser.add_argument("--crop_scale", "--crop-scale", type=float, default=DEFAULT_CROP_SCALE,
                         help=f"crop side in face sizes (default {DEFAULT_CROP_SCALE})")
     parser.add_argument("--focal", type=float, default=DEFAULT_FOCAL,
-                        help=f"camera focal length in units of the image width (default {DEFAULT_FOCAL}, as IMavatar data)")
+                        help=f"camera focal length in units of the image width (default {DEFAULT_FOCAL}, as in "
+                             f"IMavatar data)")
     parser.add_argument("--flame", default=DEFAULT_FLAME,
                         help=f"FLAME 2020 generic_model.pkl, or 'synthetic' (default {DEFAULT_FLAME}); use the "
                              f"model the training conf names")

@@ -338,7 +338,8 @@ def preprocess_subject(options: PreprocessOptions) -> Path:
     train = [v.spec.name for v in videos if not v.spec.test]
     test = [v.spec.name for v in videos if v.spec.test]
     log.info("wrote %s; train on it with: python scripts/exp_runner.py --conf confs/subject1.conf "
-             "dataset.data_folder=%s dataset.subject_name=%s \"dataset.train.sub_dir=[%s]\" \"dataset.test.sub_dir=[%s]\"",
+             "dataset.data_folder=%s dataset.subject_name=%s \"dataset.train.sub_dir=[%s]\" "
+             "\"dataset.test.sub_dir=[%s]\"",
              target, out, options.subject, ", ".join(train), ", ".join(test))
     return target
 

@@ -30,7 +30,7 @@ import torch
 from tqdm import tqdm
 
 from ..cameras import PIXEL_CENTRE_OFFSET, imavatar_pixel_intrinsics, imavatar_world_to_camera, pixels_to_keypoints
-from .flame_landmarks import GLOBAL, JAW, NECK, FlameLandmarks
+from .flame_landmarks import JAW, NECK, FlameLandmarks
 
 log = logging.getLogger(__name__)
 
