@@ -278,8 +278,17 @@ def _report(options: PreprocessOptions, videos: list[_Video], fit: SubjectFit, d
             "device": device, "selection": selection, "videos": per_video}
 
 
+def require_opencv() -> None:
+    try:
+        import cv2  # noqa: F401
+    except ImportError:
+        raise PreprocessError('OpenCV is not installed: pip install -e ".[preprocess]" '
+                              '(docs/PREPROCESSING.md)') from None
+
+
 def preprocess_subject(options: PreprocessOptions) -> Path:
     """Run every step and write the subject to `<out>/<subject>`; returns that folder."""
+    require_opencv()
     infos = check_options(options)
     model_path, landmark_path = flame_files(options)
     device = resolve_device(options.device)
