@@ -60,17 +60,17 @@ def tracked_512(tmp_path_factory):
     from dynavatar.preprocess.synthetic_video import make_synthetic_videos
 
     root = tmp_path_factory.mktemp("track512")
-    make_synthetic_videos(root / "videos", res=128, frames=6, seed=2, videos=VIDEOS, scale=4.0)
+    made = make_synthetic_videos(root / "videos", res=128, frames=6, seed=2, videos=VIDEOS, scale=4.0)
     preprocess("--subject", "s512", "--out", str(root / "datasets"), *video_args(root / "videos"), "--res", "512",
                "--landmarks", str(root / "videos" / "landmarks.json"), "--masks", str(root / "videos" / "masks"),
                cwd=root)
-    return root, root / "datasets" / "s512"
+    return root, root / "datasets" / "s512", made
 
 
 def test_tracking_reprojects_the_true_landmarks_within_1_5_px_at_512(tracked_512, synthetic_flame_paths):
     """Measured independently of the tracker's own report: the written FLAME parameters, through the
     project's FLAME and the dataset camera, land on the given landmarks (mapped into the crop)."""
-    root, subject = tracked_512
+    root, subject, _ = tracked_512
     check_dataset(subject)
     truth = json.loads((root / "videos" / "landmarks.json").read_text())
     report = json.loads((subject / "preprocess" / "report.json").read_text())
@@ -94,8 +94,28 @@ def test_tracking_reprojects_the_true_landmarks_within_1_5_px_at_512(tracked_512
     assert params["intrinsics"] == [-3.0, 3.0, 0.5, 0.5]
 
 
+def test_exact_tracking_in_the_crop_lands_on_the_given_landmarks(tracked_512, synthetic_flame_paths):
+    """The reference for the end-to-end test: the generator's tracking re-expressed for the crop
+    reprojects onto the given landmarks to a hundredth of a pixel (so the crop arithmetic is right)."""
+    from dynavatar.preprocess.synthetic_video import exact_tracking_in_crop
+
+    root, subject, made = tracked_512
+    truth = json.loads((root / "videos" / "landmarks.json").read_text())
+    for name, crop in crops(subject).items():
+        params = exact_tracking_in_crop(made[name], crop)
+        flame = FLAME(*synthetic_flame_paths, shape_params=torch.tensor(params["shape_params"]))
+        for k in (0, 5):
+            frame = params["frames"][k]
+            out = flame(torch.tensor([frame["expression"]]), torch.tensor([frame["pose"]]))
+            camera = imavatar_camera(torch.tensor(frame["world_mat"]), params["intrinsics"], 512, 512)
+            pixels, _ = camera.project(out.landmarks[0])
+            given = crop.points_to_crop(np.array(truth[name][str(k)]))
+            assert np.abs(pixels.numpy() - 0.5 - given).max() < 0.01
+            assert np.abs((np.array(frame["flame_keypoints"]) + 1) / 2 * 512 - given).max() < 0.01
+
+
 def test_given_mattes_are_cropped_like_the_frames(tracked_512):
-    root, subject = tracked_512
+    root, subject, _ = tracked_512
     for name, crop in crops(subject).items():
         for k in (0, 5):
             expected = crop.apply(read_external_matte(root / "videos" / "masks", name, k))

@@ -18,13 +18,28 @@ import torch
 from torch import nn
 
 from ..flame import FLAME_SCALE, load_flame_model, load_landmark_embedding
-from ..flame.lbs import axis_angle_to_matrix, pose_feature, rigid_transforms
+from ..flame.lbs import axis_angle_to_matrix, pose_feature
 
 N_SHAPE = 100
 N_EXPRESSION = 50
 SHAPE_COMPONENTS_IN_FILE = 300  # FLAME stores 300 shape then the expression components
 EYE_JOINTS = (3, 4)  # FLAME joints: global, neck, jaw, eye, eye
 GLOBAL, NECK, JAW, EYE_A, EYE_B = (slice(3 * j, 3 * j + 3) for j in range(5))  # pose [15] layout
+
+
+def joint_transforms(rotations: torch.Tensor, joints: torch.Tensor, parents: list[int]) -> torch.Tensor:
+    """FLAME's forward kinematics: local rotations [B, J, 3, 3] about rest joints [B, J, 3] along the
+    chain `parents` (parents[0] = -1) -> [B, J, 3, 4] transforms taking a rest-pose point bound to
+    joint j to its posed place (the top rows of `dynavatar.flame.lbs.rigid_transforms`' result)."""
+    rotation, position = [rotations[:, 0]], [joints[:, 0]]  # world rotation and posed joint of each joint
+    for j in range(1, len(parents)):
+        p = parents[j]
+        rotation.append(rotation[p] @ rotations[:, j])
+        position.append(position[p] + (rotation[p] @ (joints[:, j] - joints[:, p])[..., None])[..., 0])
+    world = torch.stack(rotation, dim=1)  # [B, J, 3, 3]
+    posed = torch.stack(position, dim=1)  # [B, J, 3]
+    offset = posed - (world @ joints[..., None])[..., 0]  # T_j x = R_j (x - rest_j) + posed_j
+    return torch.cat([world, offset[..., None]], dim=-1)
 
 
 class FlameLandmarks(nn.Module):
@@ -65,7 +80,7 @@ class FlameLandmarks(nn.Module):
         self.register_buffer("joint_template", f32(regressor @ template * FLAME_SCALE))  # [J, 3]
         self.register_buffer("joint_shape_dirs", f32(np.einsum("jv,vcs->jcs", regressor, shape_dirs)))  # [J, 3, S]
         self.register_buffer("joint_exp_dirs", f32(np.einsum("jv,vce->jce", regressor, exp_dirs)))  # [J, 3, E]
-        self.register_buffer("parents", torch.as_tensor(np.asarray(model.parents), dtype=torch.long))
+        self.parents = [int(p) for p in np.asarray(model.parents).reshape(-1)]  # the kinematic chain
         self.register_buffer("lmk_index", torch.as_tensor(inverse[: lmk_vertices.size].reshape(-1, 3)))  # [68, 3]
         self.register_buffer("lmk_bary", f32(embedding.bary_coords))  # [68, 3]
         iris_index = torch.as_tensor(inverse[lmk_vertices.size:])  # [2] for EYE_JOINTS
@@ -87,10 +102,10 @@ class FlameLandmarks(nn.Module):
         posed = shaped + torch.einsum("bp,upc->buc", pose_feature(rotations), self.pose_dirs)
         joints = (self.joint_template + torch.einsum("jcs,s->jc", self.joint_shape_dirs, shape)
                   + torch.einsum("be,jce->bjc", expression, self.joint_exp_dirs))  # [B, J, 3]
-        transforms, _ = rigid_transforms(rotations, joints, self.parents)  # [B, J, 4, 4]
+        transforms = joint_transforms(rotations, joints, self.parents)  # [B, J, 3, 4]
         # Linear blend skinning: weights [U, J] x the transforms' top rows [B, J, 12] -> [B, U, 3, 4],
         # applied to homogeneous points (cheaper than per-vertex 3x3 matmuls for thousands of frames).
-        blended = torch.matmul(self.weights, transforms[..., :3, :].reshape(batch, -1, 12)).reshape(batch, -1, 3, 4)
+        blended = torch.matmul(self.weights, transforms.reshape(batch, -1, 12)).reshape(batch, -1, 3, 4)
         homogeneous = torch.cat([posed, torch.ones_like(posed[..., :1])], dim=-1)  # [B, U, 4]
         vertices = (blended * homogeneous[:, :, None, :]).sum(-1)  # [B, U, 3]
         landmarks = (vertices[:, self.lmk_index] * self.lmk_bary[None, :, :, None]).sum(dim=2)  # [B, 68, 3]

@@ -31,6 +31,32 @@ class SyntheticVideo:
     canvas_size: tuple[int, int]  # (width, height) of the video
 
 
+def exact_tracking_in_crop(video: SyntheticVideo, crop) -> dict:
+    """The generator's exact flame_params.json of a video, re-expressed for a crop of it
+    (`dynavatar.preprocess.crop.Crop` in video pixels): the same shape, expressions, poses and
+    world_mats, with the intrinsics and keypoints of the cropped image. Preprocessed images and
+    masks with this file make a subject whose only difference from the preprocessed one is the tracking.
+
+    A pixel u (centres at integers) of the generator's frame lands at A u + B in the crop, so the
+    focal length scales by A and the principal point moves to A c + B.
+    """
+    params = json.loads((video.subject_video / "flame_params.json").read_text(encoding="utf-8"))
+    res = read_rgb(video.subject_video / f"{params['frames'][0]['file_path']}.png").shape[0]
+    scale = np.asarray(video.scale, dtype=np.float64) * crop.res / crop.size  # A, per axis
+    shift = ((np.asarray(video.offset) + 0.5) * np.asarray(video.scale) - np.array([crop.x0, crop.y0])) \
+        * crop.res / crop.size - 0.5  # B, per axis
+    fx, fy, cx, cy = (float(v) for v in params["intrinsics"])
+    focal = np.array([-fx, fy]) * res * scale  # pixels of the crop
+    centre = np.array([cx, cy]) * res * scale + shift
+    params["intrinsics"] = [-focal[0] / crop.res, focal[1] / crop.res, centre[0] / crop.res, centre[1] / crop.res]
+    for frame in params["frames"]:
+        pixels = (np.asarray(frame["flame_keypoints"]) + 1.0) / 2.0 * res * scale + shift
+        keypoints = pixels / crop.res * 2.0 - 1.0
+        frame["flame_keypoints"] = keypoints.tolist()
+        frame["bbox"] = [*keypoints.min(0).tolist(), *keypoints.max(0).tolist()]
+    return params
+
+
 def textured_backdrop(width: int, height: int, seed: int) -> np.ndarray:
     """A static backdrop [H, W, 3] in [0, 1]: a colour gradient, waves from broad to fine, and panels."""
     rng = np.random.default_rng([seed, 7])
