@@ -72,6 +72,5 @@ def test_preprocessed_subject_trains_like_exact_tracking(tmp_path):
     print(f"test PSNR after {EPOCHS} epochs: preprocessed {ours['psnr']:.2f} dB, exact tracking {exact['psnr']:.2f} dB")
     # An all-white rendering of these test frames scores about 10 dB: both must have learned the head.
     assert exact["psnr"] > 14.0 and ours["psnr"] > 14.0
-    # Preprocessing may cost at most 1.5 dB. (It scores higher at this early stage: the fitted
-    # expressions are smaller and smoother than the generator's, which is easier to learn.)
+    # Preprocessing may cost at most 1.5 dB. (At this early stage it scores higher; see docs/PREPROCESSING.md.)
     assert ours["psnr"] >= exact["psnr"] - 1.5, (ours["psnr"], exact["psnr"])
