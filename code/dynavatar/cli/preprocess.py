@@ -1,0 +1,91 @@
+"""`python scripts/preprocess.py --subject NAME --video talk.mp4 --video head.mp4 --test-video test.mp4`:
+turn monocular videos into an IMavatar-format subject (frames, face crop, landmarks, FLAME tracking,
+masks, contact sheet) that scripts/check_dataset.py accepts and exp_runner.py trains on.
+See docs/PREPROCESSING.md."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Sequence
+
+from ..preprocess.crop import DEFAULT_CROP_SCALE
+from ..preprocess.errors import PreprocessError
+from ..preprocess.frames import FrameSelection
+from ..preprocess.pipeline import (DEFAULT_FLAME, FOLDER_NAME, PreprocessOptions, VideoSpec, preprocess_subject,
+                                   video_name)
+from ..preprocess.tracking import DEFAULT_FOCAL, TrackingOptions
+from .common import main_with_errors, setup_logging
+
+
+def video_spec(text: str, test: bool) -> VideoSpec:
+    """FILE or FILE=NAME -> VideoSpec (the folder name is the file's stem unless given)."""
+    path, sep, name = text.rpartition("=")
+    if sep and path and FOLDER_NAME.match(name) and not Path(text).exists():
+        return VideoSpec(Path(path), name, test)
+    return VideoSpec(Path(text), video_name(text), test)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="preprocess.py", description="Turn monocular videos of a face into an IMavatar-format subject "
+                                          "(see docs/PREPROCESSING.md).")
+    parser.add_argument("--subject", required=True, help="subject name (folder under --out)")
+    parser.add_argument("--out", default="./data/datasets", help="data folder to write into (default ./data/datasets)")
+    parser.add_argument("--video", action="append", default=[], metavar="FILE[=NAME]", required=True,
+                        help="a training video; repeatable. Its folder is named after the file unless =NAME is given")
+    parser.add_argument("--test-video", "--test_video", dest="test_video", action="append", default=[],
+                        metavar="FILE[=NAME]", help="a held-out test video; repeatable")
+    parser.add_argument("--fps", type=float, default=None, help="frames per second to keep (default: every frame)")
+    parser.add_argument("--max_frames", "--max-frames", type=int, default=None,
+                        help="at most this many frames per video")
+    parser.add_argument("--start", type=float, default=0.0, help="first second to keep (default 0)")
+    parser.add_argument("--end", type=float, default=None, help="keep frames before this second (default: to the end)")
+    parser.add_argument("--res", type=int, default=512, help="output image size, square (default 512)")
+    parser.add_argument("--crop_scale", "--crop-scale", type=float, default=DEFAULT_CROP_SCALE,
+                        help=f"crop side in face sizes (default {DEFAULT_CROP_SCALE})")
+    parser.add_argument("--focal", type=float, default=DEFAULT_FOCAL,
+                        help=f"camera focal length in units of the image width (default {DEFAULT_FOCAL}, as in "
+                             f"IMavatar data)")
+    parser.add_argument("--flame", default=DEFAULT_FLAME,
+                        help=f"FLAME 2020 generic_model.pkl, or 'synthetic' (default {DEFAULT_FLAME}); use the "
+                             f"model the training conf names")
+    parser.add_argument("--flame_landmarks", "--flame-landmarks", default=None,
+                        help="FLAME 68-landmark embedding (default: landmark_embedding.npy beside the model)")
+    parser.add_argument("--landmarks", type=Path, default=None, metavar="FILE",
+                        help="use these 2D landmarks instead of the face detector (json, see docs/PREPROCESSING.md)")
+    parser.add_argument("--masks", type=Path, default=None, metavar="DIR",
+                        help="use these mattes (DIR/<video>/<k>.png per source frame) instead of the background model")
+    parser.add_argument("--device", default="auto", help="tracking device: auto, cpu or cuda (default auto)")
+    parser.add_argument("--steps", type=int, default=TrackingOptions.steps, help="tracking optimisation steps")
+    parser.add_argument("--no_contact_sheet", "--no-contact-sheet", action="store_true", help="skip the contact sheet")
+    parser.add_argument("--overwrite", action="store_true", help="replace a subject written earlier by preprocess.py")
+    parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
+    return parser
+
+
+def options_from_args(args: argparse.Namespace) -> PreprocessOptions:
+    if args.steps < 1:
+        raise PreprocessError(f"--steps must be >= 1, got {args.steps}")
+    videos = [video_spec(v, False) for v in args.video] + [video_spec(v, True) for v in args.test_video]
+    return PreprocessOptions(
+        subject=args.subject, videos=videos, out=Path(args.out), res=args.res,
+        selection=FrameSelection(fps=args.fps, start=args.start, end=args.end, max_frames=args.max_frames),
+        crop_scale=args.crop_scale, flame_model=args.flame, flame_landmarks=args.flame_landmarks,
+        landmarks_file=args.landmarks, masks_dir=args.masks, device=args.device, overwrite=args.overwrite,
+        contact_sheet=not args.no_contact_sheet, tracking=TrackingOptions(focal=args.focal, steps=args.steps))
+
+
+def run(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(quiet=args.quiet)
+    preprocess_subject(options_from_args(args))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    main_with_errors(run, argv)
+
+
+if __name__ == "__main__":
+    main()

