@@ -7,7 +7,7 @@ apply the frame's (LBS) -> gaussian network on the offset -> activations -> rast
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Sequence
 
 import torch
@@ -41,7 +41,7 @@ class Gaussians:
                          self.colors[index])
 
 
-CHECKPOINT_POINTS = 20_000  # above this many points the canonical network's activations are recomputed
+CHECKPOINT_POINTS = 20_000  # above this many points network activations are recomputed, this many at a time
 
 
 @dataclass
@@ -209,10 +209,10 @@ class Avatar(nn.Module):
         _, canonical_feature, canonical_transforms = self.canonical_flame()
         n = self.n_points
         # Above CHECKPOINT_POINTS only the networks' inputs are kept and their activations are
-        # recomputed in the backward pass: at 100k points they would hold about 3.5 GB (the same
-        # maths, about a third more network compute).
+        # recomputed in the backward pass, a chunk of points at a time: at 100k points they would
+        # hold about 3.5 GB (the same maths, about a third more network compute).
         recompute = torch.is_grad_enabled() and n > CHECKPOINT_POINTS
-        run = (lambda net, x: checkpoint(net, x, use_reentrant=False)) if recompute else (lambda net, x: net(x))
+        run = _recomputed if recompute else (lambda net, x: net(x))
         logits = run(self.canonical_net, self.points.detach())
         if self.has_point_colors:
             logits = CanonicalAttributes(logits.color + self.point_color, logits.scale, logits.rotation, logits.opacity)
@@ -291,6 +291,15 @@ class Avatar(nn.Module):
         if with_prior:
             prior = PriorQuery(state.prior, self.nearest_flame_vertex(state.shifted, prior_chunk))
         return AvatarOutput(rgb, alpha, depth, gaussians, prior)
+
+
+def _recomputed(net: nn.Module, x: torch.Tensor):
+    """net(x) for a per-point network, keeping only x for the backward pass, which recomputes the
+    activations chunk by chunk (so that at most one chunk's activations exist at a time)."""
+    outputs = [checkpoint(net, chunk, use_reentrant=False) for chunk in x.split(CHECKPOINT_POINTS)]
+    if len(outputs) == 1:
+        return outputs[0]
+    return type(outputs[0])(*(torch.cat([getattr(o, f.name) for o in outputs]) for f in fields(outputs[0])))
 
 
 def _tensors_key(tensors) -> tuple:
