@@ -31,7 +31,8 @@ DOCUMENTS = [README, *DOCS]  # README first: its training commands make the expe
 README_MAX_LINES = 210  # the README stays an overview; details belong in docs/
 SMALL = ["dataset.train.img_res=[24, 24]", "dataset.test.img_res=[24, 24]", "dataset.synthetic_frames=3",
          "model.point_cloud.n_init_points=100", "model.point_cloud.max_points=200",
-         "evaluation.turntable_frames=3", "evaluation.test_fit_steps=1", "train.device=cpu"]
+         "evaluation.turntable_frames=3", "evaluation.test_fit_steps=1", "train.device=cpu",
+         "train.frames_per_epoch=0"]
 NO_VGG = "loss.vgg_feature_weight=0"  # no pretrained VGG16 weights here (see test_subject_conf_asks_for_vgg)
 
 
@@ -117,6 +118,11 @@ def test_every_readme_command_runs(project):
             args = _shrink_runner(args)
         if args[0] == "scripts/bench_rasterizer.py":
             args += ["--warmup", "0", "--repeat", "1"]
+        if args[0] == "scripts/quality_vs_time.py":  # seconds instead of minutes, one epoch
+            args = [args[0], "--nepoch", "1"] + args[1:]
+            if "--budgets" in args:
+                args[args.index("--budgets") + 1] = "0.001"
+            args = _shrink_runner(args) + ["evaluation.test_fit_steps=1"]
         result = _run(args, project)
         assert result.returncode == 0, (command, args, result.stderr[-3000:])
     experiment = project / "data" / "experiments" / "subject1" / "dynavatar" / "MVI_1810+MVI_1814"
