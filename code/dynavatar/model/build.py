@@ -103,7 +103,8 @@ def load_avatar(conf: Conf, checkpoints: Path, tag: str | int, img_res: tuple[in
                 device: torch.device) -> tuple[Avatar, int]:
     """The avatar of a checkpoint (points, networks, radius, canonical frame, FLAME shape) in eval
     mode on `device`, and its epoch."""
-    model = ckpt.load_part(checkpoints, ckpt.MODEL, tag)
+    parts, tag = ckpt.load_checkpoint(checkpoints, [ckpt.MODEL], tag)
+    model = parts[ckpt.MODEL]
     state = model.get("model_state_dict", {})
     source = checkpoints / ckpt.MODEL / f"{tag}.pth"
     for key in ("points", "shape_params", "canonical_expression"):

@@ -88,7 +88,7 @@ class Trainer:
 
     def _check_experiment_folder(self) -> None:
         """A new run never overwrites an experiment's checkpoints unless asked to."""
-        existing = (self.paths.checkpoints / ckpt.MODEL / f"{ckpt.LATEST}.pth").is_file()
+        existing = ckpt.has_checkpoint(self.paths.checkpoints)
         if existing and not self.options.is_continue and not self.options.overwrite:
             raise CheckpointError(
                 f"{self.paths.train_dir} already holds checkpoints (epochs {ckpt.available_epochs(self.paths.checkpoints)}"
@@ -145,14 +145,12 @@ class Trainer:
         ckpt.save_checkpoint(self.paths.checkpoints, epoch, parts, numbered)
 
     def _resume(self) -> None:
-        if not self.options.load_path and not (self.paths.checkpoints / ckpt.MODEL).is_dir():
+        if not self.options.load_path and not ckpt.has_checkpoint(self.paths.checkpoints):
             log.warning("--is_continue: no checkpoints in %s yet; starting from scratch", self.paths.checkpoints)
             return
         source = ckpt.checkpoints_dir_of(self.options.load_path or self.paths.train_dir)
-        tag = self.options.checkpoint
         names = [ckpt.MODEL, ckpt.OPTIMIZER] + ([ckpt.INPUTS, ckpt.OPTIMIZER_INPUTS] if self.inputs.enabled else [])
-        parts = {name: ckpt.load_part(source, name, tag) for name in names}
-        ckpt.check_same_epoch(parts, source, tag)
+        parts, tag = ckpt.load_checkpoint(source, names, self.options.checkpoint)
         model = parts[ckpt.MODEL]
         model_file = source / ckpt.MODEL / f"{tag}.pth"
         upgraded = restore_avatar(self.avatar, model, model_file)
