@@ -24,6 +24,7 @@ from ..model.avatar import Avatar
 from ..model.build import avatar_from_conf, flame_paths, restore_avatar
 from ..model.frame_inputs import FrameInputs
 from ..runtime import epoch_generator, resolve_device, rng_state, seed_everything, set_rng_state
+from .guard import NonFiniteGuard, check_finite_parameters
 from .strategy import CoarseToFine
 
 log = logging.getLogger(__name__)
@@ -81,6 +82,7 @@ class Trainer:
                                   train.refine_camera_translation).to(self.device)
         self.optimizer = self._make_optimizer()
         self.input_optimizer = self.inputs.optimizer(train.learning_rate_cam)
+        self.guard = NonFiniteGuard(train.max_nonfinite_steps, self.device)
         self.start_epoch = 0
         if options.is_continue:
             self._resume()
@@ -218,13 +220,13 @@ class Trainer:
         if step_inputs:
             self.input_optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        self.optimizer.step()
-        if step_inputs:
-            self.input_optimizer.step()
+        # A non-finite loss or gradient is never applied (see train/guard.py).
+        finite = self.guard.step(loss, [self.optimizer] + ([self.input_optimizer] if step_inputs else []))
         self.strategy.observe(out.gaussians.opacities)
         values = {name: v.detach() for name, v in terms.items()}
         values["loss"] = loss.detach()
         values["psnr"] = psnr(out.rgb.detach(), batch.rgb).mean()
+        values["finite"] = finite
         return values
 
     def train_epoch(self, epoch: int) -> dict[str, float]:
@@ -235,21 +237,35 @@ class Trainer:
         order = self.epoch_order(epoch)
         n_batches = (len(order) + batch_size - 1) // batch_size
         sums: dict[str, torch.Tensor] = {}
+        counted = torch.zeros((), dtype=torch.float64, device=self.device)  # frames of the finite steps
+        self.guard.start_epoch()
         self.avatar.train()
         bar = tqdm(batches(self.train_data, batch_size, order), total=n_batches, desc=f"epoch {epoch}",
                    leave=False, dynamic_ncols=True)
         shown = time.perf_counter()
         for batch in bar:
             values = self.train_step(batch.to(self.device), step_inputs)
-            for name, v in values.items():
-                sums[name] = sums.get(name, 0.0) + v.double() * len(batch)
-            if time.perf_counter() - shown > 1.0:  # reading a value waits for the device: once a second
+            finite = values.pop("finite")
+            counted += finite * len(batch)
+            for name, v in values.items():  # the means are over finite steps: a skipped one poisons nothing
+                sums[name] = sums.get(name, 0.0) + torch.where(finite, v.double(), 0.0) * len(batch)
+            throttled = time.perf_counter() - shown > 1.0  # reading a value waits for the device: once a second
+            if throttled or self.device.type != "cuda":  # (the CPU waits for nothing: checked at every step)
+                self.guard.check(epoch, lr)
+            if throttled:
                 shown = time.perf_counter()
                 bar.set_postfix(loss=f"{float(values['loss']):.4f}", psnr=f"{float(values['psnr']):.2f}",
                                 pts=self.avatar.n_points)
-        stats = {name: float(total) / len(order) for name, total in sums.items()}
+        self.guard.check(epoch, lr)
+        check_finite_parameters({**{f"avatar.{k}": p for k, p in self.avatar.named_parameters()},
+                                 **{f"inputs.{k}": p for k, p in self.inputs.named_parameters()}}, epoch, lr)
+        frames = float(counted)
+        stats = {name: float(total) / frames if frames else float("nan") for name, total in sums.items()}
+        skipped = int(self.guard.skipped)
+        if skipped:
+            log.warning("epoch %d: %d step(s) with a non-finite loss or gradient were skipped", epoch, skipped)
         stats.update(lr=lr, n_points=self.avatar.n_points, radius=float(self.avatar.point_radius),
-                     batch_size=batch_size, lbs_weight=self.loss.lbs_weight,
+                     skipped_steps=skipped, batch_size=batch_size, lbs_weight=self.loss.lbs_weight,
                      visible_fraction=float(self.strategy.visible.float().mean()))
         return stats
 
@@ -294,7 +310,8 @@ class Trainer:
                 stats = self.train_epoch(epoch)
                 stats["epoch_time_s"] = time.perf_counter() - started
                 done = epoch + 1
-                if done % save_freq == 0 or done == nepoch:
+                if (done % save_freq == 0 or done == nepoch) and self.guard.may_save(epoch, stats["lr"],
+                                                                                    last=done == nepoch):
                     self.save(done, numbered=done % (5 * save_freq) == 0 or done == nepoch)
                 if done % plot_freq == 0 or done == nepoch:
                     stats["test_psnr"] = self.plot(done)

@@ -1,0 +1,153 @@
+"""Reliability: non-finite steps are never applied or saved, --overwrite and --load_path never mix two
+experiments, files are loaded without running code, a save is one commit, and bad input is one
+clear line (exit code 2), all on a tiny synthetic subject on the CPU."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+import pickle
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from dynavatar.cli import check_dataset, exp_runner, export_ply
+from dynavatar.config import load_conf
+from dynavatar.errors import CheckpointError, DatasetError, FlameModelError, TrainingDivergedError
+from dynavatar.evaluate.evaluator import EvalOptions, Evaluator
+from dynavatar.experiment import checkpoints as ckpt
+from dynavatar.flame import load_flame_model
+from dynavatar.flame.model_file import load_landmark_embedding
+from dynavatar.model.build import load_avatar
+from dynavatar.model.frame_inputs import RowSparseAdam
+from dynavatar.subject_generator import generate_subject
+from dynavatar.train.trainer import Trainer, TrainOptions
+
+REPO = Path(__file__).resolve().parents[1]
+DEMO = str(REPO / "confs" / "demo.conf")
+SUBJECT = "reliable"
+SPLIT = "MVI_1810+MVI_1814"
+
+
+@pytest.fixture(scope="module")
+def data_folder(tmp_path_factory):
+    root = tmp_path_factory.mktemp("reliability")
+    generate_subject(root, SUBJECT, res=32, frames=4, seed=11)
+    return root
+
+
+def overrides(data_folder: Path, exps: Path, *extra: str) -> list[str]:
+    """The demo conf on the tiny subject: 100 points, per-frame inputs refined from the start."""
+    return [f"dataset.data_folder={data_folder}", f"dataset.subject_name={SUBJECT}", "dataset.synthetic=false",
+            "dataset.train.img_res=[32, 32]", "dataset.test.img_res=[32, 32]", f"train.exps_folder={exps}",
+            "train.plot_freq=100", "train.optimize_inputs_after_epoch=0", "train.max_batch=3",
+            "model.point_cloud.n_init_points=100", "model.point_cloud.max_points=200",
+            "model.point_cloud.schedule_epochs=[1]", "model.point_cloud.schedule_points=[200]",
+            "model.point_cloud.radius_factors=[0.75]", "evaluation.test_fit_steps=1", *extra]
+
+
+def tiny_conf(data_folder: Path, exps: Path, *extra: str):
+    return load_conf(DEMO, overrides(data_folder, exps, *extra))
+
+
+def checkpoints_of(exps: Path, method: str = "demo") -> Path:
+    return exps / SUBJECT / method / SPLIT / "train" / "checkpoints"
+
+
+def digest(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def one_line_error(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err
+    last = err.splitlines()[-1]
+    assert last.startswith("error: ")
+    return last
+
+
+# ---- non-finite losses and gradients -------------------------------------------------------------
+
+def test_a_non_finite_gradient_is_not_applied_and_poisons_no_statistic(data_folder, tmp_path):
+    trainer = Trainer(tiny_conf(data_folder, tmp_path), TrainOptions(nepoch=1))
+    batch = trainer.train_data.batch([0, 1, 2])
+    trainer.train_step(batch, step_inputs=True)  # the optimisers have state now
+    before = {k: v.clone() for k, v in trainer.avatar.state_dict().items()}
+    inputs_before = {k: v.clone() for k, v in trainer.inputs.state_dict().items()}
+    adam_before = [s["step"].clone() for s in trainer.optimizer.state.values()]
+    hook = trainer.avatar.points.register_hook(lambda g: g * float("nan"))
+    values = trainer.train_step(batch, step_inputs=True)
+    hook.remove()
+    assert not bool(values["finite"]) and int(trainer.guard.streak) == 1
+    for key, value in trainer.avatar.state_dict().items():
+        assert torch.equal(value, before[key]), key  # nothing moved, the inputs neither
+    for key, value in trainer.inputs.state_dict().items():
+        assert torch.equal(value, inputs_before[key]), key
+    assert [s["step"] for s in trainer.optimizer.state.values()] == adam_before
+    assert bool(trainer.train_step(batch, step_inputs=True)["finite"]) and int(trainer.guard.streak) == 0
+    # An epoch with a skipped step: its means are those of the finite steps, and it says how many were skipped.
+    calls = {"n": 0}
+
+    def nan_once(grad):
+        calls["n"] += 1
+        return grad * float("nan") if calls["n"] == 1 else grad
+
+    hook = trainer.avatar.points.register_hook(nan_once)
+    stats = trainer.train_epoch(0)
+    hook.remove()
+    assert stats["skipped_steps"] == 1
+    assert all(np.isfinite(v) for k, v in stats.items() if isinstance(v, float)), stats
+
+
+def test_row_sparse_adam_honours_found_inf_as_fused_adam_does():
+    def run(found_infs):
+        table = torch.nn.Embedding.from_pretrained(torch.arange(12.0).reshape(4, 3), freeze=False, sparse=True)
+        optimizer = RowSparseAdam(table.parameters(), lr=0.1)
+        for found_inf in found_infs:
+            optimizer.zero_grad()
+            table(torch.tensor([0, 2, 2])).square().sum().backward()
+            optimizer.found_inf = found_inf
+            optimizer.step()
+        return table.weight.detach(), optimizer.state[table.weight]
+
+    plain, plain_state = run([None, None])
+    flagged, flagged_state = run([torch.tensor(0.0), torch.tensor(1.0), torch.tensor(0.0)])  # the middle one skipped
+    assert torch.allclose(flagged, plain, rtol=0, atol=1e-6)
+    assert int(flagged_state["step"]) == plain_state["step"] == 2
+    assert torch.allclose(flagged_state["exp_avg_sq"], plain_state["exp_avg_sq"], rtol=1e-6, atol=0)
+
+
+def test_a_diverging_run_stops_with_one_line_and_keeps_the_last_good_checkpoint(data_folder, tmp_path, capsys):
+    Trainer(tiny_conf(data_folder, tmp_path), TrainOptions(nepoch=1)).run()
+    checkpoints = checkpoints_of(tmp_path)
+    saved = digest(checkpoints)
+    with pytest.raises(SystemExit) as info:
+        exp_runner.main(["--conf", DEMO, "--is_continue", "--nepoch", "4", "--quiet",
+                         *overrides(data_folder, tmp_path, "train.learning_rate=1e3")])
+    assert info.value.code == 2
+    line = one_line_error(capsys)
+    assert "not finite" in line and "epoch 2" in line and "train.learning_rate" in line and "--is_continue" in line
+    assert digest(checkpoints) == saved  # nothing of the diverged epochs was written
+    parts, _ = ckpt.load_checkpoint(checkpoints, [ckpt.MODEL])
+    assert parts[ckpt.MODEL]["epoch"] == 1
+
+
+def test_evaluation_and_export_refuse_a_checkpoint_with_non_finite_parameters(data_folder, tmp_path, capsys):
+    conf = tiny_conf(data_folder, tmp_path)
+    Trainer(conf, TrainOptions(nepoch=1)).run()
+    latest = checkpoints_of(tmp_path) / ckpt.MODEL / "latest.pth"
+    part = torch.load(latest, weights_only=True)
+    part["model_state_dict"]["points"][3, 1] = float("nan")
+    torch.save(part, latest)
+    with pytest.raises(CheckpointError, match=r"latest.pth holds non-finite values.*'points'"):
+        load_avatar(conf, checkpoints_of(tmp_path), "latest", (32, 32), torch.device("cpu"))
+    with pytest.raises(SystemExit) as info:
+        export_ply.main(["--conf", DEMO, "--out", str(tmp_path / "avatar.ply"), *overrides(data_folder, tmp_path)])
+    assert info.value.code == 2 and "non-finite" in one_line_error(capsys)
+    assert not (tmp_path / "avatar.ply").exists()
