@@ -151,3 +151,59 @@ def test_evaluation_and_export_refuse_a_checkpoint_with_non_finite_parameters(da
         export_ply.main(["--conf", DEMO, "--out", str(tmp_path / "avatar.ply"), *overrides(data_folder, tmp_path)])
     assert info.value.code == 2 and "non-finite" in one_line_error(capsys)
     assert not (tmp_path / "avatar.ply").exists()
+
+
+# ---- loading a file runs no code -----------------------------------------------------------------
+
+class Payload:
+    """What a crafted file holds: unpickling it would run a shell command that writes `marker`."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_a_crafted_checkpoint_is_refused_before_it_runs_anything(data_folder, tmp_path, capsys):
+    marker = tmp_path / "ran"
+    other = tmp_path / "other" / "train" / "checkpoints"
+    for part in ckpt.PARTS:
+        (other / part).mkdir(parents=True)
+        torch.save({"epoch": 3, "model_state_dict": {"points": Payload(marker)}}, other / part / "latest.pth")
+    conf = tiny_conf(data_folder, tmp_path / "exps")
+    with pytest.raises(CheckpointError, match=r"refers to 'posix.system'.*not loaded") as info:
+        Trainer(conf, TrainOptions(nepoch=4, is_continue=True, load_path=str(other.parent)))
+    assert "\n" not in str(info.value)
+    with pytest.raises(SystemExit) as exit_info:
+        exp_runner.main(["--conf", DEMO, "--is_eval", "--load_path", str(other.parent),
+                         *overrides(data_folder, tmp_path / "exps")])
+    assert exit_info.value.code == 2 and "posix.system" in one_line_error(capsys)
+    assert not marker.exists()
+
+
+def test_a_crafted_flame_model_or_landmark_file_is_refused_before_it_runs_anything(tmp_path):
+    marker = tmp_path / "ran"
+    model = tmp_path / "generic_model.pkl"
+    model.write_bytes(pickle.dumps({"v_template": np.zeros((3, 3)), "f": Payload(marker)}, protocol=2))
+    with pytest.raises(FlameModelError, match=r"generic_model.pkl names 'posix.system'.*not loaded"):
+        load_flame_model(model)
+    landmarks = tmp_path / "landmark_embedding.npy"
+    np.save(landmarks, np.array({"full_lmk_faces_idx": Payload(marker)}, dtype=object), allow_pickle=True)
+    with pytest.raises(FlameModelError, match=r"landmark_embedding.npy names 'posix.system'"):
+        load_landmark_embedding(landmarks)
+    # Any other callable is refused as well (Python 2 names included), not only os.system.
+    model.write_bytes(b"\x80\x02c__builtin__\neval\nX\x03\x00\x00\x001+1\x85R.")
+    with pytest.raises(FlameModelError, match="names 'builtins.eval'"):
+        load_flame_model(model)
+    assert not marker.exists()
+
+
+def test_deca_landmark_file_with_torch_tensors_still_loads(tmp_path):
+    """DECA's landmark_embedding.npy pickles some entries as torch tensors: they are read with weights_only."""
+    path = tmp_path / "landmark_embedding.npy"
+    faces, bary = torch.arange(68)[None], torch.rand(1, 68, 3, dtype=torch.float64)
+    np.save(path, np.array({"full_lmk_faces_idx": faces, "full_lmk_bary_coords": bary,
+                            "static_lmk_faces_idx": np.arange(51)}, dtype=object), allow_pickle=True)
+    embedding = load_landmark_embedding(path)
+    assert np.array_equal(embedding.faces_idx, np.arange(68)) and np.allclose(embedding.bary_coords, bary[0].numpy())
