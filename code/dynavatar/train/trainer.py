@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Callable
 
 import torch
@@ -89,9 +90,21 @@ class Trainer:
         self.writer: SummaryWriter | None = None
 
     def _check_experiment_folder(self) -> None:
-        """A new run never overwrites an experiment's checkpoints unless asked to."""
-        existing = ckpt.has_checkpoint(self.paths.checkpoints)
-        if existing and not self.options.is_continue and not self.options.overwrite:
+        """A new run never overwrites an experiment's checkpoints unless asked to; asked to, it moves
+        the whole old experiment aside first, so that nothing of the two runs is ever mixed."""
+        if self.options.is_continue:
+            return
+        if self.options.overwrite:
+            root = self.paths.root
+            if root.exists():
+                name = f"{root.name}.replaced-{datetime.now():%Y%m%d-%H%M%S}"
+                aside, n = root.with_name(name), 1
+                while aside.exists():
+                    aside, n = root.with_name(f"{name}-{n}"), n + 1
+                root.rename(aside)
+                log.warning("--overwrite: the earlier experiment %s was moved aside, whole, to %s", root, aside)
+            return
+        if ckpt.has_checkpoint(self.paths.checkpoints):
             raise CheckpointError(
                 f"{self.paths.train_dir} already holds checkpoints (epochs {ckpt.available_epochs(self.paths.checkpoints)}"
                 f" and latest): resume with --is_continue, start again with --overwrite, or train into another "
