@@ -70,6 +70,10 @@ class Trainer:
         self._place_images(self.train_data)
         # Plots only: the expression statistics come from the training frames.
         self.plot_data = dataset_from_conf(conf, "test", use_mean_expression=False, use_var_expression=False)
+        # Every frame's files, of both splits, are checked now, not when a batch or the final
+        # evaluation (which reads every test frame) first needs them.
+        self.train_data.check_headers()
+        dataset_from_conf(conf, "test", is_eval=True, load_images=False).check_headers()
         log.info("training on %d frames of %s, plotting %d test frames, on %s", len(self.train_data),
                  list(conf.dataset.train.sub_dir), len(self.plot_data), self.device)
 
