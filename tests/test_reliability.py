@@ -207,3 +207,150 @@ def test_deca_landmark_file_with_torch_tensors_still_loads(tmp_path):
                             "static_lmk_faces_idx": np.arange(51)}, dtype=object), allow_pickle=True)
     embedding = load_landmark_embedding(path)
     assert np.array_equal(embedding.faces_idx, np.arange(68)) and np.allclose(embedding.bary_coords, bary[0].numpy())
+
+
+# ---- --overwrite and --load_path never mix two experiments ---------------------------------------
+
+def test_overwrite_moves_the_whole_old_experiment_aside_before_writing_anything(data_folder, tmp_path, caplog):
+    conf = tiny_conf(data_folder, tmp_path)
+    Trainer(conf, TrainOptions(nepoch=1)).run()
+    root = checkpoints_of(tmp_path).parents[1]
+    (root / "eval" / "MVI_1812").mkdir(parents=True)
+    (root / "eval" / "MVI_1812" / "old.txt").write_text("the old run's result")
+    old = digest(root)
+    caplog.set_level("WARNING")
+    trainer = Trainer(conf, TrainOptions(nepoch=1, overwrite=True))
+    assert not root.exists()  # a kill now leaves no old checkpoint beside the new conf
+    aside, = [p for p in root.parent.iterdir() if p.name.startswith(f"{SPLIT}.replaced-")]
+    assert digest(aside) == old and f"moved aside, whole, to {aside}" in caplog.text
+    trainer.run()
+    assert sorted(p.name for p in root.iterdir()) == ["train"]  # nothing of the old run beside the new one
+
+
+def test_evaluating_another_experiments_checkpoint_writes_under_that_experiment(data_folder, tmp_path):
+    conf_a = tiny_conf(data_folder, tmp_path, "train.methodname=a")
+    conf_b = tiny_conf(data_folder, tmp_path, "train.methodname=b", "train.learning_rate=2e-3")
+    Trainer(conf_a, TrainOptions(nepoch=1)).run()
+    Trainer(conf_b, TrainOptions(nepoch=1)).run()
+    root_a, root_b = checkpoints_of(tmp_path, "a").parents[1], checkpoints_of(tmp_path, "b").parents[1]
+    folders = Evaluator(conf_a, EvalOptions(load_path=str(root_b / "train"), videos=False)).evaluate()
+    assert not (root_a / "eval").exists()  # a's results are never overwritten by b's model
+    folder, = folders.values()
+    assert folder == root_b / "eval" / "MVI_1812" / "epoch_1"
+    report = json.loads((folder / "metrics.json").read_text())
+    assert report["checkpoint"] == str(root_b / "train" / "checkpoints" / ckpt.MODEL / "1.pth")
+    assert report["conf"] == str(root_b / "train" / "runconf.conf")
+    assert (root_b / "train" / "checkpoints" / ckpt.TEST_INPUTS / "1.pth").is_file()
+
+
+# ---- a save is one commit ------------------------------------------------------------------------
+
+class Killed(BaseException):
+    """A kill -9 between two file operations of a save (nothing after it runs)."""
+
+
+def _interrupt_after(monkeypatch, operations: int) -> None:
+    """Make the save stop after `operations` file writes and renames, as a kill would."""
+    count = {"n": 0}
+    write, replace = ckpt._write, os.replace
+
+    def counted(function):
+        def wrapper(*args, **kwargs):
+            if count["n"] >= operations:
+                raise Killed()
+            count["n"] += 1
+            return function(*args, **kwargs)
+        return wrapper
+
+    monkeypatch.setattr(ckpt, "_write", counted(write))
+    monkeypatch.setattr(ckpt.os, "replace", counted(replace))
+
+
+def test_a_save_interrupted_anywhere_leaves_one_whole_checkpoint(data_folder, tmp_path, monkeypatch):
+    trainer = Trainer(tiny_conf(data_folder, tmp_path), TrainOptions(nepoch=1))
+    checkpoints, names = trainer.paths.checkpoints, list(ckpt.PARTS)
+    trainer.save(1, numbered=False)
+    shutil.copytree(checkpoints, tmp_path / "epoch1")
+    points = {1: trainer.avatar.points.detach().clone()}
+    trainer.train_epoch(1)
+    points[2] = trainer.avatar.points.detach().clone()  # epoch 2's state differs from epoch 1's
+    outcomes = set()
+    for operations in range(2 * len(names) + 1):  # before each part written, the commit, each part renamed
+        shutil.rmtree(checkpoints)
+        shutil.copytree(tmp_path / "epoch1", checkpoints)
+        with monkeypatch.context() as patch:
+            _interrupt_after(patch, operations)
+            with pytest.raises(Killed):
+                trainer.save(2, numbered=False)
+        parts, tag = ckpt.load_checkpoint(checkpoints, names)
+        epoch, = {int(p["epoch"]) for p in parts.values()}  # all parts of one epoch, never a mix
+        assert tag == "latest" and torch.equal(parts[ckpt.MODEL]["model_state_dict"]["points"], points[epoch])
+        outcomes.add(epoch)
+        trainer.save(3, numbered=False)  # the next save completes or discards what the kill left
+        assert {int(p["epoch"]) for p in ckpt.load_checkpoint(checkpoints, names)[0].values()} == {3}
+        assert not list(checkpoints.rglob("*.tmp"))
+    assert outcomes == {1, 2}  # before the commit the old checkpoint, after it the new one
+
+
+def test_a_full_disk_during_a_save_keeps_the_previous_checkpoint_and_leaves_no_temporary(data_folder, tmp_path,
+                                                                                         monkeypatch):
+    trainer = Trainer(tiny_conf(data_folder, tmp_path), TrainOptions(nepoch=3))
+    trainer.save(1, numbered=True)
+    before = digest(trainer.paths.checkpoints)
+    write = ckpt._write
+    calls = {"n": 0}
+
+    def disk_full_on_third(obj, path):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            path.write_bytes(b"half a checkpoint")
+            raise OSError(errno.ENOSPC, "No space left on device")
+        write(obj, path)
+
+    monkeypatch.setattr(ckpt, "_write", disk_full_on_third)
+    with pytest.raises(CheckpointError, match="cannot write .*No space left on device.*previous checkpoint is kept"):
+        trainer.save(2, numbered=True)
+    assert digest(trainer.paths.checkpoints) == before and not list(trainer.paths.checkpoints.rglob("*.tmp"))
+    assert ckpt.load_checkpoint(trainer.paths.checkpoints, [ckpt.MODEL])[0][ckpt.MODEL]["epoch"] == 1
+
+
+# ---- bad input: before the first epoch, one line, exit code 2 ------------------------------------
+
+def test_a_broken_test_frame_is_reported_before_the_first_epoch(data_folder, tmp_path):
+    broken = tmp_path / "datasets"
+    shutil.copytree(data_folder, broken)
+    video = broken / SUBJECT / SUBJECT / "MVI_1812"
+    conf = tiny_conf(broken, tmp_path / "exps", "dataset.test.subsample=4")  # the plots read frame 1 only
+    (video / "mask" / "3.png").unlink()
+    with pytest.raises(DatasetError, match=r"MVI_1812/mask/3.png \(MVI_1812 frame 3\): mask not found"):
+        Trainer(conf, TrainOptions(nepoch=1))
+    shutil.copy(video / "mask" / "2.png", video / "mask" / "3.png")
+    (video / "image" / "4.png").write_bytes(b"not a png")
+    with pytest.raises(DatasetError, match=r"MVI_1812/image/4.png \(MVI_1812 frame 4\): cannot read the image"):
+        Trainer(conf, TrainOptions(nepoch=1))
+    assert not (tmp_path / "exps").exists()
+
+
+def test_overrides_anywhere_and_nepoch_below_one(data_folder, tmp_path, capsys):
+    args = exp_runner.build_parser().parse_intermixed_args(
+        ["--conf", DEMO, "train.max_batch=2", "--nepoch", "10", "train.seed=3", "--quiet"])
+    assert args.overrides == ["train.max_batch=2", "train.seed=3"] and args.nepoch == 10 and args.quiet
+    args = export_ply.build_parser().parse_intermixed_args(["--conf", DEMO, "a=1", "--out", "x.ply", "b=2"])
+    assert args.overrides == ["a=1", "b=2"] and args.out == "x.ply"
+    assert check_dataset.main(["--conf", DEMO, *overrides(data_folder, tmp_path)[:2], "-q",
+                               *overrides(data_folder, tmp_path)[2:]]) == 0
+    for nepoch in ("0", "-3"):
+        with pytest.raises(SystemExit) as info:
+            exp_runner.main(["--conf", DEMO, *overrides(data_folder, tmp_path)[:3], "--nepoch", nepoch,
+                             *overrides(data_folder, tmp_path)[3:]])
+        assert info.value.code == 2 and f"--nepoch {nepoch}" in one_line_error(capsys)
+    assert list(tmp_path.iterdir()) == []  # nothing created
+
+
+def test_export_to_a_folder_or_an_unwritable_place_is_one_line(data_folder, tmp_path, capsys):
+    Trainer(tiny_conf(data_folder, tmp_path), TrainOptions(nepoch=1)).run()
+    (tmp_path / "a_file").write_text("")
+    for out, expected in ((tmp_path, "is a folder"), (tmp_path / "a_file" / "avatar.ply", "cannot write")):
+        with pytest.raises(SystemExit) as info:
+            export_ply.main(["--conf", DEMO, "--out", str(out), *overrides(data_folder, tmp_path)])
+        assert info.value.code == 2 and expected in one_line_error(capsys)
