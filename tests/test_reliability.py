@@ -275,17 +275,21 @@ def test_a_save_interrupted_anywhere_leaves_one_whole_checkpoint(data_folder, tm
     trainer.train_epoch(1)
     points[2] = trainer.avatar.points.detach().clone()  # epoch 2's state differs from epoch 1's
     outcomes = set()
-    for operations in range(2 * len(names) + 1):  # before each part written, the commit, each part renamed
+    # Cut before each part of `latest` is written, each numbered part written and renamed, the commit,
+    # each part of `latest` renamed.
+    for operations in range(4 * len(names) + 1):
         shutil.rmtree(checkpoints)
         shutil.copytree(tmp_path / "epoch1", checkpoints)
         with monkeypatch.context() as patch:
             _interrupt_after(patch, operations)
             with pytest.raises(Killed):
-                trainer.save(2, numbered=False)
+                trainer.save(2, numbered=True)
         parts, tag = ckpt.load_checkpoint(checkpoints, names)
         epoch, = {int(p["epoch"]) for p in parts.values()}  # all parts of one epoch, never a mix
         assert tag == "latest" and torch.equal(parts[ckpt.MODEL]["model_state_dict"]["points"], points[epoch])
         outcomes.add(epoch)
+        for numbered in ckpt.available_epochs(checkpoints):  # a numbered checkpoint is listed once whole
+            assert {int(p["epoch"]) for p in ckpt.load_checkpoint(checkpoints, names, numbered)[0].values()} == {2}
         trainer.save(3, numbered=False)  # the next save completes or discards what the kill left
         assert {int(p["epoch"]) for p in ckpt.load_checkpoint(checkpoints, names)[0].values()} == {3}
         assert not list(checkpoints.rglob("*.tmp"))

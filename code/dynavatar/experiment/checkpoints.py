@@ -13,7 +13,8 @@ Saving `latest` is one commit: every part is written to `<part>/latest.pth.tmp`,
 is replaced (atomically: that is the commit), then each temporary is renamed over its `latest.pth`.
 A kill before the commit leaves the previous `latest` whole; a kill after it leaves temporaries that
 complete the new one (read from them, and renamed at the next save). Numbered checkpoints are
-written after that, the model part last, so an epoch is listed only once all its parts exist.
+written before the commit, the model part last, so an epoch is listed only once all its parts
+exist, and a kill before the commit makes the resumed run write them again.
 
 Reading uses `torch.load(weights_only=True)`: tensors and plain Python values only, so a crafted
 file is refused before any of its code can run.
@@ -135,19 +136,19 @@ def _epoch_of(path: Path) -> int | None:
 
 def _roll_forward(checkpoints: Path) -> None:
     """Rename the temporaries of a committed save that a kill interrupted over their `latest.pth`;
-    delete the temporaries of a save that never committed. Runs before a save writes its own."""
+    delete the temporaries of a save that never committed (numbered ones included). Runs before a
+    save writes its own."""
     try:
         record = _read_record(checkpoints)
     except CheckpointError:
         record = None  # this save writes a new one
     for part in PARTS:
-        tmp = _tmp(checkpoints / part / f"{LATEST}.pth")
-        if not tmp.is_file():
-            continue
-        if record is not None and part in record["parts"] and _epoch_of(tmp) == record["epoch"]:
-            os.replace(tmp, tmp.with_name(f"{LATEST}.pth"))
-        else:
-            _remove(tmp)
+        for tmp in (checkpoints / part).glob(f"*.pth{TMP}"):  # a numbered one is always of a save that never committed
+            if (tmp.name == f"{LATEST}.pth{TMP}" and record is not None and part in record["parts"]
+                    and _epoch_of(tmp) == record["epoch"]):
+                os.replace(tmp, tmp.with_name(f"{LATEST}.pth"))
+            else:
+                _remove(tmp)
 
 
 def save_checkpoint(checkpoints: Path, epoch: int, parts: dict[str, dict], numbered: bool) -> None:
@@ -155,31 +156,32 @@ def save_checkpoint(checkpoints: Path, epoch: int, parts: dict[str, dict], numbe
     as `<epoch>.pth`. A failed write (a full disk) before the commit removes what it wrote and keeps
     the previous checkpoint; any failure is one CheckpointError."""
     payloads = {part: {"epoch": epoch, **state} for part, state in parts.items()}
-    written: list[Path] = []
+    pending: list[Path] = []  # the temporaries of `latest`, renamed after the commit
     try:
         _roll_forward(checkpoints)
         for part, payload in payloads.items():
             tmp = _tmp(checkpoints / part / f"{LATEST}.pth")
             tmp.parent.mkdir(parents=True, exist_ok=True)
-            written.append(tmp)
+            pending.append(tmp)
             _write(payload, tmp)
+        if numbered:  # before the commit, so that a kill in between makes the resumed run write them again
+            for part in sorted(payloads, key=lambda name: name == MODEL):  # an epoch is listed once its model exists
+                path = checkpoints / part / f"{epoch}.pth"
+                _write(payloads[part], _tmp(path))
+                os.replace(_tmp(path), path)
         record = checkpoints / RECORD
-        written.append(_tmp(record))
         _tmp(record).write_text(json.dumps({"epoch": epoch, "parts": sorted(payloads)}))
         os.replace(_tmp(record), record)  # the commit
     except OSError as exc:
-        for path in written:
+        for path in [*pending, _tmp(checkpoints / RECORD), *(_tmp(checkpoints / p / f"{epoch}.pth") for p in payloads)]:
             _remove(path)
         raise _write_failed(checkpoints / RECORD, exc) from None
     try:
-        for tmp in written[:-1]:
+        for tmp in pending:
             os.replace(tmp, tmp.with_name(f"{LATEST}.pth"))
     except OSError as exc:  # committed: the temporaries left complete it (`load_checkpoint`, `_roll_forward`)
         raise CheckpointError(f"cannot rename the checkpoint files of epoch {epoch} in {checkpoints} "
                               f"({exc.strerror or exc}); they are complete: resume with --is_continue") from None
-    if numbered:
-        for part in sorted(payloads, key=lambda name: name == MODEL):
-            atomic_save(payloads[part], checkpoints / part / f"{epoch}.pth")
 
 
 def _unsafe_global(exc: Exception) -> str | None:
