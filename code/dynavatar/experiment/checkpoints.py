@@ -90,7 +90,7 @@ def _write(obj: Any, path: Path) -> None:
         os.fsync(handle.fileno())
 
 
-def _write_failed(what: Path, exc: OSError) -> CheckpointError:
+def _write_failed(what: str, exc: OSError) -> CheckpointError:
     return CheckpointError(f"cannot write {what} ({exc.strerror or exc}); the previous checkpoint is kept: "
                            f"free disk space (or fix the folder's permissions) and resume with --is_continue")
 
@@ -105,7 +105,7 @@ def atomic_save(obj: Any, path: Path) -> None:
         os.replace(tmp, path)
     except OSError as exc:
         _remove(tmp)
-        raise _write_failed(path, exc) from None
+        raise _write_failed(str(path), exc) from None
 
 
 def has_checkpoint(checkpoints: Path) -> bool:
@@ -143,7 +143,7 @@ def _roll_forward(checkpoints: Path) -> None:
     except CheckpointError:
         record = None  # this save writes a new one
     for part in PARTS:
-        for tmp in (checkpoints / part).glob(f"*.pth{TMP}"):  # a numbered one is always of a save that never committed
+        for tmp in (checkpoints / part).glob(f"*.pth{TMP}"):  # numbered ones: always of a save never committed
             if (tmp.name == f"{LATEST}.pth{TMP}" and record is not None and part in record["parts"]
                     and _epoch_of(tmp) == record["epoch"]):
                 os.replace(tmp, tmp.with_name(f"{LATEST}.pth"))
@@ -170,12 +170,15 @@ def save_checkpoint(checkpoints: Path, epoch: int, parts: dict[str, dict], numbe
                 _write(payloads[part], _tmp(path))
                 os.replace(_tmp(path), path)
         record = checkpoints / RECORD
-        _tmp(record).write_text(json.dumps({"epoch": epoch, "parts": sorted(payloads)}))
+        with open(_tmp(record), "w") as handle:
+            handle.write(json.dumps({"epoch": epoch, "parts": sorted(payloads)}))
+            handle.flush()
+            os.fsync(handle.fileno())
         os.replace(_tmp(record), record)  # the commit
     except OSError as exc:
         for path in [*pending, _tmp(checkpoints / RECORD), *(_tmp(checkpoints / p / f"{epoch}.pth") for p in payloads)]:
             _remove(path)
-        raise _write_failed(checkpoints / RECORD, exc) from None
+        raise _write_failed(f"the checkpoint of epoch {epoch} to {checkpoints}", exc) from None
     try:
         for tmp in pending:
             os.replace(tmp, tmp.with_name(f"{LATEST}.pth"))
