@@ -358,3 +358,74 @@ def test_export_to_a_folder_or_an_unwritable_place_is_one_line(data_folder, tmp_
         with pytest.raises(SystemExit) as info:
             export_ply.main(["--conf", DEMO, "--out", str(out), *overrides(data_folder, tmp_path)])
         assert info.value.code == 2 and expected in one_line_error(capsys)
+
+
+# ---- on CUDA: skipped on the device, without waiting for it ----------------------------------------
+
+cuda_only = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (torch.cuda.is_available() is False)")
+
+
+@pytest.mark.gpu
+@cuda_only
+def test_on_cuda_a_non_finite_step_changes_nothing_and_waits_for_nothing():
+    from dynavatar.train.guard import NonFiniteGuard
+
+    device = torch.device("cuda")
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(4, 3).to(device)
+    table = torch.nn.Embedding(6, 3, sparse=True).to(device)
+    adam = torch.optim.Adam(layer.parameters(), lr=0.1, fused=True)
+    row_adam = RowSparseAdam(table.parameters(), lr=0.1)
+    guard = NonFiniteGuard(3, device)
+    x, rows = torch.randn(5, 4, device=device), torch.tensor([0, 2, 2, 5], device=device)
+
+    def backward(poison: bool) -> torch.Tensor:
+        adam.zero_grad(set_to_none=True)
+        row_adam.zero_grad(set_to_none=True)
+        loss = layer(x).square().mean() + table(rows).square().mean()
+        loss = loss * float("nan") if poison else loss
+        loss.backward()
+        return loss
+
+    guard.step(backward(False), [adam, row_adam])  # the optimisers' state exists from here on
+    before = [t.detach().clone() for t in (*layer.parameters(), table.weight)]
+    moments = [v.clone() for s in (*adam.state.values(), *row_adam.state.values()) for v in s.values()]
+    loss = backward(True)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")  # any host-device synchronisation in the guard raises
+    try:
+        finite = guard.step(loss, [adam, row_adam])
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert not bool(finite) and int(guard.streak) == 1
+    for a, b in zip(before, (*layer.parameters(), table.weight)):
+        assert torch.equal(a, b)
+    after = [v for s in (*adam.state.values(), *row_adam.state.values()) for v in s.values()]
+    for a, b in zip(moments, after):  # moments and step counts (tensors, or RowSparseAdam's int before)
+        assert torch.equal(torch.as_tensor(a).double().cpu(), torch.as_tensor(b).double().cpu())
+    loss = backward(False)
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        finite = guard.step(loss, [adam, row_adam])
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert bool(finite) and int(guard.streak) == 0 and int(guard.skipped) == 1
+    assert not torch.equal(before[0], layer.weight) and not torch.equal(before[-1], table.weight)
+    assert int(row_adam.state[table.weight]["step"]) == 2
+
+
+@pytest.mark.gpu
+@cuda_only
+def test_on_cuda_training_skips_a_non_finite_step(data_folder, tmp_path):
+    trainer = Trainer(tiny_conf(data_folder, tmp_path, "train.device=cuda", "model.rasterizer=torch"),
+                      TrainOptions(nepoch=1))
+    batch = trainer.train_data.batch([0, 1, 2]).to(trainer.device)
+    trainer.train_step(batch, step_inputs=True)
+    before = {k: v.clone() for k, v in trainer.avatar.state_dict().items()}
+    hook = trainer.avatar.points.register_hook(lambda g: g * float("nan"))
+    assert not bool(trainer.train_step(batch, step_inputs=True)["finite"])
+    hook.remove()
+    for key, value in trainer.avatar.state_dict().items():
+        assert torch.equal(value, before[key]), key
+    stats = trainer.train_epoch(0)
+    assert stats["skipped_steps"] == 0 and np.isfinite(stats["loss"])
