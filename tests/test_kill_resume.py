@@ -21,13 +21,13 @@ from dynavatar.subject_generator import generate_subject
 
 REPO = Path(__file__).resolve().parents[1]
 SUBJECT = "killed"
-NEPOCH = 12
+NEPOCH = 20
 KILLS = 10
 
 
 def command(data: Path, exps: Path) -> list[str]:
-    """The demo conf on a tiny subject: a growth and a pruning step at epochs 2 and 6, a save every
-    epoch (a numbered one every 5), per-frame inputs refined from the start."""
+    """The demo conf on a tiny subject: growth at epochs 2 and 6 and pruning at every epoch, a save
+    every epoch (a numbered one every 5), per-frame inputs refined from the start."""
     return [sys.executable, str(REPO / "scripts" / "exp_runner.py"), "--conf", str(REPO / "confs" / "demo.conf"),
             "--is_continue", "--nepoch", str(NEPOCH), "--quiet", "--no_videos",
             f"dataset.data_folder={data}", f"dataset.subject_name={SUBJECT}", "dataset.synthetic=false",
@@ -84,29 +84,34 @@ def test_runs_killed_at_random_moments_and_resumed_end_as_an_uninterrupted_run(t
     assert wait_for_training(process, started, straight), process.communicate()[1][-3000:]
     training_started = time.time()
     assert process.wait(timeout=300) == 0, process.communicate()[1][-3000:]
-    training = time.time() - training_started  # training and evaluation, without the start-up
+    epoch_time = (time.time() - training_started) / NEPOCH  # (the final evaluation included: an upper bound)
 
     rng = random.Random(0)
     record = runconf(killed).parent / "checkpoints" / ckpt.RECORD
+
+    def saved() -> int:
+        return json.loads(record.read_text())["epoch"] if record.is_file() else 0
+
     resumed_from: list[int] = []  # the epoch of the checkpoint each kill left
     while len(resumed_from) < KILLS:
-        done = json.loads(record.read_text())["epoch"] if record.is_file() else 0
         process, started = start(command(data, killed))
-        if wait_for_training(process, started, killed):
-            # A moment within the first quarter of what is left to do: saves, growth, pruning and the
-            # final evaluation all get hit, and the run is not done before its tenth kill.
-            try:
-                process.wait(timeout=rng.uniform(0.0, 0.25) * training * (NEPOCH - done) / NEPOCH)
-            except subprocess.TimeoutExpired:
-                process.send_signal(signal.SIGKILL)
-                process.wait()
-                resumed_from.append(json.loads(record.read_text())["epoch"] if record.is_file() else 0)
-                continue
-        assert process.wait(timeout=300) == 0, process.communicate()[1][-3000:]
-        break  # it finished before its kill: nothing left to resume
+        if not wait_for_training(process, started, killed):
+            break
+        # A random moment of the first or the second epoch after the resume (saves, growth and
+        # pruning all get hit), measured from the moment the previous epoch was saved.
+        target = saved() + rng.choice([0, 1])
+        while saved() < target and process.poll() is None:
+            time.sleep(0.01)
+        try:
+            process.wait(timeout=rng.uniform(0.0, 1.0) * epoch_time)
+            break  # it finished before its kill: nothing left to resume
+        except subprocess.TimeoutExpired:
+            process.send_signal(signal.SIGKILL)
+            process.wait()
+            resumed_from.append(saved())
     process, _ = start(command(data, killed))
     assert process.wait(timeout=300) == 0, process.communicate()[1][-3000:]
-    assert len(set(resumed_from)) >= 3, resumed_from  # resumed from several epochs, not only from scratch
+    assert len(resumed_from) == KILLS and len(set(resumed_from)) >= 3, resumed_from
 
     a = straight / SUBJECT / "demo" / "MVI_1810+MVI_1814" / "train" / "checkpoints"
     b = killed / SUBJECT / "demo" / "MVI_1810+MVI_1814" / "train" / "checkpoints"
