@@ -91,28 +91,33 @@ class Trainer:
         self.start_epoch = 0
         if options.is_continue:
             self._resume()
+        elif options.overwrite:
+            self._move_old_experiment_aside()
         self.writer: SummaryWriter | None = None
 
     def _check_experiment_folder(self) -> None:
-        """A new run never overwrites an experiment's checkpoints unless asked to; asked to, it moves
-        the whole old experiment aside first, so that nothing of the two runs is ever mixed."""
-        if self.options.is_continue:
-            return
-        if self.options.overwrite:
-            root = self.paths.root
-            if root.exists():
-                name = f"{root.name}.replaced-{datetime.now():%Y%m%d-%H%M%S}"
-                aside, n = root.with_name(name), 1
-                while aside.exists():
-                    aside, n = root.with_name(f"{name}-{n}"), n + 1
-                root.rename(aside)
-                log.warning("--overwrite: the earlier experiment %s was moved aside, whole, to %s", root, aside)
+        """A new run never overwrites an experiment's checkpoints unless asked to."""
+        if self.options.is_continue or self.options.overwrite:
             return
         if ckpt.has_checkpoint(self.paths.checkpoints):
             raise CheckpointError(
                 f"{self.paths.train_dir} already holds checkpoints (epochs {ckpt.available_epochs(self.paths.checkpoints)}"
                 f" and latest): resume with --is_continue, start again with --overwrite, or train into another "
                 f"folder with train.methodname=<name>")
+
+    def _move_old_experiment_aside(self) -> None:
+        """--overwrite: the whole old experiment (checkpoints, eval/, TensorBoard files) moves to a dated
+        sibling folder once the new run is ready to start and before it writes anything, so that
+        nothing of the two runs is ever mixed and nothing of the old one is lost."""
+        root = self.paths.root
+        if not root.exists():
+            return
+        name = f"{root.name}.replaced-{datetime.now():%Y%m%d-%H%M%S}"
+        aside, n = root.with_name(name), 1
+        while aside.exists():
+            aside, n = root.with_name(f"{name}-{n}"), n + 1
+        root.rename(aside)
+        log.warning("--overwrite: the earlier experiment %s was moved aside, whole, to %s", root, aside)
 
     def _place_images(self, data: FaceDataset) -> None:
         """Preloaded training images go to the GPU when they take at most a quarter of its free
