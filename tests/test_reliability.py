@@ -18,7 +18,7 @@ import torch
 
 from dynavatar.cli import check_dataset, exp_runner, export_ply
 from dynavatar.config import load_conf
-from dynavatar.errors import CheckpointError, DatasetError, FlameModelError, TrainingDivergedError
+from dynavatar.errors import CheckpointError, DatasetError, FlameModelError
 from dynavatar.evaluate.evaluator import EvalOptions, Evaluator
 from dynavatar.experiment import checkpoints as ckpt
 from dynavatar.flame import load_flame_model
@@ -362,7 +362,8 @@ def test_export_to_a_folder_or_an_unwritable_place_is_one_line(data_folder, tmp_
 
 # ---- on CUDA: skipped on the device, without waiting for it ----------------------------------------
 
-cuda_only = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (torch.cuda.is_available() is False)")
+cuda_only = pytest.mark.skipif(not torch.cuda.is_available(),
+                               reason="needs a CUDA device (torch.cuda.is_available() is False)")
 
 
 @pytest.mark.gpu
