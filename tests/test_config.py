@@ -232,3 +232,25 @@ def test_range_errors_name_key_and_file(tmp_path):
         load_conf(write(tmp_path, "dataset { train { img_res = [512] } }"))
     with pytest.raises(ConfigError, match="my.conf: key 'model.point_cloud.schedule_epochs'.*same length"):
         load_conf(write(tmp_path, "model { point_cloud { schedule_epochs = [1] } }"))
+
+
+@pytest.mark.parametrize("override, key", [
+    ("train.learning_rate=-1", "train.learning_rate"), ("train.learning_rate=0", "train.learning_rate"),
+    ("train.learning_rate_cam=-5e-4", "train.learning_rate_cam"), ("train.max_batch=0", "train.max_batch"),
+    ("train.max_points_training=0", "train.max_points_training"), ("train.nepoch=0", "train.nepoch"),
+    ("train.save_freq=0", "train.save_freq"), ("train.seed=-1", "train.seed"),
+    ("train.max_nonfinite_steps=0", "train.max_nonfinite_steps"), ("loss.ssim_weight=-0.1", "loss.ssim_weight"),
+    ("dataset.synthetic_frames=0", "dataset.synthetic_frames"), ("dataset.test.subsample=0", "dataset.test.subsample"),
+    ("evaluation.video_fps=0", "evaluation.video_fps"), ("model.max_scale=0", "model.max_scale"),
+    ("model.point_cloud.n_init_points=0", "model.point_cloud.n_init_points"),
+    ("model.point_cloud.schedule_points=[800, 0, 3200, 6400, 10000, 20000, 40000, 80000, 100000]",
+     "model.point_cloud.schedule_points"),
+    ("model.deformer_network.dims=[128, 0]", "model.deformer_network.dims"),
+])
+def test_out_of_range_values_are_refused_at_load_naming_the_key(tmp_path, override, key):
+    """Values that used to crash later with a traceback (a negative learning rate, no initial points)
+    or that ran as something else (max_batch 0 ran with batch 1) stop at load."""
+    path = write(tmp_path, PAPER_STYLE_CONF)
+    with pytest.raises(ConfigError, match=rf"my.conf: key '{key}' must be") as info:
+        load_conf(path, [override])
+    assert "\n" not in str(info.value)

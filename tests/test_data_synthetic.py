@@ -155,3 +155,22 @@ def test_a_folder_not_written_by_the_generator_is_never_replaced(tmp_path):
     with pytest.raises(DatasetError, match="never replaced"):  # a mistyped sub_dir must not wipe real data
         ensure_synthetic_subject(conf)
     assert (real / "flame_params.json").read_text() == "{}"
+
+
+def test_a_generated_subject_follows_the_conf_when_its_settings_change(tmp_path, caplog):
+    """dataset.synthetic_frames / synthetic_seed / the image size changed for a subject that exists:
+    it is generated again (deterministic), with a warning, never silently reused."""
+    base = [f"dataset.data_folder={tmp_path}", "dataset.subject_name=demo", "dataset.synthetic=true",
+            "dataset.synthetic_frames=2", "dataset.train.img_res=[16, 16]", "model.flame_model_path=synthetic"]
+    target = ensure_synthetic_subject(load_conf(REPO / "confs" / "subject1.conf", base))
+    images = target / "demo" / "MVI_1810" / "image"
+    assert len(list(images.iterdir())) == 2
+    caplog.set_level("WARNING")
+    ensure_synthetic_subject(load_conf(REPO / "confs" / "subject1.conf", [*base, "dataset.synthetic_frames=3"]))
+    assert len(list(images.iterdir())) == 3
+    assert "generated with frames=2; the conf asks for frames=3: generating it again" in caplog.text
+    before = (target / "demo" / "MVI_1810" / "flame_params.json").read_text()
+    ensure_synthetic_subject(load_conf(REPO / "confs" / "subject1.conf",
+                                       [*base, "dataset.synthetic_frames=3", "dataset.synthetic_seed=1"]))
+    assert (target / "demo" / "MVI_1810" / "flame_params.json").read_text() != before
+    assert "seed=0; the conf asks for seed=1" in caplog.text

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -89,7 +90,7 @@ def test_checkpoint_layout(data_folder, tmp_path):
         names = sorted(p.name for p in (train_dir / "checkpoints" / part).iterdir())
         assert names == ["5.pth", "latest.pth"], (part, names)
     assert list((train_dir / "tensorboard").iterdir())
-    state = torch.load(train_dir / "checkpoints" / ckpt.MODEL / "latest.pth", weights_only=False)
+    state = torch.load(train_dir / "checkpoints" / ckpt.MODEL / "latest.pth", weights_only=True)
     assert state["epoch"] == 5 and state["model_state_dict"]["points"].shape == (300, 3)
 
 
@@ -129,14 +130,20 @@ def test_a_new_run_never_overwrites_an_experiment(data_folder, tmp_path):
     Trainer(conf, TrainOptions(nepoch=1, overwrite=True))  # asked for explicitly
 
 
-def test_checkpoint_parts_of_different_epochs_are_refused(data_folder, tmp_path):
+def test_an_incomplete_latest_falls_back_to_the_newest_complete_checkpoint(data_folder, tmp_path, caplog):
     conf = tiny_conf(data_folder, tmp_path)
     Trainer(conf, TrainOptions(nepoch=1)).run()
-    latest = tmp_path / SUBJECT / "demo" / "MVI_1810+MVI_1814" / "train" / "checkpoints" / ckpt.OPTIMIZER / "latest.pth"
-    part = torch.load(latest, weights_only=False)
-    part["epoch"] = 0  # as if a kill had left an older optimizer beside the newer model
+    checkpoints = tmp_path / SUBJECT / "demo" / "MVI_1810+MVI_1814" / "train" / "checkpoints"
+    latest = checkpoints / ckpt.OPTIMIZER / "latest.pth"
+    part = torch.load(latest, weights_only=True)
+    part["epoch"] = 0  # an older optimizer beside the newer model (a save of an earlier version, interrupted)
     torch.save(part, latest)
-    with pytest.raises(CheckpointError, match="different epochs"):
+    resumed = Trainer(conf, TrainOptions(nepoch=2, is_continue=True))
+    assert resumed.start_epoch == 1
+    assert "incomplete" in caplog.text and "using the newest complete checkpoint instead: epoch 1" in caplog.text
+    for numbered in checkpoints.glob("*/1.pth"):
+        numbered.unlink()
+    with pytest.raises(CheckpointError, match="incomplete.*no complete numbered checkpoint"):
         Trainer(conf, TrainOptions(nepoch=2, is_continue=True))
     latest.write_bytes(b"garbage")
     with pytest.raises(CheckpointError, match="cannot be read"):
@@ -145,17 +152,20 @@ def test_checkpoint_parts_of_different_epochs_are_refused(data_folder, tmp_path)
 
 def test_checkpoints_of_the_earlier_layout_still_load(data_folder, tmp_path):
     """Before the point radius was a model buffer, checkpoints kept it as top-level 'radius' and
-    'n_points' and inside 'strategy' (with the visibility); such files resume and evaluate."""
+    'n_points' and inside 'strategy' (with the visibility), and numpy's RNG state as numpy arrays;
+    such files resume (read with weights_only=True) and evaluate."""
     conf = tiny_conf(data_folder, tmp_path)
     trainer = Trainer(conf, TrainOptions(nepoch=2))
     trainer.run()
     checkpoints = tmp_path / SUBJECT / "demo" / "MVI_1810+MVI_1814" / "train" / "checkpoints"
     latest = checkpoints / ckpt.MODEL / "latest.pth"
-    part = torch.load(latest, weights_only=False)
+    part = torch.load(latest, weights_only=True)
     state = dict(part["model_state_dict"])
     radius = float(state.pop("point_radius"))
+    name, keys, *rest = part["rng_state"]["numpy"]  # numpy's RNG state was kept as numpy's own tuple
+    rng = {**part["rng_state"], "numpy": (name, keys.numpy().astype(np.uint32), *rest)}
     old = {"epoch": part["epoch"], "radius": radius, "n_points": state["points"].shape[0], "model_state_dict": state,
-           "strategy": {"radius": radius, "visible": part["strategy"]["visible"]}, "rng_state": part["rng_state"]}
+           "strategy": {"radius": radius, "visible": part["strategy"]["visible"]}, "rng_state": rng}
     torch.save(old, latest)
     resumed = Trainer(conf, TrainOptions(nepoch=3, is_continue=True))
     assert float(resumed.avatar.point_radius) == radius and resumed.start_epoch == 2

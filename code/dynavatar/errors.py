@@ -27,3 +27,11 @@ class CheckpointError(DynAvatarError):
 
 class BackendUnavailableError(DynAvatarError):
     """A rasterizer backend was requested that is not installed or cannot run on this device."""
+
+
+class TrainingDivergedError(DynAvatarError):
+    """Training produced non-finite losses or gradients step after step (e.g. a learning rate too high)."""
+
+
+class OutputError(DynAvatarError):
+    """An output file cannot be written (a folder given for a file, an unwritable place, a full disk)."""

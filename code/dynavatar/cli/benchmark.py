@@ -209,7 +209,7 @@ def benchmark_trainer(conf_path: str, res: int, frames: int, data: str, device: 
 
 
 def run(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_intermixed_args(argv)  # key=value overrides anywhere among the options
     setup_logging(quiet=True)
     if args.quick:
         args.device, args.res, args.frames, args.warmup, args.repeat = "cpu", 64, 2, 2, 3

@@ -24,7 +24,7 @@ def main(argv=None) -> int:
     parser.add_argument("-q", "--quiet", action="store_true", help="print problems only, no summary")
     parser.add_argument("overrides", nargs="*",
                         help="conf overrides key=value, e.g. dataset.data_folder=./data/datasets")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # key=value overrides anywhere among the options
     if not args.conf and not args.path:
         parser.error("give --conf and/or --path")
     if args.overrides and not args.conf:

@@ -10,6 +10,7 @@ import argparse
 from typing import Sequence
 
 from ..config import load_conf
+from ..errors import ConfigError
 from .common import add_checkpoint_arguments, main_with_errors, setup_logging
 
 
@@ -35,7 +36,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    # key=value overrides may stand anywhere among the options (`a=1 --nepoch 10 b=2`)
+    args = build_parser().parse_intermixed_args(argv)
+    if args.nepoch is not None and args.nepoch < 1:  # before anything is created
+        raise ConfigError(f"--nepoch {args.nepoch}: the number of epochs to train must be at least 1")
     setup_logging(args.quiet)
     # Heavy imports after argument parsing, so that --help is instant.
     from ..subject_generator.subject import ensure_synthetic_subject

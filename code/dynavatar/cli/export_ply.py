@@ -26,7 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_intermixed_args(argv)  # key=value overrides anywhere among the options
     setup_logging()
     from ..data.reader import dataset_from_conf
     from ..evaluate.evaluator import EvalOptions, Evaluator

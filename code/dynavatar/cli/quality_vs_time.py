@@ -86,9 +86,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_intermixed_args(argv)  # key=value overrides anywhere among the options
     setup_logging()
     budgets = parse_budgets(args.budgets)
+    if args.nepoch is not None and args.nepoch < 1:
+        raise ConfigError(f"--nepoch {args.nepoch}: the number of epochs to train must be at least 1")
     from ..evaluate.evaluator import EvalOptions, Evaluator
     from ..subject_generator import ensure_synthetic_subject
     from ..train.trainer import Trainer, TrainOptions

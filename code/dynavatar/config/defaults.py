@@ -31,6 +31,8 @@ train {
     device = auto                    # auto | cpu | cuda | cuda:N
     tf32 = false                     # CUDA matrix products in TF32 (faster, 10-bit mantissa); off = full float32
     plot_n_images = 4                # test images logged to TensorBoard per epoch
+    max_nonfinite_steps = 3          # a step with a non-finite loss or gradient is skipped; this many in a
+                                     # row stop the run (exit code 2), 'latest' kept as the last good state
 }
 loss {
     rgb_weight = 1.0

@@ -6,7 +6,8 @@ confs carry but this implementation does not use (`COMPAT_KEYS`) are accepted an
 no network or runner signature has to take them.
 
 A field's conf key is its name unless its metadata names another (`key("GT_lbs_milestones")`).
-`check()` of each section returns (key, problem) pairs for values of the right type but out of range.
+`check()` of each section returns (key, problem) pairs for values of the right type but out of range;
+the simple ranges of numeric keys are declared as data (`POSITIVE`, `NON_NEGATIVE`, `AT_LEAST_ONE`).
 """
 
 from __future__ import annotations
@@ -36,9 +37,29 @@ class Section:
     """Base of the section dataclasses: building from a conf tree and range checks."""
 
     COMPAT_KEYS: ClassVar[tuple[str, ...]] = ()  # accepted for the paper's confs, not used
+    # Ranges of numeric fields (of each item of a list field), checked when the conf is loaded, so that
+    # a value the code cannot run with stops the run at once naming its key, never later or silently.
+    POSITIVE: ClassVar[tuple[str, ...]] = ()  # finite and > 0
+    NON_NEGATIVE: ClassVar[tuple[str, ...]] = ()  # >= 0
+    AT_LEAST_ONE: ClassVar[tuple[str, ...]] = ()  # counts and sizes
 
     def check(self) -> list[tuple[str, str]]:
         return []
+
+    def range_problems(self) -> list[tuple[str, str]]:
+        rules = ((self.POSITIVE, lambda v: math.isfinite(v) and v > 0, "positive"),
+                 (self.NON_NEGATIVE, lambda v: v >= 0, "0 or more"),
+                 (self.AT_LEAST_ONE, lambda v: v >= 1, "at least 1"))
+        keys = {f.name: conf_key(f) for f in fields(self)}
+        problems = []
+        for names, ok, wanted in rules:
+            for name in names:
+                value = getattr(self, name)
+                if not all(ok(v) for v in (value if isinstance(value, tuple) else (value,))):
+                    shown = list(value) if isinstance(value, tuple) else value
+                    problems.append((keys[name], f"must be {wanted}{' (each item)' if isinstance(value, tuple) else ''}"
+                                                 f", got {shown!r}"))
+        return problems
 
     @classmethod
     def from_tree(cls, tree: ConfigTree, prefix: str, source: str):
@@ -48,7 +69,7 @@ class Section:
             name = conf_key(f)
             values[f.name] = _convert(tree[name], hints[f.name], f"{prefix}.{name}", source)
         section = cls(**values)
-        problems = section.check()
+        problems = section.range_problems() + section.check()
         if problems:
             name, problem = problems[0]
             raise ConfigError(f"{source}: key '{prefix}.{name}' {problem}")
@@ -98,8 +119,12 @@ class TrainConf(Section):
     device: str
     tf32: bool
     plot_n_images: int
+    max_nonfinite_steps: int
 
     COMPAT_KEYS = ("dataset_class", "num_pixels")
+    POSITIVE = ("learning_rate", "learning_rate_cam", "sched_factor", "lbs_factor")
+    NON_NEGATIVE = ("sched_milestones", "lbs_milestones", "seed", "plot_n_images")
+    AT_LEAST_ONE = ("nepoch", "max_points_training", "max_batch", "plot_freq", "save_freq", "max_nonfinite_steps")
 
     def check(self) -> list[tuple[str, str]]:
         problems = []
@@ -131,6 +156,8 @@ class LossConf(Section):
     flame_distance_chunk: int
 
     COMPAT_KEYS = ("eikonal_weight", "sdf_consistency_weight")
+    NON_NEGATIVE = ("rgb_weight", "ssim_weight", "vgg_feature_weight", "lbs_weight")
+    AT_LEAST_ONE = ("flame_distance_chunk",)
 
 
 # ---- dataset -------------------------------------------------------------------------------------
@@ -145,6 +172,8 @@ class SplitConf(Section):
     def check(self) -> list[tuple[str, str]]:
         if not (len(self.img_res) == 2 and all(isinstance(v, int) and v > 0 for v in self.img_res)):
             return [("img_res", f"must be [height, width] in pixels, got {list(self.img_res)!r}")]
+        if isinstance(self.subsample, int) and self.subsample < 1:
+            return [("subsample", f"must be a step of at least 1 (or a list of frames), got {self.subsample}")]
         return []
 
 
@@ -163,6 +192,9 @@ class DatasetConf(Section):
     train: SplitConf
     test: SplitConf
 
+    NON_NEGATIVE = ("synthetic_seed",)
+    AT_LEAST_ONE = ("synthetic_frames",)
+
     def split(self, name: str) -> SplitConf:
         return {"train": self.train, "test": self.test}[name]
 
@@ -177,6 +209,10 @@ class EvaluationConf(Section):
     lpips_lin_path: str
     video_fps: float
     turntable_frames: int
+
+    NON_NEGATIVE = ("test_fit_steps",)
+    POSITIVE = ("video_fps",)
+    AT_LEAST_ONE = ("turntable_frames",)
 
 
 # ---- model ---------------------------------------------------------------------------------------
@@ -194,6 +230,8 @@ class CanonicalNetworkConf(Section):
     # d_in is always 3 (a point); d_out/feature_vector_size name SDF outputs of PointAvatar that the
     # four heads replace; bias is the SDF init's offset, not applied (see networks.CanonicalNetwork).
     COMPAT_KEYS = ("d_in", "d_out", "feature_vector_size", "bias")
+    NON_NEGATIVE = ("skip_in", "multires")
+    AT_LEAST_ONE = ("dims",)
 
 
 @dataclass(frozen=True)
@@ -206,6 +244,8 @@ class DeformerNetworkConf(Section):
     deform_c: bool
 
     COMPAT_KEYS = ("d_in",)
+    NON_NEGATIVE = ("multires",)
+    AT_LEAST_ONE = ("dims", "num_exp")
 
 
 @dataclass(frozen=True)
@@ -214,6 +254,7 @@ class GaussianNetworkConf(Section):
     weight_norm: bool
 
     COMPAT_KEYS = ("d_in", "feature_vector_size", "d_out", "multires_view", "multires_pnts")
+    AT_LEAST_ONE = ("dims",)
 
 
 @dataclass(frozen=True)
@@ -238,6 +279,10 @@ class PointSchedule(Section):
     late_radius_factor: float
     fine_noise_epoch: int
     fine_noise: float
+
+    POSITIVE = ("init_radius", "radius_factor", "radius_factors", "late_radius_factor")
+    NON_NEGATIVE = ("schedule_epochs", "late_radius_every", "fine_noise")
+    AT_LEAST_ONE = ("n_init_points", "max_points", "schedule_points")
 
     def check(self) -> list[tuple[str, str]]:
         lengths = (len(self.schedule_epochs), len(self.schedule_points), len(self.radius_factors))
@@ -285,6 +330,9 @@ class ModelConf(Section):
     gaussian_network: GaussianNetworkConf
     deformer_network: DeformerNetworkConf
     point_cloud: PointSchedule
+
+    NON_NEGATIVE = ("prune_thresh",)
+    POSITIVE = ("max_scale",)
 
 
 # ---- the whole configuration ---------------------------------------------------------------------

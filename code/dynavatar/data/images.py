@@ -37,6 +37,19 @@ def _load(path: str | Path, what: str, palette_indices: bool = False) -> Image.I
         raise DatasetError(f"{path}: cannot read the {what} ({type(exc).__name__}: {exc})") from None
 
 
+def check_header(path: str | Path, what: str) -> None:
+    """Read only an image's header (cheap: no decoding); a missing or unreadable file is a DatasetError."""
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetError(f"{path}: {what} not found")
+    try:
+        with Image.open(path) as img:
+            if img.width < 1 or img.height < 1:
+                raise ValueError(f"empty image ({img.width}x{img.height})")
+    except DECODE_ERRORS as exc:
+        raise DatasetError(f"{path}: cannot read the {what} ({type(exc).__name__}: {exc})") from None
+
+
 def _to_float(img: Image.Image) -> np.ndarray:
     """Decoded image -> float32 array [h, w] or [h, w, c] in [0, 1] (16-bit scaled by 65535)."""
     if img.mode in _SIXTEEN_BIT:

@@ -20,7 +20,7 @@ from ..config import Conf
 from ..errors import ConfigError, DatasetError
 from .batch import FrameBatch
 from .flame_params import N_EXPRESSION, read_flame_params
-from .images import read_labels, read_mask, read_rgb, resize, resize_labels, to_uint8
+from .images import check_header, read_labels, read_mask, read_rgb, resize, resize_labels, to_uint8
 from .problems import Problem, raise_first
 from .subsample import select_frames
 
@@ -166,6 +166,24 @@ class FaceDataset(torch.utils.data.Dataset):
                 if not path.is_file():
                     problems.append(Problem(str(path), f"{what} not found (listed in {record.json_path.name} "
                                                        f"as {record.file_path!r})", record.describe()))
+        raise_first(problems)
+
+    def check_headers(self) -> None:
+        """Check that every frame's image and mask (and semantic map, when used) can be opened, reading
+        their headers only: a defect stops a run before training, not when a batch first needs the frame.
+        Preloaded images were decoded already."""
+        if self.only_json or self._cache is not None:
+            return
+        problems = []
+        for record in self.frames:
+            files = [(record.image_path, "image"), (record.mask_path, "mask")]
+            if self.has_semantic:
+                files.append((record.semantic_path, "semantic map"))
+            for path, what in files:
+                try:
+                    check_header(path, what)
+                except DatasetError as exc:
+                    problems.append(Problem(str(path), str(exc)[len(str(path)) + 2:], record.describe()))
         raise_first(problems)
 
     def _semantic_present(self, sub_dirs: list[str]) -> bool:

@@ -75,6 +75,10 @@ class Evaluator:
         self.device = resolve_device(conf.train.device)
         self.paths = ExperimentPaths.from_conf(conf)
         self.checkpoints = ckpt.checkpoints_dir_of(options.load_path or self.paths.train_dir)
+        if options.load_path:
+            # Results of another experiment's checkpoint go under that experiment, never over the conf's own.
+            self.paths = ExperimentPaths.owning(self.checkpoints)
+            log.info("results of %s go under the experiment that owns it: %s", self.checkpoints, self.paths.root)
         self.img_res = conf.dataset.test.img_res
         self.avatar, self.epoch = load_avatar(conf, self.checkpoints, options.checkpoint, self.img_res, self.device)
         self.fps = conf.evaluation.video_fps
@@ -218,7 +222,7 @@ class Evaluator:
         report = {
             "epoch": self.epoch,
             "checkpoint": str(self._checkpoint_file()),
-            "conf": str(self.paths.runconf),
+            "conf": str(self.paths.runconf) if self.paths.runconf.is_file() else self.conf.source,
             "n_frames": len(rows),
             "test_inputs_fitted": bool(fitted),
             "fitted_inputs": fitted,  # the reference's protocol fits expression and pose

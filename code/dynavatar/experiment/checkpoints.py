@@ -1,15 +1,28 @@
-"""The experiment folder layout users know from the paper, and atomic checkpoint files.
+"""The experiment folder layout users know from the paper, and checkpoint files that are written as
+one commit and read without running code.
 
 <exps_folder>/<subject>/<methodname>/<train sub_dirs joined by +>/
     train/runconf.conf
     train/checkpoints/{ModelParameters, OptimizerParameters, SchedulerParameters,
                        OptimizerInputs, InputParameters, TestInputParameters}/{latest, N}.pth
+    train/checkpoints/latest.json       the commit record of `latest`: its epoch and parts
     train/tensorboard/
     eval/<test sub_dir>/epoch_<N>/
+
+Saving `latest` is one commit: every part is written to `<part>/latest.pth.tmp`, then `latest.json`
+is replaced (atomically: that is the commit), then each temporary is renamed over its `latest.pth`.
+A kill before the commit leaves the previous `latest` whole; a kill after it leaves temporaries that
+complete the new one (read from them, and renamed at the next save). Numbered checkpoints are
+written before the commit, the model part last, so an epoch is listed only once all its parts
+exist, and a kill before the commit makes the resumed run write them again.
+
+Reading uses `torch.load(weights_only=True)`: tensors and plain Python values only, so a crafted
+file is refused before any of its code can run.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import pickle
@@ -17,6 +30,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from ..errors import CheckpointError
@@ -31,8 +45,15 @@ INPUTS = "InputParameters"
 TEST_INPUTS = "TestInputParameters"
 PARTS = (MODEL, OPTIMIZER, SCHEDULER, OPTIMIZER_INPUTS, INPUTS)
 LATEST = "latest"
+RECORD = "latest.json"
+TMP = ".tmp"
 
-
+# Checkpoints of earlier versions hold numpy's RNG state (a uint32 array) in ModelParameters; these
+# are the only globals beyond tensors and plain values that reading them needs (numpy 2 and 1 names).
+_NUMPY_RECONSTRUCT = np._core.multiarray._reconstruct if hasattr(np, "_core") else np.core.multiarray._reconstruct
+LEGACY_GLOBALS = [(_NUMPY_RECONSTRUCT, "numpy._core.multiarray._reconstruct"),
+                  (_NUMPY_RECONSTRUCT, "numpy.core.multiarray._reconstruct"),
+                  (np.ndarray, "numpy.ndarray"), (np.dtype, "numpy.dtype")]
 def checkpoints_dir_of(load_path: str | Path) -> Path:
     """Accept an experiment's train folder (as the paper's --load_path), its checkpoints folder, or its split folder."""
     path = Path(load_path)
@@ -50,29 +71,158 @@ def available_epochs(checkpoints: Path) -> list[int]:
     return sorted(int(m.group(1)) for p in folder.iterdir() if (m := re.fullmatch(r"(\d+)\.pth", p.name)))
 
 
+def _tmp(path: Path) -> Path:
+    return path.with_name(path.name + TMP)
+
+
+def _remove(path: Path) -> None:
+    try:
+        path.unlink()
+    except OSError:
+        pass
+
+
+def _write(obj: Any, path: Path) -> None:
+    """torch.save to `path`, on the disk (fsync) before returning."""
+    with open(path, "wb") as handle:
+        torch.save(obj, handle)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def _write_failed(what: str, exc: OSError) -> CheckpointError:
+    return CheckpointError(f"cannot write {what} ({exc.strerror or exc}); the previous checkpoint is kept: "
+                           f"free disk space (or fix the folder's permissions) and resume with --is_continue")
+
+
 def atomic_save(obj: Any, path: Path) -> None:
-    """Write via a temporary file and rename, so a kill never leaves a broken checkpoint."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    """Write via a temporary file and rename, so a kill never leaves a broken file; a failed write
+    (a full disk) removes the temporary, keeps the previous file and is one CheckpointError."""
+    tmp = _tmp(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _write(obj, tmp)
+        os.replace(tmp, path)
+    except OSError as exc:
+        _remove(tmp)
+        raise _write_failed(str(path), exc) from None
+
+
+def has_checkpoint(checkpoints: Path) -> bool:
+    """Whether any save of this folder completed (a kill during the first one leaves none)."""
+    return ((checkpoints / RECORD).is_file() or (checkpoints / MODEL / f"{LATEST}.pth").is_file()
+            or bool(available_epochs(checkpoints)))
+
+
+def _read_record(checkpoints: Path) -> dict | None:
+    """The commit record of `latest` ({"epoch": N, "parts": [...]}), or None (checkpoints of earlier versions)."""
+    path = checkpoints / RECORD
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text())
+        return {"epoch": int(record["epoch"]), "parts": [str(p) for p in record["parts"]]}
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise CheckpointError(f"{path} is not a checkpoint record ({type(exc).__name__}: {exc})") from None
+
+
+def _epoch_of(path: Path) -> int | None:
+    """The epoch a part file holds, or None when it cannot be read (a temporary cut short by a kill)."""
+    try:
+        return int(_load(path, "cpu")["epoch"])
+    except (CheckpointError, KeyError, TypeError, ValueError):
+        return None
+
+
+def _roll_forward(checkpoints: Path) -> None:
+    """Rename the temporaries of a committed save that a kill interrupted over their `latest.pth`;
+    delete the temporaries of a save that never committed (numbered ones included). Runs before a
+    save writes its own."""
+    try:
+        record = _read_record(checkpoints)
+    except CheckpointError:
+        record = None  # this save writes a new one
+    for part in PARTS:
+        for tmp in (checkpoints / part).glob(f"*.pth{TMP}"):  # numbered ones: always of a save never committed
+            if (tmp.name == f"{LATEST}.pth{TMP}" and record is not None and part in record["parts"]
+                    and _epoch_of(tmp) == record["epoch"]):
+                os.replace(tmp, tmp.with_name(f"{LATEST}.pth"))
+            else:
+                _remove(tmp)
 
 
 def save_checkpoint(checkpoints: Path, epoch: int, parts: dict[str, dict], numbered: bool) -> None:
-    """Write each part as `latest.pth` and, when `numbered`, as `<epoch>.pth`.
+    """Write the parts as `latest` in one commit (see the module's docstring) and, when `numbered`,
+    as `<epoch>.pth`. A failed write (a full disk) before the commit removes what it wrote and keeps
+    the previous checkpoint; any failure is one CheckpointError."""
+    payloads = {part: {"epoch": epoch, **state} for part, state in parts.items()}
+    pending: list[Path] = []  # the temporaries of `latest`, renamed after the commit
+    try:
+        _roll_forward(checkpoints)
+        for part, payload in payloads.items():
+            tmp = _tmp(checkpoints / part / f"{LATEST}.pth")
+            tmp.parent.mkdir(parents=True, exist_ok=True)
+            pending.append(tmp)
+            _write(payload, tmp)
+        if numbered:  # before the commit, so that a kill in between makes the resumed run write them again
+            for part in sorted(payloads, key=lambda name: name == MODEL):  # an epoch is listed once its model exists
+                path = checkpoints / part / f"{epoch}.pth"
+                _write(payloads[part], _tmp(path))
+                os.replace(_tmp(path), path)
+        record = checkpoints / RECORD
+        with open(_tmp(record), "w") as handle:
+            handle.write(json.dumps({"epoch": epoch, "parts": sorted(payloads)}))
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(_tmp(record), record)  # the commit
+    except OSError as exc:
+        for path in [*pending, _tmp(checkpoints / RECORD), *(_tmp(checkpoints / p / f"{epoch}.pth") for p in payloads)]:
+            _remove(path)
+        raise _write_failed(f"the checkpoint of epoch {epoch} to {checkpoints}", exc) from None
+    try:
+        for tmp in pending:
+            os.replace(tmp, tmp.with_name(f"{LATEST}.pth"))
+    except OSError as exc:  # committed: the temporaries left complete it (`load_checkpoint`, `_roll_forward`)
+        raise CheckpointError(f"cannot rename the checkpoint files of epoch {epoch} in {checkpoints} "
+                              f"({exc.strerror or exc}); they are complete: resume with --is_continue") from None
 
-    The model part goes last: a kill in between leaves the previous model `latest`, and resuming
-    checks that every part holds the same epoch (`check_same_epoch`).
-    """
-    for part, state in sorted(parts.items(), key=lambda item: item[0] == MODEL):
-        payload = {"epoch": epoch, **state}
-        atomic_save(payload, checkpoints / part / f"{LATEST}.pth")
-        if numbered:
-            atomic_save(payload, checkpoints / part / f"{epoch}.pth")
+
+def _unsafe_global(exc: Exception) -> str | None:
+    """The global a weights-only load refused (torch's message names it as 'GLOBAL module.name')."""
+    found = re.search(r"GLOBAL ([\w.]+)", str(exc))
+    return found.group(1) if found else None
+
+
+def _unreadable(path: Path, exc: Exception) -> CheckpointError:
+    first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return CheckpointError(f"checkpoint {path} cannot be read ({type(exc).__name__}: {first_line}); it may be "
+                           f"truncated or not a DynAvatar checkpoint")
+
+
+def _load(path: Path, map_location: Any) -> dict:
+    """torch.load of tensors and plain values only (and the numpy RNG state of earlier versions)."""
+    try:
+        if hasattr(torch.serialization, "safe_globals"):
+            with torch.serialization.safe_globals(LEGACY_GLOBALS):
+                payload = torch.load(path, map_location=map_location, weights_only=True)
+        else:  # torch < 2.5: tensors and plain values only
+            payload = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        name = _unsafe_global(exc)
+        if name is not None:
+            raise CheckpointError(f"checkpoint {path} refers to '{name}', which is neither a tensor nor a plain "
+                                  f"value: it was not loaded (a checkpoint never runs code; this file may have "
+                                  f"been crafted)") from None
+        raise _unreadable(path, exc) from None
+    except (RuntimeError, EOFError, OSError, ValueError, TypeError, AttributeError) as exc:
+        raise _unreadable(path, exc) from None
+    if not isinstance(payload, dict) or "epoch" not in payload:
+        raise CheckpointError(f"{path} is not a DynAvatar checkpoint (no 'epoch' entry)")
+    return payload
 
 
 def load_part(checkpoints: Path, part: str, tag: str | int, map_location: Any = "cpu") -> dict:
-    """Read one checkpoint part; a missing file is one clear error listing the epochs that exist."""
+    """Read one checkpoint part file; a missing file is one clear error listing the epochs that exist."""
     path = checkpoints / part / f"{tag}.pth"
     if not path.is_file():
         epochs = available_epochs(checkpoints)
@@ -80,14 +230,58 @@ def load_part(checkpoints: Path, part: str, tag: str | int, map_location: Any = 
         latest = " and latest" if (checkpoints / part / f"{LATEST}.pth").is_file() else ""
         raise CheckpointError(f"checkpoint {path} not found; epochs available: {have}{latest} "
                               f"(choose one with --checkpoint)")
+    return _load(path, map_location)
+
+
+def _load_latest(checkpoints: Path, names: list[str], map_location: Any) -> dict[str, dict]:
+    """The parts of the committed `latest`, completed from the temporaries of an interrupted save."""
+    record = _read_record(checkpoints)
+    parts = {}
+    for name in names:
+        tmp = _tmp(checkpoints / name / f"{LATEST}.pth")
+        if record is not None and name in record["parts"] and tmp.is_file():
+            try:
+                payload = _load(tmp, map_location)
+                if int(payload["epoch"]) == record["epoch"]:
+                    parts[name] = payload
+                    continue
+            except CheckpointError:
+                pass  # a temporary of a save that never committed
+        parts[name] = load_part(checkpoints, name, LATEST, map_location)
+    if record is not None:
+        stale = {name: int(p["epoch"]) for name, p in parts.items() if int(p["epoch"]) != record["epoch"]}
+        if stale:
+            raise CheckpointError(f"the 'latest' checkpoint in {checkpoints} is incomplete: {RECORD} commits epoch "
+                                  f"{record['epoch']} but {stale} hold other epochs")
+    check_same_epoch(parts, checkpoints, LATEST)
+    return parts
+
+
+def load_checkpoint(checkpoints: Path, names: list[str], tag: str | int = LATEST,
+                    map_location: Any = "cpu") -> tuple[dict[str, dict], str]:
+    """The parts `names` of checkpoint `tag`, all of one epoch, and the tag they were read from.
+
+    A `latest` that is incomplete anyway (a file damaged, or a save of an earlier version
+    interrupted between parts) is replaced by the newest complete numbered checkpoint, with a
+    warning; a numbered checkpoint asked for by name is never replaced.
+    """
+    if str(tag) != LATEST:
+        parts = {name: load_part(checkpoints, name, tag, map_location) for name in names}
+        check_same_epoch(parts, checkpoints, tag)
+        return parts, str(tag)
     try:
-        payload = torch.load(path, map_location=map_location, weights_only=False)
-    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, ValueError) as exc:
-        raise CheckpointError(f"checkpoint {path} cannot be read ({type(exc).__name__}: {exc}); "
-                              f"it may be truncated or not a DynAvatar checkpoint") from None
-    if not isinstance(payload, dict) or "epoch" not in payload:
-        raise CheckpointError(f"{path} is not a DynAvatar checkpoint (no 'epoch' entry)")
-    return payload
+        return _load_latest(checkpoints, names, map_location), LATEST
+    except CheckpointError as problem:
+        for epoch in reversed(available_epochs(checkpoints)):
+            try:
+                parts = {name: load_part(checkpoints, name, epoch, map_location) for name in names}
+                check_same_epoch(parts, checkpoints, epoch)
+            except CheckpointError:
+                continue
+            log.warning("%s; using the newest complete checkpoint instead: epoch %d", problem, epoch)
+            return parts, str(epoch)
+        raise CheckpointError(f"{problem}; no complete numbered checkpoint to fall back to "
+                              f"(epochs available: {available_epochs(checkpoints) or 'none'})") from None
 
 
 def check_same_epoch(parts: dict[str, dict], checkpoints: Path, tag: str | int) -> None:

@@ -24,6 +24,14 @@ class ExperimentPaths:
         split = "+".join(conf.dataset.train.sub_dir)
         return cls(Path(conf.train.exps_folder) / conf.dataset.subject_name / conf.train.methodname / split)
 
+    @classmethod
+    def owning(cls, checkpoints: Path) -> "ExperimentPaths":
+        """The experiment that owns a checkpoints folder: <root>/train/checkpoints gives <root>; a
+        folder of another layout is its own root (its results go to <folder>/eval)."""
+        if checkpoints.name == "checkpoints" and checkpoints.parent.name == "train":
+            return cls(checkpoints.parent.parent)
+        return cls(checkpoints)
+
     @property
     def train_dir(self) -> Path:
         return self.root / "train"

@@ -20,6 +20,8 @@ import numpy as np
 import torch
 from plyfile import PlyData, PlyElement
 
+from ..errors import OutputError
+
 SH_C0 = 0.28209479177387814
 _OPACITY_EPS = 1e-7   # keeps logit finite for alpha 0 or 1 (float32 still resolves 1 - 1e-7)
 _SCALE_MIN = 1e-30    # keeps log finite for a zero scale
@@ -85,14 +87,21 @@ def save_gaussians_ply(path: str | Path, means: torch.Tensor, quats: torch.Tenso
     ply = PlyData([PlyElement.describe(records, "vertex")], text=False, byte_order="<")
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    if path.is_dir():
+        raise OutputError(f"{path} is a folder: name the .ply file to write, e.g. {path / 'avatar.ply'}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as exc:  # an unwritable place: one clear message, not a traceback
+        raise OutputError(f"cannot write {path} ({exc.strerror or exc})") from None
     try:
         with os.fdopen(fd, "wb") as f:
             ply.write(f)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError):  # a full disk
+            raise OutputError(f"cannot write {path} ({exc.strerror or exc})") from None
         raise
     return path
 

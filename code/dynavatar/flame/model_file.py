@@ -3,10 +3,21 @@
 FLAME 2020's pickle stores some arrays as chumpy `Ch` objects and the joint regressor as a scipy
 sparse matrix. chumpy does not import on current Python, so an unpickler maps those classes to
 small stand-ins and turns them into plain numpy arrays.
+
+Unpickling can call any function a file names, so the unpickler admits only what these files hold:
+numpy arrays, the chumpy/scipy stand-ins, plain containers, and (for DECA's landmark file) torch
+tensors read with `weights_only=True`. Anything else stops with a FlameModelError naming the file
+and the global, before it is called. `.npy` files are read the same way (never `allow_pickle`).
 """
 
 from __future__ import annotations
 
+import _codecs
+import _compat_pickle
+import codecs
+import collections
+import copyreg
+import io
 import logging
 import pickle
 from dataclasses import dataclass
@@ -14,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from ..errors import FlameModelError
 
@@ -48,13 +60,59 @@ def _stand_in(module: str, name: str) -> type:
     return type(name, (_PickledStandIn,), {"__module__": module})
 
 
+def _reconstructor(cls: type, base: type, state: Any) -> Any:
+    """copyreg._reconstructor (how Python 2 pickled chumpy and scipy objects) for stand-ins only."""
+    if not (isinstance(cls, type) and issubclass(cls, _PickledStandIn) and base is object):
+        raise pickle.UnpicklingError(f"copyreg._reconstructor of {cls!r} from {base!r}")
+    return copyreg._reconstructor(cls, base, state)
+
+
+def _latin1(text: str, encoding: str = "utf-8") -> bytes:
+    """_codecs.encode as protocol-2 pickles use it for bytes (text, 'latin1') and nothing else."""
+    if codecs.lookup(encoding).name != "iso8859-1":
+        raise pickle.UnpicklingError(f"_codecs.encode with encoding {encoding!r}")
+    return _codecs.encode(text, encoding)
+
+
+def _storage_from_bytes(data: bytes) -> Any:
+    """torch.storage._load_from_bytes (a pickled tensor's storage), read with weights_only=True."""
+    return torch.load(io.BytesIO(data), weights_only=True)
+
+
+_NUMPY_CORE = ("numpy.core.multiarray", "numpy._core.multiarray")
+_NUMPY_RECONSTRUCT = np._core.multiarray if hasattr(np, "_core") else np.core.multiarray
+SAFE_GLOBALS: dict[tuple[str, str], Any] = {
+    **{(module, "_reconstruct"): _NUMPY_RECONSTRUCT._reconstruct for module in _NUMPY_CORE},
+    **{(module, "scalar"): _NUMPY_RECONSTRUCT.scalar for module in _NUMPY_CORE},
+    ("numpy", "ndarray"): np.ndarray,
+    ("numpy", "dtype"): np.dtype,
+    ("copyreg", "_reconstructor"): _reconstructor,
+    ("_codecs", "encode"): _latin1,
+    ("builtins", "object"): object,
+    ("builtins", "set"): set,
+    ("builtins", "frozenset"): frozenset,
+    ("collections", "OrderedDict"): collections.OrderedDict,
+    ("torch._utils", "_rebuild_tensor_v2"): torch._utils._rebuild_tensor_v2,
+    ("torch.storage", "_load_from_bytes"): _storage_from_bytes,
+}
+
+
 class _FlameUnpickler(pickle.Unpickler):
-    """Unpickler that needs neither chumpy nor scipy."""
+    """Unpickler that needs neither chumpy nor scipy, and admits nothing but SAFE_GLOBALS and stand-ins."""
 
     def find_class(self, module: str, name: str) -> Any:
         if module.split(".")[0] == "chumpy" or module.startswith("scipy.sparse"):
             return _stand_in(module, name)
-        return super().find_class(module, name)
+        # Python 2 names (__builtin__, copy_reg), as pickle's own find_class maps them
+        module, name = _compat_pickle.NAME_MAPPING.get((module, name), (module, name))
+        module = _compat_pickle.IMPORT_MAPPING.get(module, module)
+        if (module, name) in SAFE_GLOBALS:
+            return SAFE_GLOBALS[(module, name)]
+        raise _Refused(f"{module}.{name}")
+
+
+class _Refused(pickle.UnpicklingError):
+    """A global that a FLAME or landmark file has no reason to name (the file may have been crafted)."""
 
 
 def _state_dict(obj: _PickledStandIn) -> dict:
@@ -96,9 +154,28 @@ def _to_numpy(value: Any, key: str, path: Path) -> Any:
     return value
 
 
+def _npy_header(handle: Any) -> tuple[tuple[int, ...], bool, np.dtype]:
+    """(shape, fortran order, dtype) of an open `.npy` file, read as np.load reads it."""
+    version = np.lib.format.read_magic(handle)
+    if version == (1, 0):
+        return np.lib.format.read_array_header_1_0(handle)
+    if version == (2, 0):
+        return np.lib.format.read_array_header_2_0(handle)
+    return np.lib.format._read_array_header(handle, version)  # 3.0: a utf-8 header
+
+
 def _unpickle(path: Path) -> Any:
+    """A pickle file, or the object array of an `.npy` file (whose data is a pickle after its header)."""
     with open(path, "rb") as handle:
-        return _FlameUnpickler(handle, encoding="latin1").load()
+        if path.suffix == ".npy":
+            shape, fortran, dtype = _npy_header(handle)
+            if not dtype.hasobject:
+                return np.fromfile(handle, dtype=dtype).reshape(shape, order="F" if fortran else "C")
+        try:
+            return _FlameUnpickler(handle, encoding="latin1").load()
+        except _Refused as exc:
+            raise FlameModelError(f"{path} names '{exc}', which a FLAME model or landmark file never holds: it was "
+                                  f"not loaded (nothing in it was run; the file may have been crafted)") from None
 
 
 @dataclass
@@ -121,7 +198,7 @@ def load_flame_model(path: str | Path) -> FlameModelFile:
         raise FlameModelError(f"FLAME model not found: {path}. {FLAME_HELP}")
     try:
         raw = _unpickle(path)
-    except (pickle.UnpicklingError, EOFError, AttributeError, ImportError, ValueError, TypeError) as exc:
+    except (pickle.UnpicklingError, EOFError, AttributeError, ImportError, ValueError, TypeError, RuntimeError) as exc:
         raise FlameModelError(f"{path} is not a readable FLAME model pickle ({type(exc).__name__}: {exc}). "
                               f"{FLAME_HELP}") from None
     if not isinstance(raw, dict) or not all(k in raw for k in REQUIRED_KEYS):
@@ -178,12 +255,12 @@ def load_landmark_embedding(path: str | Path) -> LandmarkEmbedding:
     if not path.is_file():
         raise FlameModelError(f"FLAME landmark embedding not found: {path}. {LANDMARK_HELP}")
     try:
-        if path.suffix == ".npy":
-            raw = np.load(path, allow_pickle=True, encoding="latin1")
-            raw = raw[()] if raw.dtype == object else raw
-        else:
-            raw = _to_numpy(_unpickle(path), "landmarks", path)
-    except (OSError, ValueError, pickle.UnpicklingError, EOFError, ImportError, AttributeError) as exc:
+        raw = _unpickle(path)
+        if isinstance(raw, np.ndarray) and raw.dtype == object and raw.shape == ():
+            raw = raw[()]  # DECA's .npy: one object, a dict
+        raw = _to_numpy(raw, "landmarks", path)
+    except (OSError, ValueError, pickle.UnpicklingError, EOFError, ImportError, AttributeError, TypeError,
+            RuntimeError) as exc:
         raise FlameModelError(f"{path} is not a readable landmark embedding ({type(exc).__name__}: {exc}). "
                               f"{LANDMARK_HELP}") from None
     for faces_key, bary_key in (("full_lmk_faces_idx", "full_lmk_bary_coords"), ("lmk_face_idx", "lmk_b_coords")):

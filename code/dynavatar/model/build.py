@@ -63,6 +63,10 @@ def restore_avatar(avatar: Avatar, model_part: dict, source: Path) -> bool:
     if not isinstance(points, torch.Tensor) or points.dim() != 2 or points.shape[1] != 3:
         raise CheckpointError(f"{source} is not a DynAvatar model checkpoint: expected 'model_state_dict' with "
                               f"'points' of shape [N, 3] (checkpoints of the paper's code cannot be loaded)")
+    nonfinite = nonfinite_tensors(state)
+    if nonfinite:
+        raise CheckpointError(f"{source} holds non-finite values (NaN or inf) in {nonfinite[:5]}: the run that wrote "
+                              f"it diverged; use an earlier checkpoint (--checkpoint N)")
     original = state
     state = _upgrade_colour_head(state, source)
     upgraded = state is not original
@@ -74,6 +78,12 @@ def restore_avatar(avatar: Avatar, model_part: dict, source: Path) -> bool:
     avatar.set_points(points)
     ckpt.load_model_state(avatar, state, source)
     return upgraded
+
+
+def nonfinite_tensors(state: dict) -> list[str]:
+    """Names of the floating-point tensors of a state dict that hold a NaN or an infinity."""
+    return [name for name, value in state.items() if isinstance(value, torch.Tensor)
+            and value.is_floating_point() and not bool(torch.isfinite(value).all())]
 
 
 OLD_COLOUR_OUT, NEW_COLOUR_MID, NEW_COLOUR_OUT = "color_head.2", "color_head.2", "color_head.3"
@@ -103,7 +113,8 @@ def load_avatar(conf: Conf, checkpoints: Path, tag: str | int, img_res: tuple[in
                 device: torch.device) -> tuple[Avatar, int]:
     """The avatar of a checkpoint (points, networks, radius, canonical frame, FLAME shape) in eval
     mode on `device`, and its epoch."""
-    model = ckpt.load_part(checkpoints, ckpt.MODEL, tag)
+    parts, tag = ckpt.load_checkpoint(checkpoints, [ckpt.MODEL], tag)
+    model = parts[ckpt.MODEL]
     state = model.get("model_state_dict", {})
     source = checkpoints / ckpt.MODEL / f"{tag}.pth"
     for key in ("points", "shape_params", "canonical_expression"):

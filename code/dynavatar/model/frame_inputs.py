@@ -75,6 +75,10 @@ class RowSparseAdam(torch.optim.Optimizer):
     @torch.no_grad()
     def step(self, closure=None):
         loss = None if closure is None else closure()
+        # As Adam's fused kernel: a `found_inf` tensor set by the caller (non-zero: a non-finite
+        # gradient) makes the step change nothing, decided on the device. The step count is then a
+        # device tensor (float64, so the bias corrections equal the Python ones).
+        found_inf = getattr(self, "found_inf", None)
         for group in self.param_groups:
             beta1, beta2 = group["betas"]
             for param in group["params"]:
@@ -92,7 +96,16 @@ class RowSparseAdam(torch.optim.Optimizer):
                     state["step"] = 0
                     state["exp_avg"] = torch.zeros_like(param)
                     state["exp_avg_sq"] = torch.zeros_like(param)
-                state["step"] += 1
+                if found_inf is None:
+                    state["step"] = int(state["step"]) + 1
+                    step = state["step"]
+                    step_size = group["lr"] * math.sqrt(1 - beta2 ** step) / (1 - beta1 ** step)
+                else:
+                    applied = found_inf.to(param.device) == 0
+                    touched &= applied
+                    state["step"] = torch.as_tensor(state["step"], dtype=torch.float64, device=param.device) + applied
+                    step = state["step"].clamp(min=1)  # no division by zero before the first applied step
+                    step_size = group["lr"] * (1 - beta2 ** step).sqrt() / (1 - beta1 ** step)
                 exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
                 avg_update = (dense - exp_avg) * (1 - beta1)
                 sq_update = (dense * dense - exp_avg_sq) * (1 - beta2)
@@ -100,7 +113,5 @@ class RowSparseAdam(torch.optim.Optimizer):
                 denom = (sq_update + exp_avg_sq).sqrt() + group["eps"]
                 exp_avg.copy_(torch.where(touched, numer, exp_avg))
                 exp_avg_sq.copy_(torch.where(touched, sq_update + exp_avg_sq, exp_avg_sq))
-                step = state["step"]
-                step_size = group["lr"] * math.sqrt(1 - beta2 ** step) / (1 - beta1 ** step)
                 param.add_(torch.where(touched, -step_size * (numer / denom), torch.zeros_like(param)))
         return loss

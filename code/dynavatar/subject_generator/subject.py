@@ -33,6 +33,9 @@ from .motion import JAW, video_motion
 
 log = logging.getLogger(__name__)
 SYNTHETIC_MARKER = ".dynavatar-synthetic"  # only folders holding it are ever regenerated or replaced
+# The marker records what the subject was generated with (json), so that a conf asking for other
+# settings gets them (`ensure_synthetic_subject`) instead of silently reusing the old subject.
+GENERATION_KEYS = ("res", "frames", "seed")
 
 DEFAULT_TRAIN_VIDEOS = ("MVI_1810", "MVI_1814")
 DEFAULT_TEST_VIDEOS = ("MVI_1812",)
@@ -210,13 +213,27 @@ def generate_subject(out_dir: str | Path, subject: str, res: int = 512, frames: 
             for index, (name, test) in enumerate(videos):
                 rng = np.random.default_rng([seed, 100 + index])
                 _render_video(built, staging / subject / name, frames, res, rng, test, supersample, progress)
-        (staging / SYNTHETIC_MARKER).write_text("written by dynavatar's synthetic subject generator\n")
+        settings = {"res": res, "frames": frames, "seed": seed, "flame_model": str(flame_model_path or "synthetic")}
+        (staging / SYNTHETIC_MARKER).write_text(json.dumps({"written_by": "dynavatar's synthetic subject generator",
+                                                            **settings}) + "\n")
         if target.exists():
             shutil.rmtree(target)
         staging.rename(target)
     log.info("wrote synthetic subject %s (%d videos x %d frames, %d px) to %s", subject, len(videos), frames, res,
              target)
     return target
+
+
+def _changed_settings(target: Path, wanted: dict) -> dict:
+    """{key: (generated with, wanted)} for the settings of a generated subject that differ from `wanted`
+    (none for a folder without a marker, or one written before markers recorded them)."""
+    try:
+        recorded = json.loads((target / SYNTHETIC_MARKER).read_text())
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(recorded, dict):
+        return {}
+    return {k: (recorded[k], wanted[k]) for k in GENERATION_KEYS if k in recorded and recorded[k] != wanted[k]}
 
 
 def ensure_synthetic_subject(conf: Conf) -> Path | None:
@@ -227,7 +244,8 @@ def ensure_synthetic_subject(conf: Conf) -> Path | None:
     train and test sub_dirs, the train img_res (square images of its larger side) and
     model.flame_model_path ("synthetic" = the synthetic FLAME-format head, the same seed-0 model the
     training code builds). A synthetic subject (one holding the generator's marker file) that lacks
-    one of the conf's videos is generated again; any other existing folder is never touched.
+    one of the conf's videos, or was generated with another image size, frame count or seed, is
+    generated again (it is deterministic), with a warning; any other existing folder is never touched.
     """
     data = conf.dataset
     if not data.synthetic:
@@ -236,16 +254,22 @@ def ensure_synthetic_subject(conf: Conf) -> Path | None:
     target = Path(data.data_folder) / subject
     train_videos, test_videos = list(data.train.sub_dir), list(data.test.sub_dir)
     json_name = data.json_name
-    missing = [v for v in train_videos + test_videos if not (target / subject / v / json_name).is_file()]
-    if not missing:
-        return target
-    if target.exists():
-        log.warning("synthetic subject %s lacks video(s) %s: generating it again", target, missing)
     height, width = data.train.img_res
+    model_path = conf.model.flame_model_path
+    wanted = {"res": max(height, width), "frames": data.synthetic_frames, "seed": data.synthetic_seed}
+    missing = [v for v in train_videos + test_videos if not (target / subject / v / json_name).is_file()]
+    changed = _changed_settings(target, wanted)
+    if not missing and not changed:
+        return target
+    if missing and target.exists():
+        log.warning("synthetic subject %s lacks video(s) %s: generating it again", target, missing)
+    if changed and not missing:
+        log.warning("synthetic subject %s was generated with %s; the conf asks for %s: generating it again",
+                    target, ", ".join(f"{k}={old!r}" for k, (old, _) in changed.items()),
+                    ", ".join(f"{k}={new!r}" for k, (_, new) in changed.items()))
     if height != width:
         log.warning("synthetic subjects are square: generating %d px images, the reader resizes them to %dx%d",
                     max(height, width), height, width)
-    model_path = conf.model.flame_model_path
     landmark_path = None if model_path == "synthetic" else conf.model.flame_landmark_path
     log.info("dataset.synthetic: generating subject %s into %s (first use)", subject, target.parent)
     return generate_subject(target.parent, subject, res=max(height, width),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Callable
 
 import torch
@@ -24,6 +25,7 @@ from ..model.avatar import Avatar
 from ..model.build import avatar_from_conf, flame_paths, restore_avatar
 from ..model.frame_inputs import FrameInputs
 from ..runtime import epoch_generator, resolve_device, rng_state, seed_everything, set_rng_state
+from .guard import NonFiniteGuard, check_finite_parameters
 from .strategy import CoarseToFine
 
 log = logging.getLogger(__name__)
@@ -68,6 +70,10 @@ class Trainer:
         self._place_images(self.train_data)
         # Plots only: the expression statistics come from the training frames.
         self.plot_data = dataset_from_conf(conf, "test", use_mean_expression=False, use_var_expression=False)
+        # Every frame's files, of both splits, are checked now, not when a batch or the final
+        # evaluation (which reads every test frame) first needs them.
+        self.train_data.check_headers()
+        dataset_from_conf(conf, "test", is_eval=True, load_images=False).check_headers()
         log.info("training on %d frames of %s, plotting %d test frames, on %s", len(self.train_data),
                  list(conf.dataset.train.sub_dir), len(self.plot_data), self.device)
 
@@ -81,19 +87,37 @@ class Trainer:
                                   train.refine_camera_translation).to(self.device)
         self.optimizer = self._make_optimizer()
         self.input_optimizer = self.inputs.optimizer(train.learning_rate_cam)
+        self.guard = NonFiniteGuard(train.max_nonfinite_steps, self.device)
         self.start_epoch = 0
         if options.is_continue:
             self._resume()
+        elif options.overwrite:
+            self._move_old_experiment_aside()
         self.writer: SummaryWriter | None = None
 
     def _check_experiment_folder(self) -> None:
         """A new run never overwrites an experiment's checkpoints unless asked to."""
-        existing = (self.paths.checkpoints / ckpt.MODEL / f"{ckpt.LATEST}.pth").is_file()
-        if existing and not self.options.is_continue and not self.options.overwrite:
+        if self.options.is_continue or self.options.overwrite:
+            return
+        if ckpt.has_checkpoint(self.paths.checkpoints):
             raise CheckpointError(
                 f"{self.paths.train_dir} already holds checkpoints (epochs {ckpt.available_epochs(self.paths.checkpoints)}"
                 f" and latest): resume with --is_continue, start again with --overwrite, or train into another "
                 f"folder with train.methodname=<name>")
+
+    def _move_old_experiment_aside(self) -> None:
+        """--overwrite: the whole old experiment (checkpoints, eval/, TensorBoard files) moves to a dated
+        sibling folder once the new run is ready to start and before it writes anything, so that
+        nothing of the two runs is ever mixed and nothing of the old one is lost."""
+        root = self.paths.root
+        if not root.exists():
+            return
+        name = f"{root.name}.replaced-{datetime.now():%Y%m%d-%H%M%S}"
+        aside, n = root.with_name(name), 1
+        while aside.exists():
+            aside, n = root.with_name(f"{name}-{n}"), n + 1
+        root.rename(aside)
+        log.warning("--overwrite: the earlier experiment %s was moved aside, whole, to %s", root, aside)
 
     def _place_images(self, data: FaceDataset) -> None:
         """Preloaded training images go to the GPU when they take at most a quarter of its free
@@ -145,14 +169,12 @@ class Trainer:
         ckpt.save_checkpoint(self.paths.checkpoints, epoch, parts, numbered)
 
     def _resume(self) -> None:
-        if not self.options.load_path and not (self.paths.checkpoints / ckpt.MODEL).is_dir():
+        if not self.options.load_path and not ckpt.has_checkpoint(self.paths.checkpoints):
             log.warning("--is_continue: no checkpoints in %s yet; starting from scratch", self.paths.checkpoints)
             return
         source = ckpt.checkpoints_dir_of(self.options.load_path or self.paths.train_dir)
-        tag = self.options.checkpoint
         names = [ckpt.MODEL, ckpt.OPTIMIZER] + ([ckpt.INPUTS, ckpt.OPTIMIZER_INPUTS] if self.inputs.enabled else [])
-        parts = {name: ckpt.load_part(source, name, tag) for name in names}
-        ckpt.check_same_epoch(parts, source, tag)
+        parts, tag = ckpt.load_checkpoint(source, names, self.options.checkpoint)
         model = parts[ckpt.MODEL]
         model_file = source / ckpt.MODEL / f"{tag}.pth"
         upgraded = restore_avatar(self.avatar, model, model_file)
@@ -220,13 +242,13 @@ class Trainer:
         if step_inputs:
             self.input_optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        self.optimizer.step()
-        if step_inputs:
-            self.input_optimizer.step()
+        # A non-finite loss or gradient is never applied (see train/guard.py).
+        finite = self.guard.step(loss, [self.optimizer] + ([self.input_optimizer] if step_inputs else []))
         self.strategy.observe(out.gaussians.opacities)
         values = {name: v.detach() for name, v in terms.items()}
         values["loss"] = loss.detach()
         values["psnr"] = psnr(out.rgb.detach(), batch.rgb).mean()
+        values["finite"] = finite
         return values
 
     def train_epoch(self, epoch: int) -> dict[str, float]:
@@ -237,21 +259,35 @@ class Trainer:
         order = self.epoch_order(epoch)
         n_batches = (len(order) + batch_size - 1) // batch_size
         sums: dict[str, torch.Tensor] = {}
+        counted = torch.zeros((), dtype=torch.float64, device=self.device)  # frames of the finite steps
+        self.guard.start_epoch()
         self.avatar.train()
         bar = tqdm(batches(self.train_data, batch_size, order), total=n_batches, desc=f"epoch {epoch}",
                    leave=False, dynamic_ncols=True)
         shown = time.perf_counter()
         for batch in bar:
             values = self.train_step(batch.to(self.device), step_inputs)
-            for name, v in values.items():
-                sums[name] = sums.get(name, 0.0) + v.double() * len(batch)
-            if time.perf_counter() - shown > 1.0:  # reading a value waits for the device: once a second
+            finite = values.pop("finite")
+            counted += finite * len(batch)
+            for name, v in values.items():  # the means are over finite steps: a skipped one poisons nothing
+                sums[name] = sums.get(name, 0.0) + torch.where(finite, v.double(), 0.0) * len(batch)
+            throttled = time.perf_counter() - shown > 1.0  # reading a value waits for the device: once a second
+            if throttled or self.device.type != "cuda":  # (the CPU waits for nothing: checked at every step)
+                self.guard.check(epoch, lr)
+            if throttled:
                 shown = time.perf_counter()
                 bar.set_postfix(loss=f"{float(values['loss']):.4f}", psnr=f"{float(values['psnr']):.2f}",
                                 pts=self.avatar.n_points)
-        stats = {name: float(total) / len(order) for name, total in sums.items()}
+        self.guard.check(epoch, lr)
+        check_finite_parameters({**{f"avatar.{k}": p for k, p in self.avatar.named_parameters()},
+                                 **{f"inputs.{k}": p for k, p in self.inputs.named_parameters()}}, epoch, lr)
+        frames = float(counted)
+        stats = {name: float(total) / frames if frames else float("nan") for name, total in sums.items()}
+        skipped = int(self.guard.skipped)
+        if skipped:
+            log.warning("epoch %d: %d step(s) with a non-finite loss or gradient were skipped", epoch, skipped)
         stats.update(lr=lr, n_points=self.avatar.n_points, radius=float(self.avatar.point_radius),
-                     batch_size=batch_size, lbs_weight=self.loss.lbs_weight,
+                     skipped_steps=skipped, batch_size=batch_size, lbs_weight=self.loss.lbs_weight,
                      visible_fraction=float(self.strategy.visible.float().mean()))
         return stats
 
@@ -296,7 +332,8 @@ class Trainer:
                 stats = self.train_epoch(epoch)
                 stats["epoch_time_s"] = time.perf_counter() - started
                 done = epoch + 1
-                if done % save_freq == 0 or done == nepoch:
+                if (done % save_freq == 0 or done == nepoch) and self.guard.may_save(epoch, stats["lr"],
+                                                                                    last=done == nepoch):
                     self.save(done, numbered=done % (5 * save_freq) == 0 or done == nepoch)
                 if done % plot_freq == 0 or done == nepoch:
                     stats["test_psnr"] = self.plot(done)
