@@ -22,8 +22,8 @@ train {
     optimize_expression = true
     optimize_camera = true
     optimize_inputs_after_epoch = 10 # per-frame inputs are stepped only in epochs after this one (> 10)
-    refine_camera_translation = true # render with the refined per-frame camera translation (the reference
-                                     # refines it but renders with the tracked one: false)
+    refine_camera_translation = false # render with a refined per-frame camera translation; the reference
+                                     # refines it but renders with the tracked one, as false does
     frames_per_epoch = 0             # 0: an epoch is the whole training set (the paper); N: N frames drawn
                                      # afresh each epoch, so that a schedule in epochs means the same
                                      # number of steps for a short and a long video
