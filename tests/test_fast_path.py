@@ -1,6 +1,8 @@
 """The training step's fast path computes the method's maths: its losses and gradients equal those of
 a straightforward implementation (the deformer evaluated twice, a batched LU solve for the inverse
-skinning, one rasterizer call per frame, the canonical FLAME frame recomputed) on a fixed batch."""
+skinning, LU-based polar factors for the Gaussians' turn, one rasterizer call per frame, the canonical
+FLAME frame recomputed) on a fixed batch, with the demo's options (turned Gaussians, per-point
+colours) on."""
 
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from dynavatar.flame.lbs import with_ghost_bone
 from dynavatar.model import avatar as avatar_module
 from dynavatar.model.avatar import nearest_vertex
 from dynavatar.render import rasterize
+from dynavatar.render.projection import rotation_to_quaternion
 from dynavatar.subject_generator import generate_subject
 from dynavatar.train.trainer import Trainer, TrainOptions
 
@@ -44,6 +47,7 @@ def straightforward_loss(trainer: Trainer, batch) -> dict[str, torch.Tensor]:
         out = avatar.flame(avatar.canonical_expression[None], avatar.canonical_pose[None])
     canonical_transforms = with_ghost_bone(out.transforms)
     logits = avatar.canonical_net(avatar.points.detach())
+    color_logits = logits.color + avatar.point_color if avatar.has_point_colors else logits.color
     deformer = avatar.deformer(avatar.points)
     shifted = avatar.points + deformer.offset
     blended = torch.einsum("nj,jxy->nxy", deformer.lbs_weights, canonical_transforms[0])  # [N, 4, 4]
@@ -57,9 +61,12 @@ def straightforward_loss(trainer: Trainer, batch) -> dict[str, torch.Tensor]:
     posed = (frame[..., :3, :3] @ shaped[..., None])[..., 0] + frame[..., :3, 3]
     offsets = avatar.gaussian_net(posed.detach() - shifted.detach()[None])
     quats = torch.nn.functional.normalize(logits.rotation[None] + offsets.rotation, dim=-1)
+    if avatar.rotate_gaussians:  # turn by polar(frame) polar(canonical)^T
+        turn = polar_by_inverse(frame[..., :3, :3]) @ polar_by_inverse(blended[:, :3, :3]).transpose(-1, -2)
+        quats = hamilton(rotation_to_quaternion(turn), quats)
     scales = torch.sigmoid(logits.scale[None] + offsets.scale) * avatar.max_scale + avatar.point_radius
     opacities = torch.sigmoid(logits.opacity[None] + offsets.opacity)[..., 0]
-    colors = torch.sigmoid(logits.color[None] + offsets.color)
+    colors = torch.sigmoid(color_logits[None] + offsets.color)
     images = []
     for b in range(len(batch)):
         camera = avatar.camera(batch.world_mat[b], batch.intrinsics[b])
@@ -70,6 +77,23 @@ def straightforward_loss(trainer: Trainer, batch) -> dict[str, torch.Tensor]:
     nearest = nearest_vertex(avatar.points.detach() + prior.offset.detach(), out.vertices[0], 64)
     terms.update(loss.flame_prior(prior, nearest, avatar.flame))
     return terms
+
+
+def polar_by_inverse(matrices: torch.Tensor, iterations: int = 20) -> torch.Tensor:
+    """The polar rotation by the plain Newton iteration X <- (X + X^-T) / 2 with LU inverses (an SVD's
+    gradient is undefined for the nearly equal singular values of a near-rotation)."""
+    x = matrices
+    for _ in range(iterations):
+        x = 0.5 * (x + torch.linalg.inv(x).transpose(-1, -2))
+    return x
+
+
+def hamilton(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """The quaternion product p * q, (w, x, y, z) last."""
+    pw, px, py, pz = p.unbind(-1)
+    qw, qx, qy, qz = q.unbind(-1)
+    return torch.stack([pw * qw - px * qx - py * qy - pz * qz, pw * qx + px * qw + py * qz - pz * qy,
+                        pw * qy - px * qz + py * qw + pz * qx, pw * qz + px * qy - py * qx + pz * qw], dim=-1)
 
 
 def _gradients(trainer: Trainer, terms: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
