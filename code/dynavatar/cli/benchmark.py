@@ -20,17 +20,17 @@ import json
 import logging
 import math
 import platform
-import statistics
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import torch
 
 from ..config import load_conf
 from ..runtime import resolve_device
+from .bench_rasterizer import Timer
 from .common import main_with_errors, setup_logging
 
 log = logging.getLogger("benchmark")
@@ -62,26 +62,6 @@ def parse_sizes(text: str) -> list[tuple[int, int]]:
     return sizes
 
 
-def median_ms(fn: Callable[[], None], warmup: int, repeat: int, device: torch.device) -> float:
-    """Median milliseconds of `fn` after `warmup` calls: CUDA events on a GPU, perf_counter on the CPU."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeat):
-        if device.type == "cuda":
-            start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            stop.record()
-            stop.synchronize()
-            times.append(start.elapsed_time(stop))
-        else:
-            started = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - started) * 1e3)
-    return statistics.median(times)
-
-
 def surface_points(trainer, n: int, radius: float, generator: torch.Generator) -> torch.Tensor:
     """n points [n, 3] near the canonical FLAME surface (as a trained avatar's points lie), jittered by `radius`."""
     vertices, _, _ = trainer.avatar.canonical_flame()
@@ -110,7 +90,8 @@ def measure(trainer, n: int, batch_size: int, warmup: int, repeat: int) -> Row:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
-    train_ms = median_ms(train_step, warmup, repeat, device)
+    timer = Timer(device)
+    train_ms = timer(train_step, warmup, repeat)
     peak = torch.cuda.max_memory_allocated(device) / 2 ** 30 if device.type == "cuda" else None
 
     trainer.avatar.eval()
@@ -121,8 +102,8 @@ def measure(trainer, n: int, batch_size: int, warmup: int, repeat: int) -> Row:
     def render(frames_batch) -> None:
         trainer.avatar(frames_batch)
 
-    render_ms = median_ms(lambda: render(one), warmup, repeat, device)
-    sequence_ms = median_ms(lambda: render(sequence), warmup, repeat, device)
+    render_ms = timer(lambda: render(one), warmup, repeat)
+    sequence_ms = timer(lambda: render(sequence), warmup, repeat)
     return Row(n, batch_size, train_ms, batch_size / train_ms * 1e3, peak, render_ms, 1e3 / render_ms,
                RENDER_BATCH / sequence_ms * 1e3)
 
