@@ -12,6 +12,7 @@ import torch
 
 from dynavatar.cli import quality_vs_time
 from dynavatar.config import load_conf
+from dynavatar.errors import ConfigError
 from dynavatar.flame import FLAME
 from dynavatar.flame.lbs import axis_angle_to_matrix
 from dynavatar.model.avatar import Avatar
@@ -145,3 +146,17 @@ def test_quality_vs_time_evaluates_at_each_budget(data_folder, tmp_path):
     assert all(5 < r["test_psnr"] < 60 and r["fitted_inputs"] == ["expression", "pose"] for r in rows)
     root = tmp_path / "exps" / SUBJECT / "demo" / "MVI_1810+MVI_1814"
     assert (root / "figure_100min.png").is_file() and (root / "quality_vs_time.md").is_file()
+
+
+def test_quality_vs_time_evaluates_after_given_epochs(data_folder, tmp_path):
+    out = tmp_path / "q.json"
+    args = ["--conf", str(REPO / "confs" / "demo.conf"), "--epochs", "2,1", "--json", str(out),
+            f"dataset.data_folder={data_folder}", f"dataset.subject_name={SUBJECT}", "dataset.synthetic=false",
+            "dataset.train.img_res=[32, 32]", "dataset.test.img_res=[32, 32]", f"train.exps_folder={tmp_path / 'exps'}",
+            "model.point_cloud.n_init_points=100", "evaluation.test_fit_steps=1"]
+    assert quality_vs_time.run(args) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["budget_min"], r["epochs"]) for r in rows] == [(None, 1), (None, 2)]
+    assert rows[0]["test_psnr"] != rows[1]["test_psnr"]  # two models, each evaluated
+    with pytest.raises(ConfigError, match="--epochs"):
+        quality_vs_time.run(args[:3] + ["1,x"] + args[4:])

@@ -7,8 +7,12 @@ as `--is_eval` would (test inputs fitted by the conf's protocol, no videos); tra
 the last budget, or at the conf's `--nepoch` when that comes first (later budgets then report the
 final model). One table row per budget: test PSNR/SSIM/L1, training PSNR, Gaussians, epochs.
 
+`--epochs` evaluates after given epochs instead of budgets: for ablations whose runs share a GPU,
+where wall-clock time says little.
+
   python scripts/quality_vs_time.py --conf confs/fast.conf --budgets 2,5,10 --json fast.json
   python scripts/quality_vs_time.py --conf confs/subject1.conf --budgets 2,5,10 --name paper
+  python scripts/quality_vs_time.py --conf confs/fast.conf --epochs 17,33 --name no_colors model.point_colors=false
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ log = logging.getLogger("quality_vs_time")
 
 @dataclass
 class BudgetRow:
-    budget_min: float  # the budget asked for
+    budget_min: float | None  # the budget asked for (None when evaluated at a given epoch)
     train_min: float  # training time actually spent when evaluated
     epochs: int
     gaussians: int
@@ -43,14 +47,17 @@ class BudgetRow:
     fitted_inputs: list[str]
 
 
-def parse_budgets(text: str) -> list[float]:
+def parse_moments(text: str, option: str, kind: type = float) -> list:
+    """A comma-separated list of positive budgets (minutes) or epochs, sorted."""
+    example = "2,5,10" if kind is float else "17,23,33"
     try:
-        budgets = sorted(float(b) for b in text.split(","))
+        moments = sorted(kind(b) for b in text.split(","))
     except ValueError:
-        raise ConfigError(f"--budgets {text!r}: expected minutes separated by commas, e.g. 2,5,10") from None
-    if not budgets or budgets[0] <= 0:
-        raise ConfigError(f"--budgets {text!r}: budgets must be positive minutes")
-    return budgets
+        raise ConfigError(f"{option} {text!r}: expected {kind.__name__} values separated by commas, "
+                          f"e.g. {example}") from None
+    if not moments or moments[0] <= 0:
+        raise ConfigError(f"{option} {text!r}: values must be positive, e.g. {example}")
+    return moments
 
 
 def markdown(rows: Sequence[BudgetRow], title: str) -> str:
@@ -58,7 +65,8 @@ def markdown(rows: Sequence[BudgetRow], title: str) -> str:
              "| budget (min) | trained (min) | epochs | Gaussians | train PSNR | test PSNR | test SSIM | test L1 |",
              "|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
-        lines.append(f"| {r.budget_min:g} | {r.train_min:.1f} | {r.epochs} | {r.gaussians:,} | {r.train_psnr:.2f} | "
+        budget = "-" if r.budget_min is None else f"{r.budget_min:g}"
+        lines.append(f"| {budget} | {r.train_min:.1f} | {r.epochs} | {r.gaussians:,} | {r.train_psnr:.2f} | "
                      f"{r.test_psnr:.2f} | {r.test_ssim:.4f} | {r.test_l1:.4f} |")
     return "\n".join(lines)
 
@@ -76,6 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--conf", required=True, help="the recipe (e.g. confs/fast.conf)")
     parser.add_argument("--budgets", default="2,5,10,20", help="minutes of training at which to evaluate")
+    parser.add_argument("--epochs", default="",
+                        help="evaluate after these epochs instead of at budgets (e.g. 17,23,33)")
     parser.add_argument("--nepoch", type=int, default=None, help="stop after this many epochs (default: the conf's)")
     parser.add_argument("--name", default="", help="train.methodname of the run (default: the conf's file name)")
     parser.add_argument("--figure", type=int, default=0,
@@ -88,7 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
 def run(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_intermixed_args(argv)  # key=value overrides anywhere among the options
     setup_logging()
-    budgets = parse_budgets(args.budgets)
+    budgets = parse_moments(args.budgets, "--budgets")
+    at_epochs = parse_moments(args.epochs, "--epochs", int) if args.epochs else []
     if args.nepoch is not None and args.nepoch < 1:
         raise ConfigError(f"--nepoch {args.nepoch}: the number of epochs to train must be at least 1")
     from ..evaluate.evaluator import EvalOptions, Evaluator
@@ -100,11 +111,13 @@ def run(argv: Sequence[str] | None = None) -> int:
                                  "train.plot_freq=1000000"])
     ensure_synthetic_subject(conf)
     nepoch = args.nepoch if args.nepoch is not None else conf.train.nepoch
+    if at_epochs:
+        nepoch = min(nepoch, at_epochs[-1])
     trainer = Trainer(conf, TrainOptions(nepoch=nepoch, overwrite=True))
     rows: list[BudgetRow] = []
     clock = {"seconds": 0.0}
 
-    def evaluate(done: int, stats: dict, budget: float) -> None:
+    def evaluate(done: int, stats: dict, budget: float | None) -> None:
         trainer.save(done, numbered=True)
         folders = Evaluator(conf, EvalOptions(checkpoint=str(done), videos=False)).evaluate()
         folder = next(iter(folders.values()))
@@ -112,14 +125,19 @@ def run(argv: Sequence[str] | None = None) -> int:
         metrics = report["metrics"]["all"]
         rows.append(BudgetRow(budget, clock["seconds"] / 60, done, trainer.avatar.n_points, stats["psnr"],
                               metrics["psnr"], metrics["ssim"], metrics["l1"], report["fitted_inputs"]))
-        log.info("%g min budget: epoch %d, test PSNR %.2f", budget, done, metrics["psnr"])
-        write_results()  # after every budget, so that an interrupted run keeps what it measured
+        moment = f"epoch_{done}" if budget is None else f"{budget:g}min"
+        log.info("%s: epoch %d, test PSNR %.2f", moment, done, metrics["psnr"])
+        write_results()  # after every evaluation, so that an interrupted run keeps what it measured
         if args.figure:
-            imageio.imwrite(trainer.paths.root / f"figure_{budget:g}min.png", contact_sheet(folder, args.figure))
+            imageio.imwrite(trainer.paths.root / f"figure_{moment}.png", contact_sheet(folder, args.figure))
         trainer.avatar.train()
 
     def after_epoch(done: int, stats: dict) -> bool:
         clock["seconds"] += stats["epoch_time_s"]
+        if at_epochs:
+            if done in at_epochs or done == nepoch:  # a recipe shorter than the last epoch asked: its end
+                evaluate(done, stats, None)
+            return done >= nepoch
         while len(rows) < len(budgets) and clock["seconds"] >= budgets[len(rows)] * 60:
             evaluate(done, stats, budgets[len(rows)])
         if done == nepoch:  # the recipe ended before the last budget: its final model stands for the rest
