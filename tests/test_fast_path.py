@@ -1,8 +1,8 @@
 """The training step's fast path computes the method's maths: its losses and gradients equal those of
 a straightforward implementation (the deformer evaluated twice, a batched LU solve for the inverse
 skinning, LU-based polar factors for the Gaussians' turn, one rasterizer call per frame, the canonical
-FLAME frame recomputed) on a fixed batch, with the demo's options (turned Gaussians, per-point
-colours) on."""
+FLAME frame recomputed) on a fixed batch, with both options beyond the reference (turned Gaussians,
+per-point colours) on."""
 
 from __future__ import annotations
 
@@ -31,7 +31,8 @@ def trainer(tmp_path_factory):
     conf = load_conf(REPO / "confs" / "demo.conf", [
         f"dataset.data_folder={root / 'datasets'}", f"dataset.subject_name={SUBJECT}", "dataset.synthetic=false",
         "dataset.train.img_res=[32, 32]", "dataset.test.img_res=[32, 32]", f"train.exps_folder={root / 'exps'}",
-        "model.point_cloud.n_init_points=300", "loss.flame_distance_chunk=128"])
+        "model.point_cloud.n_init_points=300", "loss.flame_distance_chunk=128", "model.rotate_gaussians=true",
+        "model.point_colors=true"])
     trainer = Trainer(conf, TrainOptions(nepoch=1))
     # Give the networks non-trivial outputs (the deformer's last layers start at zero).
     with torch.no_grad():
