@@ -132,13 +132,17 @@ def test_frames_per_epoch_fixes_the_epoch_length(data_folder, tmp_path):
     assert sorted(whole.epoch_order(0).tolist()) == list(range(len(whole.train_data)))
 
 
+def quality_vs_time_args(data_folder: Path, tmp_path: Path, *options: str) -> list[str]:
+    """quality_vs_time.py on the demo conf at 32 px, writing its rows to tmp_path / "q.json"."""
+    return ["--conf", str(REPO / "confs" / "demo.conf"), *options, "--json", str(tmp_path / "q.json"),
+            f"dataset.data_folder={data_folder}", f"dataset.subject_name={SUBJECT}", "dataset.synthetic=false",
+            "dataset.train.img_res=[32, 32]", "dataset.test.img_res=[32, 32]", f"train.exps_folder={tmp_path / 'exps'}",
+            "model.point_cloud.n_init_points=100", "evaluation.test_fit_steps=1"]
+
+
 def test_quality_vs_time_evaluates_at_each_budget(data_folder, tmp_path):
     out = tmp_path / "q.json"
-    args = ["--conf", str(REPO / "confs" / "demo.conf"), "--budgets", "0.001,0.002,100", "--nepoch", "2",
-            "--figure", "2", "--json", str(out), f"dataset.data_folder={data_folder}",
-            f"dataset.subject_name={SUBJECT}", "dataset.synthetic=false", "dataset.train.img_res=[32, 32]",
-            "dataset.test.img_res=[32, 32]", f"train.exps_folder={tmp_path / 'exps'}",
-            "model.point_cloud.n_init_points=100", "evaluation.test_fit_steps=1"]
+    args = quality_vs_time_args(data_folder, tmp_path, "--budgets", "0.001,0.002,100", "--nepoch", "2", "--figure", "2")
     assert quality_vs_time.run(args) == 0
     rows = json.loads(out.read_text())["rows"]
     assert [r["budget_min"] for r in rows] == [0.001, 0.002, 100.0]
@@ -149,14 +153,9 @@ def test_quality_vs_time_evaluates_at_each_budget(data_folder, tmp_path):
 
 
 def test_quality_vs_time_evaluates_after_given_epochs(data_folder, tmp_path):
-    out = tmp_path / "q.json"
-    args = ["--conf", str(REPO / "confs" / "demo.conf"), "--epochs", "2,1", "--json", str(out),
-            f"dataset.data_folder={data_folder}", f"dataset.subject_name={SUBJECT}", "dataset.synthetic=false",
-            "dataset.train.img_res=[32, 32]", "dataset.test.img_res=[32, 32]", f"train.exps_folder={tmp_path / 'exps'}",
-            "model.point_cloud.n_init_points=100", "evaluation.test_fit_steps=1"]
-    assert quality_vs_time.run(args) == 0
-    rows = json.loads(out.read_text())["rows"]
+    assert quality_vs_time.run(quality_vs_time_args(data_folder, tmp_path, "--epochs", "2,1")) == 0
+    rows = json.loads((tmp_path / "q.json").read_text())["rows"]
     assert [(r["budget_min"], r["epochs"]) for r in rows] == [(None, 1), (None, 2)]
     assert rows[0]["test_psnr"] != rows[1]["test_psnr"]  # two models, each evaluated
     with pytest.raises(ConfigError, match="--epochs"):
-        quality_vs_time.run(args[:3] + ["1,x"] + args[4:])
+        quality_vs_time.run(quality_vs_time_args(data_folder, tmp_path, "--epochs", "1,x"))
