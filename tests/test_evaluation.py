@@ -100,6 +100,12 @@ def test_test_time_fitting_lowers_the_loss_of_perturbed_inputs(experiment):
     assert all(p.requires_grad for p in evaluator.avatar.parameters())  # the avatar is unfrozen afterwards
 
 
+def test_zero_fitting_steps_keep_the_tracked_inputs(experiment):
+    overrides, _ = experiment
+    conf = load_conf(REPO / "confs" / "demo.conf", [*overrides, "evaluation.test_fit_steps=0"])
+    assert Evaluator(conf, EvalOptions()).test_inputs(dataset_from_conf(conf, "test", is_eval=True)) is None
+
+
 def test_missing_checkpoint_is_one_clear_error(experiment, capsys):
     overrides, _ = experiment
     with pytest.raises(SystemExit) as info:

@@ -89,11 +89,11 @@ class Evaluator:
 
     def test_inputs(self, data: FaceDataset) -> FrameInputs | None:
         """Fitted (or reloaded) expression/pose/camera of the test frames, or None when the conf's
-        optimize flags are off (or there is no ground truth to fit)."""
+        optimize flags are off, `evaluation.test_fit_steps` is 0, or there is no ground truth to fit."""
         train = self.conf.train
         inputs = FrameInputs(data.expressions, data.flame_poses, data.world_mats, train.optimize_expression,
                              train.optimize_camera, self.conf.evaluation.fit_camera_translation).to(self.device)
-        if not inputs.enabled or data.only_json:
+        if not inputs.enabled or data.only_json or self.conf.evaluation.test_fit_steps == 0:
             return None
         saved = self.checkpoints / ckpt.TEST_INPUTS / f"{self.epoch}.pth"
         fingerprint = {"n_frames": len(data), "sub_dirs": self._sub_dirs(), "model": points_fingerprint(self.avatar),
@@ -258,10 +258,10 @@ class Evaluator:
         n = self.conf.evaluation.turntable_frames
         expression = self.avatar.canonical_expression[None]
         pose = torch.zeros(1, 15, device=self.device)
-        gaussians, _ = self.avatar.deform(expression, pose)
         for k in range(n):
             camera = self.avatar.camera(_orbit_world_mat(world_mat, 2 * math.pi * k / n).to(self.device),
                                         intrinsics.to(self.device))
+            gaussians, _ = self.avatar.deform(expression, pose, camera.centre[None])  # colours seen from there
             rgb, _, _ = self.avatar.render(gaussians, [camera])
             yield (rgb[0].clamp(0, 1) * 255).round().byte().cpu().numpy()
 
