@@ -32,7 +32,7 @@ def trainer(tmp_path_factory):
         f"dataset.data_folder={root / 'datasets'}", f"dataset.subject_name={SUBJECT}", "dataset.synthetic=false",
         "dataset.train.img_res=[32, 32]", "dataset.test.img_res=[32, 32]", f"train.exps_folder={root / 'exps'}",
         "model.point_cloud.n_init_points=300", "loss.flame_distance_chunk=128", "model.rotate_gaussians=true",
-        "model.point_colors=true", "model.view_dependent_colors=true"])
+        "model.point_colors=true"])
     trainer = Trainer(conf, TrainOptions(nepoch=1))
     # Give the networks non-trivial outputs (the deformer's last layers start at zero).
     with torch.no_grad():
@@ -67,15 +67,7 @@ def straightforward_loss(trainer: Trainer, batch) -> dict[str, torch.Tensor]:
         quats = hamilton(rotation_to_quaternion(turn), quats)
     scales = torch.sigmoid(logits.scale[None] + offsets.scale) * avatar.max_scale + avatar.point_radius
     opacities = torch.sigmoid(logits.opacity[None] + offsets.opacity)[..., 0]
-    frame_color_logits = color_logits[None] + offsets.color
-    if avatar.has_view_colors:  # the camera's direction R^T (eye - x) / |eye - x| in the unposed frame
-        eyes = torch.stack([torch.linalg.inv(avatar.camera(batch.world_mat[b], batch.intrinsics[b]).world_to_camera)
-                            [:3, 3] for b in range(len(batch))])
-        towards = torch.nn.functional.normalize(eyes[:, None] - posed.detach(), dim=-1)
-        unposed_towards = torch.einsum("bnji,bnj->bni", frame[..., :3, :3].detach(), towards)
-        frame_color_logits = frame_color_logits + torch.einsum("bnk,nkc->bnc", unposed_towards,
-                                                               avatar.point_view_color)
-    colors = torch.sigmoid(frame_color_logits)
+    colors = torch.sigmoid(color_logits[None] + offsets.color)
     images = []
     for b in range(len(batch)):
         camera = avatar.camera(batch.world_mat[b], batch.intrinsics[b])
@@ -131,13 +123,6 @@ def test_fast_step_equals_the_straightforward_step(trainer, recompute, monkeypat
         error = (grad - reference_grads[name]).norm() / reference_grads[name].norm().clamp_min(1e-12)
         assert error <= 1e-4, (name, float(error))
     assert float(trainer.loss.total(fast).detach()) > 0
-
-
-def test_the_trainer_places_the_default_camera_of_view_dependent_colours_at_the_first_training_view(trainer):
-    data = trainer.train_data
-    first = torch.linalg.inv(trainer.avatar.camera(data.world_mats[0], data.frame_intrinsics[0]).world_to_camera)
-    assert torch.allclose(trainer.avatar.view_eye, first[:3, 3], atol=1e-5)
-    assert trainer.avatar.view_eye.abs().sum() > 0
 
 
 def test_animation_reuses_the_frame_independent_state_until_the_avatar_changes(trainer):

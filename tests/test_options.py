@@ -1,5 +1,5 @@
 """Options beyond the reference (each a conf key) and the recipe tools: Gaussians turned by the
-skinning, per-point colours, view-dependent colours, camera-translation refinement, fixed-size epochs, the colour head of
+skinning, per-point colours, camera-translation refinement, fixed-size epochs, the colour head of
 the reference (earlier checkpoints upgraded), and the quality-against-time script."""
 
 from __future__ import annotations
@@ -89,37 +89,6 @@ def test_point_colors_follow_their_points_and_load(synthetic_flame_paths):
     again = make_avatar(synthetic_flame_paths, "model.point_colors=true")
     restore_avatar(again, {"model_state_dict": avatar.state_dict()}, Path("memory"))
     assert torch.equal(again.point_color, avatar.point_color)
-
-
-def test_view_dependent_colors_follow_the_camera_as_seen_from_the_head(synthetic_flame_paths):
-    avatar = make_avatar(synthetic_flame_paths, "model.view_dependent_colors=true")
-    plain = make_avatar(synthetic_flame_paths)
-    assert avatar.point_view_color.shape == (200, 3, 3)
-    pose, eye = torch.zeros(1, 15), torch.tensor([[0.3, -0.2, 4.0]])
-    with torch.no_grad():  # starting at zero, the option changes nothing
-        assert torch.equal(avatar.deform(torch.zeros(1, 50), pose, eye)[0].colors,
-                           plain.deform(torch.zeros(1, 50), pose)[0].colors)
-        avatar.point_view_color.normal_(generator=torch.Generator().manual_seed(3))
-        points = torch.randn(1, 200, 3, generator=torch.Generator().manual_seed(4)) * 0.1
-        rotation = axis_angle_to_matrix(torch.tensor([0.3, 0.6, -0.2]))
-        identity = torch.eye(4).expand(1, 200, 4, 4)
-        turned = identity.clone()
-        turned[..., :3, :3] = rotation
-        # A head turned by R, seen from a camera turned by R about it, shows the colours of the unturned head.
-        still = avatar.view_color(identity, points, eye)
-        assert torch.allclose(avatar.view_color(turned, points @ rotation.T, eye @ rotation.T), still, atol=1e-5)
-        assert not torch.allclose(avatar.view_color(turned, points @ rotation.T, eye), still, atol=1e-2)
-        assert not torch.allclose(avatar.view_color(identity, points, torch.tensor([[2.0, 1.0, 3.0]])), still,
-                                  atol=1e-2)
-        avatar.view_eye.copy_(eye[0])  # without a camera, the stored one is used
-        assert torch.equal(avatar.view_color(identity, points, None), still)
-    source = torch.tensor([3, 3, 150])
-    kept = avatar.point_view_color.detach()[source].clone()
-    avatar.set_points(avatar.points[source].detach(), source)
-    assert torch.equal(avatar.point_view_color, kept)
-    again = make_avatar(synthetic_flame_paths, "model.view_dependent_colors=true")
-    restore_avatar(again, {"model_state_dict": avatar.state_dict()}, Path("memory"))
-    assert torch.equal(again.point_view_color, kept) and torch.equal(again.view_eye, eye[0])
 
 
 def test_earlier_checkpoints_with_a_two_layer_colour_head_load_unchanged(synthetic_flame_paths):

@@ -46,12 +46,6 @@ class Camera:
         translation = self.world_to_camera[:3, 3].to(points)
         return points @ rotation.T + translation
 
-    @property
-    def centre(self) -> torch.Tensor:
-        """The camera's position in world coordinates [3]: -R^T t of world_to_camera [R | t]."""
-        rotation, translation = self.world_to_camera[:3, :3], self.world_to_camera[:3, 3]
-        return -(rotation.T @ translation)
-
     def project(self, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """World points [..., 3] -> (pixel coordinates [..., 2] in rasterizer convention, depth [...])."""
         cam = self.to_camera_space(points)

@@ -87,8 +87,6 @@ model {
     rotate_gaussians = false         # turn each Gaussian with the rotation of its skinning transform
                                      # (the reference moves Gaussians but never turns them)
     point_colors = false             # a learnt colour offset per Gaussian beside the colour network
-    view_dependent_colors = false    # a per-Gaussian colour term linear in the direction to the camera,
-                                     # in the Gaussian's unposed frame (shading as the head turns)
     geometry_network {
         d_in = 3
         d_out = 1

@@ -325,7 +325,6 @@ class ModelConf(Section):
     max_scale: float
     rotate_gaussians: bool
     point_colors: bool
-    view_dependent_colors: bool
     geometry_network: CanonicalNetworkConf
     rendering_network: RenderingNetworkConf
     gaussian_network: GaussianNetworkConf

@@ -258,10 +258,10 @@ class Evaluator:
         n = self.conf.evaluation.turntable_frames
         expression = self.avatar.canonical_expression[None]
         pose = torch.zeros(1, 15, device=self.device)
+        gaussians, _ = self.avatar.deform(expression, pose)
         for k in range(n):
             camera = self.avatar.camera(_orbit_world_mat(world_mat, 2 * math.pi * k / n).to(self.device),
                                         intrinsics.to(self.device))
-            gaussians, _ = self.avatar.deform(expression, pose, camera.centre[None])  # colours seen from there
             rgb, _, _ = self.avatar.render(gaussians, [camera])
             yield (rgb[0].clamp(0, 1) * 255).round().byte().cpu().numpy()
 

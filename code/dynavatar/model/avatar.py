@@ -81,10 +81,6 @@ class AvatarOutput:
     prior: PriorQuery | None = None
 
 
-# Learnt per-point attributes beside `points`: they follow their points through prune/grow.
-PER_POINT_PARAMETERS = ("point_color", "point_view_color")
-
-
 def initial_points(n: int, radius: float, generator: torch.Generator) -> torch.Tensor:
     """n points [n, 3] on a sphere: a uniform cube sample pushed onto the sphere."""
     cube = torch.rand(n, 3, generator=generator) * 2.0 - 1.0
@@ -116,14 +112,6 @@ class Avatar(nn.Module):
         self.points = nn.Parameter(initial_points(schedule.n_init_points, schedule.init_radius, generator))
         if model_conf.point_colors:  # colour-logit offsets [N, 3] that follow the points through prune/grow
             self.point_color = nn.Parameter(torch.zeros(schedule.n_init_points, 3))
-        if model_conf.view_dependent_colors:
-            # Per point, a linear map [N, 3, 3] from the direction towards the camera, in the point's
-            # unposed frame, to a colour-logit offset: shading that changes as the head turns under
-            # lights that stay in the room (what one colour per canonical point cannot show).
-            self.point_view_color = nn.Parameter(torch.zeros(schedule.n_init_points, 3, 3))
-            # Where the camera is when none is given (export, reenactment without cameras): the first
-            # training camera, set by the trainer and saved with the model.
-            self.register_buffer("view_eye", torch.zeros(3))
         # The smallest Gaussian extent, added to every scale; the coarse-to-fine strategy shrinks it.
         # float64, so that its repeated shrinking rounds as a Python float does.
         self.register_buffer("point_radius", torch.tensor(schedule.initial_radius(), dtype=torch.float64))
@@ -167,21 +155,15 @@ class Avatar(nn.Module):
         """Replace the point set (after prune/grow, or when loading a checkpoint). `source` [M] names
         the old point each new one copies (per-point attributes follow it); without it they restart."""
         device = self.points.device
-        for name in PER_POINT_PARAMETERS:
-            old = self._parameters.get(name)
-            if old is not None:
-                values = (old.detach()[source.to(device)] if source is not None
-                          else old.new_zeros(points.shape[0], *old.shape[1:]))
-                setattr(self, name, nn.Parameter(values.clone()))
+        if self.has_point_colors:
+            colors = (self.point_color.detach()[source.to(device)] if source is not None
+                      else torch.zeros(points.shape[0], 3, device=device))
+            self.point_color = nn.Parameter(colors.clone())
         self.points = nn.Parameter(points.detach().clone().to(device))
 
     @property
     def has_point_colors(self) -> bool:
         return "point_color" in self._parameters
-
-    @property
-    def has_view_colors(self) -> bool:
-        return "point_view_color" in self._parameters
 
     # ---- what the caches watch -------------------------------------------------------------------
 
@@ -246,10 +228,8 @@ class Avatar(nn.Module):
             rotation = polar_rotation(blend_transforms(deformer.lbs_weights, canonical_transforms)[0, :, :3, :3])
         return CanonicalState(logits, deformer, shifted, unposed, prior, rotation)
 
-    def pose(self, state: CanonicalState, expression: torch.Tensor, flame_pose: torch.Tensor,
-             eye: torch.Tensor | None = None) -> Gaussians:
-        """Gaussians [B, N, ...] of the frames given by expression [B, E] and FLAME pose [B, 15]; `eye`
-        [B, 3] is each frame's camera position (with view-dependent colours; default `view_eye`)."""
+    def pose(self, state: CanonicalState, expression: torch.Tensor, flame_pose: torch.Tensor) -> Gaussians:
+        """Gaussians [B, N, ...] of the frames given by expression [B, E] and FLAME pose [B, 15]."""
         pose_feature, transforms = self.flame.transforms_only(expression, flame_pose)
         if self.deformer.ghostbone:
             transforms = with_ghost_bone(transforms)
@@ -263,34 +243,18 @@ class Avatar(nn.Module):
         if state.rotation is not None:  # turn = R(frame) R(canonical)^T, applied on the left: q_turn * q
             turn = polar_rotation(blended[..., :3, :3]) @ state.rotation.transpose(-1, -2)
             quats = (quaternion_left_matrix(rotation_to_quaternion(turn)) @ quats[..., None])[..., 0]
-        color = logits.color[None] + offsets.color
-        if self.has_view_colors:
-            color = color + self.view_color(blended.detach(), posed.detach(), eye)
         return Gaussians(
             means=posed,
             quats=quats,
             scales=torch.sigmoid(logits.scale[None] + offsets.scale) * self.max_scale + self.point_radius,
             opacities=torch.sigmoid(logits.opacity[None] + offsets.opacity)[..., 0],
-            colors=torch.sigmoid(color),
+            colors=torch.sigmoid(logits.color[None] + offsets.color),
         )
 
-    def view_color(self, blended: torch.Tensor, posed: torch.Tensor, eye: torch.Tensor | None) -> torch.Tensor:
-        """Colour-logit offsets [B, N, 3] for skinning transforms [B, N, 4, 4], posed points [B, N, 3] and
-        camera positions eye [B, 3]: the direction from each point towards the camera, carried back
-        into the point's unposed frame by its skinning rotation, times the point's `point_view_color`.
-        The geometry gets no gradient from it (both inputs come detached)."""
-        if eye is None:
-            eye = self.view_eye.expand(posed.shape[0], 3)
-        towards = torch.nn.functional.normalize(eye[:, None, :].to(posed) - posed, dim=-1)  # [B, N, 3]
-        unposed = (towards[..., None, :] @ blended[..., :3, :3])[..., 0, :]  # R^T d, as a row vector
-        return torch.einsum("bnk,nkc->bnc", unposed, self.point_view_color)
-
-    def deform(self, expression: torch.Tensor, flame_pose: torch.Tensor, eye: torch.Tensor | None = None
-               ) -> tuple[Gaussians, torch.Tensor]:
-        """Gaussians of the frames given by expression [B, E] and FLAME pose [B, 15] (seen from camera
-        positions eye [B, 3], for view-dependent colours) -> (Gaussians [B, N, ...], x' [N, 3])."""
+    def deform(self, expression: torch.Tensor, flame_pose: torch.Tensor) -> tuple[Gaussians, torch.Tensor]:
+        """Gaussians of the frames given by expression [B, E] and FLAME pose [B, 15] -> (Gaussians [B, N, ...], x' [N, 3])."""
         state = self.canonical_state()
-        return self.pose(state, expression, flame_pose, eye), state.shifted
+        return self.pose(state, expression, flame_pose), state.shifted
 
     def nearest_flame_vertex(self, shifted: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
         """The nearest canonical FLAME vertex [N] of each x' [N, 3] (searched in chunks of `chunk` points)."""
@@ -320,9 +284,8 @@ class Avatar(nn.Module):
         the output also carries what the FLAME priors compare (`AvatarOutput.prior`; the nearest
         vertices are searched `prior_chunk` points at a time)."""
         state = self.canonical_state(with_prior)
+        gaussians = self.pose(state, batch.expression, batch.flame_pose)
         cameras = [self.camera(batch.world_mat[b], batch.intrinsics[b]) for b in range(len(batch))]
-        eye = torch.stack([c.centre for c in cameras]).detach() if self.has_view_colors else None
-        gaussians = self.pose(state, batch.expression, batch.flame_pose, eye)
         rgb, alpha, depth = self.render(gaussians, cameras)
         prior = None
         if with_prior:

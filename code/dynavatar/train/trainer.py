@@ -79,9 +79,6 @@ class Trainer:
 
         self.avatar: Avatar = avatar_from_conf(conf, self.train_data.shape_params, self.train_data.mean_expression,
                                                self.train_data.img_res).to(self.device)
-        if self.avatar.has_view_colors:  # where the camera is assumed when none is given: the first training view
-            first = self.avatar.camera(self.train_data.world_mats[0], self.train_data.frame_intrinsics[0])
-            self.avatar.view_eye.copy_(first.centre)
         self.strategy = CoarseToFine(conf.model.point_cloud, conf.model.prune_thresh, self.avatar.n_points,
                                      self.device)
         self.loss = AvatarLoss(conf.loss, train, self.train_data.var_expression, vgg, self.device)
