@@ -1,5 +1,6 @@
-"""Test-time fitting: refine the test frames' expression, FLAME pose and camera translation with the
-avatar frozen (the paper's protocol: 20 SparseAdam steps per batch of the photometric loss)."""
+"""Test-time fitting: refine the test frames' expression and FLAME pose (camera translation too, as an
+option) with the avatar frozen (the paper's protocol: 20 SparseAdam steps per batch of the
+photometric loss)."""
 
 from __future__ import annotations
 
