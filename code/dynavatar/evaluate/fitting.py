@@ -23,7 +23,7 @@ def fit_frame_inputs(avatar: Avatar, inputs: FrameInputs, batches: Iterable[Fram
     """Optimise `inputs` in place on each batch for `steps` steps of `loss.photometric`. Returns the
     loss of each batch at its first and at its last step."""
     optimizer = inputs.optimizer(lr)
-    if optimizer is None or steps == 0:
+    if optimizer is None:
         return []
     frozen = [p for p in avatar.parameters() if p.requires_grad]
     for p in frozen:
