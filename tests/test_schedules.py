@@ -11,7 +11,7 @@ from dynavatar.config import load_conf
 from dynavatar.flame import FLAME
 from dynavatar.model.networks import DeformerOutput
 from dynavatar.losses import AvatarLoss
-from dynavatar.runtime import resolve_device
+from dynavatar.runtime import flush_denormals_on_cpu, resolve_device
 from dynavatar.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -83,3 +83,15 @@ def test_device_errors_are_clear():
     if not torch.cuda.is_available():
         with pytest.raises(ConfigError, match="CUDA"):
             resolve_device("cuda")
+
+
+def test_cpu_runs_flush_denormal_floats():
+    """A denormal (below 1.2e-38 in float32) becomes zero once a CPU run has set the flag."""
+    tiny = torch.tensor([1e-39], dtype=torch.float32)
+    try:
+        torch.set_flush_denormal(False)
+        assert float(tiny * 1.0) > 0.0
+        flush_denormals_on_cpu(torch.device("cpu"))
+        assert float(tiny * 1.0) == 0.0
+    finally:
+        torch.set_flush_denormal(True)  # the state every CPU training run leaves behind

@@ -29,6 +29,14 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def flush_denormals_on_cpu(device: torch.device) -> None:
+    """On the CPU, treat denormal floats as zero. The networks' softplus(beta=100) activations and
+    their gradients fall below 1e-38, where float arithmetic is many times slower (a demo training
+    step took 2.9x as long); no result depends on values that small. A process-wide CPU setting."""
+    if device.type == "cpu":
+        torch.set_flush_denormal(True)
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)

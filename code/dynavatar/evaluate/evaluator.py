@@ -36,7 +36,7 @@ from ..metrics import LPIPS, Unavailable, image_metrics, load_lpips, lpips_metri
 from ..model.avatar import Avatar, AvatarOutput, Gaussians
 from ..model.build import load_avatar
 from ..model.frame_inputs import FrameInputs
-from ..runtime import resolve_device
+from ..runtime import flush_denormals_on_cpu, resolve_device
 from .fitting import fit_frame_inputs
 
 log = logging.getLogger(__name__)
@@ -73,6 +73,7 @@ class Evaluator:
     def __init__(self, conf: Conf, options: EvalOptions) -> None:
         self.conf, self.options = conf, options
         self.device = resolve_device(conf.train.device)
+        flush_denormals_on_cpu(self.device)
         self.paths = ExperimentPaths.from_conf(conf)
         self.checkpoints = ckpt.checkpoints_dir_of(options.load_path or self.paths.train_dir)
         if options.load_path:

@@ -24,7 +24,7 @@ from ..metrics import psnr
 from ..model.avatar import Avatar
 from ..model.build import avatar_from_conf, flame_paths, restore_avatar
 from ..model.frame_inputs import FrameInputs
-from ..runtime import epoch_generator, resolve_device, rng_state, seed_everything, set_rng_state
+from ..runtime import epoch_generator, flush_denormals_on_cpu, resolve_device, rng_state, seed_everything, set_rng_state
 from .guard import NonFiniteGuard, check_finite_parameters
 from .strategy import CoarseToFine
 
@@ -57,6 +57,7 @@ class Trainer:
             # chosen once; TF32 matrix products only when the conf asks for them.
             torch.backends.cudnn.benchmark = True
             torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = train.tf32
+        flush_denormals_on_cpu(self.device)
         self.seed = train.seed
         seed_everything(self.seed)
         self.paths = ExperimentPaths.from_conf(conf)
