@@ -31,8 +31,9 @@ def resolve_device(name: str) -> torch.device:
 
 def flush_denormals_on_cpu(device: torch.device) -> None:
     """On the CPU, treat denormal floats as zero. The networks' softplus(beta=100) activations and
-    their gradients fall below 1e-38, where float arithmetic is many times slower (a demo training
-    step took 2.9x as long); no result depends on values that small. A process-wide CPU setting."""
+    their gradients can fall below 1e-38, where float arithmetic is many times slower (a training
+    step with fresh networks took 2.9x as long); no result depends on values that small. A
+    process-wide CPU setting."""
     if device.type == "cpu":
         torch.set_flush_denormal(True)
 

@@ -24,7 +24,8 @@ from ..metrics import psnr
 from ..model.avatar import Avatar
 from ..model.build import avatar_from_conf, flame_paths, restore_avatar
 from ..model.frame_inputs import FrameInputs
-from ..runtime import epoch_generator, flush_denormals_on_cpu, resolve_device, rng_state, seed_everything, set_rng_state
+from ..runtime import (epoch_generator, flush_denormals_on_cpu, resolve_device, rng_state, seed_everything,
+                       set_rng_state)
 from .guard import NonFiniteGuard, check_finite_parameters
 from .strategy import CoarseToFine
 
