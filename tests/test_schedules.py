@@ -87,9 +87,9 @@ def test_device_errors_are_clear():
 
 def test_cpu_runs_flush_denormal_floats():
     """A denormal (below 1.2e-38 in float32) becomes zero once a CPU run has set the flag."""
-    tiny = torch.tensor([1e-39], dtype=torch.float32)
     try:
-        torch.set_flush_denormal(False)
+        torch.set_flush_denormal(False)  # earlier tests' CPU runs may have set it
+        tiny = torch.tensor([1e-39], dtype=torch.float32)
         assert float(tiny * 1.0) > 0.0
         flush_denormals_on_cpu(torch.device("cpu"))
         assert float(tiny * 1.0) == 0.0
