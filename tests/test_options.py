@@ -1,5 +1,5 @@
 """Options beyond the reference (each a conf key) and the recipe tools: Gaussians turned by the
-skinning, per-point colours, camera-translation refinement, fixed-size epochs, the colour head of
+skinning, pose-dependent shading, per-point colours, camera-translation refinement, fixed-size epochs, the colour head of
 the reference (earlier checkpoints upgraded), and the quality-against-time script."""
 
 from __future__ import annotations
@@ -72,6 +72,30 @@ def test_a_turned_head_turns_its_gaussians(synthetic_flame_paths):
     halfway = axis_angle_to_matrix(pose[0, :3] / 2)
     assert torch.allclose(quaternion_to_rotation(half.quats[0]),
                           halfway @ quaternion_to_rotation(half_unturned.quats[0]), atol=1e-5)
+
+
+def test_shading_starts_as_albedo_and_lights_the_turned_normal(synthetic_flame_paths):
+    avatar = make_avatar(synthetic_flame_paths, "model.shading=true")
+    plain = make_avatar(synthetic_flame_paths)
+    pose = torch.zeros(1, 15)
+    pose[0, :3] = torch.tensor([0.0, 0.6, 0.0])  # the root joint turns the head about y
+    with torch.no_grad():
+        for model in (avatar, plain):  # every point skinned to the root joint alone (bone 1; 0 is the ghost)
+            model.deformer.skinning.bias[1] = 30.0
+        lit, _ = avatar.deform(torch.zeros(1, 50), pose)
+        albedo, _ = plain.deform(torch.zeros(1, 50), pose)
+        assert torch.allclose(lit.colors, albedo.colors, atol=1e-6)  # the identity lighting
+        avatar.shading.coefficients.zero_()
+        avatar.shading.coefficients[1] = torch.tensor([1.0, 0.5, 0.25])  # light from +x, less in G and B
+        lit, _ = avatar.deform(torch.zeros(1, 50), pose)
+        normals = avatar.canonical_state().normals
+    assert torch.allclose(normals.norm(dim=1), torch.ones(len(normals)), atol=1e-5)
+    turned = normals @ axis_angle_to_matrix(pose[0, :3]).T  # the canonical frame's root is not turned
+    expected = (albedo.colors[0] * turned[:, :1] * torch.tensor([1.0, 0.5, 0.25])).clamp(0, 1)
+    assert torch.allclose(lit.colors[0], expected, atol=1e-4)
+    vertices, _, _ = avatar.canonical_flame()  # outward: along the vertex's offset from the head's centre
+    outward = (avatar.canonical_normals() * (vertices - vertices.mean(0))).sum(1) > 0
+    assert outward.float().mean() > 0.8
 
 
 def test_point_colors_follow_their_points_and_load(synthetic_flame_paths):

@@ -88,6 +88,8 @@ model {
     rotate_gaussians = false         # turn each Gaussian with the rotation of its skinning transform
                                      # (the reference moves Gaussians but never turns them)
     point_colors = false             # a learnt colour offset per Gaussian beside the colour network
+    shading = false                  # colour = albedo x a learnt lighting of the posed normal (the
+                                     # reference's colours do not change with the head's pose)
     geometry_network {
         d_in = 3
         d_out = 1

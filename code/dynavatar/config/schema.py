@@ -325,6 +325,7 @@ class ModelConf(Section):
     max_scale: float
     rotate_gaussians: bool
     point_colors: bool
+    shading: bool
     geometry_network: CanonicalNetworkConf
     rendering_network: RenderingNetworkConf
     gaussian_network: GaussianNetworkConf

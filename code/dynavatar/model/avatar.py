@@ -18,12 +18,14 @@ from ..cameras import Camera, imavatar_camera
 from ..config import ModelConf
 from ..data.batch import FrameBatch
 from ..flame import FLAME
+from ..flame.mesh import outward_winding, vertex_normals
 from ..flame.lbs import (apply_transforms, blend_transforms, blendshape_offsets, coordinate_major, corrective_offsets,
                          inverse_points, polar_rotation, with_ghost_bone)
 from ..render import rasterize_frames
 from ..render.projection import quaternion_left_matrix, rotation_to_quaternion
 from ..runtime import constant
 from .networks import CanonicalAttributes, CanonicalNetwork, DeformerNetwork, DeformerOutput, GaussianNetwork
+from .shading import Shading
 
 
 @dataclass
@@ -54,13 +56,16 @@ class CanonicalState:
     unposed: torch.Tensor  # x0: x' with the canonical frame undone [N, 3]
     prior: DeformerOutput | None = None  # the deformer on the detached points, for the FLAME priors
     rotation: torch.Tensor | None = None  # [N, 3, 3] canonical skinning rotation (with rotate_gaussians)
+    nearest: torch.Tensor | None = None  # [N] long: each x's nearest canonical FLAME vertex (priors, shading)
+    normals: torch.Tensor | None = None  # [N, 3] nearest vertex's normal, canonical turn undone (with shading)
 
     def for_reuse(self) -> "CanonicalState":
         """The same state with its per-point bases laid out for the per-frame products (no copy per frame)."""
         d = self.deformer
         deformer = DeformerOutput(d.shapedirs.contiguous(), coordinate_major(d.posedirs), d.lbs_weights.contiguous(),
                                   d.offset)
-        return CanonicalState(self.logits, deformer, self.shifted, self.unposed.contiguous(), self.prior, self.rotation)
+        return CanonicalState(self.logits, deformer, self.shifted, self.unposed.contiguous(), self.prior, self.rotation,
+                              self.nearest, self.normals)
 
 
 @dataclass
@@ -104,6 +109,7 @@ class Avatar(nn.Module):
         self.max_scale = model_conf.max_scale
         self.rasterizer = model_conf.rasterizer
         self.rotate_gaussians = model_conf.rotate_gaussians
+        self.shading = Shading() if model_conf.shading else None
         self.canonical_net = CanonicalNetwork(**asdict(model_conf.geometry_network))
         self.deformer = DeformerNetwork(n_joints=flame.n_joints, **asdict(model_conf.deformer_network))
         self.gaussian_net = GaussianNetwork(**asdict(model_conf.gaussian_network))
@@ -144,6 +150,15 @@ class Avatar(nn.Module):
             transforms = with_ghost_bone(out.transforms) if self.deformer.ghostbone else out.transforms
             self._canonical_flame = (key, (out.vertices[0], out.pose_feature, transforms))
         return self._canonical_flame[1]
+
+    def canonical_normals(self) -> torch.Tensor:
+        """Outward vertex normals [V, 3] of the canonical FLAME mesh (recomputed with `canonical_flame`)."""
+        vertices, _, _ = self.canonical_flame()
+        cached = self.__dict__.get("_canonical_normals")
+        if cached is None or cached[0] is not vertices:
+            faces = self.flame.faces
+            self.__dict__["_canonical_normals"] = (vertices, vertex_normals(vertices, faces, outward_winding(vertices, faces)))
+        return self.__dict__["_canonical_normals"][1]
 
     # ---- points ----------------------------------------------------------------------------------
 
@@ -188,24 +203,25 @@ class Avatar(nn.Module):
 
     # ---- deformation -----------------------------------------------------------------------------
 
-    def canonical_state(self, with_prior: bool = False) -> CanonicalState:
+    def canonical_state(self, with_prior: bool = False, nearest_chunk: int = 4096) -> CanonicalState:
         """What does not depend on the frame: canonical logits, the deformer's outputs, x' and x0.
 
         While the avatar cannot change (no gradient, or every parameter frozen, as when animating
         or fitting test inputs), the state is computed once and reused until a parameter, buffer or
         the point set changes. With `with_prior`, the deformer is also evaluated on the detached
-        points (in the same call) for the FLAME priors, which must not move the points.
+        points (in the same call) for the FLAME priors, which must not move the points. The nearest
+        canonical FLAME vertices (priors, shading) are searched `nearest_chunk` points at a time.
         """
         parameters, buffers = self._watched()
         frozen = not torch.is_grad_enabled() or not any(p.requires_grad for p in parameters)
         if frozen and not with_prior:
             key = _tensors_key(parameters + buffers)
             if self._canonical_state is None or self._canonical_state[0] != key:
-                self._canonical_state = (key, self._compute_canonical_state(False).for_reuse())
+                self._canonical_state = (key, self._compute_canonical_state(False, nearest_chunk).for_reuse())
             return self._canonical_state[1]
-        return self._compute_canonical_state(with_prior)
+        return self._compute_canonical_state(with_prior, nearest_chunk)
 
-    def _compute_canonical_state(self, with_prior: bool) -> CanonicalState:
+    def _compute_canonical_state(self, with_prior: bool, nearest_chunk: int) -> CanonicalState:
         _, canonical_feature, canonical_transforms = self.canonical_flame()
         n = self.n_points
         # Above CHECKPOINT_POINTS only the networks' inputs are kept and their activations are
@@ -223,10 +239,17 @@ class Avatar(nn.Module):
         shifted = self.points + deformer.offset  # x'
         unposed = inverse_points(shifted, self.canonical_expression[None], canonical_feature, canonical_transforms,
                                  deformer.shapedirs, deformer.posedirs, deformer.lbs_weights)[0]  # x0 [N, 3]
-        rotation = None
+        rotation = nearest = normals = None
         if self.rotate_gaussians:  # the canonical frame's turn of each point, undone before a frame's
             rotation = polar_rotation(blend_transforms(deformer.lbs_weights, canonical_transforms)[0, :, :3, :3])
-        return CanonicalState(logits, deformer, shifted, unposed, prior, rotation)
+        if with_prior or self.shading is not None:
+            nearest = self.nearest_flame_vertex(shifted, nearest_chunk)
+        if self.shading is not None:  # normals with the canonical frame's turn undone (no gradient: they
+            with torch.no_grad():     # steer the lighting, not the skinning)
+                canonical_turn = blend_transforms(deformer.lbs_weights, canonical_transforms)[0, :, :3, :3]
+                normals = torch.nn.functional.normalize(
+                    (canonical_turn.transpose(-1, -2) @ self.canonical_normals()[nearest][..., None])[..., 0], dim=-1)
+        return CanonicalState(logits, deformer, shifted, unposed, prior, rotation, nearest, normals)
 
     def pose(self, state: CanonicalState, expression: torch.Tensor, flame_pose: torch.Tensor) -> Gaussians:
         """Gaussians [B, N, ...] of the frames given by expression [B, E] and FLAME pose [B, 15]."""
@@ -240,15 +263,21 @@ class Avatar(nn.Module):
         posed = apply_transforms(blended, shaped)
         offsets = self.gaussian_net(posed.detach() - state.shifted.detach()[None])  # [B, N, ...]
         quats = torch.nn.functional.normalize(logits.rotation[None] + offsets.rotation, dim=-1)
+        colors = torch.sigmoid(logits.color[None] + offsets.color)
         if state.rotation is not None:  # turn = R(frame) R(canonical)^T, applied on the left: q_turn * q
             turn = polar_rotation(blended[..., :3, :3]) @ state.rotation.transpose(-1, -2)
             quats = (quaternion_left_matrix(rotation_to_quaternion(turn)) @ quats[..., None])[..., 0]
+        if state.normals is not None:  # albedo x the lighting of the normal turned by the frame's skinning
+            with torch.no_grad():  # blends of rotations are near rotations: their product, renormalised, is
+                normals = torch.nn.functional.normalize(  # the polar factor's to within the lighting's needs
+                    (blended[..., :3, :3] @ state.normals[None, ..., None])[..., 0], dim=-1)  # [B, N, 3]
+            colors = (colors * self.shading(normals)).clamp(0.0, 1.0)
         return Gaussians(
             means=posed,
             quats=quats,
             scales=torch.sigmoid(logits.scale[None] + offsets.scale) * self.max_scale + self.point_radius,
             opacities=torch.sigmoid(logits.opacity[None] + offsets.opacity)[..., 0],
-            colors=torch.sigmoid(logits.color[None] + offsets.color),
+            colors=colors,
         )
 
     def deform(self, expression: torch.Tensor, flame_pose: torch.Tensor) -> tuple[Gaussians, torch.Tensor]:
@@ -283,13 +312,13 @@ class Avatar(nn.Module):
         """Render the frames of a batch (its expressions, FLAME poses and cameras). With `with_prior`,
         the output also carries what the FLAME priors compare (`AvatarOutput.prior`; the nearest
         vertices are searched `prior_chunk` points at a time)."""
-        state = self.canonical_state(with_prior)
+        state = self.canonical_state(with_prior, prior_chunk)
         gaussians = self.pose(state, batch.expression, batch.flame_pose)
         cameras = [self.camera(batch.world_mat[b], batch.intrinsics[b]) for b in range(len(batch))]
         rgb, alpha, depth = self.render(gaussians, cameras)
         prior = None
         if with_prior:
-            prior = PriorQuery(state.prior, self.nearest_flame_vertex(state.shifted, prior_chunk))
+            prior = PriorQuery(state.prior, state.nearest)
         return AvatarOutput(rgb, alpha, depth, gaussians, prior)
 
 
