@@ -1,8 +1,8 @@
 """The training step's fast path computes the method's maths: its losses and gradients equal those of
 a straightforward implementation (the deformer evaluated twice, a batched LU solve for the inverse
 skinning, LU-based polar factors for the Gaussians' turn, one rasterizer call per frame, the canonical
-FLAME frame recomputed) on a fixed batch, with both options beyond the reference (turned Gaussians,
-per-point colours) on."""
+FLAME frame recomputed) on a fixed batch, with the options beyond the reference (turned Gaussians,
+per-point colours, shading) on."""
 
 from __future__ import annotations
 
@@ -13,8 +13,10 @@ import torch
 
 from dynavatar.config import load_conf
 from dynavatar.flame.lbs import with_ghost_bone
+from dynavatar.flame.mesh import outward_winding, vertex_normals
 from dynavatar.model import avatar as avatar_module
 from dynavatar.model.avatar import nearest_vertex
+from dynavatar.model.shading import sh_basis
 from dynavatar.render import rasterize
 from dynavatar.render.projection import rotation_to_quaternion
 from dynavatar.subject_generator import generate_subject
@@ -32,7 +34,7 @@ def trainer(tmp_path_factory):
         f"dataset.data_folder={root / 'datasets'}", f"dataset.subject_name={SUBJECT}", "dataset.synthetic=false",
         "dataset.train.img_res=[32, 32]", "dataset.test.img_res=[32, 32]", f"train.exps_folder={root / 'exps'}",
         "model.point_cloud.n_init_points=300", "loss.flame_distance_chunk=128", "model.rotate_gaussians=true",
-        "model.point_colors=true", "loss.ssim_weight=0.25"])  # every loss term the recipes use
+        "model.point_colors=true", "model.shading=true", "loss.ssim_weight=0.25"])  # every option and loss term the recipes use
     trainer = Trainer(conf, TrainOptions(nepoch=1))
     # Give the networks non-trivial outputs (the deformer's last layers start at zero).
     with torch.no_grad():
@@ -68,14 +70,21 @@ def straightforward_loss(trainer: Trainer, batch) -> dict[str, torch.Tensor]:
     scales = torch.sigmoid(logits.scale[None] + offsets.scale) * avatar.max_scale + avatar.point_radius
     opacities = torch.sigmoid(logits.opacity[None] + offsets.opacity)[..., 0]
     colors = torch.sigmoid(color_logits[None] + offsets.color)
+    prior = avatar.deformer(avatar.points.detach())
+    nearest = nearest_vertex(avatar.points.detach() + prior.offset.detach(), out.vertices[0], 64)
+    if avatar.shading is not None:  # albedo x lighting of the nearest vertex's normal turned by the skinning
+        vertices, faces = out.vertices[0], avatar.flame.faces  # (no gradient reaches the skinning through it)
+        normal = vertex_normals(vertices, faces, outward_winding(vertices, faces))[nearest]
+        canonical, posed_frame = blended[:, :3, :3].detach(), frame[..., :3, :3].detach()
+        unturned = torch.nn.functional.normalize((canonical.transpose(-1, -2) @ normal[..., None])[..., 0], dim=-1)
+        turned = torch.nn.functional.normalize((posed_frame @ unturned[None, ..., None])[..., 0], dim=-1)
+        colors = (colors * (sh_basis(turned) @ avatar.shading.coefficients)).clamp(0, 1)
     images = []
     for b in range(len(batch)):
         camera = avatar.camera(batch.world_mat[b], batch.intrinsics[b])
         images.append(rasterize(posed[b], quats[b], scales[b], opacities[b], colors[b], camera, torch.ones(3),
                                 "torch").image)
     terms = loss.photometric(torch.stack(images), batch.rgb)
-    prior = avatar.deformer(avatar.points.detach())
-    nearest = nearest_vertex(avatar.points.detach() + prior.offset.detach(), out.vertices[0], 64)
     terms.update(loss.flame_prior(prior, nearest, avatar.flame))
     return terms
 

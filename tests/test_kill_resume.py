@@ -32,7 +32,7 @@ def command(data: Path, exps: Path) -> list[str]:
             "--is_continue", "--nepoch", str(NEPOCH), "--quiet", "--no_videos",
             f"dataset.data_folder={data}", f"dataset.subject_name={SUBJECT}", "dataset.synthetic=false",
             "dataset.train.img_res=[32, 32]", "dataset.test.img_res=[32, 32]", f"train.exps_folder={exps}",
-            "train.plot_freq=1000", "train.optimize_inputs_after_epoch=0", "train.max_batch=2",
+            "train.plot_freq=1000", "train.save_freq=1", "train.optimize_inputs_after_epoch=0", "train.max_batch=2",
             "model.point_cloud.n_init_points=100", "model.point_cloud.max_points=200",
             "model.point_cloud.schedule_epochs=[2, 6]", "model.point_cloud.schedule_points=[150, 200]",
             "model.point_cloud.radius_factors=[0.75, 0.75]", "evaluation.test_fit_steps=1"]
