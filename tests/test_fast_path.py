@@ -34,7 +34,8 @@ def trainer(tmp_path_factory):
         f"dataset.data_folder={root / 'datasets'}", f"dataset.subject_name={SUBJECT}", "dataset.synthetic=false",
         "dataset.train.img_res=[32, 32]", "dataset.test.img_res=[32, 32]", f"train.exps_folder={root / 'exps'}",
         "model.point_cloud.n_init_points=300", "loss.flame_distance_chunk=128", "model.rotate_gaussians=true",
-        "model.point_colors=true", "model.shading=true", "loss.ssim_weight=0.25"])  # every option and loss term the recipes use
+        "model.point_colors=true", "model.shading=true",  # every option beyond the reference ...
+        "loss.ssim_weight=0.25"])  # ... and every loss term the recipes use
     trainer = Trainer(conf, TrainOptions(nepoch=1))
     # Give the networks non-trivial outputs (the deformer's last layers start at zero).
     with torch.no_grad():

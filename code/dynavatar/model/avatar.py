@@ -2,7 +2,8 @@
 
 One frame's data flow (each arrow one call here):
 points -> canonical network (logits) -> deformer (E, P, W, d) -> undo the canonical FLAME frame and
-apply the frame's (LBS) -> gaussian network on the offset -> activations -> rasterize per frame.
+apply the frame's (LBS) -> gaussian network on the offset -> activations (colours lit by the turned
+normal with `model.shading`) -> rasterize per frame.
 """
 
 from __future__ import annotations
@@ -97,7 +98,7 @@ class Avatar(nn.Module):
 
     Persistent state (what checkpoints hold): the points, the three networks, the point radius
     (set by the training strategy), the canonical expression and pose, the subject's FLAME shape,
-    and (with `use_background`) the background.
+    (with `use_background`) the background and (with `model.shading`) the lighting's coefficients.
     """
 
     def __init__(self, model_conf: ModelConf, flame: FLAME, shape_params: torch.Tensor,
@@ -157,7 +158,8 @@ class Avatar(nn.Module):
         cached = self.__dict__.get("_canonical_normals")
         if cached is None or cached[0] is not vertices:
             faces = self.flame.faces
-            self.__dict__["_canonical_normals"] = (vertices, vertex_normals(vertices, faces, outward_winding(vertices, faces)))
+            normals = vertex_normals(vertices, faces, outward_winding(vertices, faces))
+            self.__dict__["_canonical_normals"] = (vertices, normals)
         return self.__dict__["_canonical_normals"][1]
 
     # ---- points ----------------------------------------------------------------------------------
@@ -244,11 +246,14 @@ class Avatar(nn.Module):
             rotation = polar_rotation(blend_transforms(deformer.lbs_weights, canonical_transforms)[0, :, :3, :3])
         if with_prior or self.shading is not None:
             nearest = self.nearest_flame_vertex(shifted, nearest_chunk)
-        if self.shading is not None:  # normals with the canonical frame's turn undone (no gradient: they
-            with torch.no_grad():     # steer the lighting, not the skinning)
+        if self.shading is not None:
+            # The nearest vertex's normal with the canonical frame's turn undone (its transpose: blends of
+            # joint rotations are near rotations). No gradient: normals steer the lighting, not the skinning.
+            with torch.no_grad():
                 canonical_turn = blend_transforms(deformer.lbs_weights, canonical_transforms)[0, :, :3, :3]
-                normals = torch.nn.functional.normalize(
-                    (canonical_turn.transpose(-1, -2) @ self.canonical_normals()[nearest][..., None])[..., 0], dim=-1)
+                normals = self.canonical_normals()[nearest]
+                normals = torch.nn.functional.normalize((canonical_turn.transpose(-1, -2) @ normals[..., None])[..., 0],
+                                                        dim=-1)
         return CanonicalState(logits, deformer, shifted, unposed, prior, rotation, nearest, normals)
 
     def pose(self, state: CanonicalState, expression: torch.Tensor, flame_pose: torch.Tensor) -> Gaussians:
@@ -268,9 +273,9 @@ class Avatar(nn.Module):
             turn = polar_rotation(blended[..., :3, :3]) @ state.rotation.transpose(-1, -2)
             quats = (quaternion_left_matrix(rotation_to_quaternion(turn)) @ quats[..., None])[..., 0]
         if state.normals is not None:  # albedo x the lighting of the normal turned by the frame's skinning
-            with torch.no_grad():  # blends of rotations are near rotations: their product, renormalised, is
-                normals = torch.nn.functional.normalize(  # the polar factor's to within the lighting's needs
-                    (blended[..., :3, :3] @ state.normals[None, ..., None])[..., 0], dim=-1)  # [B, N, 3]
+            with torch.no_grad():  # renormalised blend instead of its polar factor: close enough for lighting
+                normals = torch.nn.functional.normalize((blended[..., :3, :3] @ state.normals[None, ..., None])[..., 0],
+                                                        dim=-1)  # [B, N, 3]
             colors = (colors * self.shading(normals)).clamp(0.0, 1.0)
         return Gaussians(
             means=posed,
