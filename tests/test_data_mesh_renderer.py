@@ -3,8 +3,9 @@
 import torch
 
 from dynavatar.cameras import imavatar_camera, keypoints_to_pixels, pixels_to_keypoints
-from dynavatar.subject_generator.mesh_renderer import (box_downsample, connected_components, interpolate, majority_downsample,
-                                          outward_winding, rasterize, render_mesh)
+from dynavatar.flame.mesh import connected_components, outward_winding
+from dynavatar.subject_generator.mesh_renderer import (box_downsample, interpolate, majority_downsample, rasterize,
+                                                       render_mesh)
 
 SQUARE = torch.tensor([[0, 1, 2], [0, 2, 3]])
 

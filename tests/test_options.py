@@ -1,6 +1,7 @@
 """Options beyond the reference (each a conf key) and the recipe tools: Gaussians turned by the
-skinning, pose-dependent shading, per-point colours, camera-translation refinement, fixed-size epochs, the colour head of
-the reference (earlier checkpoints upgraded), and the quality-against-time script."""
+skinning, pose-dependent shading, per-point colours, camera-translation refinement, fixed-size
+epochs, the colour head of the reference (earlier checkpoints upgraded), and the quality-against-time
+script."""
 
 from __future__ import annotations
 

@@ -242,18 +242,18 @@ class Avatar(nn.Module):
         unposed = inverse_points(shifted, self.canonical_expression[None], canonical_feature, canonical_transforms,
                                  deformer.shapedirs, deformer.posedirs, deformer.lbs_weights)[0]  # x0 [N, 3]
         rotation = nearest = normals = None
+        if self.rotate_gaussians or self.shading is not None:  # each point's skinning in the canonical frame
+            canonical_blend = blend_transforms(deformer.lbs_weights, canonical_transforms)[0, :, :3, :3]  # [N, 3, 3]
         if self.rotate_gaussians:  # the canonical frame's turn of each point, undone before a frame's
-            rotation = polar_rotation(blend_transforms(deformer.lbs_weights, canonical_transforms)[0, :, :3, :3])
+            rotation = polar_rotation(canonical_blend)
         if with_prior or self.shading is not None:
             nearest = self.nearest_flame_vertex(shifted, nearest_chunk)
         if self.shading is not None:
             # The nearest vertex's normal with the canonical frame's turn undone (its transpose: blends of
             # joint rotations are near rotations). No gradient: normals steer the lighting, not the skinning.
             with torch.no_grad():
-                canonical_turn = blend_transforms(deformer.lbs_weights, canonical_transforms)[0, :, :3, :3]
-                normals = self.canonical_normals()[nearest]
-                normals = torch.nn.functional.normalize((canonical_turn.transpose(-1, -2) @ normals[..., None])[..., 0],
-                                                        dim=-1)
+                normals = (canonical_blend.transpose(-1, -2) @ self.canonical_normals()[nearest][..., None])[..., 0]
+                normals = torch.nn.functional.normalize(normals, dim=-1)
         return CanonicalState(logits, deformer, shifted, unposed, prior, rotation, nearest, normals)
 
     def pose(self, state: CanonicalState, expression: torch.Tensor, flame_pose: torch.Tensor) -> Gaussians:

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from ..cameras import Camera
-from ..flame.mesh import connected_components, outward_winding, vertex_normals  # noqa: F401 (re-exported)
+from ..flame.mesh import outward_winding, vertex_normals
 
 # Candidate (triangle, sample) pairs tested per chunk; bounds memory to a few hundred MB.
 CHUNK_CANDIDATES = 4_000_000

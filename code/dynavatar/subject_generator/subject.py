@@ -28,7 +28,8 @@ from ..flame import FLAME, synthetic_flame_files
 from .appearance import Appearance
 from .face_regions import INNER_LIP, N_LABELS, face_regions, vertex_regions
 from ..data.images import write_labels, write_mask, write_rgb
-from .mesh_renderer import outward_winding, render_mesh
+from ..flame.mesh import outward_winding
+from .mesh_renderer import render_mesh
 from .motion import JAW, video_motion
 
 log = logging.getLogger(__name__)
