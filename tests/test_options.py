@@ -1,7 +1,7 @@
 """Options beyond the reference (each a conf key) and the recipe tools: Gaussians turned by the
 skinning, pose-dependent shading, per-point colours, camera-translation refinement, fixed-size
-epochs, the colour head of the reference (earlier checkpoints upgraded), and the quality-against-time
-script."""
+epochs, Adam's moments carried across prune/grow, the colour head of the reference (earlier
+checkpoints upgraded), and the quality-against-time script."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from dynavatar.model.build import restore_avatar
 from dynavatar.model.frame_inputs import FrameInputs
 from dynavatar.render.projection import quaternion_to_rotation
 from dynavatar.subject_generator import generate_subject
+from dynavatar.train.optimizer_state import carry_adam_state
 from dynavatar.train.trainer import Trainer, TrainOptions
 
 REPO = Path(__file__).resolve().parents[1]
@@ -155,6 +156,48 @@ def test_frames_per_epoch_fixes_the_epoch_length(data_folder, tmp_path):
     assert torch.equal(order, trainer.epoch_order(0)) and not torch.equal(order, trainer.epoch_order(1))
     whole = Trainer(tiny_conf(data_folder, tmp_path, "train.methodname=b"), TrainOptions(nepoch=1))
     assert sorted(whole.epoch_order(0).tolist()) == list(range(len(whole.train_data)))
+
+
+def test_carried_adam_moments_follow_their_points():
+    net = torch.nn.Parameter(torch.randn(4, 3))
+    points = torch.nn.Parameter(torch.randn(5, 3))
+    old = torch.optim.Adam([net, points], lr=1e-3)
+    for _ in range(3):
+        old.zero_grad()
+        ((net * net).sum() + (points.sum(1) * torch.arange(5.0)).sum()).backward()
+        old.step()
+    source = torch.tensor([0, 2, 4, 4])  # two points pruned, point 4 copied once
+    grown = torch.nn.Parameter(points.detach()[source] + 0.01)
+    new = carry_adam_state(old, torch.optim.Adam([net, grown], lr=1e-3), source)
+    assert new.state[net] is old.state[net]
+    moments = new.state[grown]
+    assert torch.equal(moments["exp_avg"], old.state[points]["exp_avg"][source])
+    assert torch.equal(moments["exp_avg_sq"], old.state[points]["exp_avg_sq"][source])
+    assert float(moments["step"]) == 3.0
+    # Replaced without knowing where its rows came from: that parameter starts afresh.
+    unknown = torch.nn.Parameter(torch.randn(5, 3))
+    assert unknown not in carry_adam_state(old, torch.optim.Adam([net, unknown]), None).state
+    with pytest.raises(ValueError, match="cannot be matched"):
+        carry_adam_state(old, torch.optim.Adam([net]), source)
+
+
+@pytest.mark.parametrize("keep", [False, True])
+def test_adam_restarts_while_the_points_grow_then_keeps_its_moments_when_asked(data_folder, tmp_path, keep):
+    trainer = Trainer(tiny_conf(data_folder, tmp_path, f"train.keep_optimizer_state={str(keep).lower()}"),
+                      TrainOptions(nepoch=3))
+    weight = trainer.avatar.gaussian_net.color_head[0].weight
+    trainer.train_epoch(0)
+    trainer.train_epoch(1)  # starts with the last growth (100 -> 200 points): a fresh optimizer either way
+    steps = -(-len(trainer.train_data) // trainer.batch_size())
+    assert trainer.avatar.n_points == 200 and float(trainer.optimizer.state[weight]["step"]) == steps
+    before = trainer.optimizer
+    trainer._start_epoch(2)
+    assert trainer.optimizer is not before
+    if keep:
+        assert [id(v) for v in trainer.optimizer.state.values()] == [id(v) for v in before.state.values()]
+        assert torch.equal(trainer.optimizer.state[weight]["exp_avg"], before.state[weight]["exp_avg"])
+    else:
+        assert not trainer.optimizer.state
 
 
 def quality_vs_time_args(data_folder: Path, tmp_path: Path, *options: str) -> list[str]:

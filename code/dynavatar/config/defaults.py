@@ -27,6 +27,9 @@ train {
     frames_per_epoch = 0             # 0: an epoch is the whole training set (the paper); N: N frames drawn
                                      # afresh each epoch, so that a schedule in epochs means the same
                                      # number of steps for a short and a long video
+    keep_optimizer_state = false     # carry Adam's moments across prune/grow steps once the point count
+                                     # has reached its last target; the paper rebuilds the optimizer at
+                                     # each (docs/RECIPES.md)
     seed = 0
     device = auto                    # auto | cpu | cuda | cuda:N
     tf32 = false                     # CUDA matrix products in TF32 (faster, 10-bit mantissa); off = full float32

@@ -115,6 +115,7 @@ class TrainConf(Section):
     optimize_inputs_after_epoch: int
     refine_camera_translation: bool
     frames_per_epoch: int
+    keep_optimizer_state: bool
     seed: int
     device: str
     tf32: bool
@@ -302,12 +303,16 @@ class PointSchedule(Section):
         target = self.n_init_points if index < 0 else self.schedule_points[index]
         return min(target, self.max_points)
 
+    @property
+    def last_growth_epoch(self) -> int:
+        """The epoch at which the point count reaches its last target (0 without a schedule)."""
+        return self.schedule_epochs[-1] if self.schedule_epochs else 0
+
     def radius_factor_at(self, epoch: int) -> float:
         """Factor applied to the radius at the start of `epoch`."""
         if epoch in self.schedule_epochs:
             return self.radius_factors[list(self.schedule_epochs).index(epoch)]
-        last = self.schedule_epochs[-1] if self.schedule_epochs else 0
-        if epoch > last and self.late_radius_every > 0 and epoch % self.late_radius_every == 0:
+        if epoch > self.last_growth_epoch and self.late_radius_every > 0 and epoch % self.late_radius_every == 0:
             return self.late_radius_factor
         return 1.0
 

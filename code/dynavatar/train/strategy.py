@@ -47,10 +47,11 @@ class CoarseToFine:
         visible = (opacities.detach() >= self.prune_thresh).any(dim=0)
         self.visible = self.visible.to(visible.device) | visible
 
-    def start_epoch(self, avatar: Avatar, epoch: int, generator: torch.Generator) -> None:
-        """At the start of `epoch` (> 0): prune, grow and shrink the avatar's point radius."""
+    def start_epoch(self, avatar: Avatar, epoch: int, generator: torch.Generator) -> torch.Tensor | None:
+        """At the start of `epoch` (> 0): prune, grow and shrink the avatar's point radius. Returns the
+        index [M] of the old point each new point copies, or None when the point set is unchanged."""
         if epoch <= 0:
-            return
+            return None
         points = avatar.points
         radius = float(avatar.point_radius)
         noise = self.schedule.noise_size(epoch, radius)
@@ -62,11 +63,13 @@ class CoarseToFine:
         new, source = prune_and_grow(points.detach(), keep, target, noise, generator)
         new_radius = radius * self.schedule.radius_factor_at(epoch)
         avatar.set_point_radius(new_radius)
-        if new.shape[0] != points.shape[0] or not bool(keep.all()):
+        changed = new.shape[0] != points.shape[0] or not bool(keep.all())
+        if changed:
             avatar.set_points(new, source)
         self.visible = torch.zeros(new.shape[0], dtype=torch.bool, device=points.device)
         log.info("epoch %d: %d points (%d pruned), radius %.5f -> %.5f", epoch, new.shape[0],
                  int((~keep).sum()), radius, new_radius)
+        return source if changed else None
 
     def state_dict(self) -> dict:
         return {"visible": self.visible.cpu()}

@@ -27,6 +27,7 @@ from ..model.frame_inputs import FrameInputs
 from ..runtime import (epoch_generator, flush_denormals_on_cpu, resolve_device, rng_state, seed_everything,
                        set_rng_state)
 from .guard import NonFiniteGuard, check_finite_parameters
+from .optimizer_state import carry_adam_state
 from .strategy import CoarseToFine
 
 log = logging.getLogger(__name__)
@@ -212,11 +213,16 @@ class Trainer:
 
     def _start_epoch(self, epoch: int) -> None:
         if epoch % self.conf.train.upsample_freq == 0 and epoch > 0:
-            self.strategy.start_epoch(self.avatar, epoch, epoch_generator(self.seed, epoch, 1))
+            source = self.strategy.start_epoch(self.avatar, epoch, epoch_generator(self.seed, epoch, 1))
             # As the paper, the optimizer is rebuilt at every prune/grow step, even when no point
             # changed: the fresh Adam state is part of the method (it also pulls a run whose
-            # opacities all fell early in training back out of that state).
-            self.optimizer = self._make_optimizer()
+            # opacities all fell early in training back out of that state). With
+            # `train.keep_optimizer_state` the moments are carried over once the point count has
+            # reached its last target (train/optimizer_state.py); while it grows, restarts stay.
+            fresh = self._make_optimizer()
+            if self.conf.train.keep_optimizer_state and epoch > self.conf.model.point_cloud.last_growth_epoch:
+                fresh = carry_adam_state(self.optimizer, fresh, source)
+            self.optimizer = fresh
         self.loss.set_epoch(epoch)
 
     def epoch_order(self, epoch: int) -> torch.Tensor:

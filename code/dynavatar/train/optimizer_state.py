@@ -1,0 +1,45 @@
+"""Carrying Adam's moments across a prune/grow step (`train.keep_optimizer_state`).
+
+The paper rebuilds its optimizer at every prune/grow step, so every epoch starts from a fresh Adam
+state. With thousands of steps per epoch that costs little; with a few dozen (a short video, the
+demo) each restart moves every weight by about the learning rate in the direction of its current
+gradient sign, whatever that gradient's noise. Carried over instead, the networks' moments stay as
+they are and each point's moments follow the point they belong to (a grown copy takes those of the
+point it copies, as its neighbour in space and in gradient).
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def carry_adam_state(old: torch.optim.Optimizer, new: torch.optim.Optimizer,
+                     source: torch.Tensor | None) -> torch.optim.Optimizer:
+    """Copy `old`'s per-parameter state into `new`, which holds the same parameters in the same order
+    except that per-point ones ([N, ...], replaced after prune/grow) may be new tensors of M rows.
+
+    A parameter that is the same tensor keeps its state. A replaced one takes the rows `source` [M]
+    (the old point each new point copies) of its old moments; without `source`, or when its old
+    moments have no row per old point, it starts fresh. Returns `new`.
+    """
+    old_params = [p for group in old.param_groups for p in group["params"]]
+    new_params = [p for group in new.param_groups for p in group["params"]]
+    if len(old_params) != len(new_params):
+        raise ValueError(f"the optimizers hold {len(old_params)} and {len(new_params)} parameters: "
+                         "their states cannot be matched")
+    for before, after in zip(old_params, new_params):
+        state = old.state.get(before)
+        if not state:
+            continue
+        if after is before:
+            new.state[after] = state
+        elif source is not None and before.dim() > 0 and before.shape[0] != 0 and after.shape[1:] == before.shape[1:]:
+            index = source.to(before.device)
+            new.state[after] = {key: value[index].clone() if _per_row(value, before) else value.clone()
+                                for key, value in state.items()}
+    return new
+
+
+def _per_row(value: torch.Tensor, param: torch.Tensor) -> bool:
+    """Whether an Adam state entry holds one row per row of `param` (the moments; not the step count)."""
+    return isinstance(value, torch.Tensor) and value.shape == param.shape
