@@ -19,8 +19,8 @@ def carry_adam_state(old: torch.optim.Optimizer, new: torch.optim.Optimizer,
     except that per-point ones ([N, ...], replaced after prune/grow) may be new tensors of M rows.
 
     A parameter that is the same tensor keeps its state. A replaced one takes the rows `source` [M]
-    (the old point each new point copies) of its old moments; without `source`, or when its old
-    moments have no row per old point, it starts fresh. Returns `new`.
+    (the old point each new point copies) of its old moments; without `source`, or when it does not
+    have one row per entry of `source`, it starts fresh. Returns `new`.
     """
     old_params = [p for group in old.param_groups for p in group["params"]]
     new_params = [p for group in new.param_groups for p in group["params"]]
@@ -31,9 +31,11 @@ def carry_adam_state(old: torch.optim.Optimizer, new: torch.optim.Optimizer,
         state = old.state.get(before)
         if not state:
             continue
+        replaced_per_point = (source is not None and after.dim() > 0 and after.shape[0] == source.shape[0]
+                              and after.shape[1:] == before.shape[1:])
         if after is before:
             new.state[after] = state
-        elif source is not None and before.dim() > 0 and before.shape[0] != 0 and after.shape[1:] == before.shape[1:]:
+        elif replaced_per_point:
             index = source.to(before.device)
             new.state[after] = {key: value[index].clone() if _per_row(value, before) else value.clone()
                                 for key, value in state.items()}
