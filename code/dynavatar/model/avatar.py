@@ -135,6 +135,7 @@ class Avatar(nn.Module):
             self.background = nn.Parameter(torch.zeros(*self.img_res, 3))
         self._canonical_flame: tuple | None = None  # (key, value) caches, see canonical_flame / canonical_state
         self._canonical_state: tuple | None = None
+        self._canonical_normals: tuple | None = None  # (the vertices they belong to, normals)
 
     # ---- canonical FLAME frame -------------------------------------------------------------------
 
@@ -155,12 +156,10 @@ class Avatar(nn.Module):
     def canonical_normals(self) -> torch.Tensor:
         """Outward vertex normals [V, 3] of the canonical FLAME mesh (recomputed with `canonical_flame`)."""
         vertices, _, _ = self.canonical_flame()
-        cached = self.__dict__.get("_canonical_normals")
-        if cached is None or cached[0] is not vertices:
+        if self._canonical_normals is None or self._canonical_normals[0] is not vertices:
             faces = self.flame.faces
-            normals = vertex_normals(vertices, faces, outward_winding(vertices, faces))
-            self.__dict__["_canonical_normals"] = (vertices, normals)
-        return self.__dict__["_canonical_normals"][1]
+            self._canonical_normals = (vertices, vertex_normals(vertices, faces, outward_winding(vertices, faces)))
+        return self._canonical_normals[1]
 
     # ---- points ----------------------------------------------------------------------------------
 
@@ -197,7 +196,7 @@ class Avatar(nn.Module):
 
     def _apply(self, fn, recurse: bool = True):
         self.__dict__["_watched_tensors"] = None  # a device or dtype move may replace tensors
-        self._canonical_flame = self._canonical_state = None
+        self._canonical_flame = self._canonical_state = self._canonical_normals = None
         return super()._apply(fn, recurse)
 
     def set_point_radius(self, radius: float) -> None:
