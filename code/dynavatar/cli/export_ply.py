@@ -12,6 +12,8 @@ from ..config import load_conf
 from ..errors import DatasetError
 from .common import add_checkpoint_arguments, main_with_errors, setup_logging
 
+log = logging.getLogger(__name__)
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="export_ply.py",
@@ -29,13 +31,18 @@ def run(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_intermixed_args(argv)  # key=value overrides anywhere among the options
     setup_logging()
     from ..data.reader import dataset_from_conf
-    from ..evaluate.evaluator import EvalOptions, Evaluator
-    from ..export.ply import save_gaussians_ply
+    from ..evaluate.animation import save_posed_ply
+    from ..model.build import experiment_checkpoints, load_avatar
+    from ..runtime import flush_denormals_on_cpu, resolve_device
 
     conf = load_conf(args.conf, args.overrides)
-    evaluator = Evaluator(conf, EvalOptions(checkpoint=args.checkpoint, load_path=args.load_path or None))
+    device = resolve_device(conf.train.device)
+    flush_denormals_on_cpu(device)  # as training and evaluation run
+    checkpoints = experiment_checkpoints(conf, args.load_path or None)
+    avatar, epoch = load_avatar(conf, checkpoints, args.checkpoint, device=device)
+    log.info("exporting %s checkpoint %s (epoch %d, %d points)", checkpoints, args.checkpoint, epoch, avatar.n_points)
     if args.frame is None:
-        path = evaluator.export_canonical(Path(args.out))
+        path = save_posed_ply(avatar, Path(args.out))
     else:
         sub_dir = args.sub_dir or conf.dataset.test.sub_dir[0]
         frames = dataset_from_conf(conf, "test", sub_dir=[sub_dir], subsample=1, only_json=True,
@@ -44,9 +51,8 @@ def run(argv: Sequence[str] | None = None) -> int:
         if args.frame not in ids:
             raise DatasetError(f"frame {args.frame} is not in video {sub_dir} (frames {ids[0]}..{ids[-1]})")
         k = ids.index(args.frame)
-        g = evaluator.gaussians_of(frames.expressions[k], frames.flame_poses[k])
-        path = save_gaussians_ply(Path(args.out), g.means, g.quats, g.scales, g.opacities, g.colors)
-    logging.getLogger(__name__).info("wrote %s (%d Gaussians)", path, evaluator.avatar.n_points)
+        path = save_posed_ply(avatar, Path(args.out), frames.expressions[k], frames.flame_poses[k])
+    log.info("wrote %s (%d Gaussians)", path, avatar.n_points)
     return 0
 
 

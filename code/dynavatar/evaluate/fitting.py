@@ -1,16 +1,23 @@
 """Test-time fitting: refine the test frames' expression and FLAME pose (camera translation too, as an
 option) with the avatar frozen (the paper's protocol: 20 SparseAdam steps per batch of the
-photometric loss)."""
+photometric loss), and keep the fitted inputs as the checkpoint part TestInputParameters/<epoch>.pth,
+reused by later evaluations of the same model and test frames."""
 
 from __future__ import annotations
 
 import logging
+import math
+from pathlib import Path
 from typing import Iterable
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
-from ..data.batch import FrameBatch
+from ..config import Conf
+from ..data.batch import FrameBatch, batches
+from ..data.reader import FaceDataset
+from ..experiment import checkpoints as ckpt
 from ..losses import AvatarLoss
 from ..model.avatar import Avatar
 from ..model.frame_inputs import FrameInputs
@@ -46,3 +53,63 @@ def fit_frame_inputs(avatar: Avatar, inputs: FrameInputs, batches: Iterable[Fram
         for p in frozen:
             p.requires_grad_(True)
     return losses
+
+
+def points_fingerprint(avatar: Avatar) -> float:
+    """A number that changes with the trained model, to tell whether saved test inputs belong to it."""
+    with torch.no_grad():
+        return float(avatar.points.double().abs().sum()) + avatar.n_points
+
+
+def inputs_fingerprint(avatar: Avatar, inputs: FrameInputs, n_frames: int, sub_dirs: list[str]) -> dict:
+    """What saved test inputs must match to be reused: the test frames, the model and the inputs fitted."""
+    return {"n_frames": n_frames, "sub_dirs": sub_dirs, "model": points_fingerprint(avatar),
+            "keys": sorted(inputs.state_dict()), "fitted": inputs.refined}
+
+
+def load_fitted_inputs(inputs: FrameInputs, checkpoints: Path, epoch: int, fingerprint: dict,
+                       device: torch.device) -> bool:
+    """Load the test inputs saved for `epoch` into `inputs` when their fingerprint matches; returns
+    whether they were loaded."""
+    saved = checkpoints / ckpt.TEST_INPUTS / f"{epoch}.pth"
+    if not saved.is_file():
+        return False
+    state = ckpt.load_part(checkpoints, ckpt.TEST_INPUTS, epoch, map_location=device)
+    if state.get("fingerprint") == fingerprint:
+        inputs.load_state_dict(state["inputs_state_dict"])
+        log.info("using the test inputs fitted before: %s", saved)
+        return True
+    log.info("%s was fitted for another model or other test frames; fitting again", saved)
+    return False
+
+
+def save_fitted_inputs(inputs: FrameInputs, checkpoints: Path, epoch: int, fingerprint: dict) -> None:
+    """Write the fitted test inputs as TestInputParameters/<epoch>.pth and latest.pth."""
+    saved = checkpoints / ckpt.TEST_INPUTS / f"{epoch}.pth"
+    payload = {"epoch": epoch, "fingerprint": fingerprint, "inputs_state_dict": inputs.state_dict()}
+    ckpt.atomic_save(payload, saved)
+    ckpt.atomic_save(payload, saved.with_name(f"{ckpt.LATEST}.pth"))
+
+
+def fitted_test_inputs(conf: Conf, avatar: Avatar, data: FaceDataset, checkpoints: Path, epoch: int,
+                device: torch.device) -> FrameInputs | None:
+    """Fitted (or reloaded) expression/pose/camera of the test frames, or None when the conf's
+    optimize flags are off, `evaluation.test_fit_steps` is 0, or there is no ground truth to fit."""
+    train, evaluation = conf.train, conf.evaluation
+    inputs = FrameInputs(data.expressions, data.flame_poses, data.world_mats, train.optimize_expression,
+                         train.optimize_camera, evaluation.fit_camera_translation).to(device)
+    if not inputs.enabled or data.only_json or evaluation.test_fit_steps == 0:
+        return None
+    fingerprint = inputs_fingerprint(avatar, inputs, len(data), list(conf.dataset.test.sub_dir))
+    if load_fitted_inputs(inputs, checkpoints, epoch, fingerprint, device):
+        return inputs
+    size = train.batch_size(avatar.n_points)  # frames per fitting step: the training rule, as the paper's protocol
+    loss = AvatarLoss(conf.loss, train, None, None, device, perceptual=False)
+    losses = fit_frame_inputs(avatar, inputs, batches(data, size, torch.arange(len(data))),
+                              math.ceil(len(data) / size), evaluation.test_fit_steps,
+                              train.learning_rate_cam, loss, device)
+    if losses:
+        log.info("fitted the test inputs: photometric loss %.4f -> %.4f (mean over batches)",
+                 np.mean([a for a, _ in losses]), np.mean([b for _, b in losses]))
+    save_fitted_inputs(inputs, checkpoints, epoch, fingerprint)
+    return inputs

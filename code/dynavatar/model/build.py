@@ -11,8 +11,10 @@ import torch
 
 from ..config import Conf
 from ..errors import CheckpointError
+from ..experiment import ExperimentPaths
 from ..experiment import checkpoints as ckpt
 from ..flame import FLAME, synthetic_flame_files
+from ..runtime import resolve_device
 from .avatar import Avatar
 
 log = logging.getLogger(__name__)
@@ -109,10 +111,17 @@ def _upgrade_colour_head(state: dict, source: Path) -> dict:
     return upgraded
 
 
-def load_avatar(conf: Conf, checkpoints: Path, tag: str | int, img_res: tuple[int, int],
-                device: torch.device) -> tuple[Avatar, int]:
+def experiment_checkpoints(conf: Conf, load_path: str | Path | None = None) -> Path:
+    """The checkpoints folder to load from: that of `load_path` (an experiment's train folder, its
+    checkpoints folder or its split folder, as `--load_path` takes) or else the conf's experiment's."""
+    return ckpt.checkpoints_dir_of(load_path or ExperimentPaths.from_conf(conf).train_dir)
+
+
+def load_avatar(conf: Conf, checkpoints: Path, tag: str | int = ckpt.LATEST, img_res: Sequence[int] | None = None,
+                device: torch.device | None = None) -> tuple[Avatar, int]:
     """The avatar of a checkpoint (points, networks, radius, canonical frame, FLAME shape) in eval
-    mode on `device`, and its epoch."""
+    mode, and its epoch. `img_res` defaults to the test split's, `device` to the conf's `train.device`.
+    A checkpoint that does not fit the conf's model is one CheckpointError naming the file."""
     parts, tag = ckpt.load_checkpoint(checkpoints, [ckpt.MODEL], tag)
     model = parts[ckpt.MODEL]
     state = model.get("model_state_dict", {})
@@ -120,6 +129,8 @@ def load_avatar(conf: Conf, checkpoints: Path, tag: str | int, img_res: tuple[in
     for key in ("points", "shape_params", "canonical_expression"):
         if key not in state:
             raise CheckpointError(f"{source} lacks '{key}': it is not a DynAvatar model checkpoint")
+    img_res = conf.dataset.test.img_res if img_res is None else img_res
+    device = resolve_device(conf.train.device) if device is None else device
     avatar = avatar_from_conf(conf, state["shape_params"], state["canonical_expression"], img_res)
     restore_avatar(avatar, model, source)
     return avatar.to(device).eval(), int(model["epoch"])

@@ -1,0 +1,163 @@
+"""The metrics report of the test split: render every test frame, write its images
+(rgb, rgb_erode_dilate, alpha, gt, error), score it, and write metrics.csv (one row per frame),
+metrics.json (the means and where they came from) and the summary line of the log.
+
+The metric input is the erode-dilated rendering against the ground truth composited on white; the
+"no cloth" metrics leave out the pixels the face parsing labels as necklace or cloth.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from ..config import Conf
+from ..data.batch import FrameBatch, batches
+from ..data.reader import FaceDataset
+from ..export.images import erode_dilate, error_heatmap, save_png
+from ..metrics import LPIPS, Unavailable, image_metrics, load_lpips, lpips_metric
+from ..model.avatar import Avatar, AvatarOutput
+from ..model.frame_inputs import FrameInputs
+
+log = logging.getLogger(__name__)
+
+CLOTH_LABELS = (15, 16)  # face-parsing necklace and cloth, excluded by the "no cloth" metrics
+METRIC_NAMES = ("l1", "mse", "psnr", "ssim", "lpips")
+ERROR_MAP_MAX = 0.5  # the error shown as the top colour of every error map, so frames compare
+
+
+def lpips_model(conf: Conf, only_json: bool, device: torch.device) -> LPIPS | Unavailable:
+    """The LPIPS network of `evaluation.lpips_*_path`, or why there is none."""
+    if only_json:
+        return Unavailable("no ground truth (--only_json)")
+    evaluation = conf.evaluation
+    return load_lpips(evaluation.lpips_alexnet_path or None, evaluation.lpips_lin_path or None, device=device)
+
+
+@torch.no_grad()
+def render_test_split(avatar: Avatar, data: FaceDataset, inputs: FrameInputs | None, batch_size: int,
+                      device: torch.device) -> Iterator[tuple[FrameBatch, AvatarOutput]]:
+    """Every frame of `data` in order, in batches, with the fitted inputs applied when there are any."""
+    for batch in batches(data, batch_size, torch.arange(len(data))):
+        batch = batch.to(device)
+        if inputs is not None:
+            batch = inputs.apply(batch)
+        yield batch, avatar(batch)
+
+
+def nocloth_mask(mask: torch.Tensor, semantic: torch.Tensor) -> torch.Tensor:
+    """The mask [H, W] without the pixels whose face-parsing label [H, W] is necklace or cloth."""
+    keep = ~torch.isin(semantic, torch.tensor(CLOTH_LABELS, device=semantic.device))
+    return mask * keep.to(mask.dtype)
+
+
+def frame_metrics(pred: torch.Tensor, gt: torch.Tensor, mask: torch.Tensor | None,
+                  lpips: LPIPS | Unavailable) -> dict[str, float | None]:
+    """l1, mse, psnr, ssim and lpips (None when there is no LPIPS network) of one frame [H, W, 3]."""
+    values: dict[str, float | None] = {k: float(v) for k, v in image_metrics(pred, gt, mask).items()}
+    lp = lpips_metric(lpips, pred, gt, mask)
+    values["lpips"] = None if isinstance(lp, Unavailable) else float(lp)
+    return values
+
+
+def score_frame(opened: torch.Tensor, gt: torch.Tensor, mask: torch.Tensor, semantic: torch.Tensor | None,
+                lpips: LPIPS | Unavailable) -> dict[str, float | None]:
+    """The metrics of the erode-dilated rendering [H, W, 3] against the ground truth, and with
+    `semantic` [H, W] also without the cloth (keys with the suffix `_nocloth`)."""
+    row = frame_metrics(opened, gt, None, lpips)
+    if semantic is not None:
+        row.update({f"{k}_nocloth": v for k, v in
+                    frame_metrics(opened, gt, nocloth_mask(mask, semantic), lpips).items()})
+    return row
+
+
+def write_frame_images(folder: Path, name: str, rendering: torch.Tensor, opened: torch.Tensor,
+                       alpha: torch.Tensor, gt: torch.Tensor | None) -> None:
+    """The PNGs of one frame: rgb, rgb_erode_dilate, alpha and, with a ground truth, gt and error."""
+    save_png(folder / "rgb" / name, rendering)
+    save_png(folder / "rgb_erode_dilate" / name, opened)
+    save_png(folder / "alpha" / name, alpha[..., None].clamp(0, 1))
+    if gt is not None:
+        save_png(folder / "gt" / name, gt)
+        save_png(folder / "error" / name, error_heatmap(opened, gt, vmax=ERROR_MAP_MAX))
+
+
+def render_and_score(avatar: Avatar, data: FaceDataset, inputs: FrameInputs | None, folders: dict[str, Path],
+                     lpips: LPIPS | Unavailable, batch_size: int, device: torch.device) -> list[dict[str, Any]]:
+    """Render the test split, write each frame's images under the folder of its video, and return
+    one row of metrics per frame (none without ground truth)."""
+    rows: list[dict[str, Any]] = []
+    bar = tqdm(total=len(data), desc="evaluating", dynamic_ncols=True)
+    for batch, out in render_test_split(avatar, data, inputs, batch_size, device):
+        for b in range(len(batch)):
+            rendering = out.rgb[b].clamp(0, 1)
+            opened = erode_dilate(rendering)
+            gt = None if data.only_json else batch.rgb[b]
+            write_frame_images(folders[batch.sub_dir[b]], f"{batch.frame_id[b]}.png", rendering, opened,
+                               out.alpha[b], gt)
+            if gt is None:
+                continue
+            semantic = None if batch.semantic is None else batch.semantic[b]
+            rows.append({"sub_dir": batch.sub_dir[b], "frame_id": batch.frame_id[b],
+                         **score_frame(opened, gt, batch.mask[b], semantic, lpips)})
+        bar.update(out.rgb.shape[0])
+    bar.close()
+    return rows
+
+
+def metric_means(rows: list[dict[str, Any]], lpips: LPIPS | Unavailable) -> dict[str, Any]:
+    """The mean of each metric over the rows, for all pixels ("all") and without the cloth
+    ("no_cloth"); a metric that was not computed says why."""
+    columns = rows[0].keys()
+    summary: dict[str, Any] = {}
+    for suffix, label in (("", "all"), ("_nocloth", "no_cloth")):
+        if f"l1{suffix}" not in columns:
+            summary[label] = {"unavailable": "the test split has no semantic maps"}
+            continue
+        means: dict[str, Any] = {}
+        for name in METRIC_NAMES:
+            values = [r[f"{name}{suffix}"] for r in rows]
+            if any(v is None for v in values):
+                means[name] = {"unavailable": lpips.reason if isinstance(lpips, Unavailable) else "not computed"}
+            else:
+                means[name] = float(np.mean(values))
+        summary[label] = means
+    return summary
+
+
+def write_metrics_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    """One row per frame; a metric that was not computed reads 'unavailable'."""
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0].keys()))
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: ("unavailable" if v is None else v) for k, v in row.items()})
+
+
+def write_metrics(folder: Path, rows: list[dict[str, Any]], lpips: LPIPS | Unavailable, epoch: int,
+                  checkpoint: Path, conf_source: str, fitted: list[str]) -> dict[str, Any]:
+    """metrics.csv and metrics.json of one video's frames, and the summary line; returns the report."""
+    folder.mkdir(parents=True, exist_ok=True)
+    write_metrics_csv(folder / "metrics.csv", rows)
+    summary = metric_means(rows, lpips)
+    report = {
+        "epoch": epoch,
+        "checkpoint": str(checkpoint),
+        "conf": conf_source,
+        "n_frames": len(rows),
+        "test_inputs_fitted": bool(fitted),
+        "fitted_inputs": fitted,  # the reference's protocol fits expression and pose
+        "metric_input": "rgb_erode_dilate vs ground truth composited on white with its mask",
+        "metrics": summary,
+    }
+    (folder / "metrics.json").write_text(json.dumps(report, indent=2))
+    log.info("%s: PSNR %.2f, SSIM %.4f, L1 %.4f over %d frames", folder, summary["all"]["psnr"],
+             summary["all"]["ssim"], summary["all"]["l1"], len(rows))
+    return report
