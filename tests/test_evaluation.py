@@ -1,4 +1,5 @@
-"""End-to-end evaluation of a tiny trained avatar: files, metrics, videos, reenactment and .ply export."""
+"""End-to-end evaluation of a tiny trained avatar: files, metrics, videos, reenactment and .ply export,
+and the avatar loaded from its checkpoint without an evaluator."""
 
 from __future__ import annotations
 
@@ -11,12 +12,17 @@ import torch
 
 from dynavatar.cli import exp_runner, export_ply
 from dynavatar.config import load_conf
+from dynavatar.errors import CheckpointError
 from dynavatar.subject_generator.subject import generate_subject
 from dynavatar.data.reader import dataset_from_conf
-from dynavatar.evaluate.evaluator import EvalOptions, Evaluator
-from dynavatar.evaluate.fitting import fit_frame_inputs
+from dynavatar.evaluate import evaluator
+from dynavatar.evaluate.animation import orbit_world_mat, posed_gaussians, save_posed_ply
+from dynavatar.evaluate.fitting import fit_frame_inputs, fitted_test_inputs
+from dynavatar.evaluate.report import metric_means, nocloth_mask
 from dynavatar.data.batch import batches
 from dynavatar.losses import AvatarLoss
+from dynavatar.metrics import Unavailable
+from dynavatar.model.build import experiment_checkpoints, load_avatar
 from dynavatar.model.frame_inputs import FrameInputs
 from dynavatar.export.ply import load_gaussians_ply
 from dynavatar.render import rasterize
@@ -84,26 +90,34 @@ def test_fitted_test_inputs_are_saved_and_reused(experiment, caplog):
     assert json.loads((folder / "metrics.json").read_text())["metrics"] == json.loads(before)["metrics"]
 
 
+def _trained_avatar(overrides: list[str], *more: str):
+    """(conf, avatar, epoch) of the experiment's latest checkpoint, on the CPU."""
+    conf = load_conf(REPO / "confs" / "demo.conf", [*overrides, *more])
+    avatar, epoch = load_avatar(conf, experiment_checkpoints(conf), "latest", device=torch.device("cpu"))
+    return conf, avatar, epoch
+
+
 def test_test_time_fitting_lowers_the_loss_of_perturbed_inputs(experiment):
     overrides, _ = experiment
-    conf = load_conf(REPO / "confs" / "demo.conf", overrides)
-    evaluator = Evaluator(conf, EvalOptions())
+    conf, avatar, _ = _trained_avatar(overrides)
     data = dataset_from_conf(conf, "test", is_eval=True)
     noisy = data.expressions + 0.5 * torch.randn(data.expressions.shape, generator=torch.Generator().manual_seed(0))
     inputs = FrameInputs(noisy, data.flame_poses, data.world_mats, True, True)
     loss = AvatarLoss(conf.loss, conf.train, None, None, torch.device("cpu"), perceptual=False)
-    losses = fit_frame_inputs(evaluator.avatar, inputs, batches(data, 8, torch.arange(len(data))), 1, 15, 5e-2,
+    losses = fit_frame_inputs(avatar, inputs, batches(data, 8, torch.arange(len(data))), 1, 15, 5e-2,
                               loss, torch.device("cpu"))
     (first, last), = losses
     assert last < first
     assert not torch.equal(inputs.expression.weight.detach(), noisy)
-    assert all(p.requires_grad for p in evaluator.avatar.parameters())  # the avatar is unfrozen afterwards
+    assert all(p.requires_grad for p in avatar.parameters())  # the avatar is unfrozen afterwards
 
 
-def test_zero_fitting_steps_keep_the_tracked_inputs(experiment):
+def test_zero_fitting_steps_keep_the_tracked_inputs(experiment, tmp_path):
     overrides, _ = experiment
-    conf = load_conf(REPO / "confs" / "demo.conf", [*overrides, "evaluation.test_fit_steps=0"])
-    assert Evaluator(conf, EvalOptions()).test_inputs(dataset_from_conf(conf, "test", is_eval=True)) is None
+    conf, avatar, epoch = _trained_avatar(overrides, "evaluation.test_fit_steps=0")
+    data = dataset_from_conf(conf, "test", is_eval=True)
+    assert fitted_test_inputs(conf, avatar, data, tmp_path, epoch, torch.device("cpu")) is None
+    assert list(tmp_path.iterdir()) == []  # nothing fitted, nothing saved
 
 
 def test_missing_checkpoint_is_one_clear_error(experiment, capsys):
@@ -117,13 +131,12 @@ def test_missing_checkpoint_is_one_clear_error(experiment, capsys):
 
 def test_ply_round_trip_renders_the_same_image(experiment, tmp_path):
     overrides, _ = experiment
-    conf = load_conf(REPO / "confs" / "demo.conf", overrides)
-    evaluator = Evaluator(conf, EvalOptions())
-    path = evaluator.export_canonical(tmp_path / "canonical.ply")
-    direct = evaluator.gaussians_of(evaluator.avatar.canonical_expression, evaluator.avatar.canonical_pose)
+    _, avatar, _ = _trained_avatar(overrides)
+    path = save_posed_ply(avatar, tmp_path / "canonical.ply")
+    direct = posed_gaussians(avatar, avatar.canonical_expression, avatar.canonical_pose)
     loaded = load_gaussians_ply(path)
     assert loaded.means.shape == direct.means.shape
-    camera = evaluator.avatar.camera(torch.tensor([[1.0, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, -4.0]]),
+    camera = avatar.camera(torch.tensor([[1.0, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, -4.0]]),
                                      torch.tensor([-3.0, 3.0, 0.5, 0.5]))
     white = torch.ones(3)
     a = rasterize(direct.means, direct.quats, direct.scales, direct.opacities, direct.colors, camera, white, "torch")
@@ -161,3 +174,53 @@ def export_ply_canonical(overrides: list[str], folder: Path) -> Path:
     out = folder / "canonical.ply"
     assert export_ply.run(["--conf", str(REPO / "confs" / "demo.conf"), "--out", str(out), *overrides]) == 0
     return out
+
+
+def test_export_loads_the_avatar_without_an_evaluator(experiment, tmp_path, monkeypatch):
+    overrides, folder = experiment
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("export_ply constructed an Evaluator")
+
+    monkeypatch.setattr(evaluator.Evaluator, "__init__", refuse)
+    out = tmp_path / "cli.ply"
+    assert export_ply.run(["--conf", str(REPO / "confs" / "demo.conf"), "--out", str(out), *overrides]) == 0
+    _, avatar, epoch = _trained_avatar(overrides)
+    assert epoch == 2 and not avatar.training and avatar.n_points == len(load_gaussians_ply(out).means)
+    direct = save_posed_ply(avatar, tmp_path / "direct.ply")
+    assert out.read_bytes() == direct.read_bytes()
+    assert out.read_bytes() == (folder / "canonical.ply").read_bytes()  # what evaluation wrote
+
+
+def test_a_checkpoint_of_another_model_is_one_error_naming_the_file_and_the_fix(experiment, tmp_path, capsys):
+    overrides, _ = experiment
+    other = "model.deformer_network.dims=[64, 64]"  # the checkpoint's deformer is [128, 128, 128, 128]
+    with pytest.raises(CheckpointError, match=r"ModelParameters/latest\.pth does not fit the model.*wrong sizes"):
+        _trained_avatar(overrides, other)
+    with pytest.raises(SystemExit) as info:
+        export_ply.main(["--conf", str(REPO / "confs" / "demo.conf"), "--out", str(tmp_path / "a.ply"), *overrides,
+                          other])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert "ModelParameters/latest.pth does not fit the model" in err
+    assert "use the runconf.conf the checkpoint was trained with" in err and not (tmp_path / "a.ply").exists()
+
+
+def test_nocloth_mask_and_means_that_say_why_a_metric_is_missing():
+    mask = torch.tensor([[1.0, 0.5], [1.0, 1.0]])
+    semantic = torch.tensor([[15, 1], [16, 2]])  # necklace, skin, cloth, skin
+    assert torch.equal(nocloth_mask(mask, semantic), torch.tensor([[0.0, 0.5], [0.0, 1.0]]))
+    rows = [{"sub_dir": "v", "frame_id": k, "l1": 0.1 * k, "mse": 0.0, "psnr": 20.0 + k, "ssim": 0.5,
+             "lpips": None} for k in (1, 2)]
+    means = metric_means(rows, Unavailable("no weights"))
+    assert means["all"]["psnr"] == pytest.approx(21.5) and means["all"]["l1"] == pytest.approx(0.15)
+    assert means["all"]["lpips"] == {"unavailable": "no weights"}
+    assert means["no_cloth"] == {"unavailable": "the test split has no semantic maps"}
+
+
+def test_a_full_orbit_returns_to_the_stored_camera():
+    world_mat = torch.tensor([[1.0, 0, 0, 0.1], [0, 1, 0, 0.2], [0, 0, 1, -4.0]])
+    assert torch.allclose(orbit_world_mat(world_mat, 2 * torch.pi), world_mat, atol=1e-6)
+    half = orbit_world_mat(world_mat, torch.pi)
+    assert torch.allclose(half[:, 3], world_mat[:, 3]) and torch.allclose(half[0, 0], torch.tensor(-1.0), atol=1e-6)
