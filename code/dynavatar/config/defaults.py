@@ -36,7 +36,8 @@ def _section_lines(section: Section, depth: int) -> list[str]:
     lines = []
     for f in fields(section):
         value = getattr(section, f.name)
-        lines += textwrap.wrap(doc(f), WIDTH, initial_indent=f"{pad}# ", subsequent_indent=f"{pad}#   ")
+        lines += textwrap.wrap(doc(f), WIDTH, initial_indent=f"{pad}# ", subsequent_indent=f"{pad}#   ",
+                               break_on_hyphens=False)
         if isinstance(value, Section):
             lines += [f"{pad}{f.name} {{", *_section_lines(value, depth + 1), f"{pad}}}"]
         else:

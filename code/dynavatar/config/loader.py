@@ -10,7 +10,6 @@ opt-in and default to the paper's behaviour.
 from __future__ import annotations
 
 import difflib
-import logging
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -23,8 +22,6 @@ from .compat import normalise, normalise_key
 from .defaults import conf_text, defaults_tree, hocon_value
 from .schema import SECTIONS, Conf
 from .section import default, item_type, value_types, walk
-
-log = logging.getLogger(__name__)
 
 
 def defaults() -> ConfigTree:
