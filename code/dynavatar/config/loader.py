@@ -1,4 +1,5 @@
-"""Reading a conf: parse HOCON, validate keys and types against the defaults, merge, apply
+"""Reading a conf: parse HOCON, read old key names as new ones and drop the ignored keys of the
+paper's confs (`compat`), check keys and types against the schema, merge over the defaults, apply
 `key=value` overrides, and build the typed `Conf` once.
 
 The paper's conf layout (`train`, `loss`, `dataset`, `model` sections and their keys) is accepted
@@ -9,37 +10,38 @@ opt-in and default to the paper's behaviour.
 from __future__ import annotations
 
 import difflib
-import logging
 from pathlib import Path
 from typing import Any, Iterable
 
-from pyhocon import ConfigFactory, ConfigTree, HOCONConverter
+from pyhocon import ConfigFactory, ConfigTree
 from pyhocon.exceptions import ConfigException
 from pyparsing import ParseBaseException
 
 from ..errors import ConfigError
-from .defaults import DEFAULTS_HOCON
-from .schema import Conf
-
-log = logging.getLogger(__name__)
-
-# Keys whose value may take several types (the default's type is not the only valid one).
-_POLYMORPHIC: dict[str, tuple[type, ...]] = {
-    "dataset.train.subsample": (int, list),
-    "dataset.test.subsample": (int, list),
-    "dataset.train.sub_dir": (list, str),
-    "dataset.test.sub_dir": (list, str),
-}
+from .compat import normalise, normalise_key
+from .defaults import conf_text, defaults_tree, hocon_value
+from .schema import SECTIONS, Conf
+from .section import default, item_type, value_types, walk
 
 
 def defaults() -> ConfigTree:
     """A fresh copy of the default configuration."""
-    return ConfigFactory.parse_string(DEFAULTS_HOCON)
+    return defaults_tree()
 
 
 def default_conf() -> Conf:
     """The default configuration, typed (the paper's subject conf without data paths)."""
     return Conf.from_tree(defaults(), "the default configuration")
+
+
+def _schema() -> dict[str, tuple[tuple[type, ...], Any, Any]]:
+    """Dotted key -> (accepted HOCON types, type of a list's items or None, default) of every key and section."""
+    table: dict[str, tuple[tuple[type, ...], Any, Any]] = {}
+    for name, section in SECTIONS.items():
+        table[name] = ((ConfigTree,), None, None)
+        for key, f, hint in walk(section, name + "."):
+            table[key] = (value_types(hint, f.metadata["single"]), item_type(hint), default(f))
+    return table
 
 
 def _flatten(tree: ConfigTree, prefix: str = "") -> dict[str, Any]:
@@ -55,26 +57,8 @@ def _flatten(tree: ConfigTree, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def _type_name(types: Iterable[type]) -> str:
-    names = {bool: "true/false", int: "an integer", float: "a number", str: "a string", list: "a list",
-             ConfigTree: "a section { ... }"}
-    return " or ".join(names.get(t, t.__name__) for t in types)
-
-
-def _valid_types(default: Any, key: str) -> tuple[type, ...]:
-    if key in _POLYMORPHIC:
-        return _POLYMORPHIC[key]
-    if isinstance(default, bool):
-        return (bool,)
-    if isinstance(default, float):
-        return (float, int)
-    if isinstance(default, int):
-        return (int,)
-    if isinstance(default, ConfigTree):
-        return (ConfigTree,)
-    if isinstance(default, list):
-        return (list,)
-    return (str,)
+_TYPE_NAMES = {bool: "true/false", int: "an integer", float: "a number", str: "a string", list: "a list",
+               ConfigTree: "a section { ... }"}
 
 
 def _type_ok(value: Any, types: tuple[type, ...]) -> bool:
@@ -83,9 +67,18 @@ def _type_ok(value: Any, types: tuple[type, ...]) -> bool:
     return isinstance(value, types)
 
 
+def _problem(value: Any, types: tuple[type, ...], item: Any) -> str | None:
+    """What is wrong with a value of a key that takes `types` (lists of `item`), or None."""
+    if value is None or not _type_ok(value, types):
+        return "must be " + " or ".join(_TYPE_NAMES.get(t, t.__name__) for t in types)
+    if isinstance(value, list) and item in (int, float) and not all(_type_ok(v, value_types(item)) for v in value):
+        return f"must be a list of {'integers' if item is int else 'numbers'}"
+    return None  # items of a list of strings are read as strings (a video may be named 1810)
+
+
 def validate(conf: ConfigTree, source: str) -> None:
     """Raise ConfigError for the first unknown key or wrongly typed value, naming it, the file and the fix."""
-    valid = _flatten(defaults())
+    valid = _schema()
     for key, value in _flatten(conf).items():
         if key not in valid:
             nearest = difflib.get_close_matches(key, list(valid), n=1, cutoff=0.5)
@@ -95,10 +88,11 @@ def validate(conf: ConfigTree, source: str) -> None:
                 nearest = difflib.get_close_matches(key, same_section, n=1, cutoff=0.0)
             hint = f"; did you mean '{nearest[0]}'?" if nearest else ""
             raise ConfigError(f"{source}: unknown key '{key}'{hint}")
-        types = _valid_types(valid[key], key)
-        if value is None or not _type_ok(value, types):
-            raise ConfigError(f"{source}: key '{key}' must be {_type_name(types)}, got {value!r} "
-                              f"(default: {valid[key]!r})")
+        types, item, default_value = valid[key]
+        problem = _problem(value, types, item)
+        if problem:
+            shown = "a section { ... }" if ConfigTree in types else hocon_value(default_value)
+            raise ConfigError(f"{source}: key '{key}' {problem}, got {value!r} (default: {shown})")
 
 
 def parse_override(text: str) -> tuple[str, Any]:
@@ -124,18 +118,23 @@ def load_conf(path: str | Path, overrides: Iterable[str] = ()) -> Conf:
         user = ConfigFactory.parse_file(str(path), resolve=True)
     except (ConfigException, ParseBaseException, ValueError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: cannot parse the config ({type(exc).__name__}: {exc})") from None
-    validate(user, str(path))
+    source = str(path)
+    validate(normalise(user, source), source)
     merged = user.with_fallback(defaults())
     for text in overrides:
         key, value = parse_override(text)
+        where = f"command-line override '{text}'"
+        key = normalise_key(key, where)
+        if key is None:
+            continue
         single = ConfigTree()
         single.put(key, value)
-        validate(single, f"command-line override '{text}'")
+        validate(single, where)
         merged.put(key, value, append=False)
-    validate(merged, str(path))
-    return Conf.from_tree(merged, str(path))
+    validate(merged, source)
+    return Conf.from_tree(merged, source)
 
 
-def to_hocon(conf: Conf | ConfigTree) -> str:
-    """Serialise a configuration (what `runconf.conf` holds)."""
-    return HOCONConverter.to_hocon(conf.tree if isinstance(conf, Conf) else conf)
+def to_hocon(conf: Conf) -> str:
+    """A configuration as commented HOCON that loads back to it (what `runconf.conf` holds)."""
+    return conf_text(conf)

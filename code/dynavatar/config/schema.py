@@ -1,140 +1,73 @@
-"""The validated configuration as frozen dataclasses, one per conf section.
+"""The configuration's keys: one frozen dataclass per conf section, each field one key with its
+default, what it means and its range. Everything else is derived from these declarations: the
+defaults tree that a user's conf is merged onto and checked against, the commented defaults that
+`python -m dynavatar.config` prints, and the `runconf.conf` written beside each experiment.
+
+To add a key, add one line to its section, e.g. in `TrainConf`:
+
+    warmup_epochs: int = setting(0, "epochs of linear learning-rate warm-up (0: none)", NON_NEGATIVE)
+
+then read it as `conf.train.warmup_epochs`. Keys of the paper's confs that DynAvatar does not use,
+and old names of keys, are listed in `compat.py`, not here.
 
 `load_conf` builds a `Conf` once; the rest of the package reads typed attributes
-(`conf.train.learning_rate`) and never re-parses or re-casts conf values. Keys that the paper's
-confs carry but this implementation does not use (`COMPAT_KEYS`) are accepted and dropped here, so
-no network or runner signature has to take them.
-
-A field's conf key is its name unless its metadata names another (`key("GT_lbs_milestones")`).
-`check()` of each section returns (key, problem) pairs for values of the right type but out of range;
-the simple ranges of numeric keys are declared as data (`POSITIVE`, `NON_NEGATIVE`, `AT_LEAST_ONE`).
+(`conf.train.learning_rate`) and never re-parses or re-casts conf values. `check()` of a section
+returns (key, problem) pairs for values of the right type that the keys' ranges cannot express.
 """
 
 from __future__ import annotations
 
 import bisect
 import math
-import types
-import typing
-from dataclasses import dataclass, field, fields
-from typing import Any, ClassVar
+from dataclasses import dataclass, field
 
 from pyhocon import ConfigTree
 
-from ..errors import ConfigError
-
-
-def key(name: str, **kwargs: Any) -> Any:
-    """A dataclass field whose conf key differs from its attribute name."""
-    return field(metadata={"key": name}, **kwargs)
-
-
-def conf_key(f) -> str:
-    return f.metadata.get("key", f.name)
-
-
-class Section:
-    """Base of the section dataclasses: building from a conf tree and range checks."""
-
-    COMPAT_KEYS: ClassVar[tuple[str, ...]] = ()  # accepted for the paper's confs, not used
-    # Ranges of numeric fields (of each item of a list field), checked when the conf is loaded, so that
-    # a value the code cannot run with stops the run at once naming its key, never later or silently.
-    POSITIVE: ClassVar[tuple[str, ...]] = ()  # finite and > 0
-    NON_NEGATIVE: ClassVar[tuple[str, ...]] = ()  # >= 0
-    AT_LEAST_ONE: ClassVar[tuple[str, ...]] = ()  # counts and sizes
-
-    def check(self) -> list[tuple[str, str]]:
-        return []
-
-    def range_problems(self) -> list[tuple[str, str]]:
-        rules = ((self.POSITIVE, lambda v: math.isfinite(v) and v > 0, "positive"),
-                 (self.NON_NEGATIVE, lambda v: v >= 0, "0 or more"),
-                 (self.AT_LEAST_ONE, lambda v: v >= 1, "at least 1"))
-        keys = {f.name: conf_key(f) for f in fields(self)}
-        problems = []
-        for names, ok, wanted in rules:
-            for name in names:
-                value = getattr(self, name)
-                if not all(ok(v) for v in (value if isinstance(value, tuple) else (value,))):
-                    shown = list(value) if isinstance(value, tuple) else value
-                    problems.append((keys[name], f"must be {wanted}{' (each item)' if isinstance(value, tuple) else ''}"
-                                                 f", got {shown!r}"))
-        return problems
-
-    @classmethod
-    def from_tree(cls, tree: ConfigTree, prefix: str, source: str):
-        hints = typing.get_type_hints(cls)
-        values = {}
-        for f in fields(cls):
-            name = conf_key(f)
-            values[f.name] = _convert(tree[name], hints[f.name], f"{prefix}.{name}", source)
-        section = cls(**values)
-        problems = section.range_problems() + section.check()
-        if problems:
-            name, problem = problems[0]
-            raise ConfigError(f"{source}: key '{prefix}.{name}' {problem}")
-        return section
-
-
-def _convert(value: Any, hint: Any, name: str, source: str) -> Any:
-    """A conf value (already type-checked against the defaults) as the field's Python type."""
-    if isinstance(hint, type) and issubclass(hint, Section):
-        return hint.from_tree(value, name, source)
-    origin = typing.get_origin(hint)
-    if origin is tuple:
-        item = typing.get_args(hint)[0]
-        items = value if isinstance(value, (list, tuple)) else [value]  # sub_dir may be one name
-        return tuple(item(v) for v in items)
-    if origin in (typing.Union, types.UnionType):  # subsample: int or list
-        return tuple(value) if isinstance(value, list) else value
-    if hint is float:
-        return float(value)
-    return value
+from .section import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, Section, setting, subsection
 
 
 # ---- train ---------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
 class TrainConf(Section):
-    exps_folder: str
-    methodname: str
-    nepoch: int
-    learning_rate: float
-    learning_rate_cam: float
-    max_points_training: int
-    max_batch: int
-    upsample_freq: int
-    plot_freq: int
-    save_freq: int
-    sched_milestones: tuple[int, ...]
-    sched_factor: float
-    lbs_milestones: tuple[int, ...] = key("GT_lbs_milestones")
-    lbs_factor: float = key("GT_lbs_factor")
-    optimize_expression: bool
-    optimize_camera: bool
-    optimize_inputs_after_epoch: int
-    refine_camera_translation: bool
-    frames_per_epoch: int
-    keep_optimizer_state: bool
-    seed: int
-    device: str
-    tf32: bool
-    plot_n_images: int
-    max_nonfinite_steps: int
-
-    COMPAT_KEYS = ("dataset_class", "num_pixels")
-    POSITIVE = ("learning_rate", "learning_rate_cam", "sched_factor", "lbs_factor")
-    NON_NEGATIVE = ("sched_milestones", "lbs_milestones", "seed", "plot_n_images")
-    AT_LEAST_ONE = ("nepoch", "max_points_training", "max_batch", "plot_freq", "save_freq", "max_nonfinite_steps")
+    exps_folder: str = setting("./data/experiments", "experiments are written to exps_folder/subject/methodname/")
+    methodname: str = setting("dynavatar", "the experiment's folder name under its subject")
+    nepoch: int = setting(600, "epochs to train; the command line's --nepoch wins", AT_LEAST_ONE)
+    learning_rate: float = setting(1.0e-4, "Adam's learning rate for the points and networks", POSITIVE)
+    learning_rate_cam: float = setting(5.0e-4, "SparseAdam's learning rate for the per-frame inputs", POSITIVE)
+    max_points_training: int = setting(102400, "batch size = min(max_points_training / n_points, max_batch)",
+                                       AT_LEAST_ONE)
+    max_batch: int = setting(8, "most frames in one step (see max_points_training)", AT_LEAST_ONE)
+    prune_grow_every: int = setting(1, "prune/grow (and radius) steps happen at epochs divisible by this",
+                                    AT_LEAST_ONE)
+    plot_freq: int = setting(1, "epochs between renderings of test frames (and test PSNR) to TensorBoard",
+                             AT_LEAST_ONE)
+    save_freq: int = setting(1, "epochs between checkpoints ('latest'; a numbered one every 5 x save_freq)",
+                             AT_LEAST_ONE)
+    sched_milestones: tuple[int, ...] = setting((80, 100), "learning_rate is multiplied by sched_factor at "
+                                                           "each of these epochs", NON_NEGATIVE)
+    sched_factor: float = setting(0.5, "see sched_milestones", POSITIVE)
+    optimize_expression: bool = setting(True, "refine each training frame's expression")
+    optimize_camera: bool = setting(True, "refine each training frame's FLAME pose and camera translation")
+    optimize_inputs_after_epoch: int = setting(10, "per-frame inputs are stepped only in epochs after this one")
+    refine_camera_translation: bool = setting(False, "render with the refined per-frame camera translation (the "
+                                                     "reference refines it but renders with the tracked one)")
+    frames_per_epoch: int = setting(0, "0: an epoch is the whole training set (the paper); N: N frames drawn "
+                                       "afresh each epoch, so a schedule means the same steps for any video length")
+    keep_optimizer_state: bool = setting(False, "carry Adam's moments across prune/grow steps once the point count "
+                                                "is final; the paper rebuilds the optimizer at each (docs/RECIPES.md)")
+    seed: int = setting(0, "seed of every random draw (initial points, data order, growth)", NON_NEGATIVE)
+    device: str = setting("auto", "auto | cpu | cuda | cuda:N")
+    tf32: bool = setting(False, "CUDA matrix products in TF32 (faster, 10-bit mantissa); false: full float32")
+    plot_n_images: int = setting(4, "test images logged to TensorBoard per plot", NON_NEGATIVE)
+    max_nonfinite_steps: int = setting(3, "a step with a non-finite loss or gradient is skipped; this many in a "
+                                          "row stop the run (exit code 2), 'latest' kept as the last good state",
+                                       AT_LEAST_ONE)
 
     def check(self) -> list[tuple[str, str]]:
-        problems = []
-        if self.upsample_freq < 1:
-            problems.append(("upsample_freq", f"must be at least 1, got {self.upsample_freq}"))
         if self.frames_per_epoch < 0:
-            problems.append(("frames_per_epoch", f"must be 0 (the whole training set) or more, got "
-                                                 f"{self.frames_per_epoch}"))
-        return problems
+            return [("frames_per_epoch", f"must be 0 (the whole training set) or more, got {self.frames_per_epoch}")]
+        return []
 
     def batch_size(self, n_points: int) -> int:
         """The paper's rule: min(max_points_training / n_points, max_batch), at least 1."""
@@ -145,30 +78,32 @@ class TrainConf(Section):
         return self.learning_rate * self.sched_factor ** sum(1 for m in self.sched_milestones if epoch >= m)
 
 
+
 # ---- loss ----------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
 class LossConf(Section):
-    rgb_weight: float
-    ssim_weight: float
-    vgg_feature_weight: float
-    vgg_weights_path: str
-    lbs_weight: float
-    flame_distance_chunk: int
-
-    COMPAT_KEYS = ("eikonal_weight", "sdf_consistency_weight")
-    NON_NEGATIVE = ("rgb_weight", "ssim_weight", "vgg_feature_weight", "lbs_weight")
-    AT_LEAST_ONE = ("flame_distance_chunk",)
+    rgb_weight: float = setting(1.0, "weight of the L1 photometric loss", NON_NEGATIVE)
+    ssim_weight: float = setting(0.25, "weight of (1 - SSIM)", NON_NEGATIVE)
+    vgg_feature_weight: float = setting(0.1, "weight of the VGG16 perceptual loss (0: no VGG16 weights needed)",
+                                        NON_NEGATIVE)
+    vgg_weights_path: str = setting("", "VGG16's weights; empty: the torch hub cache (vgg16-397923af.pth)")
+    lbs_weight: float = setting(10.0, "weight of the FLAME priors on the deformer's outputs", NON_NEGATIVE)
+    flame_prior_milestones: tuple[int, ...] = setting((20, 30, 50, 70), "lbs_weight is multiplied by "
+                                                      "flame_prior_factor at each of these epochs", NON_NEGATIVE)
+    flame_prior_factor: float = setting(0.5, "see flame_prior_milestones", POSITIVE)
+    flame_distance_chunk: int = setting(4096, "points per chunk of the nearest-FLAME-vertex search (256 is faster "
+                                              "on a CPU, 4096 on a GPU)", AT_LEAST_ONE)
 
 
 # ---- dataset -------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
 class SplitConf(Section):
-    sub_dir: tuple[str, ...]
-    img_res: tuple[int, ...]
-    subsample: int | tuple[int, ...]
-    load_images: bool
+    sub_dir: tuple[str, ...] = setting((), "the split's video folders (a list, or one name)", single=True)
+    img_res: tuple[int, ...] = setting((512, 512), "[height, width] of the frames in pixels")
+    subsample: int | tuple[int, ...] = setting(1, "every N-th frame, a [start, end] range or a list of frames")
+    load_images: bool = setting(False, "hold the split's images in memory (false: read them at each step)")
 
     def check(self) -> list[tuple[str, str]]:
         if not (len(self.img_res) == 2 and all(isinstance(v, int) and v > 0 for v in self.img_res)):
@@ -180,21 +115,18 @@ class SplitConf(Section):
 
 @dataclass(frozen=True)
 class DatasetConf(Section):
-    data_folder: str
-    subject_name: str
-    json_name: str
-    use_mean_expression: bool
-    use_var_expression: bool
-    canonical_pose: float
-    use_background: bool
-    synthetic: bool
-    synthetic_frames: int
-    synthetic_seed: int
-    train: SplitConf
-    test: SplitConf
-
-    NON_NEGATIVE = ("synthetic_seed",)
-    AT_LEAST_ONE = ("synthetic_frames",)
+    data_folder: str = setting("./data/datasets", "videos are read from data_folder/subject_name/subject_name/")
+    subject_name: str = setting("subject1", "the subject's folder name")
+    json_name: str = setting("flame_params.json", "each video's file of FLAME parameters and cameras")
+    use_mean_expression: bool = setting(True, "canonical expression: the training frames' mean (false: zeros)")
+    use_var_expression: bool = setting(True, "divide the blendshape prior by each expression component's variance")
+    canonical_jaw: float = setting(0.4, "jaw opening of the canonical pose, in radians about x")
+    use_background: bool = setting(False, "learn a background image (false: images are composited on white)")
+    synthetic: bool = setting(False, "generate a synthetic subject into data_folder when it is missing")
+    synthetic_frames: int = setting(30, "frames per video of a generated synthetic subject", AT_LEAST_ONE)
+    synthetic_seed: int = setting(0, "seed of a generated synthetic subject", NON_NEGATIVE)
+    train: SplitConf = subsection(SplitConf, "the training videos")
+    test: SplitConf = subsection(SplitConf, "the test videos")
 
     def split(self, name: str) -> SplitConf:
         return {"train": self.train, "test": self.test}[name]
@@ -204,16 +136,14 @@ class DatasetConf(Section):
 
 @dataclass(frozen=True)
 class EvaluationConf(Section):
-    test_fit_steps: int
-    fit_camera_translation: bool
-    lpips_alexnet_path: str
-    lpips_lin_path: str
-    video_fps: float
-    turntable_frames: int
-
-    NON_NEGATIVE = ("test_fit_steps",)
-    POSITIVE = ("video_fps",)
-    AT_LEAST_ONE = ("turntable_frames",)
+    test_fit_steps: int = setting(20, "steps per batch when fitting test-frame inputs (the paper's 20)", NON_NEGATIVE)
+    fit_camera_translation: bool = setting(False, "also fit the test frames' camera translation (the reference "
+                                                  "fits expression and pose only)")
+    lpips_alexnet_path: str = setting("", "LPIPS's AlexNet weights; empty: the torch hub cache "
+                                          "(alexnet-owt-7be5be79.pth)")
+    lpips_lin_path: str = setting("", "LPIPS's linear layers; empty: weights/v0.1/alex.pth of an installed lpips")
+    video_fps: float = setting(25.0, "frame rate of the rendered videos", POSITIVE)
+    turntable_frames: int = setting(48, "frames of the turntable video", AT_LEAST_ONE)
 
 
 # ---- model ---------------------------------------------------------------------------------------
@@ -222,68 +152,50 @@ class EvaluationConf(Section):
 class CanonicalNetworkConf(Section):
     """`model.geometry_network`: the canonical (appearance) network."""
 
-    dims: tuple[int, ...]
-    geometric_init: bool
-    skip_in: tuple[int, ...]
-    weight_norm: bool
-    multires: int
-
-    # d_in is always 3 (a point); d_out/feature_vector_size name SDF outputs of PointAvatar that the
-    # four heads replace; bias is the SDF init's offset, not applied (see networks.CanonicalNetwork).
-    COMPAT_KEYS = ("d_in", "d_out", "feature_vector_size", "bias")
-    NON_NEGATIVE = ("skip_in", "multires")
-    AT_LEAST_ONE = ("dims",)
+    dims: tuple[int, ...] = setting((256,) * 7, "widths of the hidden layers", AT_LEAST_ONE)
+    geometric_init: bool = setting(True, "IDR's geometric initialisation (encoded frequencies start switched off)")
+    skip_in: tuple[int, ...] = setting((3,), "layers that also take the encoded input", NON_NEGATIVE)
+    weight_norm: bool = setting(True, "weight-normalised linear layers")
+    multires: int = setting(6, "frequencies of the positional encoding (0: none)", NON_NEGATIVE)
 
 
 @dataclass(frozen=True)
 class DeformerNetworkConf(Section):
-    dims: tuple[int, ...]
-    weight_norm: bool
-    multires: int
-    num_exp: int
-    ghostbone: bool
-    deform_c: bool
-
-    COMPAT_KEYS = ("d_in",)
-    NON_NEGATIVE = ("multires",)
-    AT_LEAST_ONE = ("dims", "num_exp")
+    dims: tuple[int, ...] = setting((128,) * 4, "widths of the hidden layers", AT_LEAST_ONE)
+    weight_norm: bool = setting(True, "weight-normalised linear layers")
+    multires: int = setting(0, "frequencies of the positional encoding (0: none)", NON_NEGATIVE)
+    num_exp: int = setting(50, "expression components", AT_LEAST_ONE)
+    ghostbone: bool = setting(True, "skinning weights also over a ghost bone that never moves")
+    deform_c: bool = setting(True, "learn a canonical offset per point")
 
 
 @dataclass(frozen=True)
 class GaussianNetworkConf(Section):
-    dims: tuple[int, ...]
-    weight_norm: bool
-
-    COMPAT_KEYS = ("d_in", "feature_vector_size", "d_out", "multires_view", "multires_pnts")
-    AT_LEAST_ONE = ("dims",)
-
-
-@dataclass(frozen=True)
-class RenderingNetworkConf(Section):
-    """`model.rendering_network` of the paper's confs: colour comes from the canonical network."""
-
-    COMPAT_KEYS = ("d_in", "feature_vector_size", "d_out", "dims", "weight_norm", "multires_view", "multires_pnts")
+    dims: tuple[int, ...] = setting((64,) * 3, "widths of the hidden layers", AT_LEAST_ONE)
+    weight_norm: bool = setting(True, "weight-normalised linear layers")
 
 
 @dataclass(frozen=True)
 class PointSchedule(Section):
-    """`model.point_cloud`: the coarse-to-fine schedule of the point set and its radius."""
+    """`model.point_cloud`: the coarse-to-fine schedule of the point set and its radius. From epoch
+    schedule_epochs[i] on, the cloud grows to schedule_points[i] (capped at max_points) and the radius
+    is multiplied by radius_factors[i] at that epoch."""
 
-    n_init_points: int
-    max_points: int
-    init_radius: float  # radius of the initial sphere of points
-    radius_factor: float  # point radius = radius_factor * 0.75 ** log2(n / 100) at the start
-    schedule_epochs: tuple[int, ...]
-    schedule_points: tuple[int, ...]
-    radius_factors: tuple[float, ...]
-    late_radius_every: int
-    late_radius_factor: float
-    fine_noise_epoch: int
-    fine_noise: float
-
-    POSITIVE = ("init_radius", "radius_factor", "radius_factors", "late_radius_factor")
-    NON_NEGATIVE = ("schedule_epochs", "late_radius_every", "fine_noise")
-    AT_LEAST_ONE = ("n_init_points", "max_points", "schedule_points")
+    n_init_points: int = setting(400, "points at the start, on a sphere", AT_LEAST_ONE)
+    max_points: int = setting(100000, "cap of the point count", AT_LEAST_ONE)
+    init_radius: float = setting(0.5, "radius of the initial sphere of points", POSITIVE)
+    radius_factor: float = setting(0.15, "point radius = radius_factor x 0.75 ** log2(n_init_points / 100) at "
+                                         "the start", POSITIVE)
+    schedule_epochs: tuple[int, ...] = setting((5, 10, 15, 20, 25, 30, 40, 50, 60), "epochs of the growth steps, "
+                                               "increasing", NON_NEGATIVE)
+    schedule_points: tuple[int, ...] = setting((800, 1600, 3200, 6400, 10000, 20000, 40000, 80000, 100000),
+                                               "point count from each growth step on", AT_LEAST_ONE)
+    radius_factors: tuple[float, ...] = setting((0.75,) * 8 + (0.9,), "radius factor at each growth step",
+                                                POSITIVE)
+    late_radius_every: int = setting(5, "after the last growth step, every this many epochs ...", NON_NEGATIVE)
+    late_radius_factor: float = setting(0.75, "... the radius is multiplied by this", POSITIVE)
+    fine_noise_epoch: int = setting(100, "after this epoch, new points get fixed noise ...")
+    fine_noise: float = setting(0.004, "... of this size instead of the radius", NON_NEGATIVE)
 
     def check(self) -> list[tuple[str, str]]:
         lengths = (len(self.schedule_epochs), len(self.schedule_points), len(self.radius_factors))
@@ -321,24 +233,28 @@ class PointSchedule(Section):
         return self.fine_noise if epoch > self.fine_noise_epoch else radius
 
 
+
 @dataclass(frozen=True)
 class ModelConf(Section):
-    prune_thresh: float
-    rasterizer: str
-    flame_model_path: str
-    flame_landmark_path: str
-    max_scale: float
-    rotate_gaussians: bool
-    point_colors: bool
-    shading: bool
-    geometry_network: CanonicalNetworkConf
-    rendering_network: RenderingNetworkConf
-    gaussian_network: GaussianNetworkConf
-    deformer_network: DeformerNetworkConf
-    point_cloud: PointSchedule
-
-    NON_NEGATIVE = ("prune_thresh",)
-    POSITIVE = ("max_scale",)
+    prune_thresh: float = setting(0.1, "a point below this opacity in every frame of an epoch is pruned",
+                                  NON_NEGATIVE)
+    rasterizer: str = setting("auto", "auto | torch | gsplat | inria (docs/RENDERING.md)")
+    flame_model_path: str = setting("./data/FLAME2020/generic_model.pkl", "FLAME 2020's model, or \"synthetic\"")
+    flame_landmark_path: str = setting("./data/FLAME2020/landmark_embedding.npy", "FLAME's 68-landmark embedding")
+    max_scale: float = setting(0.025, "scales are sigmoid(.) x max_scale (+ point radius), in FLAME x4 units; "
+                                      "the paper uses 0.025 for 512 px video and 0.01 for 1024 px", POSITIVE)
+    rotate_gaussians: bool = setting(False, "turn each Gaussian with the rotation of its skinning transform (the "
+                                            "reference moves Gaussians but never turns them)")
+    point_colors: bool = setting(False, "a learnt colour offset per Gaussian beside the colour network")
+    shading: bool = setting(False, "colour = albedo x a learnt lighting of the posed normal (the reference's "
+                                   "colours do not change with the head's pose)")
+    geometry_network: CanonicalNetworkConf = subsection(CanonicalNetworkConf, "the canonical network: a point's "
+                                                        "colour, scale, rotation and opacity")
+    gaussian_network: GaussianNetworkConf = subsection(GaussianNetworkConf, "the Gaussian deformation network: "
+                                                       "expression-dependent offsets of those")
+    deformer_network: DeformerNetworkConf = subsection(DeformerNetworkConf, "the deformer network: a point's "
+                                                       "blendshapes, pose correctives and skinning weights")
+    point_cloud: PointSchedule = subsection(PointSchedule, "the coarse-to-fine schedule of the points")
 
 
 # ---- the whole configuration ---------------------------------------------------------------------
@@ -349,23 +265,16 @@ SECTIONS: dict[str, type[Section]] = {"train": TrainConf, "loss": LossConf, "dat
 
 @dataclass(frozen=True)
 class Conf:
-    """A validated configuration: one typed object per section, plus the merged tree it came from
-    (written as the experiment's `runconf.conf`) and the name of its source."""
+    """A validated configuration: one typed object per section, and the name of its source."""
 
     train: TrainConf
     loss: LossConf
     dataset: DatasetConf
     evaluation: EvaluationConf
     model: ModelConf
-    tree: ConfigTree = field(repr=False, compare=False)
     source: str = field(default="", compare=False)
 
     @classmethod
     def from_tree(cls, tree: ConfigTree, source: str) -> "Conf":
         sections = {name: section.from_tree(tree[name], name, source) for name, section in SECTIONS.items()}
-        return cls(tree=tree, source=source, **sections)
-
-
-def section_keys(section: type[Section]) -> set[str]:
-    """Every conf key a section accepts: its fields' keys and its compatibility keys."""
-    return {conf_key(f) for f in fields(section)} | set(section.COMPAT_KEYS)
+        return cls(source=source, **sections)

@@ -26,7 +26,7 @@ MIN_VARIANCE = 1e-6  # a component constant over the training frames would divid
 class AvatarLoss:
     """L1 + ssim_weight (1 - SSIM) + vgg_feature_weight VGG + lbs_weight x FLAME priors.
 
-    `lbs_weight` is halved at the conf's GT_lbs_milestones by the trainer (`set_epoch`).
+    `lbs_weight` is halved at `loss.flame_prior_milestones` by the trainer (`set_epoch`).
     With `perceptual=False` the VGG term is left out whatever the conf says: test-time fitting of
     the inputs uses L1 + SSIM only.
     """
@@ -38,8 +38,8 @@ class AvatarLoss:
         self.vgg_weight = loss_conf.vgg_feature_weight if perceptual else 0.0
         self.base_lbs_weight = loss_conf.lbs_weight
         self.lbs_weight = self.base_lbs_weight
-        self.lbs_milestones = train_conf.lbs_milestones
-        self.lbs_factor = train_conf.lbs_factor
+        self.lbs_milestones = loss_conf.flame_prior_milestones
+        self.lbs_factor = loss_conf.flame_prior_factor
         self.var_expression = (None if var_expression is None
                                else var_expression.to(device).clamp_min(MIN_VARIANCE))  # [E]
         if self.vgg_weight > 0 and vgg is None:

@@ -212,7 +212,7 @@ class Trainer:
     # ---- one epoch -------------------------------------------------------------------------------
 
     def _start_epoch(self, epoch: int) -> None:
-        if epoch % self.conf.train.upsample_freq == 0 and epoch > 0:
+        if epoch % self.conf.train.prune_grow_every == 0 and epoch > 0:
             source = self.strategy.start_epoch(self.avatar, epoch, epoch_generator(self.seed, epoch, 1))
             # As the paper, the optimizer is rebuilt at every prune/grow step, even when no point
             # changed: the fresh Adam state is part of the method (it also pulls a run whose
