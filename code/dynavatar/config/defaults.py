@@ -36,6 +36,12 @@ train {
     plot_n_images = 4                # test images logged to TensorBoard per epoch
     max_nonfinite_steps = 3          # a step with a non-finite loss or gradient is skipped; this many in a
                                      # row stop the run (exit code 2), 'latest' kept as the last good state
+    strategy = coarse_to_fine        # what edits the points during training: coarse_to_fine (the paper's
+                                     # prune/grow schedule of model.point_cloud) | static (never edits them)
+    numbered_save_every = 5          # every this many saves (and the last epoch's) is also kept as
+                                     # checkpoints/<part>/<epoch>.pth beside 'latest'
+    gpu_image_fraction = 0.25        # preloaded training images go to the GPU when they take at most this
+                                     # fraction of its free memory (0: they stay in host memory)
 }
 loss {
     rgb_weight = 1.0

@@ -121,11 +121,15 @@ class TrainConf(Section):
     tf32: bool
     plot_n_images: int
     max_nonfinite_steps: int
+    strategy: str
+    numbered_save_every: int
+    gpu_image_fraction: float
 
     COMPAT_KEYS = ("dataset_class", "num_pixels")
     POSITIVE = ("learning_rate", "learning_rate_cam", "sched_factor", "lbs_factor")
-    NON_NEGATIVE = ("sched_milestones", "lbs_milestones", "seed", "plot_n_images")
-    AT_LEAST_ONE = ("nepoch", "max_points_training", "max_batch", "plot_freq", "save_freq", "max_nonfinite_steps")
+    NON_NEGATIVE = ("sched_milestones", "lbs_milestones", "seed", "plot_n_images", "gpu_image_fraction")
+    AT_LEAST_ONE = ("nepoch", "max_points_training", "max_batch", "plot_freq", "save_freq", "max_nonfinite_steps",
+                    "numbered_save_every")
 
     def check(self) -> list[tuple[str, str]]:
         problems = []

@@ -37,6 +37,7 @@ from ..model.avatar import Avatar, AvatarOutput, Gaussians
 from ..model.build import load_avatar
 from ..model.frame_inputs import FrameInputs
 from ..runtime import flush_denormals_on_cpu, resolve_device
+from ..train.schedule import batch_size
 from .fitting import fit_frame_inputs
 
 log = logging.getLogger(__name__)
@@ -124,7 +125,7 @@ class Evaluator:
 
     def _batch_size(self) -> int:
         """Frames per test-time fitting step: the training rule, as the paper's protocol."""
-        return self.conf.train.batch_size(self.avatar.n_points)
+        return batch_size(self.conf.train, self.avatar.n_points)
 
     def _render_batch_size(self) -> int:
         """Frames per call when only rendering: without gradients memory allows the largest batch."""
