@@ -132,7 +132,8 @@ class TestSchedule:
         assert float(cloud.point_radius) == initial_radius(schedule)
         strategy.observe(torch.tensor([[0.5] * 6 + [0.05] * 2]))  # two points below the prune threshold
         strategy.epoch_start(cloud, 1, torch.Generator().manual_seed(0))
-        assert cloud.points.shape == (12, 3) and float(cloud.point_radius) == pytest.approx(initial_radius(schedule) / 2)
+        assert cloud.points.shape == (12, 3)
+        assert float(cloud.point_radius) == pytest.approx(initial_radius(schedule) / 2)
         strategy.observe(torch.ones(2, 12))
         strategy.epoch_start(cloud, 2, torch.Generator().manual_seed(0))
         assert cloud.points.shape == (14, 3)  # capped by max_points

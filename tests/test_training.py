@@ -249,7 +249,8 @@ def test_the_strategy_refuses_a_visibility_of_another_point_count(data_folder, t
     part = torch.load(latest, weights_only=True)
     part["strategy"]["visible"] = part["strategy"]["visible"][:-1]
     torch.save(part, latest)
-    with pytest.raises(CheckpointError, match=re.escape(f"{latest}: the point visibility does not match its 100 points")):
+    expected = re.escape(f"{latest}: the point visibility does not match its 100 points")
+    with pytest.raises(CheckpointError, match=expected):
         Trainer(conf, TrainOptions(nepoch=2, is_continue=True))
 
 
@@ -260,7 +261,8 @@ def test_the_static_strategy_never_edits_the_points(data_folder, tmp_path):
     initial = points.detach().clone()
     trainer.run()
     assert trainer.avatar.points is points and trainer.optimizer is optimizer  # never replaced nor rebuilt
-    assert trainer.avatar.n_points == 100 and float(trainer.avatar.point_radius) == initial_radius(conf.model.point_cloud)
+    assert trainer.avatar.n_points == 100
+    assert float(trainer.avatar.point_radius) == initial_radius(conf.model.point_cloud)
     assert not torch.equal(points.detach(), initial)  # trained all the same
     resumed = Trainer(conf, TrainOptions(nepoch=3, is_continue=True))
     assert resumed.start_epoch == 2 and torch.equal(resumed.avatar.points, points)
