@@ -13,6 +13,7 @@ from dynavatar.flame import FLAME
 from dynavatar.model.avatar import Avatar, nearest_vertex
 from dynavatar.model.networks import CanonicalNetwork, DeformerNetwork, DeformerOutput
 from dynavatar.train.strategy import CoarseToFine, prune_and_grow
+from dynavatar.train.strategy.coarse_to_fine import initial_radius, noise_size, radius_factor_at, target_points
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -103,12 +104,12 @@ def test_nearest_vertex_matches_brute_force():
 class TestSchedule:
     def test_paper_targets_and_radius(self):
         s = default_conf().model.point_cloud
-        targets = {e: s.target_points(e) for e in (0, 4, 5, 9, 10, 15, 20, 25, 30, 39, 40, 50, 60, 200)}
+        targets = {e: target_points(s, e) for e in (0, 4, 5, 9, 10, 15, 20, 25, 30, 39, 40, 50, 60, 200)}
         assert targets == {0: 400, 4: 400, 5: 800, 9: 800, 10: 1600, 15: 3200, 20: 6400, 25: 10000,
                            30: 20000, 39: 20000, 40: 40000, 50: 80000, 60: 100000, 200: 100000}
-        assert s.initial_radius() == pytest.approx(0.15 * 0.75 ** 2)
-        assert [s.radius_factor_at(e) for e in (5, 6, 40, 60, 61, 65, 70)] == [0.75, 1.0, 0.75, 0.9, 1.0, 0.75, 0.75]
-        assert s.noise_size(100, 0.01) == 0.01 and s.noise_size(101, 0.01) == pytest.approx(0.004)
+        assert initial_radius(s) == pytest.approx(0.15 * 0.75 ** 2)
+        assert [radius_factor_at(s, e) for e in (5, 6, 40, 60, 61, 65, 70)] == [0.75, 1.0, 0.75, 0.9, 1.0, 0.75, 0.75]
+        assert noise_size(s, 100, 0.01) == 0.01 and noise_size(s, 101, 0.01) == pytest.approx(0.004)
 
     def test_prune_and_grow(self):
         gen = torch.Generator().manual_seed(0)
@@ -125,17 +126,20 @@ class TestSchedule:
     def test_strategy_prunes_invisible_and_shrinks_radius(self):
         schedule = dataclasses.replace(default_conf().model.point_cloud, n_init_points=8, schedule_epochs=(1, 2),
                                        schedule_points=(12, 16), radius_factors=(0.5, 0.5), max_points=14)
-        cloud = PointCloud(torch.randn(8, 3), schedule.initial_radius())
-        strategy = CoarseToFine(schedule, 0.1, 8, torch.device("cpu"))
+        cloud = PointCloud(torch.randn(8, 3), 0.0)
+        strategy = CoarseToFine(schedule, 0.1)
+        strategy.initialize(cloud)
+        assert float(cloud.point_radius) == initial_radius(schedule)
         strategy.observe(torch.tensor([[0.5] * 6 + [0.05] * 2]))  # two points below the prune threshold
-        strategy.start_epoch(cloud, 1, torch.Generator().manual_seed(0))
-        assert cloud.points.shape == (12, 3) and float(cloud.point_radius) == pytest.approx(schedule.initial_radius() / 2)
+        strategy.epoch_start(cloud, 1, torch.Generator().manual_seed(0))
+        assert cloud.points.shape == (12, 3)
+        assert float(cloud.point_radius) == pytest.approx(initial_radius(schedule) / 2)
         strategy.observe(torch.ones(2, 12))
-        strategy.start_epoch(cloud, 2, torch.Generator().manual_seed(0))
+        strategy.epoch_start(cloud, 2, torch.Generator().manual_seed(0))
         assert cloud.points.shape == (14, 3)  # capped by max_points
         strategy.observe(torch.ones(1, 14))
         before = cloud.points
-        strategy.start_epoch(cloud, 3, torch.Generator().manual_seed(0))
+        strategy.epoch_start(cloud, 3, torch.Generator().manual_seed(0))
         assert cloud.points is before  # nothing to prune or grow: the point set is kept
 
 
@@ -144,6 +148,10 @@ class PointCloud:
 
     def __init__(self, points: torch.Tensor, radius: float) -> None:
         self.points, self.point_radius = points, torch.tensor(radius, dtype=torch.float64)
+
+    @property
+    def n_points(self) -> int:
+        return self.points.shape[0]
 
     def set_points(self, points: torch.Tensor, source: torch.Tensor | None = None) -> None:
         self.points = points

@@ -191,7 +191,7 @@ def test_adam_restarts_while_the_points_grow_then_keeps_its_moments_when_asked(d
     steps = -(-len(trainer.train_data) // trainer.batch_size())
     assert trainer.avatar.n_points == 200 and float(trainer.optimizer.state[weight]["step"]) == steps
     before = trainer.optimizer
-    trainer._start_epoch(2)
+    trainer.begin_epoch(2)
     assert trainer.optimizer is not before
     if keep:
         assert [id(v) for v in trainer.optimizer.state.values()] == [id(v) for v in before.state.values()]

@@ -13,6 +13,7 @@ from dynavatar.model.networks import DeformerOutput
 from dynavatar.losses import AvatarLoss
 from dynavatar.runtime import flush_denormals_on_cpu, resolve_device
 from dynavatar.errors import ConfigError
+from dynavatar.train.schedule import batch_size, learning_rate_at
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -23,7 +24,7 @@ def conf():
 
 
 def test_learning_rate_halves_at_80_and_100(conf):
-    assert [conf.train.learning_rate_at(e) for e in (0, 79, 80, 99, 100, 500)] == pytest.approx([1e-4, 1e-4, 5e-5, 5e-5, 2.5e-5, 2.5e-5])
+    assert [learning_rate_at(conf.train, e) for e in (0, 79, 80, 99, 100, 500)] == pytest.approx([1e-4, 1e-4, 5e-5, 5e-5, 2.5e-5, 2.5e-5])
 
 
 def test_lbs_weight_halves_at_20_30_50_70(conf):
@@ -43,7 +44,7 @@ def test_vgg_term_is_never_silently_dropped():
 
 def test_batch_size_rule(conf):
     # max_points_training 102400, max_batch 8
-    assert [conf.train.batch_size(n) for n in (400, 12800, 20000, 40000, 100000, 200000)] == [8, 8, 5, 2, 1, 1]
+    assert [batch_size(conf.train, n) for n in (400, 12800, 20000, 40000, 100000, 200000)] == [8, 8, 5, 2, 1, 1]
 
 
 def test_prior_weights_and_targets(conf, synthetic_flame_paths):

@@ -1,18 +1,26 @@
-"""Training on a tiny synthetic subject: the loss falls, the schedule is followed, resume is exact."""
+"""Training on a tiny synthetic subject: the loss falls, the schedule is followed, resume is exact;
+the point strategies and the checkpoint cadence."""
 
 from __future__ import annotations
 
+import dataclasses
+import re
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 
-from dynavatar.config import load_conf
+from dynavatar.config import default_conf, load_conf
 from dynavatar.subject_generator.subject import generate_subject
-from dynavatar.errors import CheckpointError
+from dynavatar.errors import CheckpointError, ConfigError
 from dynavatar.experiment import checkpoints as ckpt
 from dynavatar.model.build import load_avatar
+from dynavatar.train import placement
+from dynavatar.train.checkpointing import is_numbered
+from dynavatar.train.strategy import STRATEGIES, CoarseToFine, PointUpdate, StaticPoints, strategy_from_conf
+from dynavatar.train.strategy.coarse_to_fine import initial_radius
 from dynavatar.train.trainer import Trainer, TrainOptions
 
 REPO = Path(__file__).resolve().parents[1]
@@ -52,7 +60,7 @@ def test_short_training_lowers_the_photometric_loss(data_folder, tmp_path):
     assert last["rgb_loss"] <= 0.5 * first["rgb_loss"], (first, last)
     assert last["psnr"] >= first["psnr"] + 4.0
     # x0.75 at the schedule epochs 1 and 3, and at epoch 5 (every 5 epochs after the last schedule epoch).
-    initial = trainer.conf.model.point_cloud.initial_radius()
+    initial = initial_radius(trainer.conf.model.point_cloud)
     assert float(trainer.avatar.point_radius) == pytest.approx(initial * 0.75 ** 3)
 
 
@@ -178,3 +186,117 @@ def test_checkpoints_of_the_earlier_layout_still_load(data_folder, tmp_path):
     avatar, epoch = load_avatar(conf, checkpoints, "latest", (32, 32), torch.device("cpu"))
     assert epoch == 2 and float(avatar.point_radius) == radius
     assert torch.equal(avatar.points, trainer.avatar.points)
+
+
+# ---- point strategies ----------------------------------------------------------------------------
+
+class Points:
+    """What a strategy edits on an avatar: its points and point radius."""
+
+    def __init__(self, n: int) -> None:
+        self.points, self.point_radius = torch.randn(n, 3), torch.tensor(0.0, dtype=torch.float64)
+
+    @property
+    def n_points(self) -> int:
+        return self.points.shape[0]
+
+    def set_points(self, points: torch.Tensor, source: torch.Tensor | None = None) -> None:
+        self.points = points
+
+    def set_point_radius(self, radius: float) -> None:
+        self.point_radius.fill_(radius)
+
+
+def test_train_strategy_names_the_strategy_and_an_unknown_name_is_one_clear_error(data_folder, tmp_path):
+    conf = default_conf()
+    assert sorted(STRATEGIES) == ["coarse_to_fine", "static"]
+    assert isinstance(strategy_from_conf(conf), CoarseToFine)  # the paper's, by default
+    assert isinstance(strategy_from_conf(dataclasses.replace(
+        conf, train=dataclasses.replace(conf.train, strategy="static"))), StaticPoints)
+    with pytest.raises(ConfigError, match=r"train.strategy = 'densify' is not a point strategy: use one of "
+                                          r"coarse_to_fine, static"):
+        Trainer(tiny_conf(data_folder, tmp_path, "train.strategy=densify"), TrainOptions(nepoch=1))
+
+
+def test_coarse_to_fine_steps_every_upsample_freq_epochs_and_reports_when_the_count_is_final():
+    schedule = dataclasses.replace(default_conf().model.point_cloud, n_init_points=8, schedule_epochs=(2,),
+                                   schedule_points=(10,), radius_factors=(0.5,), max_points=20)
+    strategy, cloud = CoarseToFine(schedule, 0.1, every=2), Points(8)
+    strategy.initialize(cloud)
+    generator = torch.Generator().manual_seed(0)
+    assert strategy.epoch_start(cloud, 0, generator) is None and strategy.epoch_start(cloud, 1, generator) is None
+    grown = strategy.epoch_start(cloud, 2, generator)
+    assert isinstance(grown, PointUpdate) and cloud.n_points == 10 and grown.source.shape == (10,)
+    assert not grown.count_final  # epoch 2 is the last growth: its restart stays
+    output = SimpleNamespace(gaussians=SimpleNamespace(opacities=torch.ones(1, 10)))  # every point seen
+    strategy.after_backward(cloud, output, torch.tensor(True))
+    assert strategy.epoch_start(cloud, 3, generator) is None
+    kept = strategy.epoch_start(cloud, 4, generator)
+    assert kept == PointUpdate(None, count_final=True)  # a step that changed no point still rebuilds Adam
+
+
+def test_the_strategy_refuses_a_visibility_of_another_point_count(data_folder, tmp_path):
+    strategy = CoarseToFine(default_conf().model.point_cloud, 0.1)
+    strategy.load_state_dict({"visible": torch.ones(7, dtype=torch.bool)}, Points(7))
+    assert strategy.visible.shape == (7,)
+    for state in ({"visible": torch.ones(5, dtype=torch.bool)}, {}):
+        with pytest.raises(CheckpointError, match="the point visibility does not match its 7 points"):
+            strategy.load_state_dict(state, Points(7))
+    # On resume the error names the checkpoint file.
+    conf = tiny_conf(data_folder, tmp_path)
+    Trainer(conf, TrainOptions(nepoch=1)).run()
+    latest = tmp_path / SUBJECT / "demo" / "MVI_1810+MVI_1814" / "train" / "checkpoints" / ckpt.MODEL / "latest.pth"
+    part = torch.load(latest, weights_only=True)
+    part["strategy"]["visible"] = part["strategy"]["visible"][:-1]
+    torch.save(part, latest)
+    expected = re.escape(f"{latest}: the point visibility does not match its 100 points")
+    with pytest.raises(CheckpointError, match=expected):
+        Trainer(conf, TrainOptions(nepoch=2, is_continue=True))
+
+
+def test_the_static_strategy_never_edits_the_points(data_folder, tmp_path):
+    conf = tiny_conf(data_folder, tmp_path, "train.strategy=static")  # the schedule would grow at epochs 1 and 3
+    trainer = Trainer(conf, TrainOptions(nepoch=2))
+    points, optimizer = trainer.avatar.points, trainer.optimizer
+    initial = points.detach().clone()
+    trainer.run()
+    assert trainer.avatar.points is points and trainer.optimizer is optimizer  # never replaced nor rebuilt
+    assert trainer.avatar.n_points == 100
+    assert float(trainer.avatar.point_radius) == initial_radius(conf.model.point_cloud)
+    assert not torch.equal(points.detach(), initial)  # trained all the same
+    resumed = Trainer(conf, TrainOptions(nepoch=3, is_continue=True))
+    assert resumed.start_epoch == 2 and torch.equal(resumed.avatar.points, points)
+
+
+# ---- checkpoint cadence and image placement ------------------------------------------------------
+
+def test_every_nth_save_and_the_last_are_numbered():
+    train = default_conf().train  # numbered_save_every 5
+    assert [d for d in range(1, 13) if is_numbered(d, 12, train)] == [5, 10, 12]
+    every2 = dataclasses.replace(train, save_freq=2, numbered_save_every=2)
+    assert [d for d in range(1, 13) if is_numbered(d, 13, every2)] == [4, 8, 12]
+
+
+class PreloadedImages:
+    def __init__(self, size: int) -> None:
+        self.size, self.device = size, None
+
+    def preloaded_bytes(self) -> int:
+        return self.size
+
+    def to(self, device: torch.device) -> None:
+        self.device = device
+
+
+def test_training_images_go_to_the_gpu_within_their_share_of_free_memory(monkeypatch):
+    monkeypatch.setattr(placement.torch.cuda, "mem_get_info", lambda device: (1000, 4000))
+    gpu = torch.device("cuda", 0)
+    placed = {size: PreloadedImages(size) for size in (250, 251)}
+    for data in placed.values():
+        placement.place_training_images(data, gpu, 0.25)
+    assert placed[250].device == gpu and placed[251].device is None
+    never = PreloadedImages(1)
+    placement.place_training_images(never, gpu, 0.0)
+    on_cpu = PreloadedImages(1)
+    placement.place_training_images(on_cpu, torch.device("cpu"), 1.0)
+    assert never.device is None and on_cpu.device is None

@@ -1,5 +1,5 @@
-"""Where and how reproducibly the code runs: the torch device of a conf, seeds, RNG state, and
-per-epoch random generators."""
+"""Where and how reproducibly the code runs: the torch device of a conf and its process-wide
+settings, seeds, RNG state, and per-epoch random generators."""
 
 from __future__ import annotations
 
@@ -36,6 +36,16 @@ def flush_denormals_on_cpu(device: torch.device) -> None:
     process-wide CPU setting."""
     if device.type == "cpu":
         torch.set_flush_denormal(True)
+
+
+def configure_device(device: torch.device, tf32: bool) -> None:
+    """Process-wide settings for a run on `device`. On CUDA the fastest convolution algorithms for the
+    run's fixed image sizes (SSIM, VGG) are chosen once, and matrix products use TF32 only when
+    `tf32` (`train.tf32`) asks for it; on the CPU denormal floats are flushed."""
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = tf32
+    flush_denormals_on_cpu(device)
 
 
 def seed_everything(seed: int) -> None:

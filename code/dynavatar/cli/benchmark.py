@@ -30,6 +30,7 @@ import torch
 
 from ..config import load_conf
 from ..runtime import resolve_device
+from ..train.strategy.coarse_to_fine import radius_for, target_points
 from .bench_rasterizer import Timer
 from .common import main_with_errors, setup_logging
 
@@ -74,12 +75,10 @@ def measure(trainer, n: int, batch_size: int, warmup: int, repeat: int) -> Row:
     """Time training steps and one-frame renders of `trainer`'s avatar with n points."""
     device = trainer.device
     generator = torch.Generator().manual_seed(n)
-    schedule = trainer.conf.model.point_cloud
-    radius = schedule.radius_factor * 0.75 ** math.log2(n / 100)  # the schedule's radius at this point count
+    radius = radius_for(trainer.conf.model.point_cloud, n)  # the schedule's radius at this point count
     trainer.avatar.set_points(surface_points(trainer, n, radius, generator))
     trainer.avatar.set_point_radius(radius)
-    trainer.strategy.visible = torch.zeros(n, dtype=torch.bool, device=device)
-    trainer.optimizer = trainer._make_optimizer()
+    trainer.reset_optimizer()  # over the new points (the static strategy keeps no per-point state)
     trainer.avatar.train()
     frames = len(trainer.train_data)
 
@@ -124,7 +123,7 @@ def project_schedule(rows: Sequence[Row], schedule, epochs: int, frames: int) ->
                 return math.exp(math.log(t0) * (1 - w) + math.log(t1) * w)
         raise AssertionError(n)
 
-    return sum(frames * per_frame_ms(schedule.target_points(e)) / 1e3 for e in range(epochs))
+    return sum(frames * per_frame_ms(target_points(schedule, e)) / 1e3 for e in range(epochs))
 
 
 def markdown(rows: Sequence[Row]) -> str:
@@ -184,7 +183,7 @@ def benchmark_trainer(conf_path: str, res: int, frames: int, data: str, device: 
         f"dataset.synthetic_frames={frames}", f"dataset.train.img_res=[{res}, {res}]",
         f"dataset.test.img_res=[{res}, {res}]", "dataset.train.load_images=true", "dataset.test.subsample=1000",
         "model.flame_model_path=synthetic", f"model.rasterizer={backend}", f"train.device={device}",
-        f"train.exps_folder={exps}", "loss.vgg_feature_weight=0", *overrides])
+        f"train.exps_folder={exps}", "train.strategy=static", "loss.vgg_feature_weight=0", *overrides])
     ensure_synthetic_subject(conf)
     return Trainer(conf, TrainOptions(nepoch=1))
 

@@ -17,8 +17,6 @@ returns (key, problem) pairs for values of the right type that the keys' ranges 
 
 from __future__ import annotations
 
-import bisect
-import math
 from dataclasses import dataclass, field
 
 from pyhocon import ConfigTree
@@ -42,7 +40,7 @@ class TrainConf(Section):
                                     AT_LEAST_ONE)
     plot_freq: int = setting(1, "epochs between renderings of test frames (and test PSNR) to TensorBoard",
                              AT_LEAST_ONE)
-    save_freq: int = setting(1, "epochs between checkpoints ('latest'; a numbered one every 5 x save_freq)",
+    save_freq: int = setting(1, "epochs between checkpoints ('latest'; see numbered_save_every)",
                              AT_LEAST_ONE)
     sched_milestones: tuple[int, ...] = setting((80, 100), "learning_rate is multiplied by sched_factor at "
                                                            "each of these epochs", NON_NEGATIVE)
@@ -63,20 +61,18 @@ class TrainConf(Section):
     max_nonfinite_steps: int = setting(3, "a step with a non-finite loss or gradient is skipped; this many in a "
                                           "row stop the run (exit code 2), 'latest' kept as the last good state",
                                        AT_LEAST_ONE)
+    strategy: str = setting("coarse_to_fine", "what edits the points during training: coarse_to_fine (the paper's "
+                                              "prune/grow schedule of model.point_cloud) | static (never edits them)")
+    numbered_save_every: int = setting(5, "every this many saves (and the last epoch's) is also kept as "
+                                          "checkpoints/<part>/<epoch>.pth beside 'latest'", AT_LEAST_ONE)
+    gpu_image_fraction: float = setting(0.25, "preloaded training images go to the GPU when they take at most this "
+                                              "fraction of its free memory (0: they stay in host memory)",
+                                        NON_NEGATIVE)
 
     def check(self) -> list[tuple[str, str]]:
         if self.frames_per_epoch < 0:
             return [("frames_per_epoch", f"must be 0 (the whole training set) or more, got {self.frames_per_epoch}")]
         return []
-
-    def batch_size(self, n_points: int) -> int:
-        """The paper's rule: min(max_points_training / n_points, max_batch), at least 1."""
-        return max(1, min(self.max_points_training // max(1, n_points), self.max_batch))
-
-    def learning_rate_at(self, epoch: int) -> float:
-        """MultiStepLR in closed form, so the rate survives optimizer rebuilds after prune/grow."""
-        return self.learning_rate * self.sched_factor ** sum(1 for m in self.sched_milestones if epoch >= m)
-
 
 
 # ---- loss ----------------------------------------------------------------------------------------
@@ -205,33 +201,6 @@ class PointSchedule(Section):
         if list(self.schedule_epochs) != sorted(self.schedule_epochs):
             return [("schedule_epochs", f"must be increasing, got {list(self.schedule_epochs)}")]
         return []
-
-    def initial_radius(self) -> float:
-        return self.radius_factor * 0.75 ** math.log2(self.n_init_points / 100)
-
-    def target_points(self, epoch: int) -> int:
-        """How many points epoch `epoch` trains with."""
-        index = bisect.bisect_right(list(self.schedule_epochs), epoch) - 1
-        target = self.n_init_points if index < 0 else self.schedule_points[index]
-        return min(target, self.max_points)
-
-    @property
-    def last_growth_epoch(self) -> int:
-        """The epoch at which the point count reaches its last target (0 without a schedule)."""
-        return self.schedule_epochs[-1] if self.schedule_epochs else 0
-
-    def radius_factor_at(self, epoch: int) -> float:
-        """Factor applied to the radius at the start of `epoch`."""
-        if epoch in self.schedule_epochs:
-            return self.radius_factors[list(self.schedule_epochs).index(epoch)]
-        if epoch > self.last_growth_epoch and self.late_radius_every > 0 and epoch % self.late_radius_every == 0:
-            return self.late_radius_factor
-        return 1.0
-
-    def noise_size(self, epoch: int, radius: float) -> float:
-        """New points are copies of survivors plus uniform noise in [-size/2, size/2]."""
-        return self.fine_noise if epoch > self.fine_noise_epoch else radius
-
 
 
 @dataclass(frozen=True)

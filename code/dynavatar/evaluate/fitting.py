@@ -21,6 +21,7 @@ from ..experiment import checkpoints as ckpt
 from ..losses import AvatarLoss
 from ..model.avatar import Avatar
 from ..model.frame_inputs import FrameInputs
+from ..train.schedule import batch_size
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +104,7 @@ def fitted_test_inputs(conf: Conf, avatar: Avatar, data: FaceDataset, checkpoint
     fingerprint = inputs_fingerprint(avatar, inputs, len(data), list(conf.dataset.test.sub_dir))
     if load_fitted_inputs(inputs, checkpoints, epoch, fingerprint, device):
         return inputs
-    size = train.batch_size(avatar.n_points)  # frames per fitting step: the training rule, as the paper's protocol
+    size = batch_size(train, avatar.n_points)  # frames per fitting step: the training rule, as the paper's protocol
     loss = AvatarLoss(conf.loss, train, None, None, device, perceptual=False)
     losses = fit_frame_inputs(avatar, inputs, batches(data, size, torch.arange(len(data))),
                               math.ceil(len(data) / size), evaluation.test_fit_steps,

@@ -119,9 +119,10 @@ class Avatar(nn.Module):
         self.points = nn.Parameter(initial_points(schedule.n_init_points, schedule.init_radius, generator))
         if model_conf.point_colors:  # colour-logit offsets [N, 3] that follow the points through prune/grow
             self.point_color = nn.Parameter(torch.zeros(schedule.n_init_points, 3))
-        # The smallest Gaussian extent, added to every scale; the coarse-to-fine strategy shrinks it.
-        # float64, so that its repeated shrinking rounds as a Python float does.
-        self.register_buffer("point_radius", torch.tensor(schedule.initial_radius(), dtype=torch.float64))
+        # The smallest Gaussian extent, added to every scale: set by the training strategy (which may
+        # shrink it) or loaded from a checkpoint. float64, so that its repeated shrinking rounds as a
+        # Python float does.
+        self.register_buffer("point_radius", torch.tensor(0.0, dtype=torch.float64))
         num_exp = self.deformer.num_exp
         expression = torch.zeros(num_exp)
         expression[: min(num_exp, canonical_expression.numel())] = canonical_expression.reshape(-1)[:num_exp]

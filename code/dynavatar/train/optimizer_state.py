@@ -1,4 +1,5 @@
-"""Carrying Adam's moments across a prune/grow step (`train.keep_optimizer_state`).
+"""The avatar's Adam optimizer: built, rebuilt after the point strategy edits the points, and
+(`train.keep_optimizer_state`) its moments carried across that rebuild.
 
 The paper rebuilds its optimizer at every prune/grow step, so every epoch starts from a fresh Adam
 state. With thousands of steps per epoch that costs little; with a few dozen (a short video, the
@@ -11,6 +12,29 @@ point it copies, as its neighbour in space and in gradient).
 from __future__ import annotations
 
 import torch
+from torch import nn
+
+from .strategy import PointUpdate
+
+
+def make_adam(model: nn.Module, lr: float) -> torch.optim.Adam:
+    """A fresh Adam over `model`'s parameters. On CUDA the fused kernel updates every parameter in one
+    launch (same update rule)."""
+    params = list(model.parameters())
+    return torch.optim.Adam(params, lr=lr, fused=params[0].device.type == "cuda")
+
+
+def adam_after_update(old: torch.optim.Adam, model: nn.Module, lr: float, update: PointUpdate,
+                      keep_moments: bool) -> torch.optim.Adam:
+    """The optimizer after the strategy stepped (`update`): rebuilt, as the paper does at every
+    prune/grow step even when no point changed (the fresh Adam state is part of the method; it also
+    pulls a run whose opacities all fell early back out of that state). With `keep_moments`
+    (`train.keep_optimizer_state`) the moments are carried over once the point count is final;
+    while it grows, restarts stay."""
+    fresh = make_adam(model, lr)
+    if keep_moments and update.count_final:
+        fresh = carry_adam_state(old, fresh, update.source)
+    return fresh
 
 
 def carry_adam_state(old: torch.optim.Optimizer, new: torch.optim.Optimizer,

@@ -1,34 +1,37 @@
-"""The training runner: data, avatar, losses, optimisers, the epoch loop, checkpoints and feedback."""
+"""The training runner: data, avatar, losses, optimisers, the epoch loop and feedback.
+
+The experiment folder and checkpoints are `checkpointing`'s, the point set's edits the strategy's
+(`strategy`, conf `train.strategy`), the learning-rate and batch rules `schedule`'s.
+"""
 
 from __future__ import annotations
 
 import logging
 import time
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Callable
 
 import torch
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from ..config import Conf, to_hocon
+from ..config import Conf
 from ..data.batch import FrameBatch, batches
-from ..data.reader import FaceDataset, dataset_from_conf
-from ..errors import CheckpointError
+from ..data.reader import dataset_from_conf
 from ..experiment import ExperimentPaths
 from ..experiment import checkpoints as ckpt
 from ..flame import load_flame_model
 from ..losses import AvatarLoss, load_vgg_perceptual
 from ..metrics import psnr
 from ..model.avatar import Avatar
-from ..model.build import avatar_from_conf, flame_paths, restore_avatar
+from ..model.build import avatar_from_conf, flame_paths
 from ..model.frame_inputs import FrameInputs
-from ..runtime import (epoch_generator, flush_denormals_on_cpu, resolve_device, rng_state, seed_everything,
-                       set_rng_state)
+from ..runtime import configure_device, epoch_generator, resolve_device, seed_everything
+from . import checkpointing, schedule
 from .guard import NonFiniteGuard, check_finite_parameters
-from .optimizer_state import carry_adam_state
-from .strategy import CoarseToFine
+from .optimizer_state import adam_after_update, make_adam
+from .placement import place_training_images
+from .strategy import strategy_from_conf
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +48,7 @@ class TrainOptions:
 class Trainer:
     """Trains an avatar as the paper does (see docs/METHOD.md); `run()` goes from `start_epoch` to `nepoch`.
 
-    The trainer owns the optimisers and the coarse-to-fine strategy; the avatar holds only what
-    rendering needs.
+    The trainer owns the optimisers and the point strategy; the avatar holds only what rendering needs.
     """
 
     def __init__(self, conf: Conf, options: TrainOptions) -> None:
@@ -54,23 +56,19 @@ class Trainer:
         self.options = options
         train = conf.train
         self.device = resolve_device(train.device)
-        if self.device.type == "cuda":
-            # The fastest convolution algorithms for this run's fixed image sizes (SSIM, VGG) are
-            # chosen once; TF32 matrix products only when the conf asks for them.
-            torch.backends.cudnn.benchmark = True
-            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = train.tf32
-        flush_denormals_on_cpu(self.device)
+        self.strategy = strategy_from_conf(conf)  # an unknown name stops the run before anything is loaded
+        configure_device(self.device, train.tf32)
         self.seed = train.seed
         seed_everything(self.seed)
         self.paths = ExperimentPaths.from_conf(conf)
-        self._check_experiment_folder()
+        checkpointing.check_experiment_folder(self.paths, options.is_continue, options.overwrite)
         # Files the run needs besides the data are checked before the (possibly long) image loading.
         load_flame_model(flame_paths(conf)[0])
         vgg = None
         if conf.loss.vgg_feature_weight > 0:
             vgg = load_vgg_perceptual(conf.loss.vgg_weights_path or None, device=self.device)
         self.train_data = dataset_from_conf(conf, "train")
-        self._place_images(self.train_data)
+        place_training_images(self.train_data, self.device, train.gpu_image_fraction)
         # Plots only: the expression statistics come from the training frames.
         self.plot_data = dataset_from_conf(conf, "test", use_mean_expression=False, use_var_expression=False)
         # Every frame's files, of both splits, are checked now, not when a batch or the final
@@ -82,147 +80,54 @@ class Trainer:
 
         self.avatar: Avatar = avatar_from_conf(conf, self.train_data.shape_params, self.train_data.mean_expression,
                                                self.train_data.img_res).to(self.device)
-        self.strategy = CoarseToFine(conf.model.point_cloud, conf.model.prune_thresh, self.avatar.n_points,
-                                     self.device)
+        self.strategy.initialize(self.avatar)
         self.loss = AvatarLoss(conf.loss, train, self.train_data.var_expression, vgg, self.device)
         self.inputs = FrameInputs(self.train_data.expressions, self.train_data.flame_poses,
                                   self.train_data.world_mats, train.optimize_expression, train.optimize_camera,
                                   train.refine_camera_translation).to(self.device)
-        self.optimizer = self._make_optimizer()
+        self.optimizer = make_adam(self.avatar, train.learning_rate)
         self.input_optimizer = self.inputs.optimizer(train.learning_rate_cam)
         self.guard = NonFiniteGuard(train.max_nonfinite_steps, self.device)
         self.start_epoch = 0
         if options.is_continue:
-            self._resume()
+            resumed = checkpointing.resume_training(
+                self.paths, options.load_path, options.checkpoint, train=train, avatar=self.avatar,
+                strategy=self.strategy, inputs=self.inputs, input_optimizer=self.input_optimizer)
+            if resumed is not None:
+                self.optimizer, self.start_epoch = resumed
         elif options.overwrite:
-            self._move_old_experiment_aside()
+            checkpointing.move_experiment_aside(self.paths.root)
         self.writer: SummaryWriter | None = None
 
-    def _check_experiment_folder(self) -> None:
-        """A new run never overwrites an experiment's checkpoints unless asked to."""
-        if self.options.is_continue or self.options.overwrite:
-            return
-        if ckpt.has_checkpoint(self.paths.checkpoints):
-            raise CheckpointError(
-                f"{self.paths.train_dir} already holds checkpoints (epochs {ckpt.available_epochs(self.paths.checkpoints)}"
-                f" and latest): resume with --is_continue, start again with --overwrite, or train into another "
-                f"folder with train.methodname=<name>")
-
-    def _move_old_experiment_aside(self) -> None:
-        """--overwrite: the whole old experiment (checkpoints, eval/, TensorBoard files) moves to a dated
-        sibling folder once the new run is ready to start and before it writes anything, so that
-        nothing of the two runs is ever mixed and nothing of the old one is lost."""
-        root = self.paths.root
-        if not root.exists():
-            return
-        name = f"{root.name}.replaced-{datetime.now():%Y%m%d-%H%M%S}"
-        aside, n = root.with_name(name), 1
-        while aside.exists():
-            aside, n = root.with_name(f"{name}-{n}"), n + 1
-        root.rename(aside)
-        log.warning("--overwrite: the earlier experiment %s was moved aside, whole, to %s", root, aside)
-
-    def _place_images(self, data: FaceDataset) -> None:
-        """Preloaded training images go to the GPU when they take at most a quarter of its free
-        memory: batches are then gathered and composited there, with no copy per step."""
-        size = data.preloaded_bytes()
-        if self.device.type != "cuda" or size == 0:
-            return
-        free, _ = torch.cuda.mem_get_info(self.device)
-        if size <= free // 4:
-            data.to(self.device)
-            log.info("training images on %s (%.2f GiB)", self.device, size / 2 ** 30)
-        else:
-            log.info("training images stay in host memory (%.2f GiB, %.2f GiB free on %s)", size / 2 ** 30,
-                     free / 2 ** 30, self.device)
-
-    # ---- optimisers ------------------------------------------------------------------------------
-
-    def _make_optimizer(self) -> torch.optim.Adam:
-        # The fused CUDA kernel updates every parameter in one launch (same update rule).
-        fused = self.device.type == "cuda"
-        return torch.optim.Adam(self.avatar.parameters(), lr=self.conf.train.learning_rate, fused=fused)
+    def reset_optimizer(self) -> None:
+        """A fresh optimizer over the avatar's parameters, after they were replaced from outside the
+        strategy (e.g. `avatar.set_points`)."""
+        self.optimizer = make_adam(self.avatar, self.conf.train.learning_rate)
 
     def _set_lr(self, epoch: int) -> float:
-        lr = self.conf.train.learning_rate_at(epoch)
+        lr = schedule.learning_rate_at(self.conf.train, epoch)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         return lr
 
     def batch_size(self) -> int:
-        return self.conf.train.batch_size(self.avatar.n_points)
-
-    # ---- checkpoints -----------------------------------------------------------------------------
+        return schedule.batch_size(self.conf.train, self.avatar.n_points)
 
     def save(self, epoch: int, numbered: bool) -> None:
-        train = self.conf.train
-        parts = {
-            ckpt.MODEL: {"model_state_dict": self.avatar.state_dict(), "strategy": self.strategy.state_dict(),
-                         "rng_state": rng_state()},
-            ckpt.OPTIMIZER: {"optimizer_state_dict": self.optimizer.state_dict()},
-            # The paper's layout has a scheduler part; the rate itself is recomputed in closed form
-            # from the epoch on resume (`TrainConf.learning_rate_at`), so this part is informative only.
-            ckpt.SCHEDULER: {"scheduler_state_dict": {"milestones": list(train.sched_milestones),
-                                                      "gamma": train.sched_factor, "base_lr": train.learning_rate,
-                                                      "last_epoch": epoch - 1}},
-        }
-        if self.inputs.enabled:
-            parts[ckpt.OPTIMIZER_INPUTS] = {"optimizer_cam_state_dict": self.input_optimizer.state_dict()}
-            parts[ckpt.INPUTS] = {"inputs_state_dict": self.inputs.state_dict()}
-        ckpt.save_checkpoint(self.paths.checkpoints, epoch, parts, numbered)
-
-    def _resume(self) -> None:
-        if not self.options.load_path and not ckpt.has_checkpoint(self.paths.checkpoints):
-            log.warning("--is_continue: no checkpoints in %s yet; starting from scratch", self.paths.checkpoints)
-            return
-        source = ckpt.checkpoints_dir_of(self.options.load_path or self.paths.train_dir)
-        names = [ckpt.MODEL, ckpt.OPTIMIZER] + ([ckpt.INPUTS, ckpt.OPTIMIZER_INPUTS] if self.inputs.enabled else [])
-        parts, tag = ckpt.load_checkpoint(source, names, self.options.checkpoint)
-        model = parts[ckpt.MODEL]
-        model_file = source / ckpt.MODEL / f"{tag}.pth"
-        upgraded = restore_avatar(self.avatar, model, model_file)
-        visible = model.get("strategy", {}).get("visible")
-        if not isinstance(visible, torch.Tensor) or visible.shape != (self.avatar.n_points,):
-            raise CheckpointError(f"{model_file}: the point visibility does not match its {self.avatar.n_points} "
-                                  f"points")
-        self.strategy.load_state_dict(model["strategy"])
-        self.optimizer = self._make_optimizer()
-        if upgraded:  # the network changed shape: its Adam state starts afresh (as at every prune/grow)
-            log.warning("%s: model of an earlier version; its optimizer state is not reused", model_file)
-        else:
-            self._load_optimizer(self.optimizer, parts[ckpt.OPTIMIZER], "optimizer_state_dict", source)
-        if self.inputs.enabled:
-            ckpt.load_model_state(self.inputs, parts[ckpt.INPUTS]["inputs_state_dict"],
-                                  source / ckpt.INPUTS / f"{tag}.pth")
-            self._load_optimizer(self.input_optimizer, parts[ckpt.OPTIMIZER_INPUTS], "optimizer_cam_state_dict",
-                                 source)
-        set_rng_state(model["rng_state"])
-        self.start_epoch = int(model["epoch"])
-        log.info("resumed from %s (%s): epoch %d, %d points, radius %.5f", source, tag, self.start_epoch,
-                 self.avatar.n_points, float(self.avatar.point_radius))
-
-    @staticmethod
-    def _load_optimizer(optimizer: torch.optim.Optimizer, part: dict, key: str, source) -> None:
-        try:
-            optimizer.load_state_dict(part[key])
-        except (KeyError, ValueError) as exc:
-            raise CheckpointError(f"the optimizer state in {source} does not fit this model ({exc}); use the "
-                                  f"runconf.conf the checkpoint was trained with") from None
+        """Save the run after `epoch` epochs as the checkpoint 'latest' (and `epoch` when `numbered`)."""
+        checkpointing.save_training(self.paths.checkpoints, epoch, numbered, train=self.conf.train,
+                                    avatar=self.avatar, strategy=self.strategy, optimizer=self.optimizer,
+                                    inputs=self.inputs, input_optimizer=self.input_optimizer)
 
     # ---- one epoch -------------------------------------------------------------------------------
 
-    def _start_epoch(self, epoch: int) -> None:
-        if epoch % self.conf.train.prune_grow_every == 0 and epoch > 0:
-            source = self.strategy.start_epoch(self.avatar, epoch, epoch_generator(self.seed, epoch, 1))
-            # As the paper, the optimizer is rebuilt at every prune/grow step, even when no point
-            # changed: the fresh Adam state is part of the method (it also pulls a run whose
-            # opacities all fell early in training back out of that state). With
-            # `train.keep_optimizer_state` the moments are carried over once the point count has
-            # reached its last target (train/optimizer_state.py); while it grows, restarts stay.
-            fresh = self._make_optimizer()
-            if self.conf.train.keep_optimizer_state and epoch > self.conf.model.point_cloud.last_growth_epoch:
-                fresh = carry_adam_state(self.optimizer, fresh, source)
-            self.optimizer = fresh
+    def begin_epoch(self, epoch: int) -> None:
+        """What comes before an epoch's steps: the strategy's edit of the points (the optimizer is
+        then rebuilt, see optimizer_state.py) and the loss's epoch-dependent weights."""
+        update = self.strategy.epoch_start(self.avatar, epoch, epoch_generator(self.seed, epoch, 1))
+        if update is not None:
+            self.optimizer = adam_after_update(self.optimizer, self.avatar, self.conf.train.learning_rate, update,
+                                               self.conf.train.keep_optimizer_state)
         self.loss.set_epoch(epoch)
 
     def epoch_order(self, epoch: int) -> torch.Tensor:
@@ -249,10 +154,11 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         if step_inputs:
             self.input_optimizer.zero_grad(set_to_none=True)
+        self.strategy.before_backward(self.avatar, out)
         loss.backward()
         # A non-finite loss or gradient is never applied (see train/guard.py).
         finite = self.guard.step(loss, [self.optimizer] + ([self.input_optimizer] if step_inputs else []))
-        self.strategy.observe(out.gaussians.opacities)
+        self.strategy.after_backward(self.avatar, out, finite)
         values = {name: v.detach() for name, v in terms.items()}
         values["loss"] = loss.detach()
         values["psnr"] = psnr(out.rgb.detach(), batch.rgb).mean()
@@ -260,7 +166,7 @@ class Trainer:
         return values
 
     def train_epoch(self, epoch: int) -> dict[str, float]:
-        self._start_epoch(epoch)
+        self.begin_epoch(epoch)
         lr = self._set_lr(epoch)
         step_inputs = self.inputs.enabled and epoch > self.conf.train.optimize_inputs_after_epoch
         batch_size = self.batch_size()
@@ -296,7 +202,7 @@ class Trainer:
             log.warning("epoch %d: %d step(s) with a non-finite loss or gradient were skipped", epoch, skipped)
         stats.update(lr=lr, n_points=self.avatar.n_points, radius=float(self.avatar.point_radius),
                      skipped_steps=skipped, batch_size=batch_size, lbs_weight=self.loss.lbs_weight,
-                     visible_fraction=float(self.strategy.visible.float().mean()))
+                     **self.strategy.epoch_stats())
         return stats
 
     # ---- test-split plots ------------------------------------------------------------------------
@@ -325,8 +231,7 @@ class Trainer:
     def run(self, after_epoch: Callable[[int, dict[str, float]], bool] | None = None) -> bool:
         """Train until `nepoch` epochs are done; returns whether any epoch was trained (and saved).
         `after_epoch(epochs_done, stats)` runs after each epoch's save; returning True stops training."""
-        self.paths.train_dir.mkdir(parents=True, exist_ok=True)
-        self.paths.runconf.write_text(to_hocon(self.conf))
+        checkpointing.write_runconf(self.paths, self.conf)
         self.writer = SummaryWriter(str(self.paths.tensorboard))
         train = self.conf.train
         save_freq, plot_freq = max(1, train.save_freq), max(1, train.plot_freq)
@@ -342,7 +247,7 @@ class Trainer:
                 done = epoch + 1
                 if (done % save_freq == 0 or done == nepoch) and self.guard.may_save(epoch, stats["lr"],
                                                                                     last=done == nepoch):
-                    self.save(done, numbered=done % (5 * save_freq) == 0 or done == nepoch)
+                    self.save(done, numbered=checkpointing.is_numbered(done, nepoch, train))
                 if done % plot_freq == 0 or done == nepoch:
                     stats["test_psnr"] = self.plot(done)
                 for name, value in stats.items():
