@@ -93,6 +93,10 @@ model {
     point_colors = false             # a learnt colour offset per Gaussian beside the colour network
     shading = false                  # colour = albedo x a learnt lighting of the posed normal (the
                                      # reference's colours do not change with the head's pose)
+    recompute = auto                 # recompute the point networks' activations in the backward pass:
+                                     # auto (when the step's estimated activations would not fit in the
+                                     # device's free memory) | on (always when training) | off (never)
+    recompute_chunk = 20000          # points per recomputed chunk (at most one chunk's activations exist)
     geometry_network {
         d_in = 3
         d_out = 1

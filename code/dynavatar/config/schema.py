@@ -331,6 +331,8 @@ class ModelConf(Section):
     rotate_gaussians: bool
     point_colors: bool
     shading: bool
+    recompute: str
+    recompute_chunk: int
     geometry_network: CanonicalNetworkConf
     rendering_network: RenderingNetworkConf
     gaussian_network: GaussianNetworkConf
@@ -339,6 +341,12 @@ class ModelConf(Section):
 
     NON_NEGATIVE = ("prune_thresh",)
     POSITIVE = ("max_scale",)
+    AT_LEAST_ONE = ("recompute_chunk",)
+
+    def check(self) -> list[tuple[str, str]]:
+        if self.recompute not in ("auto", "on", "off"):
+            return [("recompute", f"must be auto, on or off, got {self.recompute!r}")]
+        return []
 
 
 # ---- the whole configuration ---------------------------------------------------------------------
