@@ -80,7 +80,6 @@ REGISTRY: tuple[Backend, ...] = (
                          "./diff-gaussian-rasterization` (see submodules/README.md)"),
 )
 BACKENDS = tuple(b.name for b in REGISTRY)
-_BY_NAME = {b.name: b for b in REGISTRY}
 
 
 @functools.lru_cache(maxsize=None)
@@ -91,10 +90,11 @@ def _resolve(target: str) -> Callable:
 
 def get_backend(name: str) -> Backend:
     """The record of a concrete backend; BackendUnavailableError naming the choices for another name."""
-    if name not in _BY_NAME:
-        raise BackendUnavailableError(
-            f"unknown rasterizer backend {name!r} (model.rasterizer): choose one of auto, {', '.join(BACKENDS)}")
-    return _BY_NAME[name]
+    for backend in REGISTRY:
+        if backend.name == name:
+            return backend
+    raise BackendUnavailableError(f"unknown rasterizer backend {name!r} (model.rasterizer): choose one of auto, "
+                                  f"{', '.join(b.name for b in REGISTRY)}")
 
 
 @functools.lru_cache(maxsize=None)
