@@ -99,7 +99,7 @@ class Avatar(nn.Module):
 
     def __init__(self, model_conf: ModelConf, flame: FLAME, shape_params: torch.Tensor,
                  canonical_expression: torch.Tensor, canonical_jaw: float, img_res: Sequence[int],
-                 use_background: bool = False, seed: int = 0, nearest_chunk: int = 4096) -> None:
+                 use_background: bool = False, seed: int = 0, *, nearest_chunk: int) -> None:
         super().__init__()
         self.flame = flame
         self.img_res = (int(img_res[0]), int(img_res[1]))  # (H, W)

@@ -40,6 +40,3 @@ class CanonicalCache:
             entry = (built_on, compute())
             self._entries[name] = entry
         return entry[1]
-
-    def __contains__(self, name: str) -> bool:
-        return name in self._entries

@@ -1,9 +1,10 @@
 """Activation recomputation of the per-point networks, decided by memory (conf `model.recompute`).
 
 A training step keeps every network activation for the backward pass; at 100k points the
-canonical and deformer networks' alone hold about 4 GB. Recomputing them in the backward pass, a
+canonical and deformer networks' alone hold about 3 GB. Recomputing them in the backward pass, a
 chunk of `model.recompute_chunk` points at a time, keeps only the networks' inputs (the same maths,
-about a third more network compute). `model.recompute`:
+about a third more network compute; with one chunk, at most `recompute_chunk` points, the very
+same operations, so on the CPU the same numbers). `model.recompute`:
 
 - `off`: never; `on`: always when training;
 - `auto`: only when the step's estimated activation memory would not fit in the device's free
@@ -18,7 +19,9 @@ of every frame:
     bytes = points x element size x SAFETY x (canonical + deformer x rows + gaussian x frames)
 
 SAFETY (2) covers what the estimate leaves out: the posing of each frame, the rasterizer's work,
-the gradients and the allocator's slack.
+the gradients and the allocator's slack. The per-point sum itself errs high: 4.1 GB for the
+canonical network and the deformer (twice) at 100k points, where the CPU measured 2.8 GiB between
+kept and recomputed activations (docs/PERFORMANCE.md).
 """
 
 from __future__ import annotations
