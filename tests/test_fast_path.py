@@ -14,8 +14,8 @@ import torch
 from dynavatar.config import load_conf
 from dynavatar.flame.lbs import with_ghost_bone
 from dynavatar.flame.mesh import outward_winding, vertex_normals
-from dynavatar.model import avatar as avatar_module
 from dynavatar.model.avatar import nearest_vertex
+from dynavatar.model.recompute import RecomputePolicy
 from dynavatar.model.shading import sh_basis
 from dynavatar.render import rasterize
 from dynavatar.render.projection import rotation_to_quaternion
@@ -115,8 +115,9 @@ def _gradients(trainer: Trainer, terms: dict[str, torch.Tensor]) -> dict[str, to
 
 @pytest.mark.parametrize("recompute", [False, True], ids=["stored", "recomputed"])
 def test_fast_step_equals_the_straightforward_step(trainer, recompute, monkeypatch):
-    if recompute:  # large point sets recompute the canonical network's activations in the backward pass
-        monkeypatch.setattr(avatar_module, "CHECKPOINT_POINTS", 128)  # 300 points: three chunks
+    # model.recompute: off keeps every activation; on recomputes them in the backward pass, here in
+    # chunks of 128 points (300 points: three chunks)
+    monkeypatch.setattr(trainer.avatar, "recompute", RecomputePolicy("on" if recompute else "off", 128))
     batch = trainer.train_data.batch([0, 3, 5])
     trainer.loss.set_epoch(0)
     out = trainer.avatar(batch, with_prior=True, prior_chunk=trainer.conf.loss.flame_distance_chunk)
@@ -142,13 +143,17 @@ def test_animation_reuses_the_frame_independent_state_until_the_avatar_changes(t
         first = avatar.canonical_state()
         assert avatar.canonical_state() is first  # reused
         gaussians, _ = avatar.deform(expression, pose)
-    with torch.enable_grad():  # training recomputes it, with gradients
+    with torch.enable_grad():  # training recomputes it, with gradients, and drops the kept one
         assert avatar.canonical_state() is not first
     with torch.no_grad():
-        avatar.deformer.blendshapes.bias.add_(0.01)  # an optimizer step changes a parameter in place
+        again = avatar.canonical_state()
+        assert again is not first and torch.equal(again.unposed, first.unposed)
+        avatar.deformer.blendshapes.bias.add_(0.01)  # an in-place change while frozen ...
+        avatar.canonical_cache.clear()  # ... is announced by whoever makes it
         second = avatar.canonical_state()
-        assert second is not first and not torch.equal(second.unposed, first.unposed)
+        assert second is not again and not torch.equal(second.unposed, first.unposed)
         avatar.set_points(avatar.points[:-10])  # prune/grow replaces the point set
         assert avatar.canonical_state().unposed.shape[0] == avatar.n_points
         avatar.deformer.blendshapes.bias.sub_(0.01)
+        avatar.canonical_cache.clear()
     assert gaussians.means.shape == (1, avatar.n_points + 10, 3)

@@ -9,22 +9,37 @@ import pytest
 import torch
 
 from dynavatar.config import default_conf, load_conf
+from dynavatar.data.batch import FrameBatch
+from dynavatar.errors import ConfigError
 from dynavatar.flame import FLAME
+from dynavatar.model import recompute as recompute_module
 from dynavatar.model.avatar import Avatar, nearest_vertex
-from dynavatar.model.networks import CanonicalNetwork, DeformerNetwork, DeformerOutput
+from dynavatar.model.networks import CanonicalNetwork, DeformerNetwork, DeformerOutput, GaussianNetwork
+from dynavatar.model.recompute import RecomputePolicy, activation_bytes, activation_floats, free_memory
 from dynavatar.train.strategy import CoarseToFine, prune_and_grow
 from dynavatar.train.strategy.coarse_to_fine import initial_radius, noise_size, radius_factor_at, target_points
 
 REPO = Path(__file__).resolve().parents[1]
+CPU = torch.device("cpu")
+
+
+def make_avatar(paths, *overrides: str) -> Avatar:
+    """An avatar of the paper's conf (400 points) on the synthetic FLAME model, its deformer's last
+    layers moved off zero so that every output depends on the weights."""
+    conf = load_conf(REPO / "confs" / "subject1.conf", list(overrides))
+    shape = torch.randn(100, generator=torch.Generator().manual_seed(1))
+    flame = FLAME(*paths, shape_params=shape)
+    expression = torch.randn(50, generator=torch.Generator().manual_seed(2)) * 0.5
+    avatar = Avatar(conf.model, flame, shape, expression, 0.4, (32, 32), nearest_chunk=128)
+    with torch.no_grad():
+        for layer in (avatar.deformer.blendshapes, avatar.deformer.skinning):
+            layer.weight.normal_(0.0, 0.05)
+    return avatar
 
 
 @pytest.fixture(scope="module")
 def avatar(synthetic_flame_paths):
-    conf = load_conf(REPO / "confs" / "subject1.conf")
-    shape = torch.randn(100, generator=torch.Generator().manual_seed(1))
-    flame = FLAME(*synthetic_flame_paths, shape_params=shape)
-    expression = torch.randn(50, generator=torch.Generator().manual_seed(2)) * 0.5
-    return Avatar(conf.model, flame, shape, expression, 0.4, (32, 32))
+    return make_avatar(synthetic_flame_paths)
 
 
 class FlameDeformer(torch.nn.Module):
@@ -92,6 +107,189 @@ def test_activations_and_shapes(avatar):
     assert (gaussians.scales >= avatar.point_radius).all()
     assert (gaussians.scales <= avatar.point_radius + avatar.max_scale).all()
     assert ((gaussians.opacities > 0) & (gaussians.opacities < 1)).all()
+
+
+def frame_batch(frames: int) -> FrameBatch:
+    """Frames at the zero pose seen as the synthetic subject's camera sees it (IMavatar conventions)."""
+    world = torch.eye(4)[:3].expand(frames, 3, 4).clone()
+    world[:, 2, 3] = -4.0
+    intrinsics = torch.tensor([[-3.0, 3.0, 0.5, 0.5]]).expand(frames, 4).clone()
+    return FrameBatch(torch.arange(frames), list(range(frames)), ["v"] * frames, torch.zeros(frames, 50),
+                      torch.zeros(frames, 15), world, intrinsics)
+
+
+def test_forward_keeps_the_rasterizers_statistics(avatar):
+    out = avatar(frame_batch(2))
+    n = avatar.n_points
+    assert out.rgb.shape == (2, 32, 32, 3)
+    assert out.raster.means2d.shape == (2, n, 2) and out.raster.radii.shape == (2, n)
+    assert torch.equal(out.raster.visible, out.raster.radii > 0) and bool(out.raster.visible.any())
+    out.rgb.sum().backward()  # the hook of a gradient-driven densification: dL/d(pixel position) per frame
+    assert out.raster.means2d.grad.shape == (2, n, 2) and float(out.raster.means2d.grad.abs().sum()) > 0
+    avatar.zero_grad(set_to_none=True)
+
+
+# ---- the canonical cache ---------------------------------------------------------------------------
+
+def count_canonical_runs(avatar: Avatar) -> list:
+    """Appends to the returned list each time the canonical network starts to run (a pre-hook: a
+    recomputation may stop before the end once it has what the backward pass needs)."""
+    runs: list = []
+    avatar.canonical_net.register_forward_pre_hook(lambda *args: runs.append(1))
+    return runs
+
+
+def test_a_frozen_avatar_computes_its_canonical_state_once(synthetic_flame_paths):
+    avatar = make_avatar(synthetic_flame_paths)
+    runs = count_canonical_runs(avatar)
+    with torch.no_grad():  # evaluation, animation
+        first = avatar.canonical_state()
+        avatar.deform(torch.zeros(2, 50), torch.zeros(2, 15))
+        avatar(frame_batch(1))
+        assert avatar.canonical_state() is first and len(runs) == 1
+    for p in avatar.parameters():  # fitting test-frame inputs: gradients on, every parameter frozen
+        p.requires_grad_(False)
+    assert avatar.canonical_state() is first and len(runs) == 1
+    for p in avatar.parameters():
+        p.requires_grad_(True)
+    avatar.canonical_state()  # training: computed at every call, never kept ...
+    avatar.canonical_state()
+    assert len(runs) == 3
+    with torch.no_grad():  # ... and the kept one is dropped (an optimizer step may follow)
+        again = avatar.canonical_state()
+    assert again is not first and len(runs) == 4 and torch.equal(again.unposed, first.unposed)
+
+
+CHANGES = {
+    "load_state_dict": lambda avatar, other: avatar.load_state_dict(other.state_dict()),
+    "set_points": lambda avatar, other: avatar.set_points(other.points),
+    "set_point_radius": lambda avatar, other: avatar.set_point_radius(0.5 * float(avatar.point_radius)),
+    "to_float64": lambda avatar, other: avatar.to(torch.float64),
+}
+
+
+@pytest.mark.parametrize("change", CHANGES)
+def test_a_stale_canonical_state_is_never_served(synthetic_flame_paths, change):
+    avatar, other = make_avatar(synthetic_flame_paths), make_avatar(synthetic_flame_paths)
+    with torch.no_grad():
+        other.points.mul_(0.9)  # other points and (freshly drawn) other weights
+        before = avatar.canonical_state()
+        avatar.canonical_flame()
+    runs = count_canonical_runs(avatar)
+    CHANGES[change](avatar, other)
+    with torch.no_grad():
+        served = avatar.canonical_state()
+        dtype = avatar.points.dtype
+        gaussians, _ = avatar.deform(torch.zeros(1, 50, dtype=dtype), torch.zeros(1, 15, dtype=dtype))
+    assert len(runs) == 1  # computed again, once
+    fresh = avatar.canonical_state()  # the training path: computed from the avatar as it is now
+    for name in ("shifted", "unposed"):
+        assert torch.equal(getattr(served, name), getattr(fresh, name).detach()), name
+    assert torch.equal(served.logits.color, fresh.logits.color.detach())
+    assert (gaussians.scales >= avatar.point_radius.to(gaussians.scales.dtype)).all()
+    if change in ("load_state_dict", "set_points"):
+        assert not torch.allclose(served.unposed, before.unposed)
+    elif change == "set_point_radius":
+        assert torch.equal(served.unposed, before.unposed)  # the same numbers, computed again
+    else:
+        assert served.unposed.dtype == torch.float64 and avatar.canonical_flame()[0].dtype == torch.float64
+        assert avatar.canonical_normals().dtype == torch.float64
+
+
+# ---- activation recomputation ----------------------------------------------------------------------
+
+def test_the_activation_estimate_counts_each_linear_layers_input_and_output():
+    # gaussian network: trunk 3-64-64-64 and four heads 64-64-k (k = 3, 4, 1, 3)
+    trunk = (3 + 64) + (64 + 64) + (64 + 64)
+    heads = sum((64 + 64) + (64 + k) for k in (3, 4, 1, 3))
+    assert activation_floats(GaussianNetwork()) == trunk + heads
+    canonical, deformer, gaussian = CanonicalNetwork(), DeformerNetwork(), GaussianNetwork()
+    per_point = activation_floats(canonical) + 2 * activation_floats(deformer) + 4 * activation_floats(gaussian)
+    assert activation_bytes(1000, 4, True, canonical, deformer, gaussian, 4) == 1000 * 4 * 2 * per_point
+    assert (activation_bytes(1000, 4, False, canonical, deformer, gaussian, 4)
+            < activation_bytes(1000, 4, True, canonical, deformer, gaussian, 4)
+            < activation_bytes(1000, 8, True, canonical, deformer, gaussian, 4))
+
+
+def test_auto_recomputes_only_when_the_estimate_does_not_fit_in_the_free_memory():
+    estimate = 10 ** 9
+    assert RecomputePolicy("auto", 20_000, probe=lambda device: estimate // 10).decide(estimate, CPU, 100)
+    assert not RecomputePolicy("auto", 20_000, probe=lambda device: estimate * 10).decide(estimate, CPU, 100)
+    unknown = RecomputePolicy("auto", 20_000, probe=lambda device: None)  # unreadable: above one chunk
+    assert unknown.decide(estimate, CPU, 20_001) and not unknown.decide(estimate, CPU, 20_000)
+
+
+def test_on_and_off_do_not_ask_for_the_free_memory():
+    def probe(device):
+        raise AssertionError("on and off must not read the free memory")
+    assert RecomputePolicy("on", 10, probe).decide(1, CPU, 1)
+    assert not RecomputePolicy("off", 10, probe).decide(10 ** 15, CPU, 10 ** 6)
+    with pytest.raises(ValueError, match="auto, on, off"):
+        RecomputePolicy("sometimes", 10)
+    with pytest.raises(ConfigError, match="model.recompute"):
+        load_conf(REPO / "confs" / "subject1.conf", ["model.recompute=sometimes"])
+    with pytest.raises(ConfigError, match="model.recompute_chunk"):
+        load_conf(REPO / "confs" / "subject1.conf", ["model.recompute_chunk=0"])
+
+
+def test_the_free_memory_of_the_cpu_is_read_from_meminfo(tmp_path, monkeypatch):
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text("MemTotal:       24683584 kB\nMemFree:  2000 kB\nMemAvailable:    1024 kB\n")
+    monkeypatch.setattr(recompute_module, "MEMINFO", meminfo)
+    assert free_memory(CPU) == 1024 * 1024
+
+
+def training_runs(avatar: Avatar, policy: RecomputePolicy, frames: int = 2) -> int:
+    """How often the canonical network runs in one training step (forward and backward)."""
+    avatar.recompute = policy
+    runs: list = []
+    hook = avatar.canonical_net.register_forward_pre_hook(lambda *args: runs.append(1))
+    out = avatar(frame_batch(frames), with_prior=True)
+    (out.rgb.mean() + out.prior.deformer.lbs_weights.square().mean()).backward()
+    avatar.zero_grad(set_to_none=True)
+    hook.remove()
+    return len(runs)
+
+
+def test_the_avatar_recomputes_as_the_policy_decides(synthetic_flame_paths):
+    avatar = make_avatar(synthetic_flame_paths)  # 400 points: four chunks of 128
+    tiny, huge = (lambda device: 1), (lambda device: 1 << 60)
+    assert training_runs(avatar, RecomputePolicy("auto", 128, tiny)) == 8  # four chunks, run again backward
+    assert training_runs(avatar, RecomputePolicy("auto", 128, huge)) == 1
+    assert training_runs(avatar, RecomputePolicy("on", 128, huge)) == 8
+    assert training_runs(avatar, RecomputePolicy("off", 128, tiny)) == 1
+    avatar.recompute = RecomputePolicy("on", 128, tiny)
+    runs = count_canonical_runs(avatar)
+    with torch.no_grad():  # nothing to recompute without a backward pass
+        avatar(frame_batch(1))
+    assert len(runs) == 1
+
+
+def step_gradients(avatar: Avatar, policy: RecomputePolicy) -> dict[str, torch.Tensor]:
+    avatar.recompute = policy
+    gen = torch.Generator().manual_seed(4)
+    expression, pose = torch.randn(3, 50, generator=gen), (torch.rand(3, 15, generator=gen) - 0.5) * 0.6
+    state = avatar.canonical_state(with_prior=True, frames=3)
+    g = avatar.pose(state, expression, pose)
+    loss = (g.means.square().sum() + g.scales.sum() + g.colors.square().sum() + g.quats[..., 1].sum()
+            + g.opacities.sum() + state.prior.lbs_weights.square().sum() + state.prior.shapedirs.square().sum())
+    avatar.zero_grad(set_to_none=True)
+    loss.backward()
+    return {name: p.grad.clone() for name, p in avatar.named_parameters() if p.grad is not None}
+
+
+def test_recomputed_gradients_equal_kept_ones(synthetic_flame_paths):
+    avatar = make_avatar(synthetic_flame_paths)
+    kept = step_gradients(avatar, RecomputePolicy("off", 128))
+    chunked = step_gradients(avatar, RecomputePolicy("on", 128))  # four chunks
+    whole = step_gradients(avatar, RecomputePolicy("on", 20_000))  # one chunk
+    assert kept.keys() == chunked.keys() == whole.keys() and "points" in kept and len(kept) > 20
+    for name, grad in kept.items():
+        error = (chunked[name] - grad).norm() / grad.norm().clamp_min(1e-12)
+        assert error <= 1e-5, (name, float(error))
+        # One chunk repeats the same operations on the same inputs: on the CPU the very same numbers
+        # (so whatever `auto` decides, a run of at most recompute_chunk points is unchanged).
+        assert torch.equal(whole[name], grad), name
 
 
 def test_nearest_vertex_matches_brute_force():

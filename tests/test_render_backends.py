@@ -98,3 +98,33 @@ def test_inria_projection_matrix_honours_an_off_centre_principal_point():
     kernel_pixels = ((ndc[:, :2] + 1) * torch.tensor([64.0, 48.0]) - 1) / 2
     torch.testing.assert_close(kernel_pixels + 0.5, expected, atol=1e-4, rtol=0)
     assert float(ndc[2, 2]) == pytest.approx((1.0 - 0.01) * 100.0 / (100.0 - 0.01) / 1.0, abs=1e-5)
+
+
+def test_every_backend_is_a_record_with_its_capabilities():
+    records = {b.name: b for b in backends_module.REGISTRY}
+    assert tuple(records) == backends_module.BACKENDS == ("torch", "gsplat", "inria")
+    assert records["torch"].devices == ("cpu", "cuda") and records["torch"].package is None
+    assert all(records[n].devices == ("cuda",) and records[n].package and records[n].install_hint
+               for n in ("gsplat", "inria"))
+    assert records["gsplat"].frames is not None and records["inria"].frames is None
+    assert callable(records["torch"].rasterize_function()) and records["torch"].frames_function() is None
+
+
+def test_a_new_backend_is_one_record_and_is_dispatched_through_the_registry(monkeypatch):
+    from dynavatar.render.torch_backend import rasterize_torch
+    calls = []
+
+    def counted(*args):
+        calls.append(1)
+        return rasterize_torch(*args)
+
+    monkeypatch.setattr(rasterize_torch.__module__ + ".counted", counted, raising=False)
+    record = backends_module.Backend("counted", "torch_backend:counted", devices=("cpu",), preference=-1)
+    monkeypatch.setattr(backends_module, "REGISTRY", backends_module.REGISTRY + (record,))
+    assert "counted" in available_backends() and resolve_backend("auto", CPU) == "counted"
+    assert resolve_backend("auto", CUDA) != "counted"  # it declares CPU tensors only
+    with pytest.raises(BackendUnavailableError, match="CPU"):
+        resolve_backend("counted", CUDA)
+    scene = random_scene(50, 16, 12, seed=1)
+    out = rasterize(*scene.args(), backend="counted")
+    assert calls == [1] and torch.equal(out.image, rasterize(*scene.args(), backend="torch").image)

@@ -13,7 +13,7 @@ import torch
 
 from dynavatar.cameras import Camera
 from dynavatar.render import rasterize, rasterize_frames, resolve_backend
-from dynavatar.render.backends import BACKENDS, INSTALL_HINTS, is_installed
+from dynavatar.render.backends import BACKENDS, get_backend, is_installed
 from dynavatar.render.random_scenes import random_scene
 
 log = logging.getLogger(__name__)
@@ -31,7 +31,7 @@ def installed(names=BACKENDS) -> list[str]:
 
 def need(name: str) -> None:
     if not is_installed(name):
-        pytest.skip(f"backend {name!r} not installed: {INSTALL_HINTS[name]}")
+        pytest.skip(f"backend {name!r} not installed: {get_backend(name).install_hint}")
 
 
 def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -146,5 +146,9 @@ def test_frames_in_one_call_equal_frames_one_by_one(backend):
         one.image.square().sum().backward()
         assert (out.image[b] - one.image).abs().max().item() < 1e-5
         assert torch.allclose(out.alpha[b], one.alpha, atol=1e-5)
+        # The per-Gaussian statistics: the same radii, and each frame's dL/d(pixel position) in one leaf.
+        assert torch.equal(out.radii[b], one.radii) and torch.equal(out.visible[b], one.visible)
+        assert out.means2d.grad.shape == (3, 2000, 2)
+        assert cosine(out.means2d.grad[b], one.means2d.grad) > 0.9999
         assert cosine(stacked[0].grad[b], leaves.means.grad) > 0.9999
         assert cosine(stacked[4].grad[b], leaves.colors.grad) > 0.9999

@@ -352,3 +352,52 @@ def test_rasterize_frames_stacks_the_frames():
     with pytest.raises(ValueError, match="2 frames of Gaussians but 1 cameras"):
         rasterize_frames(*(torch.stack([getattr(s, k) for s in scenes]) for k in fields), [scenes[0].camera],
                          scenes[0].background)
+
+
+def stacked_leaves(scenes) -> list[torch.Tensor]:
+    return [torch.stack([getattr(s, k) for s in scenes]).detach().requires_grad_(True)
+            for k in ("means", "quats", "scales", "opacities", "colors")]
+
+
+def test_rasterize_frames_gives_each_frames_screen_gradient_in_one_leaf():
+    """The stacked means2d [B, N, 2] is a leaf whose .grad is each frame's dL/d(pixel position)."""
+    from dynavatar.render import rasterize_frames
+    scenes = [random_scene(200, 24, 16, seed=s) for s in (3, 4)]
+    weights = torch.randn(2, 16, 24, 3, generator=torch.Generator().manual_seed(0))
+    out = rasterize_frames(*stacked_leaves(scenes), [s.camera for s in scenes], scenes[0].background, "torch")
+    (out.image * weights).sum().backward()
+    assert out.means2d.is_leaf and out.means2d.grad.shape == (2, 200, 2)
+    assert torch.equal(out.visible, out.radii > 0) and out.radii.dtype == torch.int32
+    for b, s in enumerate(scenes):
+        leaves = s.detached_leaves()
+        one = rasterize(*leaves.args(), "torch")
+        (one.image * weights[b]).sum().backward()
+        assert torch.equal(out.means2d.detach()[b], one.means2d.detach()) and torch.equal(out.radii[b], one.radii)
+        torch.testing.assert_close(out.means2d.grad[b], one.means2d.grad, rtol=1e-5, atol=1e-7)
+    assert float(out.means2d.grad.abs().sum()) > 0
+    with torch.no_grad():  # without gradients, plain values
+        quiet = rasterize_frames(*(t.detach() for t in stacked_leaves(scenes)), [s.camera for s in scenes],
+                                 scenes[0].background, "torch")
+    assert not quiet.means2d.requires_grad and torch.equal(quiet.means2d, out.means2d.detach())
+
+
+def test_render_gaussians_composites_a_learnt_background_and_keeps_the_raster_statistics():
+    from dynavatar.model.gaussians import Gaussians
+    from dynavatar.model.rendering import render_gaussians
+    from dynavatar.render import rasterize_frames
+    scenes = [random_scene(150, 20, 12, seed=s) for s in (5, 6)]
+    means, quats, scales, opacities, colors = (t.detach() for t in stacked_leaves(scenes))
+    unit = quats / quats.norm(dim=-1, keepdim=True)
+    gaussians = Gaussians(means, unit, scales, opacities, colors)
+    cameras = [s.camera for s in scenes]
+    image = torch.rand(12, 20, 3, generator=torch.Generator().manual_seed(1))
+    rgb, alpha, depth, raster = render_gaussians(gaussians, cameras, image, "torch")
+    black = rasterize_frames(means, unit, scales, opacities, colors, cameras, torch.zeros(3), "torch")
+    assert torch.equal(alpha, black.alpha) and torch.equal(depth, black.depth)
+    assert torch.equal(rgb, black.image + (1.0 - black.alpha[..., None]) * image)
+    assert raster.means2d.shape == (2, 150, 2) and torch.equal(raster.radii, black.radii)
+    assert torch.equal(raster.visible, black.visible)
+    white = render_gaussians(gaussians, cameras, torch.ones(3), "torch")  # a colour: drawn by the rasterizer
+    over_white = rasterize_frames(means, unit, scales, opacities, colors, cameras, torch.ones(3), "torch")
+    assert torch.equal(white.rgb, over_white.image)
+    assert float((alpha < 0.5).float().mean()) > 0.05  # some background shows

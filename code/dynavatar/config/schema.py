@@ -217,6 +217,11 @@ class ModelConf(Section):
     point_colors: bool = setting(False, "a learnt colour offset per Gaussian beside the colour network")
     shading: bool = setting(False, "colour = albedo x a learnt lighting of the posed normal (the reference's "
                                    "colours do not change with the head's pose)")
+    recompute: str = setting("auto", "recompute the point networks' activations in the backward pass: auto (when "
+                                     "the step's estimated activations would not fit in the device's free memory) "
+                                     "| on (always when training) | off (never)")
+    recompute_chunk: int = setting(20000, "points per recomputed chunk (at most one chunk's activations exist)",
+                                   AT_LEAST_ONE)
     geometry_network: CanonicalNetworkConf = subsection(CanonicalNetworkConf, "the canonical network: a point's "
                                                         "colour, scale, rotation and opacity")
     gaussian_network: GaussianNetworkConf = subsection(GaussianNetworkConf, "the Gaussian deformation network: "
@@ -224,6 +229,11 @@ class ModelConf(Section):
     deformer_network: DeformerNetworkConf = subsection(DeformerNetworkConf, "the deformer network: a point's "
                                                        "blendshapes, pose correctives and skinning weights")
     point_cloud: PointSchedule = subsection(PointSchedule, "the coarse-to-fine schedule of the points")
+
+    def check(self) -> list[tuple[str, str]]:
+        if self.recompute not in ("auto", "on", "off"):
+            return [("recompute", f"must be auto, on or off, got {self.recompute!r}")]
+        return []
 
 
 # ---- the whole configuration ---------------------------------------------------------------------

@@ -1,3 +1,4 @@
-"""The avatar: the three networks (`networks`), the deformation and rendering of frames (`avatar`),
-per-frame refinement of tracked inputs (`frame_inputs`), and building one from a conf or a
-checkpoint (`build`)."""
+"""The avatar: the three networks (`networks`), the deformation of frames (`avatar`), the cache of
+what does not depend on the frame (`canonical_cache`), activation recomputation (`recompute`),
+rendering Gaussians (`gaussians`, `rendering`), per-frame refinement of tracked inputs
+(`frame_inputs`), and building one from a conf or a checkpoint (`build`)."""

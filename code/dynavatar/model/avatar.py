@@ -3,17 +3,19 @@
 One frame's data flow (each arrow one call here):
 points -> canonical network (logits) -> deformer (E, P, W, d) -> undo the canonical FLAME frame and
 apply the frame's (LBS) -> gaussian network on the offset -> activations (colours lit by the turned
-normal with `model.shading`) -> rasterize per frame.
+normal with `model.shading`) -> rasterize per frame (`rendering.render_gaussians`).
+
+What does not depend on the frame (the canonical FLAME frame, the canonical state) is kept in a
+`CanonicalCache` while the avatar cannot change; see its docstring for who clears it.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Sequence
 
 import torch
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from ..cameras import Camera, imavatar_camera
 from ..config import ModelConf
@@ -22,29 +24,15 @@ from ..flame import FLAME
 from ..flame.mesh import outward_winding, vertex_normals
 from ..flame.lbs import (apply_transforms, blend_transforms, blendshape_offsets, coordinate_major, corrective_offsets,
                          inverse_points, polar_rotation, with_ghost_bone)
-from ..render import rasterize_frames
+from ..render import RasterStats
 from ..render.projection import quaternion_left_matrix, rotation_to_quaternion
 from ..runtime import constant
+from .canonical_cache import CanonicalCache
+from .gaussians import Gaussians
 from .networks import CanonicalAttributes, CanonicalNetwork, DeformerNetwork, DeformerOutput, GaussianNetwork
+from .recompute import RecomputePolicy, activation_bytes
+from .rendering import render_gaussians
 from .shading import Shading
-
-
-@dataclass
-class Gaussians:
-    """Activated Gaussians of one or several frames (leading batch dimension optional)."""
-
-    means: torch.Tensor  # [..., N, 3]
-    quats: torch.Tensor  # [..., N, 4] wxyz, normalised
-    scales: torch.Tensor  # [..., N, 3] including the point radius
-    opacities: torch.Tensor  # [..., N]
-    colors: torch.Tensor  # [..., N, 3] in [0, 1]
-
-    def frame(self, index: int) -> "Gaussians":
-        return Gaussians(self.means[index], self.quats[index], self.scales[index], self.opacities[index],
-                         self.colors[index])
-
-
-CHECKPOINT_POINTS = 20_000  # above this many points network activations are recomputed, this many at a time
 
 
 @dataclass
@@ -85,6 +73,8 @@ class AvatarOutput:
     depth: torch.Tensor  # [B, H, W] alpha-weighted camera depth
     gaussians: Gaussians  # [B, N, ...]
     prior: PriorQuery | None = None
+    raster: RasterStats | None = None  # [B, N, ...] the rasterizer's per-Gaussian statistics (means2d's .grad
+    #                                    after backward: dL/d(pixel position), for densification)
 
 
 def initial_points(n: int, radius: float, generator: torch.Generator) -> torch.Tensor:
@@ -99,17 +89,25 @@ class Avatar(nn.Module):
     Persistent state (what checkpoints hold): the points, the three networks, the point radius
     (set by the training strategy), the canonical expression and pose, the subject's FLAME shape,
     (with `use_background`) the background and (with `model.shading`) the lighting's coefficients.
+
+    `canonical_cache` keeps what does not depend on the frame while the avatar cannot change.
+    `set_points`, `set_point_radius` and `load_state_dict` clear it; whoever changes the weights
+    or buffers in place otherwise while the avatar is frozen must call `canonical_cache.clear()`.
+    `nearest_chunk` (conf `loss.flame_distance_chunk`) is how many points the nearest-FLAME-vertex
+    search takes at a time.
     """
 
     def __init__(self, model_conf: ModelConf, flame: FLAME, shape_params: torch.Tensor,
                  canonical_expression: torch.Tensor, canonical_jaw: float, img_res: Sequence[int],
-                 use_background: bool = False, seed: int = 0) -> None:
+                 use_background: bool = False, seed: int = 0, *, nearest_chunk: int) -> None:
         super().__init__()
         self.flame = flame
         self.img_res = (int(img_res[0]), int(img_res[1]))  # (H, W)
         self.max_scale = model_conf.max_scale
         self.rasterizer = model_conf.rasterizer
         self.rotate_gaussians = model_conf.rotate_gaussians
+        self.nearest_chunk = int(nearest_chunk)
+        self.recompute = RecomputePolicy(model_conf.recompute, model_conf.recompute_chunk)
         self.shading = Shading() if model_conf.shading else None
         self.canonical_net = CanonicalNetwork(**asdict(model_conf.geometry_network))
         self.deformer = DeformerNetwork(n_joints=flame.n_joints, **asdict(model_conf.deformer_network))
@@ -134,33 +132,47 @@ class Avatar(nn.Module):
         self.use_background = use_background
         if use_background:
             self.background = nn.Parameter(torch.zeros(*self.img_res, 3))
-        self._canonical_flame: tuple | None = None  # (key, value) caches, see canonical_flame / canonical_state
-        self._canonical_state: tuple | None = None
-        self._canonical_normals: tuple | None = None  # (the vertices they belong to, normals)
+        self.canonical_cache = CanonicalCache()
+
+    # ---- what may change, and the cache of what follows from it ----------------------------------
+
+    def is_frozen(self) -> bool:
+        """Whether the avatar cannot change now: no gradient is recorded, or every parameter is frozen
+        (evaluation, animation, fitting test-frame inputs)."""
+        return not torch.is_grad_enabled() or not any(p.requires_grad for p in self.parameters())
+
+    def _built_on(self) -> tuple:
+        """The device and dtype of the avatar's parameters and buffers (a move changes them)."""
+        return (self.points.device, self.points.dtype, self.canonical_expression.device,
+                self.canonical_expression.dtype)
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        try:
+            return super().load_state_dict(state_dict, strict=strict, assign=assign)
+        finally:  # also after a failed load, which may have copied part of the state
+            self.canonical_cache.clear()
 
     # ---- canonical FLAME frame -------------------------------------------------------------------
 
     def canonical_flame(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(canonical vertices [V, 3], pose feature [1, 36], transforms with ghost bone [1, J + 1, 4, 4]).
 
-        Depends on buffers only; computed once and again whenever a buffer changes (a checkpoint
-        load, a device move).
+        Depends on buffers only: computed once and kept in `canonical_cache`.
         """
-        key = _tensors_key(self._watched()[1])
-        if self._canonical_flame is None or self._canonical_flame[0] != key:
-            with torch.no_grad():
-                out = self.flame(self.canonical_expression[None], self.canonical_pose[None])
-            transforms = with_ghost_bone(out.transforms) if self.deformer.ghostbone else out.transforms
-            self._canonical_flame = (key, (out.vertices[0], out.pose_feature, transforms))
-        return self._canonical_flame[1]
+        return self.canonical_cache.get("flame", self._built_on(), self._compute_canonical_flame)
+
+    def _compute_canonical_flame(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        with torch.no_grad():
+            out = self.flame(self.canonical_expression[None], self.canonical_pose[None])
+        transforms = with_ghost_bone(out.transforms) if self.deformer.ghostbone else out.transforms
+        return out.vertices[0], out.pose_feature, transforms
 
     def canonical_normals(self) -> torch.Tensor:
-        """Outward vertex normals [V, 3] of the canonical FLAME mesh (recomputed with `canonical_flame`)."""
-        vertices, _, _ = self.canonical_flame()
-        if self._canonical_normals is None or self._canonical_normals[0] is not vertices:
-            faces = self.flame.faces
-            self._canonical_normals = (vertices, vertex_normals(vertices, faces, outward_winding(vertices, faces)))
-        return self._canonical_normals[1]
+        """Outward vertex normals [V, 3] of the canonical FLAME mesh (kept with `canonical_flame`)."""
+        def compute() -> torch.Tensor:
+            vertices, faces = self.canonical_flame()[0], self.flame.faces
+            return vertex_normals(vertices, faces, outward_winding(vertices, faces))
+        return self.canonical_cache.get("normals", self._built_on(), compute)
 
     # ---- points ----------------------------------------------------------------------------------
 
@@ -177,60 +189,49 @@ class Avatar(nn.Module):
                       else torch.zeros(points.shape[0], 3, device=device))
             self.point_color = nn.Parameter(colors.clone())
         self.points = nn.Parameter(points.detach().clone().to(device))
+        self.canonical_cache.clear()
 
     @property
     def has_point_colors(self) -> bool:
         return "point_color" in self._parameters
 
-    # ---- what the caches watch -------------------------------------------------------------------
-
-    def _watched(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """(parameters, buffers), listed once: walking the module tree costs about a millisecond."""
-        if self.__dict__.get("_watched_tensors") is None:
-            self.__dict__["_watched_tensors"] = (list(self.parameters()), list(self.buffers()))
-        return self.__dict__["_watched_tensors"]
-
-    def __setattr__(self, name: str, value) -> None:
-        if isinstance(value, (nn.Module, torch.Tensor)):  # a replaced network, parameter or buffer
-            self.__dict__["_watched_tensors"] = None
-        super().__setattr__(name, value)
-
-    def _apply(self, fn, recurse: bool = True):
-        self.__dict__["_watched_tensors"] = None  # a device or dtype move may replace tensors
-        self._canonical_flame = self._canonical_state = self._canonical_normals = None
-        return super()._apply(fn, recurse)
-
     def set_point_radius(self, radius: float) -> None:
         self.point_radius.fill_(radius)
+        self.canonical_cache.clear()
 
     # ---- deformation -----------------------------------------------------------------------------
 
-    def canonical_state(self, with_prior: bool = False, nearest_chunk: int = 4096) -> CanonicalState:
+    def canonical_state(self, with_prior: bool = False, nearest_chunk: int | None = None,
+                        frames: int = 1) -> CanonicalState:
         """What does not depend on the frame: canonical logits, the deformer's outputs, x' and x0.
 
-        While the avatar cannot change (no gradient, or every parameter frozen, as when animating
-        or fitting test inputs), the state is computed once and reused until a parameter, buffer or
-        the point set changes. With `with_prior`, the deformer is also evaluated on the detached
-        points (in the same call) for the FLAME priors, which must not move the points. The nearest
-        canonical FLAME vertices (priors, shading) are searched `nearest_chunk` points at a time.
+        While the avatar cannot change (`is_frozen`), the state is computed once and kept in
+        `canonical_cache`. Computed for training (with gradients to the parameters), it is never
+        kept, and a kept one is dropped: an optimizer step may follow. With `with_prior`, the
+        deformer is also evaluated on the detached points (in the same call) for the FLAME priors,
+        which must not move the points. The nearest canonical FLAME vertices (priors, shading) are
+        searched `nearest_chunk` points at a time (default the avatar's). `frames`, the frames of
+        the step, enters the estimate that decides activation recomputation (`model.recompute`).
         """
-        parameters, buffers = self._watched()
-        frozen = not torch.is_grad_enabled() or not any(p.requires_grad for p in parameters)
-        if frozen and not with_prior:
-            key = _tensors_key(parameters + buffers)
-            if self._canonical_state is None or self._canonical_state[0] != key:
-                self._canonical_state = (key, self._compute_canonical_state(False, nearest_chunk).for_reuse())
-            return self._canonical_state[1]
-        return self._compute_canonical_state(with_prior, nearest_chunk)
+        chunk = nearest_chunk or self.nearest_chunk
+        if self.is_frozen():
+            if with_prior:
+                return self._compute_canonical_state(True, chunk, recompute=False)
+            return self.canonical_cache.get(
+                "state", self._built_on(), lambda: self._compute_canonical_state(False, chunk, False).for_reuse())
+        self.canonical_cache.discard("state")
+        estimate = activation_bytes(self.n_points, frames, with_prior, self.canonical_net, self.deformer,
+                                    self.gaussian_net, self.points.element_size())
+        recompute = self.recompute.decide(estimate, self.points.device, self.n_points)
+        return self._compute_canonical_state(with_prior, chunk, recompute)
 
-    def _compute_canonical_state(self, with_prior: bool, nearest_chunk: int) -> CanonicalState:
+    def _compute_canonical_state(self, with_prior: bool, nearest_chunk: int, recompute: bool) -> CanonicalState:
         _, canonical_feature, canonical_transforms = self.canonical_flame()
         n = self.n_points
-        # Above CHECKPOINT_POINTS only the networks' inputs are kept and their activations are
-        # recomputed in the backward pass, a chunk of points at a time: at 100k points they would
-        # hold about 3.5 GB (the same maths, about a third more network compute).
-        recompute = torch.is_grad_enabled() and n > CHECKPOINT_POINTS
-        run = _recomputed if recompute else (lambda net, x: net(x))
+
+        def run(net: nn.Module, x: torch.Tensor):
+            return self.recompute.run(net, x, recompute)
+
         logits = run(self.canonical_net, self.points.detach())
         if self.has_point_colors:
             logits = CanonicalAttributes(logits.color + self.point_color, logits.scale, logits.rotation, logits.opacity)
@@ -290,10 +291,11 @@ class Avatar(nn.Module):
         state = self.canonical_state()
         return self.pose(state, expression, flame_pose), state.shifted
 
-    def nearest_flame_vertex(self, shifted: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
-        """The nearest canonical FLAME vertex [N] of each x' [N, 3] (searched in chunks of `chunk` points)."""
+    def nearest_flame_vertex(self, shifted: torch.Tensor, chunk: int | None = None) -> torch.Tensor:
+        """The nearest canonical FLAME vertex [N] of each x' [N, 3] (searched in chunks of `chunk`
+        points, default the avatar's `nearest_chunk`)."""
         vertices, _, _ = self.canonical_flame()
-        return nearest_vertex(shifted.detach(), vertices, chunk)
+        return nearest_vertex(shifted.detach(), vertices, chunk or self.nearest_chunk)
 
     # ---- rendering -------------------------------------------------------------------------------
 
@@ -301,48 +303,32 @@ class Avatar(nn.Module):
         """The rasterizer camera of one frame (world_mat [3, 4], intrinsics [4]) at this avatar's resolution."""
         return imavatar_camera(world_mat, intrinsics, width=self.img_res[1], height=self.img_res[0])
 
+    def background_for(self, gaussians: Gaussians) -> torch.Tensor:
+        """What the Gaussians are drawn over: the learnt background image [H, W, 3] (`use_background`), else white [3]."""
+        if self.use_background:
+            return self.background
+        return constant((1.0,) * 3, gaussians.means.dtype, gaussians.means.device)
+
     def render(self, gaussians: Gaussians, cameras: Sequence[Camera]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Rasterize the frames of `gaussians` [B, N, ...], one camera each. Returns rgb [B, H, W, 3],
         alpha [B, H, W], depth [B, H, W]."""
-        background = constant((0.0,) * 3 if self.use_background else (1.0,) * 3, gaussians.means.dtype,
-                              gaussians.means.device)
-        g = gaussians
-        out = rasterize_frames(g.means, g.quats, g.scales, g.opacities, g.colors, cameras, background, self.rasterizer)
-        image = out.image
-        if self.use_background:  # the learnt background shows where the Gaussians do not cover
-            image = image + (1.0 - out.alpha[..., None]) * self.background
-        return image, out.alpha, out.depth
+        rgb, alpha, depth, _ = render_gaussians(gaussians, cameras, self.background_for(gaussians), self.rasterizer)
+        return rgb, alpha, depth
 
-    def forward(self, batch: FrameBatch, with_prior: bool = False, prior_chunk: int = 4096) -> AvatarOutput:
+    def forward(self, batch: FrameBatch, with_prior: bool = False, prior_chunk: int | None = None) -> AvatarOutput:
         """Render the frames of a batch (its expressions, FLAME poses and cameras). With `with_prior`,
         the output also carries what the FLAME priors compare (`AvatarOutput.prior`; the nearest
-        vertices are searched `prior_chunk` points at a time)."""
-        state = self.canonical_state(with_prior, prior_chunk)
+        vertices are searched `prior_chunk` points at a time, default the avatar's `nearest_chunk`)."""
+        state = self.canonical_state(with_prior, prior_chunk, frames=len(batch))
         gaussians = self.pose(state, batch.expression, batch.flame_pose)
         cameras = [self.camera(batch.world_mat[b], batch.intrinsics[b]) for b in range(len(batch))]
-        rgb, alpha, depth = self.render(gaussians, cameras)
-        prior = None
-        if with_prior:
-            prior = PriorQuery(state.prior, state.nearest)
-        return AvatarOutput(rgb, alpha, depth, gaussians, prior)
+        rgb, alpha, depth, raster = render_gaussians(gaussians, cameras, self.background_for(gaussians),
+                                                     self.rasterizer)
+        prior = PriorQuery(state.prior, state.nearest) if with_prior else None
+        return AvatarOutput(rgb, alpha, depth, gaussians, prior, raster)
 
 
-def _recomputed(net: nn.Module, x: torch.Tensor):
-    """net(x) for a per-point network, keeping only x for the backward pass, which recomputes the
-    activations chunk by chunk (so that at most one chunk's activations exist at a time)."""
-    outputs = [checkpoint(net, chunk, use_reentrant=False) for chunk in x.split(CHECKPOINT_POINTS)]
-    if len(outputs) == 1:
-        return outputs[0]
-    return type(outputs[0])(*(torch.cat([getattr(o, f.name) for o in outputs]) for f in fields(outputs[0])))
-
-
-def _tensors_key(tensors) -> tuple:
-    """Identity and in-place version of tensors: it changes when any is replaced, moved or modified
-    (`_version` counts a tensor's in-place changes, such as an optimizer step or a state load)."""
-    return tuple((t.data_ptr(), t._version, t.shape) for t in tensors)
-
-
-def nearest_vertex(points: torch.Tensor, vertices: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
+def nearest_vertex(points: torch.Tensor, vertices: torch.Tensor, chunk: int) -> torch.Tensor:
     """Index [N] of the nearest of vertices [V, 3] for each of points [N, 3], in chunks of points
     so that memory stays at chunk x V. The squared distance |p|^2 - 2 p.v + |v|^2 is ranked without
     its |p|^2 term: one matrix product and an argmin per chunk."""

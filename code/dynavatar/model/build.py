@@ -49,7 +49,8 @@ def avatar_from_conf(conf: Conf, shape_params: torch.Tensor, canonical_expressio
     """A freshly initialised avatar for the subject with these FLAME shape parameters [100]."""
     flame = flame_from_conf(conf, shape_params)
     return Avatar(conf.model, flame, shape_params, canonical_expression, conf.dataset.canonical_jaw, img_res,
-                  use_background=conf.dataset.use_background, seed=conf.train.seed)
+                  use_background=conf.dataset.use_background, seed=conf.train.seed,
+                  nearest_chunk=conf.loss.flame_distance_chunk)
 
 
 def restore_avatar(avatar: Avatar, model_part: dict, source: Path) -> bool:

@@ -4,11 +4,12 @@
 - `gsplat`: nerfstudio's gsplat (PyPI, CUDA).
 - `inria`: graphdeco-inria's diff-gaussian-rasterization (from source, CUDA).
 
-Choose with `backend=` (conf `model.rasterizer`): auto | torch | gsplat | inria.
+Choose with `backend=` (conf `model.rasterizer`): auto | torch | gsplat | inria. The backends are
+records of `backends.REGISTRY`; adding one is an adapter module and a record.
 """
 
 from .backends import available_backends, resolve_backend
-from .output import RasterOutput
+from .output import RasterOutput, RasterStats
 from .rasterize import rasterize, rasterize_frames
 
-__all__ = ["rasterize", "rasterize_frames", "RasterOutput", "available_backends", "resolve_backend"]
+__all__ = ["rasterize", "rasterize_frames", "RasterOutput", "RasterStats", "available_backends", "resolve_backend"]

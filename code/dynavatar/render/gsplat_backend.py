@@ -18,24 +18,9 @@ from torch import Tensor
 
 from ..cameras import Camera
 from ..runtime import constant
-from .backends import import_backend_module
-from .output import RasterOutput
+from .backends import get_backend
+from .output import RasterOutput, gradient_leaf
 from .projection import LOW_PASS, TILE_SIZE
-
-
-def _grad_proxy(source: Tensor, shape: tuple[int, ...]) -> Tensor:
-    """A leaf holding gsplat's projected means `source` [B, 1, N, 2] reshaped to `shape`; after a
-    backward pass its `.grad` is dL/d(pixel position) (a view of `source` would get no .grad)."""
-    proxy = source.detach().reshape(shape).clone()
-    if source.requires_grad:
-        proxy.requires_grad_(True)
-
-        def hook(grad: Tensor) -> None:
-            g = grad.reshape(shape).detach()
-            proxy.grad = g.clone() if proxy.grad is None else proxy.grad + g
-
-        source.register_hook(hook)
-    return proxy
 
 
 def rasterize_gsplat(means_cam: Tensor, quats_cam: Tensor, scales: Tensor, opacities: Tensor, colors: Tensor,
@@ -51,7 +36,7 @@ def rasterize_gsplat_frames(means_cam: Tensor, quats_cam: Tensor, scales: Tensor
     """B frames in one gsplat call: camera-space means [B, N, 3], unit quaternions [B, N, 4], scales
     [B, N, 3], opacities [B, N], colours [B, N, 3], one camera per frame (all of one image size).
     Returns fields with a leading frame axis (dropped for one frame with `frame_axis=False`)."""
-    gsplat = import_backend_module("gsplat")
+    gsplat = get_backend("gsplat").import_package()
     device, dtype = means_cam.device, torch.float32
     n_frames, n = means_cam.shape[:2]
     identity = (((1.0, 0.0, 0.0, 0.0), (0.0, 1.0, 0.0, 0.0), (0.0, 0.0, 1.0, 0.0), (0.0, 0.0, 0.0, 1.0)),)
@@ -70,4 +55,4 @@ def rasterize_gsplat_frames(means_cam: Tensor, quats_cam: Tensor, scales: Tensor
     pick = (lambda t: t) if frame_axis else (lambda t: t[0])
     return RasterOutput(image=pick(render[:, 0, ..., :3]), alpha=pick(alphas[:, 0, ..., 0]),
                         depth=pick(render[:, 0, ..., 3]), radii=pick(radii), visible=pick(radii > 0),
-                        means2d=_grad_proxy(meta["means2d"], lead + (n, 2)))
+                        means2d=gradient_leaf([meta["means2d"]], lead + (n, 2)))

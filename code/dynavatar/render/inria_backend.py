@@ -22,7 +22,7 @@ from torch import Tensor
 
 from ..cameras import Camera
 from ..runtime import constant
-from .backends import import_backend_module
+from .backends import get_backend
 from .output import RasterOutput
 
 _IDENTITY = ((1.0, 0.0, 0.0, 0.0), (0.0, 1.0, 0.0, 0.0), (0.0, 0.0, 1.0, 0.0), (0.0, 0.0, 0.0, 1.0))
@@ -65,7 +65,7 @@ def _settings(dgr, camera: Camera, background: Tensor):
 def rasterize_inria(means_cam: Tensor, quats_cam: Tensor, scales: Tensor, opacities: Tensor, colors: Tensor,
                     camera: Camera, background: Tensor) -> RasterOutput:
     """Rasterize camera-space Gaussians (means [N, 3], unit quaternions [N, 4], scales [N, 3]) with the Inria kernel."""
-    dgr = import_backend_module("inria")
+    dgr = get_backend("inria").import_package()
     device, dtype = means_cam.device, torch.float32
     n = means_cam.shape[0]
     means = means_cam.to(dtype).contiguous()

@@ -11,23 +11,12 @@ import torch
 from torch import Tensor
 
 from ..cameras import Camera
-from .backends import resolve_backend
-from .output import RasterOutput
+from .backends import get_backend, resolve_backend
+from .output import RasterOutput, gradient_leaf
 from .projection import to_camera
 
 log = logging.getLogger(__name__)
 _announced: set[tuple[str, str]] = set()
-
-
-def _run_backend(name: str, *args) -> RasterOutput:
-    if name == "torch":
-        from .torch_backend import rasterize_torch
-        return rasterize_torch(*args)
-    if name == "gsplat":
-        from .gsplat_backend import rasterize_gsplat
-        return rasterize_gsplat(*args)
-    from .inria_backend import rasterize_inria
-    return rasterize_inria(*args)
 
 
 def rasterize(means: Tensor, quats: Tensor, scales: Tensor, opacities: Tensor, colors: Tensor,
@@ -46,8 +35,8 @@ def rasterize(means: Tensor, quats: Tensor, scales: Tensor, opacities: Tensor, c
     _check_shapes(means, quats, scales, opacities, colors, background, batched=False)
     name = _backend_for(backend, means)
     means_cam, quats_cam = to_camera(means, quats, camera.world_to_camera)
-    return _run_backend(name, means_cam, quats_cam, scales, opacities, colors, camera,
-                        background.to(device=means.device, dtype=means.dtype))
+    return get_backend(name).rasterize_function()(means_cam, quats_cam, scales, opacities, colors, camera,
+                                                   background.to(device=means.device, dtype=means.dtype))
 
 
 def rasterize_frames(means: Tensor, quats: Tensor, scales: Tensor, opacities: Tensor, colors: Tensor,
@@ -56,22 +45,26 @@ def rasterize_frames(means: Tensor, quats: Tensor, scales: Tensor, opacities: Te
     scales [B, N, 3], opacities [B, N], colors [B, N, 3], one camera per frame, background [3].
     Returns a RasterOutput whose fields have a leading frame axis (image [B, H, W, 3], ...).
 
-    The same images as B calls of `rasterize`; gsplat draws all frames in one call (fewer kernel
-    launches), the other backends frame by frame.
+    The same images as B calls of `rasterize`; a backend with a frames function (gsplat) draws all
+    frames of one image size in one call (fewer kernel launches), the others frame by frame. The
+    stacked `means2d` is a leaf whose `.grad` after a backward pass is dL/d(pixel position) [B, N, 2].
     """
     _check_shapes(means, quats, scales, opacities, colors, background, batched=True)
     if len(cameras) != means.shape[0]:
         raise ValueError(f"rasterize_frames: {means.shape[0]} frames of Gaussians but {len(cameras)} cameras")
     name = _backend_for(backend, means)
     background = background.to(device=means.device, dtype=means.dtype)
-    if name == "gsplat" and len({(c.width, c.height) for c in cameras}) == 1:
-        from .gsplat_backend import rasterize_gsplat_frames
+    draw_frames = get_backend(name).frames_function()
+    if draw_frames is not None and len({(c.width, c.height) for c in cameras}) == 1:
         world_to_camera = torch.stack([camera.world_to_camera for camera in cameras])  # [B, 4, 4]
         means_cam, quats_cam = to_camera(means, quats, world_to_camera)
-        return rasterize_gsplat_frames(means_cam, quats_cam, scales, opacities, colors, cameras, background)
+        return draw_frames(means_cam, quats_cam, scales, opacities, colors, cameras, background)
     outputs = [rasterize(means[b], quats[b], scales[b], opacities[b], colors[b], camera, background, name)
                for b, camera in enumerate(cameras)]
-    return RasterOutput(*(torch.stack([getattr(o, f.name) for o in outputs]) for f in fields(RasterOutput)))
+    stacked = {f.name: torch.stack([getattr(o, f.name) for o in outputs]) for f in fields(RasterOutput)
+               if f.name != "means2d"}
+    means2d = gradient_leaf([o.means2d for o in outputs], (len(outputs),) + tuple(outputs[0].means2d.shape))
+    return RasterOutput(**stacked, means2d=means2d)
 
 
 def _check_shapes(means: Tensor, quats: Tensor, scales: Tensor, opacities: Tensor, colors: Tensor,
