@@ -15,7 +15,7 @@ from dynavatar.config import load_conf
 from dynavatar.subject_generator.subject import (DEFAULT_TEST_VIDEOS, DEFAULT_TRAIN_VIDEOS, ensure_synthetic_subject,
                                               generate_subject)
 from dynavatar.errors import DatasetError
-from dynavatar.flame import FLAME, synthetic_flame_files
+from dynavatar.flame import FLAME
 
 RES, FRAMES = 48, 6
 REPO = Path(__file__).resolve().parents[1]
@@ -27,11 +27,6 @@ def subject(tmp_path_factory):
     root = tmp_path_factory.mktemp("datasets")
     generate_subject(root, "synth", res=RES, frames=FRAMES, seed=3)
     return root
-
-
-@pytest.fixture(scope="module")
-def flame_files(tmp_path_factory):
-    return synthetic_flame_files(tmp_path_factory.mktemp("flame"))
 
 
 def _dataset(root, videos, **kwargs):
@@ -53,11 +48,11 @@ def test_layout(subject):
         assert np.asarray(frame["flame_keypoints"]).shape == (68, 2) and len(frame["bbox"]) == 4
 
 
-def test_keypoints_match_flame_landmarks_through_the_reader_camera(subject, flame_files):
+def test_keypoints_match_flame_landmarks_through_the_reader_camera(subject, synthetic_flame_paths):
     """The camera-convention proof: every frame's FLAME landmarks, projected with the reader's camera
     (item world_mat + intrinsics through imavatar_camera), land on flame_keypoints within 0.5 px."""
     dataset = _dataset(subject, VIDEOS, only_json=True)
-    flame = FLAME(*flame_files, shape_params=dataset.shape_params)
+    flame = FLAME(*synthetic_flame_paths, shape_params=dataset.shape_params)
     worst = 0.0
     for i in range(len(dataset)):
         item = dataset[i]

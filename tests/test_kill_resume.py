@@ -82,9 +82,9 @@ def test_runs_killed_at_random_moments_and_resumed_end_as_an_uninterrupted_run(t
 
     process, started = start(command(data, straight))
     assert wait_for_training(process, started, straight), process.communicate()[1][-3000:]
-    training_started = time.time()
+    training_started = time.monotonic()
     assert process.wait(timeout=300) == 0, process.communicate()[1][-3000:]
-    epoch_time = (time.time() - training_started) / NEPOCH  # (the final evaluation included: an upper bound)
+    epoch_time = (time.monotonic() - training_started) / NEPOCH  # (the final evaluation included: an upper bound)
 
     rng = random.Random(0)
     record = runconf(killed).parent / "checkpoints" / ckpt.RECORD
@@ -92,23 +92,29 @@ def test_runs_killed_at_random_moments_and_resumed_end_as_an_uninterrupted_run(t
     def saved() -> int:
         return json.loads(record.read_text())["epoch"] if record.is_file() else 0
 
+    # Each kill hits the first or the second epoch after the resume (saves, growth and pruning all
+    # get hit) at a random moment, and at the latest when that epoch's save appears: a run then
+    # advances at most `skip + 1` epochs a kill, however fast the machine, and every kill comes
+    # before the last epoch. Each skipped epoch makes the next resume start later.
+    skips = [rng.choice([0, 1]) for _ in range(KILLS)]
+    assert sum(skips) + KILLS < NEPOCH and sum(skips) >= 2  # the plan itself (seeded): kills fit, resumes differ
     resumed_from: list[int] = []  # the epoch of the checkpoint each kill left
-    while len(resumed_from) < KILLS:
+    for skip in skips:
         process, started = start(command(data, killed))
         if not wait_for_training(process, started, killed):
             break
-        # A random moment of the first or the second epoch after the resume (saves, growth and
-        # pruning all get hit), measured from the moment the previous epoch was saved.
-        target = saved() + rng.choice([0, 1])
+        target = saved() + skip
         while saved() < target and process.poll() is None:
             time.sleep(0.01)
-        try:
-            process.wait(timeout=rng.uniform(0.0, 1.0) * epoch_time)
+        # A random moment of epoch target + 1, measured from the save of epoch `target`.
+        deadline = time.monotonic() + rng.uniform(0.0, 1.0) * epoch_time
+        while time.monotonic() < deadline and saved() <= target and process.poll() is None:
+            time.sleep(0.005)
+        if process.poll() is not None:
             break  # it finished before its kill: nothing left to resume
-        except subprocess.TimeoutExpired:
-            process.send_signal(signal.SIGKILL)
-            process.wait()
-            resumed_from.append(saved())
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        resumed_from.append(saved())
     process, _ = start(command(data, killed))
     assert process.wait(timeout=300) == 0, process.communicate()[1][-3000:]
     assert len(resumed_from) == KILLS and len(set(resumed_from)) >= 3, resumed_from

@@ -7,14 +7,6 @@ import torch.nn.functional as F
 from dynavatar.metrics import lpips as L
 
 
-@pytest.fixture
-def hub(tmp_path, monkeypatch):
-    """An empty torch hub cache in a temp dir."""
-    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
-    (tmp_path / "hub" / "checkpoints").mkdir(parents=True)
-    return tmp_path / "hub" / "checkpoints"
-
-
 def _write_random_weights(alex_file, lin_file, seed=0):
     """Random weights in torchvision's alexnet and lpips' v0.1/alex.pth layouts."""
     torch.manual_seed(seed)
@@ -27,16 +19,16 @@ def _write_random_weights(alex_file, lin_file, seed=0):
     return state, lins
 
 
-def test_unavailable_names_missing_trunk(hub):
+def test_unavailable_names_missing_trunk(torch_hub):
     result = L.load_lpips()
     assert isinstance(result, L.Unavailable)
-    assert "alexnet-owt-7be5be79.pth" in result.reason and str(hub) in result.reason
-    result = L.load_lpips(alexnet_path=hub / "nope.pth")
+    assert "alexnet-owt-7be5be79.pth" in result.reason and str(torch_hub) in result.reason
+    result = L.load_lpips(alexnet_path=torch_hub / "nope.pth")
     assert isinstance(result, L.Unavailable) and "nope.pth" in result.reason
 
 
-def test_unavailable_names_missing_heads(hub, tmp_path, monkeypatch):
-    _write_random_weights(hub / "alexnet-owt-7be5be79.pth", tmp_path / "alex.pth")
+def test_unavailable_names_missing_heads(torch_hub, tmp_path, monkeypatch):
+    _write_random_weights(torch_hub / "alexnet-owt-7be5be79.pth", tmp_path / "alex.pth")
     monkeypatch.setattr(L, "default_lin_path", lambda: None)
     result = L.load_lpips()
     assert isinstance(result, L.Unavailable)
@@ -46,18 +38,18 @@ def test_unavailable_names_missing_heads(hub, tmp_path, monkeypatch):
     assert isinstance(L.lpips_metric(result, torch.zeros(8, 8, 3), torch.zeros(8, 8, 3)), L.Unavailable)
 
 
-def test_wrong_layout_is_unavailable(hub, tmp_path):
-    torch.save({"conv1.weight": torch.zeros(64, 3, 11, 11)}, hub / "alexnet-owt-7be5be79.pth")
+def test_wrong_layout_is_unavailable(torch_hub, tmp_path):
+    torch.save({"conv1.weight": torch.zeros(64, 3, 11, 11)}, torch_hub / "alexnet-owt-7be5be79.pth")
     torch.save({}, tmp_path / "alex.pth")
     result = L.load_lpips(lin_path=tmp_path / "alex.pth")
     assert isinstance(result, L.Unavailable) and "could not be loaded" in result.reason
-    _write_random_weights(hub / "alexnet-owt-7be5be79.pth", tmp_path / "ok.pth")
+    _write_random_weights(torch_hub / "alexnet-owt-7be5be79.pth", tmp_path / "ok.pth")
     result = L.load_lpips(lin_path=tmp_path / "alex.pth")
     assert isinstance(result, L.Unavailable) and "lin0.model.1.weight" in result.reason
 
 
-def test_loads_both_layouts_and_measures(hub, tmp_path):
-    state, lins = _write_random_weights(hub / "alexnet-owt-7be5be79.pth", tmp_path / "alex.pth")
+def test_loads_both_layouts_and_measures(torch_hub, tmp_path):
+    state, lins = _write_random_weights(torch_hub / "alexnet-owt-7be5be79.pth", tmp_path / "alex.pth")
     model = L.load_lpips(lin_path=tmp_path / "alex.pth")
     assert isinstance(model, L.LPIPS)
     loaded = model.state_dict()
@@ -83,8 +75,8 @@ def test_loads_both_layouts_and_measures(hub, tmp_path):
     assert torch.equal(L.lpips_metric(model, a, c, mask), torch.zeros(2))
 
 
-def test_matches_step_by_step_formula(hub, tmp_path):
-    state, lins = _write_random_weights(hub / "alexnet-owt-7be5be79.pth", tmp_path / "alex.pth")
+def test_matches_step_by_step_formula(torch_hub, tmp_path):
+    state, lins = _write_random_weights(torch_hub / "alexnet-owt-7be5be79.pth", tmp_path / "alex.pth")
     model = L.load_lpips(lin_path=tmp_path / "alex.pth")
     g = torch.Generator().manual_seed(2)
     a, b = torch.rand(1, 80, 64, 3, generator=g), torch.rand(1, 80, 64, 3, generator=g)
@@ -109,11 +101,11 @@ def test_matches_step_by_step_formula(hub, tmp_path):
     assert model(a, b).item() == pytest.approx(float(expected), rel=1e-5)
 
 
-def test_heads_found_in_installed_lpips_without_importing_it(hub, tmp_path, monkeypatch):
+def test_heads_found_in_installed_lpips_without_importing_it(torch_hub, tmp_path, monkeypatch):
     pkg = tmp_path / "site" / "lpips"
     (pkg / "weights" / "v0.1").mkdir(parents=True)
     (pkg / "__init__.py").write_text("raise ImportError('lpips must not be imported')\n")
-    _write_random_weights(hub / "alexnet-owt-7be5be79.pth", pkg / "weights" / "v0.1" / "alex.pth")
+    _write_random_weights(torch_hub / "alexnet-owt-7be5be79.pth", pkg / "weights" / "v0.1" / "alex.pth")
     monkeypatch.syspath_prepend(str(tmp_path / "site"))
     assert L.default_lin_path() == pkg / "weights" / "v0.1" / "alex.pth"
     assert isinstance(L.load_lpips(), L.LPIPS)

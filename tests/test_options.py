@@ -20,12 +20,9 @@ from dynavatar.model.avatar import Avatar
 from dynavatar.model.build import restore_avatar
 from dynavatar.model.frame_inputs import FrameInputs
 from dynavatar.render.projection import quaternion_to_rotation
-from dynavatar.subject_generator import generate_subject
 from dynavatar.train.optimizer_state import carry_adam_state
 from dynavatar.train.trainer import Trainer, TrainOptions
-
-REPO = Path(__file__).resolve().parents[1]
-SUBJECT = "options"
+from tiny_experiment import DEMO, REPO, experiment_root, tiny_conf, tiny_overrides
 
 
 def make_avatar(synthetic_flame_paths, *overrides: str) -> Avatar:
@@ -35,22 +32,6 @@ def make_avatar(synthetic_flame_paths, *overrides: str) -> Avatar:
     torch.manual_seed(0)
     return Avatar(conf.model, flame, shape, torch.zeros(50), 0.4, (32, 32),
                   nearest_chunk=conf.loss.flame_distance_chunk)
-
-
-@pytest.fixture(scope="module")
-def data_folder(tmp_path_factory):
-    root = tmp_path_factory.mktemp("options")
-    generate_subject(root, SUBJECT, res=32, frames=4, seed=9)
-    return root
-
-
-def tiny_conf(data_folder: Path, exps: Path, *extra: str):
-    return load_conf(REPO / "confs" / "demo.conf", [
-        f"dataset.data_folder={data_folder}", f"dataset.subject_name={SUBJECT}", "dataset.synthetic=false",
-        "dataset.train.img_res=[32, 32]", "dataset.test.img_res=[32, 32]", f"train.exps_folder={exps}",
-        "model.point_cloud.n_init_points=100", "model.point_cloud.max_points=200",
-        "model.point_cloud.schedule_epochs=[1]", "model.point_cloud.schedule_points=[200]",
-        "model.point_cloud.radius_factors=[0.75]", *extra])
 
 
 def test_a_turned_head_turns_its_gaussians(synthetic_flame_paths):
@@ -203,22 +184,28 @@ def test_adam_restarts_while_the_points_grow_then_keeps_its_moments_when_asked(d
 
 
 def quality_vs_time_args(data_folder: Path, tmp_path: Path, *options: str) -> list[str]:
-    """quality_vs_time.py on the demo conf at 32 px, writing its rows to tmp_path / "q.json"."""
-    return ["--conf", str(REPO / "confs" / "demo.conf"), *options, "--json", str(tmp_path / "q.json"),
-            f"dataset.data_folder={data_folder}", f"dataset.subject_name={SUBJECT}", "dataset.synthetic=false",
-            "dataset.train.img_res=[32, 32]", "dataset.test.img_res=[32, 32]", f"train.exps_folder={tmp_path / 'exps'}",
-            "model.point_cloud.n_init_points=100", "evaluation.test_fit_steps=1"]
+    """quality_vs_time.py on the tiny experiment, writing its rows to tmp_path / "q.json"."""
+    return ["--conf", DEMO, *options, "--json", str(tmp_path / "q.json"),
+            *tiny_overrides(data_folder, tmp_path / "exps")]
 
 
 def test_quality_vs_time_evaluates_at_each_budget(data_folder, tmp_path):
     out = tmp_path / "q.json"
-    args = quality_vs_time_args(data_folder, tmp_path, "--budgets", "0.001,0.002,100", "--nepoch", "2", "--figure", "2")
-    assert quality_vs_time.run(args) == 0
+    epochs = []
+
+    def half_a_minute(stats: dict[str, float]) -> float:  # a fake clock: every epoch takes 30 s
+        epochs.append(stats)
+        return 30.0
+
+    args = quality_vs_time_args(data_folder, tmp_path, "--budgets", "0.2,0.5,100", "--nepoch", "2", "--figure", "2")
+    assert quality_vs_time.run(args, epoch_seconds=half_a_minute) == 0
+    assert len(epochs) == 2
     rows = json.loads(out.read_text())["rows"]
-    assert [r["budget_min"] for r in rows] == [0.001, 0.002, 100.0]
-    assert rows[0]["epochs"] == 1 and rows[-1]["epochs"] == 2  # the last budget: the recipe's final model
+    assert [r["budget_min"] for r in rows] == [0.2, 0.5, 100.0]
+    # The first epoch passes two budgets; the last budget, beyond the recipe's end, gets its final model.
+    assert [(r["epochs"], r["train_min"]) for r in rows] == [(1, 0.5), (1, 0.5), (2, 1.0)]
     assert all(5 < r["test_psnr"] < 60 and r["fitted_inputs"] == ["expression", "pose"] for r in rows)
-    root = tmp_path / "exps" / SUBJECT / "demo" / "MVI_1810+MVI_1814"
+    root = experiment_root(tmp_path / "exps", "demo-quality_vs_time")
     assert (root / "figure_100min.png").is_file() and (root / "quality_vs_time.md").is_file()
 
 
@@ -229,3 +216,27 @@ def test_quality_vs_time_evaluates_after_given_epochs(data_folder, tmp_path):
     assert rows[0]["test_psnr"] != rows[1]["test_psnr"]  # two models, each evaluated
     with pytest.raises(ConfigError, match="--epochs"):
         quality_vs_time.run(quality_vs_time_args(data_folder, tmp_path, "--epochs", "1,x"))
+
+
+def test_quality_vs_time_writes_under_its_own_name_and_never_replaces_a_run(data_folder, tmp_path):
+    exps = tmp_path / "exps"
+    Trainer(tiny_conf(data_folder, exps), TrainOptions(nepoch=1)).run()  # a normal run of the conf
+    normal = experiment_root(exps)
+    before = sorted(p.relative_to(normal) for p in normal.rglob("*"))
+    args = quality_vs_time_args(data_folder, tmp_path, "--epochs", "1")
+    assert quality_vs_time.run(args) == 0
+    assert sorted(p.relative_to(normal) for p in normal.rglob("*")) == before  # left where and as it was
+    assert sorted(p.name for p in normal.parent.iterdir()) == [normal.name]
+    own = experiment_root(exps, "demo-quality_vs_time")
+    assert (own / "quality_vs_time.md").is_file()
+    with pytest.raises(ConfigError, match=r"already holds a run: pass --overwrite .* train\.methodname="):
+        quality_vs_time.run(args)
+    # A train.methodname= override names the run (as --name does), and no other folder is touched.
+    assert quality_vs_time.run([*args, "train.methodname=mine"]) == 0
+    assert json.loads((tmp_path / "q.json").read_text())["name"] == "mine"
+    assert (experiment_root(exps, "mine") / "quality_vs_time.md").is_file()
+    with pytest.raises(ConfigError, match="--name other and train.methodname=mine"):
+        quality_vs_time.run([*args, "--name", "other", "train.methodname=mine"])
+    assert quality_vs_time.run([*args, "--overwrite"]) == 0  # asked for: the earlier run moves aside, whole
+    assert [p.name for p in own.parent.iterdir() if p.name.startswith(f"{own.name}.replaced-")]
+    assert sorted(p.name for p in normal.parent.iterdir()) == [normal.name]

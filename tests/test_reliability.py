@@ -17,7 +17,6 @@ import pytest
 import torch
 
 from dynavatar.cli import check_dataset, exp_runner, export_ply
-from dynavatar.config import load_conf
 from dynavatar.errors import CheckpointError, DatasetError, FlameModelError
 from dynavatar.evaluate.evaluator import EvalOptions, Evaluator
 from dynavatar.experiment import checkpoints as ckpt
@@ -25,38 +24,12 @@ from dynavatar.flame import load_flame_model
 from dynavatar.flame.model_file import load_landmark_embedding
 from dynavatar.model.build import load_avatar
 from dynavatar.model.frame_inputs import RowSparseAdam
-from dynavatar.subject_generator import generate_subject
 from dynavatar.train.trainer import Trainer, TrainOptions
-
-REPO = Path(__file__).resolve().parents[1]
-DEMO = str(REPO / "confs" / "demo.conf")
-SUBJECT = "reliable"
-SPLIT = "MVI_1810+MVI_1814"
-
-
-@pytest.fixture(scope="module")
-def data_folder(tmp_path_factory):
-    root = tmp_path_factory.mktemp("reliability")
-    generate_subject(root, SUBJECT, res=32, frames=4, seed=11)
-    return root
-
-
-def overrides(data_folder: Path, exps: Path, *extra: str) -> list[str]:
-    """The demo conf on the tiny subject: 100 points, per-frame inputs refined from the start."""
-    return [f"dataset.data_folder={data_folder}", f"dataset.subject_name={SUBJECT}", "dataset.synthetic=false",
-            "dataset.train.img_res=[32, 32]", "dataset.test.img_res=[32, 32]", f"train.exps_folder={exps}",
-            "train.plot_freq=100", "train.optimize_inputs_after_epoch=0", "train.max_batch=3",
-            "model.point_cloud.n_init_points=100", "model.point_cloud.max_points=200",
-            "model.point_cloud.schedule_epochs=[1]", "model.point_cloud.schedule_points=[200]",
-            "model.point_cloud.radius_factors=[0.75]", "evaluation.test_fit_steps=1", *extra]
-
-
-def tiny_conf(data_folder: Path, exps: Path, *extra: str):
-    return load_conf(DEMO, overrides(data_folder, exps, *extra))
+from tiny_experiment import DEMO, SPLIT, SUBJECT, experiment_root, tiny_conf, tiny_overrides
 
 
 def checkpoints_of(exps: Path, method: str = "demo") -> Path:
-    return exps / SUBJECT / method / SPLIT / "train" / "checkpoints"
+    return experiment_root(exps, method) / "train" / "checkpoints"
 
 
 def digest(folder: Path) -> dict[str, str]:
@@ -129,7 +102,7 @@ def test_a_diverging_run_stops_with_one_line_and_keeps_the_last_good_checkpoint(
     saved = digest(checkpoints)
     with pytest.raises(SystemExit) as info:
         exp_runner.main(["--conf", DEMO, "--is_continue", "--nepoch", "4", "--quiet",
-                         *overrides(data_folder, tmp_path, "train.learning_rate=1e3")])
+                         *tiny_overrides(data_folder, tmp_path, "train.learning_rate=1e3")])
     assert info.value.code == 2
     line = one_line_error(capsys)
     assert "not finite" in line and "epoch 2" in line and "train.learning_rate" in line and "--is_continue" in line
@@ -148,7 +121,7 @@ def test_evaluation_and_export_refuse_a_checkpoint_with_non_finite_parameters(da
     with pytest.raises(CheckpointError, match=r"latest.pth holds non-finite values.*'points'"):
         load_avatar(conf, checkpoints_of(tmp_path), "latest", (32, 32), torch.device("cpu"))
     with pytest.raises(SystemExit) as info:
-        export_ply.main(["--conf", DEMO, "--out", str(tmp_path / "avatar.ply"), *overrides(data_folder, tmp_path)])
+        export_ply.main(["--conf", DEMO, "--out", str(tmp_path / "avatar.ply"), *tiny_overrides(data_folder, tmp_path)])
     assert info.value.code == 2 and "non-finite" in one_line_error(capsys)
     assert not (tmp_path / "avatar.ply").exists()
 
@@ -177,7 +150,7 @@ def test_a_crafted_checkpoint_is_refused_before_it_runs_anything(data_folder, tm
     assert "\n" not in str(info.value)
     with pytest.raises(SystemExit) as exit_info:
         exp_runner.main(["--conf", DEMO, "--is_eval", "--load_path", str(other.parent),
-                         *overrides(data_folder, tmp_path / "exps")])
+                         *tiny_overrides(data_folder, tmp_path / "exps")])
     assert exit_info.value.code == 2 and "posix.system" in one_line_error(capsys)
     assert not marker.exists()
 
@@ -341,12 +314,12 @@ def test_overrides_anywhere_and_nepoch_below_one(data_folder, tmp_path, capsys):
     assert args.overrides == ["train.max_batch=2", "train.seed=3"] and args.nepoch == 10 and args.quiet
     args = export_ply.build_parser().parse_intermixed_args(["--conf", DEMO, "a=1", "--out", "x.ply", "b=2"])
     assert args.overrides == ["a=1", "b=2"] and args.out == "x.ply"
-    assert check_dataset.main(["--conf", DEMO, *overrides(data_folder, tmp_path)[:2], "-q",
-                               *overrides(data_folder, tmp_path)[2:]]) == 0
+    assert check_dataset.main(["--conf", DEMO, *tiny_overrides(data_folder, tmp_path)[:2], "-q",
+                               *tiny_overrides(data_folder, tmp_path)[2:]]) == 0
     for nepoch in ("0", "-3"):
         with pytest.raises(SystemExit) as info:
-            exp_runner.main(["--conf", DEMO, *overrides(data_folder, tmp_path)[:3], "--nepoch", nepoch,
-                             *overrides(data_folder, tmp_path)[3:]])
+            exp_runner.main(["--conf", DEMO, *tiny_overrides(data_folder, tmp_path)[:3], "--nepoch", nepoch,
+                             *tiny_overrides(data_folder, tmp_path)[3:]])
         assert info.value.code == 2 and f"--nepoch {nepoch}" in one_line_error(capsys)
     assert list(tmp_path.iterdir()) == []  # nothing created
 
@@ -356,7 +329,7 @@ def test_export_to_a_folder_or_an_unwritable_place_is_one_line(data_folder, tmp_
     (tmp_path / "a_file").write_text("")
     for out, expected in ((tmp_path, "is a folder"), (tmp_path / "a_file" / "avatar.ply", "cannot write")):
         with pytest.raises(SystemExit) as info:
-            export_ply.main(["--conf", DEMO, "--out", str(out), *overrides(data_folder, tmp_path)])
+            export_ply.main(["--conf", DEMO, "--out", str(out), *tiny_overrides(data_folder, tmp_path)])
         assert info.value.code == 2 and expected in one_line_error(capsys)
 
 

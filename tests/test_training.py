@@ -13,7 +13,6 @@ import pytest
 import torch
 
 from dynavatar.config import default_conf, load_conf
-from dynavatar.subject_generator.subject import generate_subject
 from dynavatar.errors import CheckpointError, ConfigError
 from dynavatar.experiment import checkpoints as ckpt
 from dynavatar.model.build import load_avatar
@@ -22,33 +21,20 @@ from dynavatar.train.checkpointing import is_numbered
 from dynavatar.train.strategy import STRATEGIES, CoarseToFine, PointUpdate, StaticPoints, strategy_from_conf
 from dynavatar.train.strategy.coarse_to_fine import initial_radius
 from dynavatar.train.trainer import Trainer, TrainOptions
-
-REPO = Path(__file__).resolve().parents[1]
-SUBJECT = "tiny"
+from tiny_experiment import experiment_root, tiny_conf
 
 
-@pytest.fixture(scope="module")
-def data_folder(tmp_path_factory):
-    root = tmp_path_factory.mktemp("datasets")
-    generate_subject(root, SUBJECT, res=32, frames=6, seed=3)
-    return root
-
-
-def tiny_conf(data_folder: Path, exps: Path, *extra: str):
-    """The demo conf on the tiny subject, with a schedule that changes at epochs 1 and 3."""
-    return load_conf(REPO / "confs" / "demo.conf", [
-        f"dataset.data_folder={data_folder}", f"dataset.subject_name={SUBJECT}", "dataset.synthetic=false",
-        "dataset.train.img_res=[32, 32]", "dataset.test.img_res=[32, 32]", "dataset.test.subsample=3",
-        f"train.exps_folder={exps}", "train.plot_freq=100", "train.optimize_inputs_after_epoch=0",
-        "train.optimize_expression=true", "train.optimize_camera=true",  # the paper's per-frame refinement
-        "train.max_points_training=400", "train.learning_rate=3e-4",
-        "model.point_cloud.n_init_points=100", "model.point_cloud.max_points=300",
-        "model.point_cloud.schedule_epochs=[1, 3]", "model.point_cloud.schedule_points=[200, 300]",
-        "model.point_cloud.radius_factors=[0.75, 0.75]", *extra])
+def training_conf(data_folder: Path, exps: Path, *extra: str):
+    """The tiny experiment with up to 4 frames a batch and a schedule that changes at epochs 1 and 3."""
+    return tiny_conf(data_folder, exps, "dataset.test.subsample=3",
+                     "train.optimize_expression=true", "train.optimize_camera=true",  # the paper's per-frame refinement
+                     "train.max_points_training=400", "train.learning_rate=3e-4", "model.point_cloud.max_points=300",
+                     "model.point_cloud.schedule_epochs=[1, 3]", "model.point_cloud.schedule_points=[200, 300]",
+                     "model.point_cloud.radius_factors=[0.75, 0.75]", *extra)
 
 
 def test_short_training_lowers_the_photometric_loss(data_folder, tmp_path):
-    trainer = Trainer(tiny_conf(data_folder, tmp_path), TrainOptions(nepoch=6))
+    trainer = Trainer(training_conf(data_folder, tmp_path), TrainOptions(nepoch=6))
     first = trainer.train_epoch(0)
     for epoch in range(1, 6):
         last = trainer.train_epoch(epoch)
@@ -75,11 +61,11 @@ def test_resume_gives_the_same_parameters_as_an_uninterrupted_run(data_folder, t
     # epoch 2 goes on from the Adam state saved with the checkpoint after epoch 1.
     extra = ("train.keep_optimizer_state=true", "model.point_cloud.schedule_epochs=[1]",
              "model.point_cloud.schedule_points=[200]", "model.point_cloud.radius_factors=[0.75]")
-    straight = Trainer(tiny_conf(data_folder, tmp_path / "a", *extra), TrainOptions(nepoch=3))
+    straight = Trainer(training_conf(data_folder, tmp_path / "a", *extra), TrainOptions(nepoch=3))
     straight.run()
-    first = Trainer(tiny_conf(data_folder, tmp_path / "b", *extra), TrainOptions(nepoch=2))
+    first = Trainer(training_conf(data_folder, tmp_path / "b", *extra), TrainOptions(nepoch=2))
     first.run()
-    resumed = Trainer(tiny_conf(data_folder, tmp_path / "b", *extra), TrainOptions(nepoch=3, is_continue=True))
+    resumed = Trainer(training_conf(data_folder, tmp_path / "b", *extra), TrainOptions(nepoch=3, is_continue=True))
     assert resumed.start_epoch == 2 and resumed.avatar.n_points == 200
     assert resumed.optimizer.state  # the checkpoint's moments, which epoch 2 carries on with
     resumed.run()
@@ -89,14 +75,14 @@ def test_resume_gives_the_same_parameters_as_an_uninterrupted_run(data_folder, t
     for key in a:
         assert torch.equal(a[key], b[key]), key  # bitwise
     # The run really trained: parameters moved from their initial values.
-    fresh = Trainer(tiny_conf(data_folder, tmp_path / "c"), TrainOptions(nepoch=0))
+    fresh = Trainer(training_conf(data_folder, tmp_path / "c"), TrainOptions(nepoch=0))
     assert not torch.allclose(fresh.avatar.points, straight.avatar.points[:100])
 
 
 def test_checkpoint_layout(data_folder, tmp_path):
-    conf = tiny_conf(data_folder, tmp_path, "train.methodname=layout")
+    conf = training_conf(data_folder, tmp_path, "train.methodname=layout")
     Trainer(conf, TrainOptions(nepoch=5)).run()
-    train_dir = tmp_path / SUBJECT / "layout" / "MVI_1810+MVI_1814" / "train"
+    train_dir = experiment_root(tmp_path, "layout") / "train"
     assert (train_dir / "runconf.conf").is_file()
     assert load_conf(train_dir / "runconf.conf") == conf
     for part in ckpt.PARTS:
@@ -108,7 +94,7 @@ def test_checkpoint_layout(data_folder, tmp_path):
 
 
 def test_missing_checkpoint_epoch_lists_the_existing_ones(data_folder, tmp_path):
-    conf = tiny_conf(data_folder, tmp_path)
+    conf = training_conf(data_folder, tmp_path)
     Trainer(conf, TrainOptions(nepoch=1)).run()
     with pytest.raises(CheckpointError, match=r"7\.pth not found; epochs available: 1 and latest"):
         Trainer(conf, TrainOptions(nepoch=2, is_continue=True, checkpoint="7"))
@@ -117,14 +103,14 @@ def test_missing_checkpoint_epoch_lists_the_existing_ones(data_folder, tmp_path)
 
 
 def test_checkpoint_of_another_model_is_one_clear_error(data_folder, tmp_path):
-    Trainer(tiny_conf(data_folder, tmp_path), TrainOptions(nepoch=1)).run()
-    other = tiny_conf(data_folder, tmp_path, "model.deformer_network.dims=[64, 64]")
+    Trainer(training_conf(data_folder, tmp_path), TrainOptions(nepoch=1)).run()
+    other = training_conf(data_folder, tmp_path, "model.deformer_network.dims=[64, 64]")
     with pytest.raises(CheckpointError, match="does not fit the model.*wrong sizes"):
         Trainer(other, TrainOptions(nepoch=2, is_continue=True))
 
 
 def test_canonical_expression_is_the_training_mean_and_inputs_wait_for_their_epoch(data_folder, tmp_path):
-    conf = tiny_conf(data_folder, tmp_path, "train.optimize_inputs_after_epoch=1")
+    conf = training_conf(data_folder, tmp_path, "train.optimize_inputs_after_epoch=1")
     trainer = Trainer(conf, TrainOptions(nepoch=3))
     assert torch.allclose(trainer.avatar.canonical_expression, trainer.train_data.expressions.mean(0))
     tracked = trainer.train_data.expressions.clone()
@@ -136,7 +122,7 @@ def test_canonical_expression_is_the_training_mean_and_inputs_wait_for_their_epo
 
 
 def test_a_new_run_never_overwrites_an_experiment(data_folder, tmp_path):
-    conf = tiny_conf(data_folder, tmp_path)
+    conf = training_conf(data_folder, tmp_path)
     Trainer(conf, TrainOptions(nepoch=1)).run()
     with pytest.raises(CheckpointError, match="already holds checkpoints.*--is_continue.*--overwrite"):
         Trainer(conf, TrainOptions(nepoch=1))
@@ -144,9 +130,9 @@ def test_a_new_run_never_overwrites_an_experiment(data_folder, tmp_path):
 
 
 def test_an_incomplete_latest_falls_back_to_the_newest_complete_checkpoint(data_folder, tmp_path, caplog):
-    conf = tiny_conf(data_folder, tmp_path)
+    conf = training_conf(data_folder, tmp_path)
     Trainer(conf, TrainOptions(nepoch=1)).run()
-    checkpoints = tmp_path / SUBJECT / "demo" / "MVI_1810+MVI_1814" / "train" / "checkpoints"
+    checkpoints = experiment_root(tmp_path) / "train" / "checkpoints"
     latest = checkpoints / ckpt.OPTIMIZER / "latest.pth"
     part = torch.load(latest, weights_only=True)
     part["epoch"] = 0  # an older optimizer beside the newer model (a save of an earlier version, interrupted)
@@ -167,10 +153,10 @@ def test_checkpoints_of_the_earlier_layout_still_load(data_folder, tmp_path):
     """Before the point radius was a model buffer, checkpoints kept it as top-level 'radius' and
     'n_points' and inside 'strategy' (with the visibility), and numpy's RNG state as numpy arrays;
     such files resume (read with weights_only=True) and evaluate."""
-    conf = tiny_conf(data_folder, tmp_path)
+    conf = training_conf(data_folder, tmp_path)
     trainer = Trainer(conf, TrainOptions(nepoch=2))
     trainer.run()
-    checkpoints = tmp_path / SUBJECT / "demo" / "MVI_1810+MVI_1814" / "train" / "checkpoints"
+    checkpoints = experiment_root(tmp_path) / "train" / "checkpoints"
     latest = checkpoints / ckpt.MODEL / "latest.pth"
     part = torch.load(latest, weights_only=True)
     state = dict(part["model_state_dict"])
@@ -215,7 +201,7 @@ def test_train_strategy_names_the_strategy_and_an_unknown_name_is_one_clear_erro
         conf, train=dataclasses.replace(conf.train, strategy="static"))), StaticPoints)
     with pytest.raises(ConfigError, match=r"train.strategy = 'densify' is not a point strategy: use one of "
                                           r"coarse_to_fine, static"):
-        Trainer(tiny_conf(data_folder, tmp_path, "train.strategy=densify"), TrainOptions(nepoch=1))
+        Trainer(training_conf(data_folder, tmp_path, "train.strategy=densify"), TrainOptions(nepoch=1))
 
 
 def test_coarse_to_fine_steps_every_upsample_freq_epochs_and_reports_when_the_count_is_final():
@@ -243,9 +229,9 @@ def test_the_strategy_refuses_a_visibility_of_another_point_count(data_folder, t
         with pytest.raises(CheckpointError, match="the point visibility does not match its 7 points"):
             strategy.load_state_dict(state, Points(7))
     # On resume the error names the checkpoint file.
-    conf = tiny_conf(data_folder, tmp_path)
+    conf = training_conf(data_folder, tmp_path)
     Trainer(conf, TrainOptions(nepoch=1)).run()
-    latest = tmp_path / SUBJECT / "demo" / "MVI_1810+MVI_1814" / "train" / "checkpoints" / ckpt.MODEL / "latest.pth"
+    latest = experiment_root(tmp_path) / "train" / "checkpoints" / ckpt.MODEL / "latest.pth"
     part = torch.load(latest, weights_only=True)
     part["strategy"]["visible"] = part["strategy"]["visible"][:-1]
     torch.save(part, latest)
@@ -255,7 +241,7 @@ def test_the_strategy_refuses_a_visibility_of_another_point_count(data_folder, t
 
 
 def test_the_static_strategy_never_edits_the_points(data_folder, tmp_path):
-    conf = tiny_conf(data_folder, tmp_path, "train.strategy=static")  # the schedule would grow at epochs 1 and 3
+    conf = training_conf(data_folder, tmp_path, "train.strategy=static")  # the schedule would grow at epochs 1 and 3
     trainer = Trainer(conf, TrainOptions(nepoch=2))
     points, optimizer = trainer.avatar.points, trainer.optimizer
     initial = points.detach().clone()

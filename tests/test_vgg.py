@@ -7,12 +7,6 @@ from dynavatar.errors import ConfigError
 from dynavatar.losses import vgg as V
 
 
-@pytest.fixture
-def hub(tmp_path, monkeypatch):
-    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
-    return tmp_path / "hub" / "checkpoints"
-
-
 @pytest.fixture(scope="module")
 def random_weights(tmp_path_factory):
     """Random conv weights up to conv4_3 in torchvision's `features.N.*` layout, plus later keys."""
@@ -26,11 +20,11 @@ def random_weights(tmp_path_factory):
     return path, state
 
 
-def test_missing_weights_say_how_to_supply_them(hub):
+def test_missing_weights_say_how_to_supply_them(torch_hub):
     with pytest.raises(ConfigError) as err:
         V.load_vgg_perceptual()
     msg = str(err.value)
-    assert V.VGG16_FILE in msg and str(hub) in msg
+    assert V.VGG16_FILE in msg and str(torch_hub) in msg
     assert "loss.vgg_weights_path" in msg and "loss.vgg_feature_weight = 0" in msg
     with pytest.raises(ConfigError, match="nowhere.pth"):
         V.load_vgg_perceptual("nowhere.pth")
@@ -50,10 +44,9 @@ def test_architecture_blocks():
     assert [type(feats[i - 1]).__name__ for i in V.BLOCK_ENDS] == ["ReLU"] * 4
 
 
-def test_loads_from_hub_and_path(hub, random_weights):
+def test_loads_from_hub_and_path(torch_hub, random_weights):
     path, state = random_weights
-    hub.mkdir(parents=True)
-    (hub / V.VGG16_FILE).write_bytes(path.read_bytes())
+    (torch_hub / V.VGG16_FILE).write_bytes(path.read_bytes())
     for model in (V.load_vgg_perceptual(), V.load_vgg_perceptual(path)):
         loaded = model.features.state_dict()
         assert len(loaded) == 20  # 10 convs up to conv4_3

@@ -10,6 +10,11 @@ final model). One table row per budget: test PSNR/SSIM/L1, training PSNR, Gaussi
 `--epochs` evaluates after given epochs instead of budgets: for ablations whose runs share a GPU,
 where wall-clock time says little.
 
+The run is an experiment of its own, <exps_folder>/<subject>/<name>/<split>/, named by `--name`, else
+by a `train.methodname=` override, else `<conf file name>-quality_vs_time` (never the folder of a
+normal run of the conf). A folder that already holds a run is never replaced unless `--overwrite`
+asks for it (the earlier run is then moved aside, whole, as `exp_runner.py --overwrite` does).
+
   python scripts/quality_vs_time.py --conf confs/fast.conf --budgets 2,5,10 --json fast.json
   python scripts/quality_vs_time.py --conf confs/subject1.conf --budgets 2,5,10 --name paper
   python scripts/quality_vs_time.py --conf confs/fast.conf --epochs 17,33 --name no_colors model.point_colors=false
@@ -22,13 +27,14 @@ import json
 import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import imageio.v2 as imageio
 import numpy as np
 
-from ..config import load_conf
+from ..config import load_conf, parse_override
 from ..errors import ConfigError
+from ..experiment.paths import ExperimentPaths
 from .common import main_with_errors, setup_logging
 
 log = logging.getLogger("quality_vs_time")
@@ -60,6 +66,21 @@ def parse_moments(text: str, option: str, kind: type = float) -> list:
     return moments
 
 
+def measured_seconds(stats: dict[str, float]) -> float:
+    """The seconds an epoch counts against the budgets: the wall-clock time the trainer measured for
+    its training steps."""
+    return stats["epoch_time_s"]
+
+
+def method_name(conf_path: str, name: str, overrides: Sequence[str]) -> str:
+    """The run's train.methodname: `--name`, else a `train.methodname=` override, else
+    `<conf file name>-quality_vs_time`, which no normal run of the conf writes to."""
+    given = [str(value) for key, value in map(parse_override, overrides) if key == "train.methodname"]
+    if name and given and given[-1] != name:
+        raise ConfigError(f"--name {name} and train.methodname={given[-1]} name two different runs: give one of them")
+    return name or (given[-1] if given else f"{Path(conf_path).stem}-quality_vs_time")
+
+
 def markdown(rows: Sequence[BudgetRow], title: str) -> str:
     lines = [f"**{title}**", "",
              "| budget (min) | trained (min) | epochs | Gaussians | train PSNR | test PSNR | test SSIM | test L1 |",
@@ -87,7 +108,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--epochs", default="",
                         help="evaluate after these epochs instead of at budgets (e.g. 17,23,33)")
     parser.add_argument("--nepoch", type=int, default=None, help="stop after this many epochs (default: the conf's)")
-    parser.add_argument("--name", default="", help="train.methodname of the run (default: the conf's file name)")
+    parser.add_argument("--name", default="", help="train.methodname of the run (default: a train.methodname= "
+                                                   "override, else <conf file name>-quality_vs_time)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an earlier run of the same name (moved aside, whole, before training)")
     parser.add_argument("--figure", type=int, default=0,
                         help="also write figure_<budget>.png: ground truth above rendering for this many test frames")
     parser.add_argument("--json", default="", help="also write the rows to this file")
@@ -95,7 +119,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def run(argv: Sequence[str] | None = None) -> int:
+def run(argv: Sequence[str] | None = None,
+        epoch_seconds: Callable[[dict[str, float]], float] = measured_seconds) -> int:
+    """The command; `epoch_seconds(stats)` is the clock: the training time each epoch counts (tests
+    pass a fixed amount, so that which epoch passes a budget does not depend on the machine)."""
     args = build_parser().parse_intermixed_args(argv)  # key=value overrides anywhere among the options
     setup_logging()
     budgets = parse_moments(args.budgets, "--budgets")
@@ -106,14 +133,18 @@ def run(argv: Sequence[str] | None = None) -> int:
     from ..subject_generator import ensure_synthetic_subject
     from ..train.trainer import Trainer, TrainOptions
 
-    name = args.name or Path(args.conf).stem
+    name = method_name(args.conf, args.name, args.overrides)
     conf = load_conf(args.conf, [*args.overrides, f"train.methodname={name}", "train.save_freq=1000000",
                                  "train.plot_freq=1000000"])
+    root = ExperimentPaths.from_conf(conf).root
+    if not args.overwrite and root.is_dir() and any(root.iterdir()):
+        raise ConfigError(f"{root} already holds a run: pass --overwrite to replace it (it is moved aside, whole), "
+                          f"or train.methodname=<another name> to measure beside it")
     ensure_synthetic_subject(conf)
     nepoch = args.nepoch if args.nepoch is not None else conf.train.nepoch
     if at_epochs:
         nepoch = min(nepoch, at_epochs[-1])
-    trainer = Trainer(conf, TrainOptions(nepoch=nepoch, overwrite=True))
+    trainer = Trainer(conf, TrainOptions(nepoch=nepoch, overwrite=args.overwrite))
     rows: list[BudgetRow] = []
     clock = {"seconds": 0.0}
 
@@ -133,7 +164,7 @@ def run(argv: Sequence[str] | None = None) -> int:
         trainer.avatar.train()
 
     def after_epoch(done: int, stats: dict) -> bool:
-        clock["seconds"] += stats["epoch_time_s"]
+        clock["seconds"] += epoch_seconds(stats)
         if at_epochs:
             if done in at_epochs or done == nepoch:  # a recipe shorter than the last epoch asked: its end
                 evaluate(done, stats, None)
