@@ -103,7 +103,7 @@ def test_test_time_fitting_lowers_the_loss_of_perturbed_inputs(experiment):
     data = dataset_from_conf(conf, "test", is_eval=True)
     noisy = data.expressions + 0.5 * torch.randn(data.expressions.shape, generator=torch.Generator().manual_seed(0))
     inputs = FrameInputs(noisy, data.flame_poses, data.world_mats, True, True)
-    loss = AvatarLoss(conf.loss, conf.train, None, None, torch.device("cpu"), perceptual=False)
+    loss = AvatarLoss(conf.loss, None, None, torch.device("cpu"), perceptual=False)
     losses = fit_frame_inputs(avatar, inputs, batches(data, 8, torch.arange(len(data))), 1, 15, 5e-2,
                               loss, torch.device("cpu"))
     (first, last), = losses

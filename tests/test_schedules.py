@@ -13,7 +13,8 @@ from dynavatar.model.networks import DeformerOutput
 from dynavatar.losses import AvatarLoss
 from dynavatar.runtime import flush_denormals_on_cpu, resolve_device
 from dynavatar.errors import ConfigError
-from dynavatar.train.schedule import batch_size, learning_rate_at
+from dynavatar.data.batch import frames_per_step
+from dynavatar.train.schedule import learning_rate_at
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -28,7 +29,7 @@ def test_learning_rate_halves_at_80_and_100(conf):
 
 
 def test_lbs_weight_halves_at_20_30_50_70(conf):
-    loss = AvatarLoss(conf.loss, conf.train, None, None, torch.device("cpu"))
+    loss = AvatarLoss(conf.loss, None, None, torch.device("cpu"))
     weights = []
     for epoch in (0, 19, 20, 30, 49, 50, 70, 300):
         loss.set_epoch(epoch)
@@ -39,17 +40,17 @@ def test_lbs_weight_halves_at_20_30_50_70(conf):
 def test_vgg_term_is_never_silently_dropped():
     paper = load_conf(REPO / "confs" / "subject1.conf")  # vgg_feature_weight 0.1
     with pytest.raises(ValueError, match="VGG"):
-        AvatarLoss(paper.loss, paper.train, None, None, torch.device("cpu"))
+        AvatarLoss(paper.loss, None, None, torch.device("cpu"))
 
 
 def test_batch_size_rule(conf):
     # max_points_training 102400, max_batch 8
-    assert [batch_size(conf.train, n) for n in (400, 12800, 20000, 40000, 100000, 200000)] == [8, 8, 5, 2, 1, 1]
+    assert [frames_per_step(conf.train, n) for n in (400, 12800, 20000, 40000, 100000, 200000)] == [8, 8, 5, 2, 1, 1]
 
 
 def test_prior_weights_and_targets(conf, synthetic_flame_paths):
     flame = FLAME(*synthetic_flame_paths)
-    loss = AvatarLoss(conf.loss, conf.train, torch.full((50,), 2.0), None, torch.device("cpu"))
+    loss = AvatarLoss(conf.loss, torch.full((50,), 2.0), None, torch.device("cpu"))
     nearest = torch.tensor([0, 5, 100])
     exact = DeformerOutput(flame.shapedirs[nearest], flame.posedirs[nearest],
                            torch.cat([torch.zeros(3, 1), flame.lbs_weights[nearest]], dim=1), torch.zeros(3, 3))
@@ -70,11 +71,34 @@ def test_prior_weights_and_targets(conf, synthetic_flame_paths):
 
 def test_zero_expression_variance_does_not_divide_by_zero(conf, synthetic_flame_paths):
     flame = FLAME(*synthetic_flame_paths)
-    loss = AvatarLoss(conf.loss, conf.train, torch.zeros(50), None, torch.device("cpu"))
+    loss = AvatarLoss(conf.loss, torch.zeros(50), None, torch.device("cpu"))
     nearest = torch.tensor([0, 1])
     out = DeformerOutput(flame.shapedirs[nearest] + 0.01, flame.posedirs[nearest],
                          torch.full((2, 6), 1 / 6), torch.zeros(2, 3))
     assert torch.isfinite(loss.flame_prior(out, nearest, flame)["shapedirs_loss"])
+
+
+def test_every_term_of_a_step_comes_from_its_output_and_the_mask_term_only_with_a_weight(conf, synthetic_flame_paths):
+    from types import SimpleNamespace
+    flame = FLAME(*synthetic_flame_paths)
+    generator = torch.Generator().manual_seed(0)
+    rgb, gt = torch.rand(2, 4, 4, 3, generator=generator), torch.rand(2, 4, 4, 3, generator=generator)
+    alpha, mask = torch.rand(2, 4, 4, generator=generator), (torch.rand(2, 4, 4, generator=generator) > 0.5).float()
+    nearest = torch.tensor([0, 5])
+    prior = SimpleNamespace(deformer=DeformerOutput(flame.shapedirs[nearest] + 0.01, flame.posedirs[nearest],
+                                                    torch.full((2, 6), 1 / 6), torch.zeros(2, 3)), nearest=nearest)
+    out = SimpleNamespace(rgb=rgb, alpha=alpha, prior=prior)
+    batch = SimpleNamespace(rgb=gt, mask=mask)
+    plain = AvatarLoss(conf.loss, None, None, torch.device("cpu"))
+    assert list(plain.terms(out, batch, flame)) == ["rgb_loss", "ssim_loss", "lbs_loss", "posedirs_loss",
+                                                     "shapedirs_loss"]  # the paper's: no mask term
+    assert list(plain.terms(out, batch)) == ["rgb_loss", "ssim_loss"]  # no FLAME, no priors
+    masked = load_conf(REPO / "confs" / "subject1.conf", ["loss.vgg_feature_weight=0", "loss.mask_weight=0.5"])
+    loss = AvatarLoss(masked.loss, None, None, torch.device("cpu"))
+    terms = loss.terms(out, batch, flame)
+    assert terms["mask_loss"].item() == pytest.approx((alpha - mask).abs().mean().item())
+    assert loss.total({"mask_loss": terms["mask_loss"]}).item() == pytest.approx(0.5 * terms["mask_loss"].item())
+    assert "mask_loss" not in loss.terms(out, SimpleNamespace(rgb=gt, mask=None), flame)  # data without masks
 
 
 def test_device_errors_are_clear():

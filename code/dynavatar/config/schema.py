@@ -84,6 +84,8 @@ class LossConf(Section):
     vgg_feature_weight: float = setting(0.1, "weight of the VGG16 perceptual loss (0: no VGG16 weights needed)",
                                         NON_NEGATIVE)
     vgg_weights_path: str = setting("", "VGG16's weights; empty: the torch hub cache (vgg16-397923af.pth)")
+    mask_weight: float = setting(0.0, "weight of the L1 distance between the rendered alpha and the mask (0: off, "
+                                      "the paper)", NON_NEGATIVE)
     lbs_weight: float = setting(10.0, "weight of the FLAME priors on the deformer's outputs", NON_NEGATIVE)
     flame_prior_milestones: tuple[int, ...] = setting((20, 30, 50, 70), "lbs_weight is multiplied by "
                                                       "flame_prior_factor at each of these epochs", NON_NEGATIVE)

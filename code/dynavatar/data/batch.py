@@ -10,6 +10,14 @@ from typing import Iterator, Protocol, Sequence
 
 import torch
 
+from ..config import TrainConf
+
+
+
+def frames_per_step(train: TrainConf, n_points: int) -> int:
+    """Frames in one step, the paper's rule: min(max_points_training / n_points, max_batch), at least 1.
+    Training and the fitting of test-frame inputs both follow it."""
+    return max(1, min(train.max_points_training // max(1, n_points), train.max_batch))
 
 @dataclass
 class FrameBatch:

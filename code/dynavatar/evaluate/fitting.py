@@ -15,20 +15,19 @@ import torch
 from tqdm import tqdm
 
 from ..config import Conf
-from ..data.batch import FrameBatch, batches
+from ..data.batch import FrameBatch, batches, frames_per_step
 from ..data.reader import FaceDataset
 from ..experiment import checkpoints as ckpt
 from ..losses import AvatarLoss
 from ..model.avatar import Avatar
 from ..model.frame_inputs import FrameInputs
-from ..train.schedule import batch_size
 
 log = logging.getLogger(__name__)
 
 
 def fit_frame_inputs(avatar: Avatar, inputs: FrameInputs, batches: Iterable[FrameBatch], n_batches: int,
                      steps: int, lr: float, loss: AvatarLoss, device: torch.device) -> list[tuple[float, float]]:
-    """Optimise `inputs` in place on each batch for `steps` steps of `loss.photometric`. Returns the
+    """Optimise `inputs` in place on each batch for `steps` steps of `loss.photometric` (the reference's protocol). Returns the
     loss of each batch at its first and at its last step."""
     optimizer = inputs.optimizer(lr)
     if optimizer is None:
@@ -104,8 +103,8 @@ def fitted_test_inputs(conf: Conf, avatar: Avatar, data: FaceDataset, checkpoint
     fingerprint = inputs_fingerprint(avatar, inputs, len(data), list(conf.dataset.test.sub_dir))
     if load_fitted_inputs(inputs, checkpoints, epoch, fingerprint, device):
         return inputs
-    size = batch_size(train, avatar.n_points)  # frames per fitting step: the training rule, as the paper's protocol
-    loss = AvatarLoss(conf.loss, train, None, None, device, perceptual=False)
+    size = frames_per_step(train, avatar.n_points)  # frames per fitting step: the training rule, as the paper's protocol
+    loss = AvatarLoss(conf.loss, None, None, device, perceptual=False)
     losses = fit_frame_inputs(avatar, inputs, batches(data, size, torch.arange(len(data))),
                               math.ceil(len(data) / size), evaluation.test_fit_steps,
                               train.learning_rate_cam, loss, device)

@@ -1,4 +1,10 @@
-"""Training losses: photometric (L1, SSIM, VGG perceptual) and the FLAME priors on the deformer."""
+"""Training losses: photometric (L1, SSIM, VGG perceptual), the mask term, and the FLAME priors on
+the deformer.
+
+`AvatarLoss.terms` computes every term a step uses from the avatar's output and the batch, and
+`total` weighs them: a new term is one method here, one line in `terms` and one in `weights`, and
+its weight one key of `LossConf` (config/schema.py).
+"""
 
 from __future__ import annotations
 
@@ -6,9 +12,11 @@ import logging
 
 import torch
 
-from ..config import LossConf, TrainConf
+from ..config import LossConf
+from ..data.batch import FrameBatch
 from ..metrics.image import ssim_loss
 from ..flame import FLAME
+from ..model.avatar import AvatarOutput
 from ..model.networks import DeformerOutput
 from .vgg import VGGPerceptualLoss
 
@@ -31,11 +39,12 @@ class AvatarLoss:
     the inputs uses L1 + SSIM only.
     """
 
-    def __init__(self, loss_conf: LossConf, train_conf: TrainConf, var_expression: torch.Tensor | None,
+    def __init__(self, loss_conf: LossConf, var_expression: torch.Tensor | None,
                  vgg: VGGPerceptualLoss | None, device: torch.device, perceptual: bool = True) -> None:
         self.rgb_weight = loss_conf.rgb_weight
         self.ssim_weight = loss_conf.ssim_weight
         self.vgg_weight = loss_conf.vgg_feature_weight if perceptual else 0.0
+        self.mask_weight = loss_conf.mask_weight
         self.base_lbs_weight = loss_conf.lbs_weight
         self.lbs_weight = self.base_lbs_weight
         self.lbs_milestones = loss_conf.flame_prior_milestones
@@ -50,6 +59,16 @@ class AvatarLoss:
         """lbs_weight halves at each milestone reached (epoch >= milestone)."""
         passed = sum(1 for m in self.lbs_milestones if epoch >= m)
         self.lbs_weight = self.base_lbs_weight * self.lbs_factor ** passed
+
+    def terms(self, out: AvatarOutput, batch: FrameBatch, flame: FLAME | None = None) -> dict[str, torch.Tensor]:
+        """Every term of a step, unweighted: the photometric ones, the mask term (with a weight and
+        masks), and the FLAME priors when the output carries what they compare (`out.prior`)."""
+        terms = self.photometric(out.rgb, batch.rgb)
+        if self.mask_weight > 0 and batch.mask is not None:
+            terms["mask_loss"] = (out.alpha - batch.mask).abs().mean()
+        if out.prior is not None and flame is not None:
+            terms.update(self.flame_prior(out.prior.deformer, out.prior.nearest, flame))
+        return terms
 
     def photometric(self, rgb: torch.Tensor, gt: torch.Tensor) -> dict[str, torch.Tensor]:
         """rgb, gt [B, H, W, 3] -> weighted terms."""
@@ -84,6 +103,7 @@ class AvatarLoss:
             "rgb_loss": self.rgb_weight,
             "ssim_loss": self.ssim_weight,
             "vgg_loss": self.vgg_weight,
+            "mask_loss": self.mask_weight,
             "lbs_loss": self.lbs_weight * LBS_PRIOR_SCALE,
             "posedirs_loss": self.lbs_weight * DIRS_PRIOR_SCALE,
             "shapedirs_loss": self.lbs_weight * DIRS_PRIOR_SCALE,

@@ -1,4 +1,4 @@
-"""The training schedule of `train`: the learning rate of an epoch and the batch size for a point count."""
+"""The learning rate of an epoch (`train.learning_rate`, `sched_milestones`, `sched_factor`)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,3 @@ def learning_rate_at(train: TrainConf, epoch: int) -> float:
     optimizer's rebuilds after prune/grow and a resume."""
     return train.learning_rate * train.sched_factor ** sum(1 for m in train.sched_milestones if epoch >= m)
 
-
-def batch_size(train: TrainConf, n_points: int) -> int:
-    """The paper's rule: min(max_points_training / n_points, max_batch), at least 1."""
-    return max(1, min(train.max_points_training // max(1, n_points), train.max_batch))

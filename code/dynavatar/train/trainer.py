@@ -16,7 +16,7 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from ..config import Conf
-from ..data.batch import FrameBatch, batches
+from ..data.batch import FrameBatch, batches, frames_per_step
 from ..data.reader import dataset_from_conf
 from ..experiment import ExperimentPaths
 from ..experiment import checkpoints as ckpt
@@ -81,7 +81,7 @@ class Trainer:
         self.avatar: Avatar = avatar_from_conf(conf, self.train_data.shape_params, self.train_data.mean_expression,
                                                self.train_data.img_res).to(self.device)
         self.strategy.initialize(self.avatar)
-        self.loss = AvatarLoss(conf.loss, train, self.train_data.var_expression, vgg, self.device)
+        self.loss = AvatarLoss(conf.loss, self.train_data.var_expression, vgg, self.device)
         self.inputs = FrameInputs(self.train_data.expressions, self.train_data.flame_poses,
                                   self.train_data.world_mats, train.optimize_expression, train.optimize_camera,
                                   train.refine_camera_translation).to(self.device)
@@ -111,7 +111,7 @@ class Trainer:
         return lr
 
     def batch_size(self) -> int:
-        return schedule.batch_size(self.conf.train, self.avatar.n_points)
+        return frames_per_step(self.conf.train, self.avatar.n_points)
 
     def save(self, epoch: int, numbered: bool) -> None:
         """Save the run after `epoch` epochs as the checkpoint 'latest' (and `epoch` when `numbered`)."""
@@ -147,9 +147,7 @@ class Trainer:
         if step_inputs:
             batch = self.inputs.apply(batch)
         out = self.avatar(batch, with_prior=self.loss.uses_priors, prior_chunk=self.conf.loss.flame_distance_chunk)
-        terms = self.loss.photometric(out.rgb, batch.rgb)
-        if out.prior is not None:
-            terms.update(self.loss.flame_prior(out.prior.deformer, out.prior.nearest, self.avatar.flame))
+        terms = self.loss.terms(out, batch, self.avatar.flame)
         loss = self.loss.total(terms)
         self.optimizer.zero_grad(set_to_none=True)
         if step_inputs:
