@@ -18,6 +18,7 @@ from dynavatar.model.networks import CanonicalNetwork, DeformerNetwork, Deformer
 from dynavatar.model.recompute import RecomputePolicy, activation_bytes, activation_floats, free_memory
 from dynavatar.train.strategy import CoarseToFine, prune_and_grow
 from dynavatar.train.strategy.coarse_to_fine import initial_radius, noise_size, radius_factor_at, target_points
+from point_cloud import PointCloud
 
 REPO = Path(__file__).resolve().parents[1]
 CPU = torch.device("cpu")
@@ -339,20 +340,3 @@ class TestSchedule:
         before = cloud.points
         strategy.epoch_start(cloud, 3, torch.Generator().manual_seed(0))
         assert cloud.points is before  # nothing to prune or grow: the point set is kept
-
-
-class PointCloud:
-    """What the strategy edits on an avatar: its points and point radius."""
-
-    def __init__(self, points: torch.Tensor, radius: float) -> None:
-        self.points, self.point_radius = points, torch.tensor(radius, dtype=torch.float64)
-
-    @property
-    def n_points(self) -> int:
-        return self.points.shape[0]
-
-    def set_points(self, points: torch.Tensor, source: torch.Tensor | None = None) -> None:
-        self.points = points
-
-    def set_point_radius(self, radius: float) -> None:
-        self.point_radius.fill_(radius)

@@ -21,6 +21,7 @@ from dynavatar.train.checkpointing import is_numbered
 from dynavatar.train.strategy import STRATEGIES, CoarseToFine, PointUpdate, StaticPoints, strategy_from_conf
 from dynavatar.train.strategy.coarse_to_fine import initial_radius
 from dynavatar.train.trainer import Trainer, TrainOptions
+from point_cloud import PointCloud
 from tiny_experiment import experiment_root, tiny_conf
 
 
@@ -176,22 +177,6 @@ def test_checkpoints_of_the_earlier_layout_still_load(data_folder, tmp_path):
 
 # ---- point strategies ----------------------------------------------------------------------------
 
-class Points:
-    """What a strategy edits on an avatar: its points and point radius."""
-
-    def __init__(self, n: int) -> None:
-        self.points, self.point_radius = torch.randn(n, 3), torch.tensor(0.0, dtype=torch.float64)
-
-    @property
-    def n_points(self) -> int:
-        return self.points.shape[0]
-
-    def set_points(self, points: torch.Tensor, source: torch.Tensor | None = None) -> None:
-        self.points = points
-
-    def set_point_radius(self, radius: float) -> None:
-        self.point_radius.fill_(radius)
-
 
 def test_train_strategy_names_the_strategy_and_an_unknown_name_is_one_clear_error(data_folder, tmp_path):
     conf = default_conf()
@@ -207,7 +192,7 @@ def test_train_strategy_names_the_strategy_and_an_unknown_name_is_one_clear_erro
 def test_coarse_to_fine_steps_every_upsample_freq_epochs_and_reports_when_the_count_is_final():
     schedule = dataclasses.replace(default_conf().model.point_cloud, n_init_points=8, schedule_epochs=(2,),
                                    schedule_points=(10,), radius_factors=(0.5,), max_points=20)
-    strategy, cloud = CoarseToFine(schedule, 0.1, every=2), Points(8)
+    strategy, cloud = CoarseToFine(schedule, 0.1, every=2), PointCloud(torch.randn(8, 3))
     strategy.initialize(cloud)
     generator = torch.Generator().manual_seed(0)
     assert strategy.epoch_start(cloud, 0, generator) is None and strategy.epoch_start(cloud, 1, generator) is None
@@ -223,11 +208,11 @@ def test_coarse_to_fine_steps_every_upsample_freq_epochs_and_reports_when_the_co
 
 def test_the_strategy_refuses_a_visibility_of_another_point_count(data_folder, tmp_path):
     strategy = CoarseToFine(default_conf().model.point_cloud, 0.1)
-    strategy.load_state_dict({"visible": torch.ones(7, dtype=torch.bool)}, Points(7))
+    strategy.load_state_dict({"visible": torch.ones(7, dtype=torch.bool)}, PointCloud(torch.randn(7, 3)))
     assert strategy.visible.shape == (7,)
     for state in ({"visible": torch.ones(5, dtype=torch.bool)}, {}):
         with pytest.raises(CheckpointError, match="the point visibility does not match its 7 points"):
-            strategy.load_state_dict(state, Points(7))
+            strategy.load_state_dict(state, PointCloud(torch.randn(7, 3)))
     # On resume the error names the checkpoint file.
     conf = training_conf(data_folder, tmp_path)
     Trainer(conf, TrainOptions(nepoch=1)).run()
