@@ -1,7 +1,8 @@
 """The training runner: data, avatar, losses, optimisers, the epoch loop and feedback.
 
 The experiment folder and checkpoints are `checkpointing`'s, the point set's edits the strategy's
-(`strategy`, conf `train.strategy`), the learning-rate and batch rules `schedule`'s.
+(`strategy`, conf `train.strategy`), the learning rate `schedule`'s, the frames per step
+`data.batch.frames_per_step`.
 """
 
 from __future__ import annotations
