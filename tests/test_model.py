@@ -293,6 +293,30 @@ def test_recomputed_gradients_equal_kept_ones(synthetic_flame_paths):
         assert torch.equal(whole[name], grad), name
 
 
+def test_bfloat16_networks_give_float32_outputs_close_to_float32(synthetic_flame_paths):
+    # model.network_precision=bfloat16: the networks' products in bfloat16, everything after them in
+    # float32; gradients reach the same parameters and point the same way.
+    torch.manual_seed(0)  # the same initial networks for both
+    exact = step_gradients(make_avatar(synthetic_flame_paths), RecomputePolicy("off", 128))
+    torch.manual_seed(0)
+    fast_avatar = make_avatar(synthetic_flame_paths, "model.network_precision=bfloat16")
+    state = fast_avatar.canonical_state(with_prior=True, frames=1)
+    assert all(t.dtype == torch.float32 for t in (state.logits.color, state.deformer.shapedirs, state.unposed))
+    fast = step_gradients(fast_avatar, RecomputePolicy("on", 128))
+    assert fast.keys() == exact.keys() and "points" in fast
+    differs = False
+    for name, grad in exact.items():
+        error = float((fast[name] - grad).norm() / grad.norm().clamp_min(1e-12))
+        assert error <= 0.05, (name, error)
+        differs |= error > 1e-4
+    assert differs  # the bfloat16 arithmetic was really used
+
+
+def test_an_unknown_network_precision_is_one_conf_error():
+    with pytest.raises(ConfigError, match="network_precision"):
+        load_conf(REPO / "confs" / "subject1.conf", ["model.network_precision=float16"])
+
+
 def test_nearest_vertex_matches_brute_force():
     gen = torch.Generator().manual_seed(0)
     points, vertices = torch.randn(1000, 3, generator=gen), torch.randn(300, 3, generator=gen)

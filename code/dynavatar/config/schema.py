@@ -224,6 +224,9 @@ class ModelConf(Section):
                                      "| on (always when training) | off (never)")
     recompute_chunk: int = setting(20000, "points per recomputed chunk (at most one chunk's activations exist)",
                                    AT_LEAST_ONE)
+    network_precision: str = setting("float32", "arithmetic of the per-point networks' matrix products: float32 | "
+                                                "bfloat16 (autocast; outputs, parameters and optimizer stay float32; "
+                                                "docs/PERFORMANCE.md)")
     geometry_network: CanonicalNetworkConf = subsection(CanonicalNetworkConf, "the canonical network: a point's "
                                                         "colour, scale, rotation and opacity")
     gaussian_network: GaussianNetworkConf = subsection(GaussianNetworkConf, "the Gaussian deformation network: "
@@ -235,6 +238,8 @@ class ModelConf(Section):
     def check(self) -> list[tuple[str, str]]:
         if self.recompute not in ("auto", "on", "off"):
             return [("recompute", f"must be auto, on or off, got {self.recompute!r}")]
+        if self.network_precision not in ("float32", "bfloat16"):
+            return [("network_precision", f"must be float32 or bfloat16, got {self.network_precision!r}")]
         return []
 
 

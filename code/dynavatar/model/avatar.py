@@ -30,6 +30,7 @@ from ..runtime import constant
 from .canonical_cache import CanonicalCache
 from .gaussians import Gaussians
 from .networks import CanonicalAttributes, CanonicalNetwork, DeformerNetwork, DeformerOutput, GaussianNetwork
+from .precision import NetworkPrecision
 from .recompute import RecomputePolicy, activation_bytes
 from .rendering import render_gaussians
 from .shading import Shading
@@ -108,6 +109,7 @@ class Avatar(nn.Module):
         self.rotate_gaussians = model_conf.rotate_gaussians
         self.nearest_chunk = int(nearest_chunk)
         self.recompute = RecomputePolicy(model_conf.recompute, model_conf.recompute_chunk)
+        self.precision = NetworkPrecision(model_conf.network_precision)
         self.shading = Shading() if model_conf.shading else None
         self.canonical_net = CanonicalNetwork(**asdict(model_conf.geometry_network))
         self.deformer = DeformerNetwork(n_joints=flame.n_joints, **asdict(model_conf.deformer_network))
@@ -230,7 +232,7 @@ class Avatar(nn.Module):
         n = self.n_points
 
         def run(net: nn.Module, x: torch.Tensor):
-            return self.recompute.run(net, x, recompute)
+            return self.recompute.run(self.precision.bind(net), x, recompute)
 
         logits = run(self.canonical_net, self.points.detach())
         if self.has_point_colors:
@@ -267,7 +269,7 @@ class Avatar(nn.Module):
                   + corrective_offsets(pose_feature, deformer.posedirs))  # [B, N, 3]
         blended = blend_transforms(deformer.lbs_weights, transforms)  # [B, N, 4, 4]
         posed = apply_transforms(blended, shaped)
-        offsets = self.gaussian_net(posed.detach() - state.shifted.detach()[None])  # [B, N, ...]
+        offsets = self.precision(self.gaussian_net, posed.detach() - state.shifted.detach()[None])  # [B, N, ...]
         quats = torch.nn.functional.normalize(logits.rotation[None] + offsets.rotation, dim=-1)
         colors = torch.sigmoid(logits.color[None] + offsets.color)
         if state.rotation is not None:  # turn = R(frame) R(canonical)^T, applied on the left: q_turn * q
