@@ -2,16 +2,20 @@
 
     python scripts/make_synthetic_subject.py --out data/datasets --subject subject1
     python scripts/make_synthetic_subject.py --out data/datasets --subject demo --res 64 --frames 30 --seed 0
+    python scripts/make_synthetic_subject.py --out data/datasets --subject beyond --test_motion extrapolate
     python scripts/make_synthetic_subject.py --out data/datasets --subject real_head \
         --flame data/FLAME2020/generic_model.pkl
 
 Writes <out>/<subject>/<subject>/<video>/{image,mask,semantic}/<k>.png and flame_params.json for two
 training videos and one test video (the names of confs/subject1.conf unless given). Deterministic for a seed.
+--test_motion extrapolate makes test videos beyond the training videos (larger expressions, pairs of
+expressions that training never shows together, wider head turns and jaw openings; docs/DATA_FORMAT.md).
 """
 
 import argparse
 import logging
 
+from ..subject_generator.motion import TEST_MOTIONS
 from ..subject_generator.subject import DEFAULT_TEST_VIDEOS, DEFAULT_TRAIN_VIDEOS, generate_subject
 from ..errors import DynAvatarError
 
@@ -29,13 +33,16 @@ def main(argv=None) -> int:
                         help="landmark embedding (default: landmark_embedding.npy beside --flame)")
     parser.add_argument("--train-videos", nargs="+", default=list(DEFAULT_TRAIN_VIDEOS), help="training video names")
     parser.add_argument("--test-videos", nargs="+", default=list(DEFAULT_TEST_VIDEOS), help="test video names")
+    parser.add_argument("--test_motion", "--test-motion", choices=TEST_MOTIONS, default="near",
+                        help="test videos: near (default: unseen combinations, a bit beyond training) or "
+                             "extrapolate (beyond the training range, see docs/DATA_FORMAT.md)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing subject of that name")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
     try:
         generate_subject(args.out, args.subject, res=args.res, frames=args.frames, seed=args.seed,
                          flame_model_path=args.flame, train_videos=args.train_videos, test_videos=args.test_videos,
-                         landmark_path=args.landmarks, overwrite=args.overwrite)
+                         landmark_path=args.landmarks, overwrite=args.overwrite, test_motion=args.test_motion)
     except DynAvatarError as exc:  # user errors: one message, no traceback
         logging.error("%s", exc)
         return 1

@@ -1,14 +1,22 @@
 """Quality against training time: train a recipe for a wall-clock budget and evaluate it on the test
-split at fixed moments.
+split at fixed moments, beside its own training frames.
 
 Training time counts the epochs only (data loading before the first epoch and the evaluations are
 left out). When the clock passes a budget, the checkpoint of that epoch is written and evaluated
 as `--is_eval` would (test inputs fitted by the conf's protocol, no videos); training stops after
 the last budget, or at the conf's `--nepoch` when that comes first (later budgets then report the
-final model). One table row per budget: test PSNR/SSIM/L1, training PSNR, Gaussians, epochs.
+final model). At each evaluation `--train_frames` evenly spaced training frames are scored the same
+way but with the inputs training used (nothing fitted): the gap, training-frames PSNR minus test
+PSNR, is what the avatar fails to generalise. One table row per budget: test PSNR/SSIM/L1, the
+training frames' PSNR, the gap, training PSNR (the last epoch's batches), Gaussians, epochs; below
+it the largest fall of test PSNR between consecutive evaluations from `--drop_after` minutes on.
 
 `--epochs` evaluates after given epochs instead of budgets: for ablations whose runs share a GPU,
 where wall-clock time says little.
+
+`--seeds 0,1,2` measures the recipe on one generated synthetic subject per seed (the conf's
+subject must be synthetic; subject `<subject_name>-seed<N>`, `dataset.synthetic_seed = N`), one run
+after the other, and adds a table of the mean and standard deviation over the seeds per budget.
 
 The run is an experiment of its own, <exps_folder>/<subject>/<name>/<split>/, named by `--name`, else
 by a `train.methodname=` override, else `<conf file name>-quality_vs_time` (never the folder of a
@@ -18,21 +26,24 @@ asks for it (the earlier run is then moved aside, whole, as `exp_runner.py --ove
   python scripts/quality_vs_time.py --conf confs/fast.conf --budgets 2,5,10 --json fast.json
   python scripts/quality_vs_time.py --conf confs/subject1.conf --budgets 2,5,10 --name paper
   python scripts/quality_vs_time.py --conf confs/fast.conf --epochs 17,33 --name no_colors model.point_colors=false
+  python scripts/quality_vs_time.py --conf confs/demo.conf --seeds 0,1,2 --budgets 2,5,10 --csv demo.csv \
+      dataset.synthetic_test_motion=extrapolate dataset.subject_name=demo_extrapolate
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Callable, Sequence
 
 import imageio.v2 as imageio
 import numpy as np
 
-from ..config import load_conf, parse_override
+from ..config import Conf, load_conf, parse_override
 from ..errors import ConfigError
 from ..experiment.paths import ExperimentPaths
 from .common import main_with_errors, setup_logging
@@ -47,10 +58,25 @@ class BudgetRow:
     epochs: int
     gaussians: int
     train_psnr: float  # mean over the last epoch's training batches
+    train_frames_psnr: float  # training frames scored as the test split is (evaluate/training_frames.py)
     test_psnr: float
+    gap_db: float  # train_frames_psnr - test_psnr
     test_ssim: float
     test_l1: float
     fitted_inputs: list[str]
+
+
+@dataclass
+class Run:
+    """One experiment of the measurement: its subject, its seed (with --seeds) and its rows so far."""
+
+    conf: Conf
+    seed: int | None
+    rows: list[BudgetRow] = field(default_factory=list)
+
+    @property
+    def subject(self) -> str:
+        return self.conf.dataset.subject_name
 
 
 def parse_moments(text: str, option: str, kind: type = float) -> list:
@@ -64,6 +90,17 @@ def parse_moments(text: str, option: str, kind: type = float) -> list:
     if not moments or moments[0] <= 0:
         raise ConfigError(f"{option} {text!r}: values must be positive, e.g. {example}")
     return moments
+
+
+def parse_seeds(text: str) -> list[int]:
+    """--seeds: distinct non-negative integers separated by commas, in the order given."""
+    try:
+        seeds = [int(s) for s in text.split(",")]
+    except ValueError:
+        raise ConfigError(f"--seeds {text!r}: expected integers separated by commas, e.g. 0,1,2") from None
+    if min(seeds) < 0 or len(set(seeds)) != len(seeds):
+        raise ConfigError(f"--seeds {text!r}: seeds must be distinct and 0 or more, e.g. 0,1,2")
+    return seeds
 
 
 def measured_seconds(stats: dict[str, float]) -> float:
@@ -81,23 +118,93 @@ def method_name(conf_path: str, name: str, overrides: Sequence[str]) -> str:
     return name or (given[-1] if given else f"{Path(conf_path).stem}-quality_vs_time")
 
 
-def markdown(rows: Sequence[BudgetRow], title: str) -> str:
+def moment(row: BudgetRow) -> str:
+    return f"epoch {row.epochs}" if row.budget_min is None else f"{row.budget_min:g} min"
+
+
+def largest_drop(rows: Sequence[BudgetRow], after_min: float) -> dict | None:
+    """The largest fall of test PSNR between consecutive evaluations, counted from the first
+    evaluation at or after `after_min` minutes of training: {"drop_db" (0 when it never fell),
+    "from", "to"}, or None with fewer than two such evaluations."""
+    late = [r for r in rows if r.train_min >= after_min]
+    if len(late) < 2:
+        return None
+    falls = [(a.test_psnr - b.test_psnr, a, b) for a, b in zip(late, late[1:])]
+    drop, a, b = max(falls, key=lambda f: f[0])
+    return {"drop_db": max(drop, 0.0), "from": moment(a), "to": moment(b)}
+
+
+def drop_line(drop: dict | None, after_min: float) -> str:
+    if drop is None:
+        return f"largest test-PSNR fall between evaluations from {after_min:g} min on: - (fewer than two evaluations)"
+    where = f" ({drop['from']} -> {drop['to']})" if drop["drop_db"] > 0 else " (it never fell)"
+    return f"largest test-PSNR fall between evaluations from {after_min:g} min on: {drop['drop_db']:.2f} dB{where}"
+
+
+def markdown(rows: Sequence[BudgetRow], title: str, after_min: float) -> str:
     lines = [f"**{title}**", "",
-             "| budget (min) | trained (min) | epochs | Gaussians | train PSNR | test PSNR | test SSIM | test L1 |",
-             "|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| budget (min) | trained (min) | epochs | Gaussians | train PSNR | train-frames PSNR | test PSNR | "
+             "gap (dB) | test SSIM | test L1 |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         budget = "-" if r.budget_min is None else f"{r.budget_min:g}"
         lines.append(f"| {budget} | {r.train_min:.1f} | {r.epochs} | {r.gaussians:,} | {r.train_psnr:.2f} | "
-                     f"{r.test_psnr:.2f} | {r.test_ssim:.4f} | {r.test_l1:.4f} |")
+                     f"{r.train_frames_psnr:.2f} | {r.test_psnr:.2f} | {r.gap_db:.2f} | {r.test_ssim:.4f} | "
+                     f"{r.test_l1:.4f} |")
+    return "\n".join([*lines, "", drop_line(largest_drop(rows, after_min), after_min)])
+
+
+SUMMARY_COLUMNS = ("train_frames_psnr", "test_psnr", "gap_db")
+
+
+def summary(runs: Sequence[Run]) -> list[dict]:
+    """Per evaluation moment: the mean and standard deviation (ddof 1; 0 for one seed) over the runs
+    that reached it of the training frames' PSNR, the test PSNR and the gap."""
+    out = []
+    for index in range(max(len(r.rows) for r in runs)):
+        rows = [r.rows[index] for r in runs if len(r.rows) > index]
+        entry = {"budget_min": rows[0].budget_min, "epochs": [r.epochs for r in rows], "seeds": len(rows)}
+        for name in SUMMARY_COLUMNS:
+            values = np.array([getattr(r, name) for r in rows])
+            entry[name] = {"mean": float(values.mean()), "std": float(values.std(ddof=1)) if len(values) > 1 else 0.0}
+        out.append(entry)
+    return out
+
+
+def summary_markdown(runs: Sequence[Run], title: str, after_min: float) -> str:
+    lines = [f"**{title}: mean ± standard deviation over {len(runs)} subjects (seeds "
+             f"{', '.join(str(r.seed) for r in runs)})**", "",
+             "| budget (min) | epochs | seeds | train-frames PSNR | test PSNR | gap (dB) |", "|---:|---:|---:|---:|---:|---:|"]
+    for e in summary(runs):
+        budget = "-" if e["budget_min"] is None else f"{e['budget_min']:g}"
+        epochs = "/".join(str(n) for n in e["epochs"])
+        cells = " | ".join(f"{e[c]['mean']:.2f} ± {e[c]['std']:.2f}" for c in SUMMARY_COLUMNS)
+        lines.append(f"| {budget} | {epochs} | {e['seeds']} | {cells} |")
+    drops = [largest_drop(r.rows, after_min) for r in runs]
+    known = [d["drop_db"] for d in drops if d is not None]
+    per_seed = ", ".join("-" if d is None else f"{d['drop_db']:.2f}" for d in drops)
+    worst = f" (largest {max(known):.2f})" if known else ""
+    lines += ["", f"largest test-PSNR fall between evaluations from {after_min:g} min on, per seed: {per_seed} dB{worst}"]
     return "\n".join(lines)
 
 
-def contact_sheet(folder: Path, frames: int) -> np.ndarray:
-    """Ground truth above rendering for the first `frames` test frames of an evaluation folder."""
-    names = sorted((p.name for p in (folder / "gt").glob("*.png")), key=lambda n: int(Path(n).stem))[:frames]
-    columns = [np.concatenate([imageio.imread(folder / "gt" / n)[..., :3], imageio.imread(folder / "rgb" / n)[..., :3]])
-               for n in names]
+def frame_names(folder: Path) -> list[str]:
+    return sorted((p.name for p in (folder / "gt").glob("*.png")), key=lambda n: int(Path(n).stem))
+
+
+def contact_sheet(folders: Sequence[Path], frames: int) -> np.ndarray:
+    """Ground truth above rendering for the first `frames` frames of evaluation folders, in order."""
+    found = [(folder, name) for folder in folders for name in frame_names(folder)][:frames]
+    columns = [np.concatenate([imageio.imread(f / "gt" / n)[..., :3], imageio.imread(f / "rgb" / n)[..., :3]])
+               for f, n in found]
     return np.concatenate(columns, axis=1)
+
+
+def stacked(top: np.ndarray, bottom: np.ndarray) -> np.ndarray:
+    """`top` above `bottom` [H, W, 3] uint8, the narrower one padded with white on the right."""
+    width = max(top.shape[1], bottom.shape[1])
+    pad = lambda a: np.pad(a, ((0, 0), (0, width - a.shape[1]), (0, 0)), constant_values=255)  # noqa: E731
+    return np.concatenate([pad(top), pad(bottom)])
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -112,11 +219,43 @@ def build_parser() -> argparse.ArgumentParser:
                                                    "override, else <conf file name>-quality_vs_time)")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace an earlier run of the same name (moved aside, whole, before training)")
+    parser.add_argument("--train_frames", type=int, default=20,
+                        help="evenly spaced training frames scored at each evaluation, for the gap (default 20)")
+    parser.add_argument("--drop_after", type=float, default=2.0,
+                        help="minutes of training from which the largest fall of test PSNR is counted (default 2)")
+    parser.add_argument("--seeds", default="",
+                        help="measure on one generated synthetic subject per seed (e.g. 0,1,2): mean and spread")
     parser.add_argument("--figure", type=int, default=0,
-                        help="also write figure_<budget>.png: ground truth above rendering for this many test frames")
+                        help="also write figure_<budget>.png: ground truth above rendering for this many test "
+                             "frames, and below them as many training frames")
     parser.add_argument("--json", default="", help="also write the rows to this file")
+    parser.add_argument("--csv", default="", help="also write the rows to this file, one line per evaluation")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="conf overrides")
     return parser
+
+
+def seed_overrides(conf: Conf, seed: int | None) -> list[str]:
+    """The overrides that give seed `seed` its own generated subject (none without --seeds)."""
+    if seed is None:
+        return []
+    if not conf.dataset.synthetic:
+        raise ConfigError(f"--seeds needs a synthetic subject (dataset.synthetic = true); {conf.source} names the "
+                          f"dataset {conf.dataset.subject_name}: drop --seeds, or use a synthetic conf such as "
+                          f"confs/demo.conf")
+    return [f"dataset.synthetic_seed={seed}", f"dataset.subject_name={conf.dataset.subject_name}-seed{seed}"]
+
+
+def write_tables(path: str, runs: Sequence[Run]) -> None:
+    """One CSV line per evaluation of every run: its seed and subject, then the row."""
+    names = [f.name for f in fields(BudgetRow)]
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["seed", "subject", *names])
+        for run in runs:
+            for row in run.rows:
+                values = asdict(row)
+                values["fitted_inputs"] = "+".join(values["fitted_inputs"])
+                writer.writerow(["" if run.seed is None else run.seed, run.subject, *(values[n] for n in names)])
 
 
 def run(argv: Sequence[str] | None = None,
@@ -129,38 +268,84 @@ def run(argv: Sequence[str] | None = None,
     at_epochs = parse_moments(args.epochs, "--epochs", int) if args.epochs else []
     if args.nepoch is not None and args.nepoch < 1:
         raise ConfigError(f"--nepoch {args.nepoch}: the number of epochs to train must be at least 1")
+    if args.train_frames < 1:
+        raise ConfigError(f"--train_frames {args.train_frames}: score at least 1 training frame (default 20)")
+    seeds: list[int | None] = parse_seeds(args.seeds) if args.seeds else [None]
+
+    name = method_name(args.conf, args.name, args.overrides)
+    overrides = [*args.overrides, f"train.methodname={name}", "train.save_freq=1000000", "train.plot_freq=1000000"]
+    base = load_conf(args.conf, overrides)
+    runs = [Run(load_conf(args.conf, [*overrides, *seed_overrides(base, seed)]), seed) for seed in seeds]
+    for r in runs:  # every run's folder is checked before the first one trains
+        root = ExperimentPaths.from_conf(r.conf).root
+        if not args.overwrite and root.is_dir() and any(root.iterdir()):
+            raise ConfigError(f"{root} already holds a run: pass --overwrite to replace it (it is moved aside, "
+                              f"whole), or train.methodname=<another name> to measure beside it")
+    title = f"{name} ({Path(args.conf).name})"
+
+    def write_results() -> None:
+        """The files asked for, after every evaluation, so that an interrupted run keeps what it measured."""
+        if args.json:
+            document = {"conf": args.conf, "name": name, "overrides": args.overrides, "drop_after_min": args.drop_after}
+            if seeds == [None]:
+                document.update(rows=[asdict(r) for r in runs[0].rows],
+                                largest_drop=largest_drop(runs[0].rows, args.drop_after))
+            else:
+                document.update(runs=[{"seed": r.seed, "subject": r.subject, "rows": [asdict(row) for row in r.rows],
+                                       "largest_drop": largest_drop(r.rows, args.drop_after)} for r in runs if r.rows],
+                                summary=summary([r for r in runs if r.rows]))
+            Path(args.json).write_text(json.dumps(document, indent=1))
+        if args.csv:
+            write_tables(args.csv, runs)
+
+    tables = []
+    for r in runs:
+        if r.seed is not None:
+            log.info("seed %d: subject %s", r.seed, r.subject)
+        measure(r, args, budgets, at_epochs, epoch_seconds, title, write_results)
+        tables.append(markdown(r.rows, title if r.seed is None else f"{title}, seed {r.seed}", args.drop_after))
+    if seeds != [None]:
+        tables.append(summary_markdown(runs, title, args.drop_after))
+    print("\n\n".join(tables))
+    return 0
+
+
+def measure(r: Run, args: argparse.Namespace, budgets: list[float], at_epochs: list[int],
+            epoch_seconds: Callable[[dict[str, float]], float], title: str, written: Callable[[], None]) -> None:
+    """Train run `r` and evaluate it at the budgets (or `at_epochs`), appending to `r.rows`; its
+    quality_vs_time.md and figures go to its experiment folder, `written()` after each evaluation."""
     from ..evaluate.evaluator import EvalOptions, Evaluator
     from ..subject_generator import ensure_synthetic_subject
     from ..train.trainer import Trainer, TrainOptions
 
-    name = method_name(args.conf, args.name, args.overrides)
-    conf = load_conf(args.conf, [*args.overrides, f"train.methodname={name}", "train.save_freq=1000000",
-                                 "train.plot_freq=1000000"])
-    root = ExperimentPaths.from_conf(conf).root
-    if not args.overwrite and root.is_dir() and any(root.iterdir()):
-        raise ConfigError(f"{root} already holds a run: pass --overwrite to replace it (it is moved aside, whole), "
-                          f"or train.methodname=<another name> to measure beside it")
+    conf = r.conf
     ensure_synthetic_subject(conf)
     nepoch = args.nepoch if args.nepoch is not None else conf.train.nepoch
     if at_epochs:
         nepoch = min(nepoch, at_epochs[-1])
     trainer = Trainer(conf, TrainOptions(nepoch=nepoch, overwrite=args.overwrite))
-    rows: list[BudgetRow] = []
     clock = {"seconds": 0.0}
+    table_title = title if r.seed is None else f"{title}, seed {r.seed}"
 
     def evaluate(done: int, stats: dict, budget: float | None) -> None:
         trainer.save(done, numbered=True)
-        folders = Evaluator(conf, EvalOptions(checkpoint=str(done), videos=False)).evaluate()
-        folder = next(iter(folders.values()))
+        evaluator = Evaluator(conf, EvalOptions(checkpoint=str(done), videos=False))
+        folder = next(iter(evaluator.evaluate().values()))
         report = json.loads((folder / "metrics.json").read_text())
         metrics = report["metrics"]["all"]
-        rows.append(BudgetRow(budget, clock["seconds"] / 60, done, trainer.avatar.n_points, stats["psnr"],
-                              metrics["psnr"], metrics["ssim"], metrics["l1"], report["fitted_inputs"]))
-        moment = f"epoch_{done}" if budget is None else f"{budget:g}min"
-        log.info("%s: epoch %d, test PSNR %.2f", moment, done, metrics["psnr"])
-        write_results()  # after every evaluation, so that an interrupted run keeps what it measured
+        train_frames, train_folders = evaluator.score_training_frames(args.train_frames)
+        r.rows.append(BudgetRow(budget, clock["seconds"] / 60, done, trainer.avatar.n_points, stats["psnr"],
+                                train_frames["psnr"], metrics["psnr"], train_frames["psnr"] - metrics["psnr"],
+                                metrics["ssim"], metrics["l1"], report["fitted_inputs"]))
+        label = f"epoch_{done}" if budget is None else f"{budget:g}min"
+        log.info("%s: epoch %d, test PSNR %.2f, training frames %.2f (gap %.2f dB)", label, done, metrics["psnr"],
+                 train_frames["psnr"], r.rows[-1].gap_db)
+        (trainer.paths.root / "quality_vs_time.md").write_text(markdown(r.rows, table_title, args.drop_after) + "\n")
+        written()
         if args.figure:
-            imageio.imwrite(trainer.paths.root / f"figure_{moment}.png", contact_sheet(folder, args.figure))
+            figure = stacked(contact_sheet([folder], args.figure),
+                             contact_sheet(list(train_folders.values()), args.figure))
+            imageio.imwrite(trainer.paths.root / f"figure_{label}.png", figure)
         trainer.avatar.train()
 
     def after_epoch(done: int, stats: dict) -> bool:
@@ -169,24 +354,14 @@ def run(argv: Sequence[str] | None = None,
             if done in at_epochs or done == nepoch:  # a recipe shorter than the last epoch asked: its end
                 evaluate(done, stats, None)
             return done >= nepoch
-        while len(rows) < len(budgets) and clock["seconds"] >= budgets[len(rows)] * 60:
-            evaluate(done, stats, budgets[len(rows)])
+        while len(r.rows) < len(budgets) and clock["seconds"] >= budgets[len(r.rows)] * 60:
+            evaluate(done, stats, budgets[len(r.rows)])
         if done == nepoch:  # the recipe ended before the last budget: its final model stands for the rest
-            while len(rows) < len(budgets):
-                evaluate(done, stats, budgets[len(rows)])
-        return len(rows) == len(budgets)
-
-    def write_results() -> str:
-        table = markdown(rows, f"{name} ({Path(args.conf).name})")
-        (trainer.paths.root / "quality_vs_time.md").write_text(table + "\n")
-        if args.json:
-            Path(args.json).write_text(json.dumps({"conf": args.conf, "name": name, "overrides": args.overrides,
-                                                   "rows": [asdict(r) for r in rows]}, indent=1))
-        return table
+            while len(r.rows) < len(budgets):
+                evaluate(done, stats, budgets[len(r.rows)])
+        return len(r.rows) == len(budgets)
 
     trainer.run(after_epoch)
-    print(write_results())
-    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -96,6 +96,8 @@ class LossConf(Section):
 
 # ---- dataset -------------------------------------------------------------------------------------
 
+SYNTHETIC_TEST_MOTIONS = ("near", "extrapolate")  # the test videos' kinds (subject_generator/motion.py)
+
 @dataclass(frozen=True)
 class SplitConf(Section):
     sub_dir: tuple[str, ...] = setting((), "the split's video folders (a list, or one name)", single=True)
@@ -123,8 +125,16 @@ class DatasetConf(Section):
     synthetic: bool = setting(False, "generate a synthetic subject into data_folder when it is missing")
     synthetic_frames: int = setting(30, "frames per video of a generated synthetic subject", AT_LEAST_ONE)
     synthetic_seed: int = setting(0, "seed of a generated synthetic subject", NON_NEGATIVE)
+    synthetic_test_motion: str = setting("near", "test videos of a generated synthetic subject: near (unseen "
+                                                 "combinations, a bit beyond training) | extrapolate (docs/DATA_FORMAT.md)")
     train: SplitConf = subsection(SplitConf, "the training videos")
     test: SplitConf = subsection(SplitConf, "the test videos")
+
+    def check(self) -> list[tuple[str, str]]:
+        if self.synthetic_test_motion not in SYNTHETIC_TEST_MOTIONS:
+            return [("synthetic_test_motion", f"must be one of {', '.join(SYNTHETIC_TEST_MOTIONS)}, "
+                                              f"got {self.synthetic_test_motion!r}")]
+        return []
 
     def split(self, name: str) -> SplitConf:
         return {"train": self.train, "test": self.test}[name]

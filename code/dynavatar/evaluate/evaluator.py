@@ -2,7 +2,8 @@
 and composes test-input fitting (`fitting`), the metrics report (`report`) and the videos and
 export (`animation`).
 
-Writes under <experiment>/eval/<test sub_dir>/epoch_<N>/:
+Writes under <experiment>/eval/<test sub_dir>/epoch_<N>/ (and, for `score_training_frames`, the
+images of the training frames scored under eval/training_frames/<train sub_dir>/epoch_<N>/):
   rgb/ rgb_erode_dilate/ gt/ alpha/ error/   one PNG per frame, named by frame id
   metrics.csv (one row per frame), metrics.json (means, and the conf/checkpoint they came from)
   video.mp4 (ground truth | rendering | error), turntable.mp4, canonical.ply
@@ -13,6 +14,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ..config import Conf
 from ..data.reader import dataset_from_conf
@@ -20,7 +22,7 @@ from ..experiment import ExperimentPaths
 from ..experiment import checkpoints as ckpt
 from ..model.build import experiment_checkpoints, load_avatar
 from ..runtime import flush_denormals_on_cpu, resolve_device
-from . import animation, report
+from . import animation, report, training_frames
 from .fitting import fitted_test_inputs
 
 log = logging.getLogger(__name__)
@@ -87,6 +89,16 @@ class Evaluator:
                                        conf.evaluation.video_fps)
             animation.save_posed_ply(self.avatar, folder / "canonical.ply")
         return folders
+
+    def score_training_frames(self, count: int) -> tuple[dict[str, Any], dict[str, Path]]:
+        """The metric means of `count` evenly spaced training frames, scored as the test split is
+        with the inputs training used (training_frames.py), and the folders of their images."""
+        folders = {s: self.paths.eval_dir / training_frames.FOLDER / s / f"epoch_{self.epoch}"
+                   for s in self.conf.dataset.train.sub_dir}
+        means = training_frames.score_training_frames(self.conf, self.avatar, self.checkpoints,
+                                                      self.checkpoint_file().stem, count, folders,
+                                                      self.render_batch_size(), self.device)
+        return means, folders
 
     def reenact(self, drive_json: str | Path) -> Path:
         """Render the avatar with another sequence's expressions, poses and cameras; returns the folder."""

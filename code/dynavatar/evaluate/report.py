@@ -43,9 +43,11 @@ def lpips_model(conf: Conf, only_json: bool, device: torch.device) -> LPIPS | Un
 
 @torch.no_grad()
 def render_test_split(avatar: Avatar, data: FaceDataset, inputs: FrameInputs | None, batch_size: int,
-                      device: torch.device) -> Iterator[tuple[FrameBatch, AvatarOutput]]:
-    """Every frame of `data` in order, in batches, with the fitted inputs applied when there are any."""
-    for batch in batches(data, batch_size, torch.arange(len(data))):
+                      device: torch.device, order: torch.Tensor | None = None
+                      ) -> Iterator[tuple[FrameBatch, AvatarOutput]]:
+    """Every frame of `data` in order (or the frames `order` [N] names), in batches, with the fitted
+    inputs applied when there are any."""
+    for batch in batches(data, batch_size, torch.arange(len(data)) if order is None else order):
         batch = batch.to(device)
         if inputs is not None:
             batch = inputs.apply(batch)
@@ -90,12 +92,13 @@ def write_frame_images(folder: Path, name: str, rendering: torch.Tensor, opened:
 
 
 def render_and_score(avatar: Avatar, data: FaceDataset, inputs: FrameInputs | None, folders: dict[str, Path],
-                     lpips: LPIPS | Unavailable, batch_size: int, device: torch.device) -> list[dict[str, Any]]:
-    """Render the test split, write each frame's images under the folder of its video, and return
-    one row of metrics per frame (none without ground truth)."""
+                     lpips: LPIPS | Unavailable, batch_size: int, device: torch.device,
+                     order: torch.Tensor | None = None) -> list[dict[str, Any]]:
+    """Render the test split (or the frames `order` [N] names), write each frame's images under the
+    folder of its video, and return one row of metrics per frame (none without ground truth)."""
     rows: list[dict[str, Any]] = []
-    bar = tqdm(total=len(data), desc="evaluating", dynamic_ncols=True)
-    for batch, out in render_test_split(avatar, data, inputs, batch_size, device):
+    bar = tqdm(total=len(data) if order is None else len(order), desc="evaluating", dynamic_ncols=True)
+    for batch, out in render_test_split(avatar, data, inputs, batch_size, device, order):
         for b in range(len(batch)):
             rendering = out.rgb[b].clamp(0, 1)
             opened = erode_dilate(rendering)

@@ -30,13 +30,15 @@ from .face_regions import INNER_LIP, N_LABELS, face_regions, vertex_regions
 from ..data.images import write_labels, write_mask, write_rgb
 from ..flame.mesh import outward_winding
 from .mesh_renderer import render_mesh
-from .motion import JAW, video_motion
+from .motion import JAW, TEST_MOTIONS, Motion, subject_motions
 
 log = logging.getLogger(__name__)
 SYNTHETIC_MARKER = ".dynavatar-synthetic"  # only folders holding it are ever regenerated or replaced
 # The marker records what the subject was generated with (json), so that a conf asking for other
 # settings gets them (`ensure_synthetic_subject`) instead of silently reusing the old subject.
-GENERATION_KEYS = ("res", "frames", "seed")
+GENERATION_KEYS = ("res", "frames", "seed", "test_motion")
+# Markers written before test motions had kinds stand for near subjects.
+GENERATION_DEFAULTS = {"test_motion": "near"}
 
 DEFAULT_TRAIN_VIDEOS = ("MVI_1810", "MVI_1814")
 DEFAULT_TEST_VIDEOS = ("MVI_1812",)
@@ -117,12 +119,12 @@ def _world_mat(translation: torch.Tensor) -> torch.Tensor:
     return torch.cat([torch.eye(3), translation.reshape(3, 1)], dim=1)
 
 
-def _render_video(subject: _Subject, video_dir: Path, n_frames: int, res: int, rng: np.random.Generator,
-                  test: bool, supersample: int, progress: tqdm) -> None:
-    """Render one video into video_dir/{image,mask,semantic} and write its flame_params.json."""
+def _render_video(subject: _Subject, video_dir: Path, motion: Motion, res: int, supersample: int, progress: tqdm
+                  ) -> None:
+    """Render one video of `motion` into video_dir/{image,mask,semantic} and write its flame_params.json."""
     for folder in ("image", "mask", "semantic"):
         (video_dir / folder).mkdir(parents=True, exist_ok=True)
-    motion = video_motion(n_frames, rng, subject.base_translation, test=test)
+    n_frames = len(motion.expressions)
     with torch.no_grad():
         out = subject.flame(motion.expressions, motion.poses)
     frames = []
@@ -182,14 +184,19 @@ def _single_thread():
 def generate_subject(out_dir: str | Path, subject: str, res: int = 512, frames: int = 30, seed: int = 0,
                      flame_model_path: str | Path | None = None, train_videos: Sequence[str] = DEFAULT_TRAIN_VIDEOS,
                      test_videos: Sequence[str] = DEFAULT_TEST_VIDEOS, landmark_path: str | Path | None = None,
-                     supersample: int | None = None, overwrite: bool = False) -> Path:
+                     supersample: int | None = None, overwrite: bool = False, test_motion: str = "near") -> Path:
     """Write a synthetic subject to `out_dir/subject/subject/<video>/` and return `out_dir/subject`.
 
     flame_model_path: None or "synthetic" for the synthetic FLAME-format head, else a FLAME 2020
     `generic_model.pkl` (or its folder), with `landmark_path` (default: landmark_embedding.npy beside it).
     The subject is built in a temporary folder and moved into place at the end, so an interrupted run
     leaves nothing that looks like a dataset. Deterministic for a seed.
+    test_motion: the kind of the test videos (motion.TEST_MOTIONS): "near" (unseen combinations, a
+    bit beyond the training amplitudes) or "extrapolate" (see motion.py; its training videos then
+    never show the pairs of expressions that its test videos combine).
     """
+    if test_motion not in TEST_MOTIONS:
+        raise DatasetError(f"test_motion {test_motion!r}: expected one of {', '.join(TEST_MOTIONS)}")
     if frames < 1 or res < 8:
         raise DatasetError(f"a synthetic subject needs frames >= 1 and res >= 8, got frames={frames}, res={res}")
     videos = [(str(v), False) for v in train_videos] + [(str(v), True) for v in test_videos]
@@ -211,10 +218,12 @@ def generate_subject(out_dir: str | Path, subject: str, res: int = 512, frames: 
         built = _build_subject(model_path, lmk_path, res, seed)
         staging = tmp / subject
         with tqdm(total=frames * len(videos), desc=f"rendering {subject}", unit="frame") as progress:
-            for index, (name, test) in enumerate(videos):
-                rng = np.random.default_rng([seed, 100 + index])
-                _render_video(built, staging / subject / name, frames, res, rng, test, supersample, progress)
-        settings = {"res": res, "frames": frames, "seed": seed, "flame_model": str(flame_model_path or "synthetic")}
+            motions = subject_motions(test_motion, frames, seed, built.base_translation, len(train_videos),
+                                      len(test_videos))
+            for (name, _), motion in zip(videos, motions):
+                _render_video(built, staging / subject / name, motion, res, supersample, progress)
+        settings = {"res": res, "frames": frames, "seed": seed, "test_motion": test_motion,
+                    "flame_model": str(flame_model_path or "synthetic")}
         (staging / SYNTHETIC_MARKER).write_text(json.dumps({"written_by": "dynavatar's synthetic subject generator",
                                                             **settings}) + "\n")
         if target.exists():
@@ -234,6 +243,7 @@ def _changed_settings(target: Path, wanted: dict) -> dict:
         return {}
     if not isinstance(recorded, dict):
         return {}
+    recorded = {**GENERATION_DEFAULTS, **recorded}
     return {k: (recorded[k], wanted[k]) for k in GENERATION_KEYS if k in recorded and recorded[k] != wanted[k]}
 
 
@@ -241,12 +251,14 @@ def ensure_synthetic_subject(conf: Conf) -> Path | None:
     """With `dataset.synthetic = true`, generate the conf's subject on first use; return its folder
     (`<data_folder>/<subject>`), or None when the conf names a real dataset.
 
-    Reads dataset.data_folder / subject_name / json_name / synthetic_frames / synthetic_seed, the
+    Reads dataset.data_folder / subject_name / json_name / synthetic_frames / synthetic_seed /
+    synthetic_test_motion, the
     train and test sub_dirs, the train img_res (square images of its larger side) and
     model.flame_model_path ("synthetic" = the synthetic FLAME-format head, the same seed-0 model the
     training code builds). A synthetic subject (one holding the generator's marker file) that lacks
-    one of the conf's videos, or was generated with another image size, frame count or seed, is
-    generated again (it is deterministic), with a warning; any other existing folder is never touched.
+    one of the conf's videos, or was generated with another image size, frame count, seed or test
+    motion, is generated again (it is deterministic), with a warning; any other existing folder is
+    never touched.
     """
     data = conf.dataset
     if not data.synthetic:
@@ -257,7 +269,8 @@ def ensure_synthetic_subject(conf: Conf) -> Path | None:
     json_name = data.json_name
     height, width = data.train.img_res
     model_path = conf.model.flame_model_path
-    wanted = {"res": max(height, width), "frames": data.synthetic_frames, "seed": data.synthetic_seed}
+    wanted = {"res": max(height, width), "frames": data.synthetic_frames, "seed": data.synthetic_seed,
+              "test_motion": data.synthetic_test_motion}
     missing = [v for v in train_videos + test_videos if not (target / subject / v / json_name).is_file()]
     changed = _changed_settings(target, wanted)
     if not missing and not changed:
@@ -276,4 +289,4 @@ def ensure_synthetic_subject(conf: Conf) -> Path | None:
     return generate_subject(target.parent, subject, res=max(height, width),
                             frames=data.synthetic_frames, seed=data.synthetic_seed, flame_model_path=model_path,
                             train_videos=train_videos, test_videos=test_videos, landmark_path=landmark_path,
-                            overwrite=True)
+                            overwrite=True, test_motion=data.synthetic_test_motion)
