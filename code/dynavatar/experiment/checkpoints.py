@@ -237,10 +237,10 @@ def save_checkpoint(checkpoints: Path, epoch: int, parts: dict[str, dict], numbe
     """Write the parts as `latest` in one commit (see the module's docstring) and, when `numbered`,
     as `<epoch>.pth`. Any failure before the commit (a full disk, a file-size limit) removes what
     the save wrote and keeps the previous checkpoint; any failure is one CheckpointError."""
-    payloads = {part: _serialise({"epoch": epoch, **state}) for part, state in parts.items()}
     pending: list[Path] = []  # the temporaries of `latest`, renamed after the commit
     written: list[Path] = []  # what else this save created before its commit, removed if it fails
     try:
+        payloads = {part: _serialise({"epoch": epoch, **state}) for part, state in parts.items()}
         _roll_forward(checkpoints)
         digests = {}
         for part, data in payloads.items():

@@ -74,8 +74,9 @@ def check_writable(paths: ExperimentPaths, test_sub_dirs: tuple[str, ...], fresh
                    *(paths.eval_dir / s for s in test_sub_dirs)]
     for folder in dict.fromkeys(_nearest_existing(f) for f in wanted):
         try:
-            with tempfile.TemporaryFile(dir=folder):
-                pass
+            fd, probe = tempfile.mkstemp(prefix=".write-check-", dir=folder)
+            os.close(fd)
+            os.unlink(probe)
         except OSError as exc:
             raise OutputError(f"cannot write in {folder} ({exc.strerror or exc}): make the experiment writable "
                               f"(chmod -R u+w {paths.root}), or train into another folder with "
