@@ -45,9 +45,10 @@ _NO_FLOCK = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL}
 
 
 def lock_path(root: Path) -> Path:
-    """`<exps>/<subject>/<method>/<split>.lock` for the experiment folder `.../<split>`."""
-    root = Path(os.path.abspath(root))
-    return root.with_name(root.name + SUFFIX)
+    """`<exps>/<subject>/<method>/<split>.lock` for the experiment folder `.../<split>`, its folder
+    resolved, so that every spelling of one experiment's path names one lock."""
+    root = Path(root)
+    return Path(os.path.realpath(root.parent)) / (root.name + SUFFIX)
 
 
 @dataclass
@@ -240,11 +241,6 @@ def release(root: Path) -> None:
         if hold.fd is not None:
             os.close(hold.fd)
         _remove_empty(hold.created)
-
-
-def holds(root: Path) -> bool:
-    """Whether this process holds the experiment's lock."""
-    return lock_path(root) in _held
 
 
 @contextmanager
