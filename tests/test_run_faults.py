@@ -67,7 +67,9 @@ def test_a_failing_write_of_any_kind_during_a_save_is_one_line_and_leaves_no_tem
         except OSError:
             raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598")
 
-    def size_limit_on_second_file(data, path, calls=[]):
+    calls = []
+
+    def size_limit_on_second_file(data, path):
         """A file-size limit met part-way through the second file the save writes."""
         calls.append(path)
         path.write_bytes(bytes(data)[:100] if len(calls) == 2 else bytes(data))

@@ -256,10 +256,13 @@ def save_checkpoint(checkpoints: Path, epoch: int, parts: dict[str, dict], numbe
             # An epoch is listed once its model part exists: that comes last, after the record.
             for part in sorted(payloads, key=lambda name: name == MODEL):
                 if part == MODEL:
-                    written += [] if record_path(checkpoints, epoch).exists() else [record_path(checkpoints, epoch)]
-                    _write_json(record, record_path(checkpoints, epoch))
+                    numbered_record = record_path(checkpoints, epoch)
+                    if not numbered_record.exists():
+                        written.append(numbered_record)
+                    _write_json(record, numbered_record)
                 path = checkpoints / part / f"{epoch}.pth"
-                written += [] if path.exists() else [path]
+                if not path.exists():
+                    written.append(path)
                 os.replace(_tmp(path), path)
         _write_json(record, checkpoints / RECORD)  # the commit
     except Exception as exc:  # any failure while writing: nothing of this save stays, the previous one is whole
