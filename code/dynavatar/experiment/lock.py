@@ -64,8 +64,9 @@ _guard = threading.Lock()
 
 
 def _this_holder() -> dict:
+    command = " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]) if sys.argv and sys.argv[0] else ""
     return {"pid": os.getpid(), "host": socket.gethostname(), "started": datetime.now().isoformat(timespec="seconds"),
-            "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])[:300] if sys.argv and sys.argv[0] else ""}
+            "command": command if len(command) <= 120 else command[:117] + "..."}
 
 
 def _describe(holder: dict | None) -> str:
