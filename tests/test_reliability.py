@@ -25,7 +25,7 @@ from dynavatar.flame.model_file import load_landmark_embedding
 from dynavatar.model.build import load_avatar
 from dynavatar.model.frame_inputs import RowSparseAdam
 from dynavatar.train.trainer import Trainer, TrainOptions
-from tiny_experiment import DEMO, SPLIT, SUBJECT, experiment_root, tiny_conf, tiny_overrides
+from tiny_experiment import DEMO, SPLIT, SUBJECT, experiment_root, rewrite_part, tiny_conf, tiny_overrides
 
 
 def checkpoints_of(exps: Path, method: str = "demo") -> Path:
@@ -117,7 +117,7 @@ def test_evaluation_and_export_refuse_a_checkpoint_with_non_finite_parameters(da
     latest = checkpoints_of(tmp_path) / ckpt.MODEL / "latest.pth"
     part = torch.load(latest, weights_only=True)
     part["model_state_dict"]["points"][3, 1] = float("nan")
-    torch.save(part, latest)
+    rewrite_part(latest, part)
     with pytest.raises(CheckpointError, match=r"latest.pth holds non-finite values.*'points'"):
         load_avatar(conf, checkpoints_of(tmp_path), "latest", (32, 32), torch.device("cpu"))
     with pytest.raises(SystemExit) as info:
@@ -225,7 +225,7 @@ class Killed(BaseException):
 def _interrupt_after(monkeypatch, operations: int) -> None:
     """Make the save stop after `operations` file writes and renames, as a kill would."""
     count = {"n": 0}
-    write, replace = ckpt._write, os.replace
+    write, replace = ckpt._write_bytes, os.replace
 
     def counted(function):
         def wrapper(*args, **kwargs):
@@ -235,7 +235,7 @@ def _interrupt_after(monkeypatch, operations: int) -> None:
             return function(*args, **kwargs)
         return wrapper
 
-    monkeypatch.setattr(ckpt, "_write", counted(write))
+    monkeypatch.setattr(ckpt, "_write_bytes", counted(write))
     monkeypatch.setattr(ckpt.os, "replace", counted(replace))
 
 
@@ -248,9 +248,9 @@ def test_a_save_interrupted_anywhere_leaves_one_whole_checkpoint(data_folder, tm
     trainer.train_epoch(1)
     points[2] = trainer.avatar.points.detach().clone()  # epoch 2's state differs from epoch 1's
     outcomes = set()
-    # Cut before each part of `latest` is written, each numbered part written and renamed, the commit,
-    # each part of `latest` renamed.
-    for operations in range(4 * len(names) + 1):
+    # Cut before each part of `latest` is written, each numbered part written and renamed, the numbered
+    # record, the commit, each part of `latest` renamed.
+    for operations in range(4 * len(names) + 2):
         shutil.rmtree(checkpoints)
         shutil.copytree(tmp_path / "epoch1", checkpoints)
         with monkeypatch.context() as patch:
@@ -274,17 +274,17 @@ def test_a_full_disk_during_a_save_keeps_the_previous_checkpoint_and_leaves_no_t
     trainer = Trainer(tiny_conf(data_folder, tmp_path), TrainOptions(nepoch=3))
     trainer.save(1, numbered=True)
     before = digest(trainer.paths.checkpoints)
-    write = ckpt._write
+    write = ckpt._write_bytes
     calls = {"n": 0}
 
-    def disk_full_on_third(obj, path):
+    def disk_full_on_third(data, path):
         calls["n"] += 1
         if calls["n"] == 3:
             path.write_bytes(b"half a checkpoint")
             raise OSError(errno.ENOSPC, "No space left on device")
-        write(obj, path)
+        return write(data, path)
 
-    monkeypatch.setattr(ckpt, "_write", disk_full_on_third)
+    monkeypatch.setattr(ckpt, "_write_bytes", disk_full_on_third)
     with pytest.raises(CheckpointError, match="cannot write .*No space left on device.*previous checkpoint is kept"):
         trainer.save(2, numbered=True)
     assert digest(trainer.paths.checkpoints) == before and not list(trainer.paths.checkpoints.rglob("*.tmp"))

@@ -35,3 +35,7 @@ class TrainingDivergedError(DynAvatarError):
 
 class OutputError(DynAvatarError):
     """An output file cannot be written (a folder given for a file, an unwritable place, a full disk)."""
+
+
+class ExperimentInUseError(DynAvatarError):
+    """Another run is writing the experiment folder (its lock is held by a running process)."""

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import sys
 from typing import Callable, Sequence
 
 from ..errors import DynAvatarError
+
+# What the machine refuses, not a bug: a full disk or quota, a file-size limit, a read-only or
+# forbidden place. Raised where no more specific message catches it, these are one line too.
+REFUSED_BY_THE_SYSTEM = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM}
 
 
 def checkpoint_tag(text: str) -> str:
@@ -37,6 +42,13 @@ def main_with_errors(run: Callable[[Sequence[str] | None], int], argv: Sequence[
         sys.exit(run(argv))
     except DynAvatarError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except OSError as exc:
+        if exc.errno not in REFUSED_BY_THE_SYSTEM:
+            raise
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"error: {where}{exc.strerror or exc} (free disk space, or fix the permissions, and run again)",
+              file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
         print("interrupted: checkpoints already written are kept (resume training with --is_continue)",

@@ -11,6 +11,8 @@ from typing import Sequence
 
 from ..config import load_conf
 from ..errors import ConfigError
+from ..experiment import ExperimentPaths
+from ..experiment.lock import experiment_lock
 from .common import add_checkpoint_arguments, main_with_errors, setup_logging
 
 
@@ -54,13 +56,17 @@ def run(argv: Sequence[str] | None = None) -> int:
         Evaluator(conf, eval_options).reenact(args.drive)
         return 0
     ensure_synthetic_subject(conf)
-    if not args.is_eval:
-        nepoch = args.nepoch if args.nepoch is not None else conf.train.nepoch
+    if args.is_eval:
+        Evaluator(conf, eval_options).evaluate()
+        return 0
+    nepoch = args.nepoch if args.nepoch is not None else conf.train.nepoch
+    # One hold of the experiment's lock over training and its evaluation: no other run comes in between.
+    with experiment_lock(ExperimentPaths.from_conf(conf).root):
         trainer = Trainer(conf, TrainOptions(nepoch=nepoch, is_continue=args.is_continue, checkpoint=args.checkpoint,
                                              load_path=load_path, overwrite=args.overwrite))
         if trainer.run():  # evaluate the checkpoint just written, in this experiment's folder
             eval_options.checkpoint, eval_options.load_path = "latest", None
-    Evaluator(conf, eval_options).evaluate()
+        Evaluator(conf, eval_options).evaluate()
     return 0
 
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 from pyhocon import ConfigTree
 
-from .section import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, Section, setting, subsection
+from .section import AT_LEAST_ONE, FRACTION_BELOW_ONE, NON_NEGATIVE, POSITIVE, Section, setting, subsection
 
 
 # ---- train ---------------------------------------------------------------------------------------
@@ -156,6 +156,11 @@ class EvaluationConf(Section):
 
 # ---- model ---------------------------------------------------------------------------------------
 
+def _hidden_layers(dims: tuple[int, ...]) -> list[tuple[str, str]]:
+    """A network's `dims` name at least one hidden layer (an empty list is a typo, not a model)."""
+    return [] if dims else [("dims", "must list at least one hidden layer width, e.g. [256, 256], got []")]
+
+
 @dataclass(frozen=True)
 class CanonicalNetworkConf(Section):
     """`model.geometry_network`: the canonical (appearance) network."""
@@ -165,6 +170,12 @@ class CanonicalNetworkConf(Section):
     skip_in: tuple[int, ...] = setting((3,), "layers that also take the encoded input", NON_NEGATIVE)
     weight_norm: bool = setting(True, "weight-normalised linear layers")
     multires: int = setting(6, "frequencies of the positional encoding (0: none)", NON_NEGATIVE)
+
+    def check(self) -> list[tuple[str, str]]:
+        if 0 in self.skip_in:
+            return [("skip_in", f"must not hold layer 0, which takes the encoded input already, got "
+                                f"{list(self.skip_in)}")]
+        return _hidden_layers(self.dims)
 
 
 @dataclass(frozen=True)
@@ -176,11 +187,17 @@ class DeformerNetworkConf(Section):
     ghostbone: bool = setting(True, "skinning weights also over a ghost bone that never moves")
     deform_c: bool = setting(True, "learn a canonical offset per point")
 
+    def check(self) -> list[tuple[str, str]]:
+        return _hidden_layers(self.dims)
+
 
 @dataclass(frozen=True)
 class GaussianNetworkConf(Section):
     dims: tuple[int, ...] = setting((64,) * 3, "widths of the hidden layers", AT_LEAST_ONE)
     weight_norm: bool = setting(True, "weight-normalised linear layers")
+
+    def check(self) -> list[tuple[str, str]]:
+        return _hidden_layers(self.dims)
 
 
 @dataclass(frozen=True)
@@ -212,13 +229,16 @@ class PointSchedule(Section):
                                         f"length (got {lengths[0]}, {lengths[1]}, {lengths[2]})")]
         if list(self.schedule_epochs) != sorted(self.schedule_epochs):
             return [("schedule_epochs", f"must be increasing, got {list(self.schedule_epochs)}")]
+        if self.max_points < self.n_init_points:
+            return [("max_points", f"({self.max_points}) must be at least n_init_points ({self.n_init_points}): "
+                                   f"the cap would cut the initial points")]
         return []
 
 
 @dataclass(frozen=True)
 class ModelConf(Section):
     prune_thresh: float = setting(0.1, "a point below this opacity in every frame of an epoch is pruned",
-                                  NON_NEGATIVE)
+                                  FRACTION_BELOW_ONE)
     rasterizer: str = setting("auto", "auto | torch | gsplat | inria (docs/RENDERING.md)")
     flame_model_path: str = setting("./data/FLAME2020/generic_model.pkl", "FLAME 2020's model, or \"synthetic\"")
     flame_landmark_path: str = setting("./data/FLAME2020/landmark_embedding.npy", "FLAME's 68-landmark embedding")

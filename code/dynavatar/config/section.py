@@ -32,6 +32,7 @@ class Range:
 POSITIVE = Range(lambda v: math.isfinite(v) and v > 0, "positive")
 NON_NEGATIVE = Range(lambda v: v >= 0, "0 or more")
 AT_LEAST_ONE = Range(lambda v: v >= 1, "at least 1")  # counts and sizes
+FRACTION_BELOW_ONE = Range(lambda v: 0 <= v < 1, "in [0, 1)")  # e.g. an opacity threshold (1: every point)
 
 
 def setting(default: Any, doc: str, valid: Range | None = None, *, single: bool = False) -> Any:

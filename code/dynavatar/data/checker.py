@@ -18,7 +18,7 @@ from tqdm import tqdm
 from ..config import Conf, load_conf
 from ..errors import ConfigError, DatasetError
 from .flame_params import flame_params_problems, frame_id_of, load_json
-from .images import read_labels, read_mask, read_rgb
+from .images import read_labels, read_mask, read_rgb, size_mismatch
 from .problems import Problem, frame_label
 from .reader import sibling_path
 
@@ -57,10 +57,8 @@ def _file_problems(path: Path, where: str, reader) -> tuple[Any, list[Problem]]:
 
 def _size_problem(path: Path, what: str, shape: tuple, size: tuple[int, int] | None, where: str) -> list[Problem]:
     """A problem when a map's [h, w] differs from the image's."""
-    if size is None or shape[:2] == size:
-        return []
-    return [Problem(str(path), f"{what} size {shape[1]}x{shape[0]} differs from the image's {size[1]}x{size[0]}",
-                    where)]
+    problem = None if size is None else size_mismatch(what, tuple(shape[:2]), size)
+    return [] if problem is None else [Problem(str(path), problem, where)]
 
 
 def _frame_file_problems(image_path: Path, where: str, check_mask: bool, check_semantic: bool
@@ -171,9 +169,15 @@ def check_subject_dir(subject_dir: str | Path, json_name: str = DEFAULT_JSON_NAM
     inner = subject_dir / subject_dir.name
     root = inner if inner.is_dir() else subject_dir
     report = CheckReport()
-    videos = sorted(p for p in root.iterdir() if p.is_dir() and _looks_like_sub_dir(p, json_name))
+    folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    videos = [p for p in folders if _looks_like_sub_dir(p, json_name)]
     if not videos:
         report.problems.append(Problem(str(root), f"no video folders (with {json_name} or image/) found"))
+    for folder in folders:  # a video folder emptied or never filled would otherwise pass unseen
+        if folder not in videos:
+            state = "empty folder" if not any(folder.iterdir()) else f"folder without {json_name} or image/"
+            report.problems.append(Problem(str(folder), f"{state} among the videos: a video folder holds "
+                                                        f"{json_name} and image/ (complete it or remove it)"))
     for video in videos:
         report.extend(check_sub_dir(video, json_name))
     return report

@@ -83,11 +83,23 @@ def _numbers(value: Any, shape: tuple[int, ...] | None = None) -> np.ndarray | N
 
 
 def _describe(value: Any) -> str:
+    """What a value that is not the numbers wanted is: its shape, or where it is not finite."""
     try:
         arr = np.asarray(value, dtype=object)
-        return f"shape {list(arr.shape)}" if arr.ndim else repr(value)[:40]
     except (TypeError, ValueError):
         return type(value).__name__
+    if not arr.ndim:
+        return repr(value)[:40]
+    try:
+        numbers = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        return f"shape {list(arr.shape)}"
+    bad = np.argwhere(~np.isfinite(numbers))
+    if len(bad):  # json.load reads NaN and Infinity
+        where = list(map(int, bad[0]))
+        return (f"{numbers[tuple(where)]} at index {where[0] if len(where) == 1 else where}"
+                + (f" (and {len(bad) - 1} more non-finite value(s))" if len(bad) > 1 else ""))
+    return f"shape {list(arr.shape)}"
 
 
 def normalise_intrinsics(values: Any) -> tuple[list[float], bool]:

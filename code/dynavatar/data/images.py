@@ -37,8 +37,20 @@ def _load(path: str | Path, what: str, palette_indices: bool = False) -> Image.I
         raise DatasetError(f"{path}: cannot read the {what} ({type(exc).__name__}: {exc})") from None
 
 
-def check_header(path: str | Path, what: str) -> None:
-    """Read only an image's header (cheap: no decoding); a missing or unreadable file is a DatasetError."""
+_PNG_END = b"IEND"  # the chunk that closes every PNG
+_TAIL = 1024  # bytes at a file's end searched for it (some tools append a little after it)
+
+
+def _png_complete(path: Path) -> bool:
+    """Whether a PNG file still ends with its closing chunk (a file cut short by a copy does not)."""
+    with open(path, "rb") as handle:
+        handle.seek(max(0, path.stat().st_size - _TAIL))
+        return _PNG_END in handle.read()
+
+
+def check_header(path: str | Path, what: str) -> tuple[int, int]:
+    """Read only an image's header and, for a PNG, its last bytes (cheap: no decoding), so that a
+    missing, unreadable or truncated file is a DatasetError; returns the image's (height, width)."""
     path = Path(path)
     if not path.is_file():
         raise DatasetError(f"{path}: {what} not found")
@@ -46,8 +58,19 @@ def check_header(path: str | Path, what: str) -> None:
         with Image.open(path) as img:
             if img.width < 1 or img.height < 1:
                 raise ValueError(f"empty image ({img.width}x{img.height})")
+            if img.format == "PNG" and not _png_complete(path):
+                raise OSError("the file is truncated: its PNG end chunk is missing")
+            return img.height, img.width
     except DECODE_ERRORS as exc:
         raise DatasetError(f"{path}: cannot read the {what} ({type(exc).__name__}: {exc})") from None
+
+
+def size_mismatch(what: str, size: tuple[int, int], image_size: tuple[int, int]) -> str | None:
+    """The problem of a map (mask, semantic map) whose (height, width) is not the image's, or None.
+    The reader never resizes one to fit: a map of another size belongs to another frame or crop."""
+    if size == image_size:
+        return None
+    return f"{what} size {size[1]}x{size[0]} differs from the image's {image_size[1]}x{image_size[0]}"
 
 
 def _to_float(img: Image.Image) -> np.ndarray:

@@ -20,7 +20,7 @@ from ..config import Conf
 from ..errors import ConfigError, DatasetError
 from .batch import FrameBatch
 from .flame_params import N_EXPRESSION, read_flame_params
-from .images import check_header, read_labels, read_mask, read_rgb, resize, resize_labels, to_uint8
+from .images import check_header, read_labels, read_mask, read_rgb, resize, resize_labels, size_mismatch, to_uint8
 from .problems import Problem, raise_first
 from .subsample import select_frames
 
@@ -82,12 +82,16 @@ def load_frame_arrays(record: FrameRecord, img_res: Sequence[int], with_semantic
     Kept as 8 bits, what the PNGs hold, so that preloading costs 4 bytes a pixel and the preloaded
     and lazily read datasets return identical values."""
     try:
-        rgb = to_uint8(resize(read_rgb(record.image_path), img_res))
-        mask = to_uint8(resize(read_mask(record.mask_path), img_res))
-        labels = resize_labels(read_labels(record.semantic_path), img_res) if with_semantic else None
+        image, mask = read_rgb(record.image_path), read_mask(record.mask_path)
+        labels = read_labels(record.semantic_path) if with_semantic else None
+        for path, what, array in ((record.mask_path, "mask", mask), (record.semantic_path, "semantic map", labels)):
+            problem = None if array is None else size_mismatch(what, array.shape[:2], image.shape[:2])
+            if problem:
+                raise DatasetError(f"{path}: {problem}")
     except DatasetError as exc:
         raise DatasetError(f"{record.describe()}: {exc}") from None
-    return rgb, mask, labels
+    return (to_uint8(resize(image, img_res)), to_uint8(resize(mask, img_res)),
+            None if labels is None else resize_labels(labels, img_res))
 
 
 class FaceDataset(torch.utils.data.Dataset):
@@ -179,11 +183,17 @@ class FaceDataset(torch.utils.data.Dataset):
             files = [(record.image_path, "image"), (record.mask_path, "mask")]
             if self.has_semantic:
                 files.append((record.semantic_path, "semantic map"))
+            image_size = None
             for path, what in files:
                 try:
-                    check_header(path, what)
+                    size = check_header(path, what)
                 except DatasetError as exc:
                     problems.append(Problem(str(path), str(exc)[len(str(path)) + 2:], record.describe()))
+                    continue
+                image_size = image_size or size
+                problem = size_mismatch(what, size, image_size)
+                if problem:
+                    problems.append(Problem(str(path), problem, record.describe()))
         raise_first(problems)
 
     def _semantic_present(self, sub_dirs: list[str]) -> bool:

@@ -20,6 +20,7 @@ from ..config import Conf
 from ..data.reader import dataset_from_conf
 from ..experiment import ExperimentPaths
 from ..experiment import checkpoints as ckpt
+from ..experiment.lock import experiment_lock
 from ..model.build import experiment_checkpoints, load_avatar
 from ..runtime import flush_denormals_on_cpu, resolve_device
 from . import animation, report, training_frames
@@ -37,7 +38,8 @@ class EvalOptions:
 
 
 class Evaluator:
-    """Loads a checkpoint and evaluates or reenacts it."""
+    """Loads a checkpoint and evaluates or reenacts it. What it writes goes under the experiment
+    that owns the checkpoint, whose lock (experiment/lock.py) it holds while it writes."""
 
     def __init__(self, conf: Conf, options: EvalOptions) -> None:
         self.conf, self.options = conf, options
@@ -69,6 +71,10 @@ class Evaluator:
 
     def evaluate(self) -> dict[str, Path]:
         """Render the whole test split, write images, metrics and videos; returns the folders written."""
+        with experiment_lock(self.paths.root):
+            return self._evaluate()
+
+    def _evaluate(self) -> dict[str, Path]:
         conf, options = self.conf, self.options
         data = dataset_from_conf(conf, "test", is_eval=True, only_json=options.only_json,
                                  use_mean_expression=False, use_var_expression=False)
@@ -103,5 +109,6 @@ class Evaluator:
     def reenact(self, drive_json: str | Path) -> Path:
         """Render the avatar with another sequence's expressions, poses and cameras; returns the folder."""
         folder = animation.reenactment_folder(self.paths.eval_dir, drive_json, self.epoch)
-        return animation.reenact(self.avatar, drive_json, folder, self.render_batch_size(),
-                                 self.conf.evaluation.video_fps)
+        with experiment_lock(self.paths.root):
+            return animation.reenact(self.avatar, drive_json, folder, self.render_batch_size(),
+                                     self.conf.evaluation.video_fps)

@@ -5,7 +5,8 @@ one commit and read without running code.
     train/runconf.conf
     train/checkpoints/{ModelParameters, OptimizerParameters, SchedulerParameters,
                        OptimizerInputs, InputParameters, TestInputParameters}/{latest, N}.pth
-    train/checkpoints/latest.json       the commit record of `latest`: its epoch and parts
+    train/checkpoints/latest.json       the commit record of `latest`: its epoch, parts and their sha256
+    train/checkpoints/<N>.json          the same record of numbered checkpoint N
     train/tensorboard/
     eval/<test sub_dir>/epoch_<N>/
 
@@ -16,12 +17,22 @@ complete the new one (read from them, and renamed at the next save). Numbered ch
 written before the commit, the model part last, so an epoch is listed only once all its parts
 exist, and a kill before the commit makes the resumed run write them again.
 
+Each record holds the sha256 of every part it lists, and reading verifies them: a file damaged on
+the disk since (bit rot, an overwritten byte) is refused like a torn save, and `latest` then falls
+back to the newest intact numbered checkpoint. Checkpoints of earlier versions, whose records hold
+no checksums (or that have no record), are read unverified.
+
+Any failure while writing (a full disk, a file-size limit, an unwritable folder) removes what the
+save wrote, keeps the previous checkpoint and is one CheckpointError.
+
 Reading uses `torch.load(weights_only=True)`: tensors and plain Python values only, so a crafted
 file is refused before any of its code can run.
 """
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import logging
 import os
@@ -82,16 +93,54 @@ def _remove(path: Path) -> None:
         pass
 
 
-def _write(obj: Any, path: Path) -> None:
-    """torch.save to `path`, on the disk (fsync) before returning."""
+def _sha256(data: bytes | memoryview) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _serialise(obj: Any) -> memoryview:
+    """torch.save into memory: the disk then sees plain writes, whose failures are OSErrors (torch's
+    own file writer reports a full disk as a RuntimeError), and a numbered copy is the same bytes."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return buffer.getbuffer()
+
+
+def _write_bytes(data: memoryview, path: Path) -> str:
+    """Write `data` to `path`, on the disk (fsync) before returning; returns its sha256."""
     with open(path, "wb") as handle:
-        torch.save(obj, handle)
+        handle.write(data)
         handle.flush()
         os.fsync(handle.fileno())
+    return _sha256(data)
 
 
-def _write_failed(what: str, exc: OSError) -> CheckpointError:
-    return CheckpointError(f"cannot write {what} ({exc.strerror or exc}); the previous checkpoint is kept: "
+def _write(obj: Any, path: Path) -> str:
+    """torch.save to `path`, on the disk before returning; returns the file's sha256."""
+    return _write_bytes(_serialise(obj), path)
+
+
+def _write_json(obj: Any, path: Path) -> None:
+    """A small json file, atomically (temporary, fsync, rename)."""
+    with open(_tmp(path), "w") as handle:
+        handle.write(json.dumps(obj))
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(_tmp(path), path)
+
+
+def _reason(exc: BaseException) -> str:
+    """What went wrong, in a few words: the OSError behind an exception where there is one."""
+    cause: BaseException | None = exc
+    while cause is not None and not isinstance(cause, OSError):
+        cause = cause.__cause__ or cause.__context__
+    if isinstance(cause, OSError):
+        return cause.strerror or str(cause)
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0] if lines else ''}"
+
+
+def _write_failed(what: str, exc: BaseException) -> CheckpointError:
+    return CheckpointError(f"cannot write {what} ({_reason(exc)}); the previous checkpoint is kept: "
                            f"free disk space (or fix the folder's permissions) and resume with --is_continue")
 
 
@@ -103,7 +152,7 @@ def atomic_save(obj: Any, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         _write(obj, tmp)
         os.replace(tmp, path)
-    except OSError as exc:
+    except Exception as exc:  # any failure while writing: nothing half-written stays
         _remove(tmp)
         raise _write_failed(str(path), exc) from None
 
@@ -114,22 +163,53 @@ def has_checkpoint(checkpoints: Path) -> bool:
             or bool(available_epochs(checkpoints)))
 
 
-def _read_record(checkpoints: Path) -> dict | None:
-    """The commit record of `latest` ({"epoch": N, "parts": [...]}), or None (checkpoints of earlier versions)."""
-    path = checkpoints / RECORD
+def record_path(checkpoints: Path, tag: str | int = LATEST) -> Path:
+    """The record of checkpoint `tag`: `latest.json` (the commit of `latest`) or `<N>.json`."""
+    return checkpoints / f"{tag}.json"
+
+
+def latest_epoch(checkpoints: Path) -> int | None:
+    """The epoch of `latest` (its record's; for checkpoints of earlier versions its model part's),
+    or None when no save completed."""
+    try:
+        record = _read_record(checkpoints)
+    except CheckpointError:
+        record = None
+    if record is not None:
+        return record["epoch"]
+    model = checkpoints / MODEL / f"{LATEST}.pth"
+    return _epoch_of(model) if model.is_file() else None
+
+
+def _read_record(checkpoints: Path, tag: str | int = LATEST) -> dict | None:
+    """The record of checkpoint `tag` ({"epoch": N, "parts": [...], "sha256": {part: digest}}), or None
+    (checkpoints of earlier versions; their records, if any, hold no checksums: "sha256" is then {})."""
+    path = record_path(checkpoints, tag)
     if not path.is_file():
         return None
     try:
         record = json.loads(path.read_text())
-        return {"epoch": int(record["epoch"]), "parts": [str(p) for p in record["parts"]]}
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+        digests = record.get("sha256", {})
+        return {"epoch": int(record["epoch"]), "parts": [str(p) for p in record["parts"]],
+                "sha256": {str(k): str(v) for k, v in digests.items()}}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise CheckpointError(f"{path} is not a checkpoint record ({type(exc).__name__}: {exc})") from None
 
 
-def _epoch_of(path: Path) -> int | None:
-    """The epoch a part file holds, or None when it cannot be read (a temporary cut short by a kill)."""
+def _digest_of(checkpoints: Path, part: str, tag: str | int) -> str | None:
+    """The sha256 that checkpoint `tag`'s record holds for `part`, or None (nothing to verify against)."""
     try:
-        return int(_load(path, "cpu")["epoch"])
+        record = _read_record(checkpoints, tag)
+    except CheckpointError:
+        return None  # a numbered checkpoint with a damaged record: its parts are read unverified
+    return None if record is None else record["sha256"].get(part)
+
+
+def _epoch_of(path: Path, digest: str | None = None) -> int | None:
+    """The epoch a part file holds, or None when it cannot be read (a temporary cut short by a kill)
+    or differs from `digest`."""
+    try:
+        return int(_load(path, "cpu", digest)["epoch"])
     except (CheckpointError, KeyError, TypeError, ValueError):
         return None
 
@@ -145,38 +225,48 @@ def _roll_forward(checkpoints: Path) -> None:
     for part in PARTS:
         for tmp in (checkpoints / part).glob(f"*.pth{TMP}"):  # numbered ones: always of a save never committed
             if (tmp.name == f"{LATEST}.pth{TMP}" and record is not None and part in record["parts"]
-                    and _epoch_of(tmp) == record["epoch"]):
+                    and _epoch_of(tmp, record["sha256"].get(part)) == record["epoch"]):
                 os.replace(tmp, tmp.with_name(f"{LATEST}.pth"))
             else:
                 _remove(tmp)
+    for tmp in checkpoints.glob(f"*.json{TMP}"):  # records of saves that never committed
+        _remove(tmp)
 
 
 def save_checkpoint(checkpoints: Path, epoch: int, parts: dict[str, dict], numbered: bool) -> None:
     """Write the parts as `latest` in one commit (see the module's docstring) and, when `numbered`,
-    as `<epoch>.pth`. A failed write (a full disk) before the commit removes what it wrote and keeps
-    the previous checkpoint; any failure is one CheckpointError."""
-    payloads = {part: {"epoch": epoch, **state} for part, state in parts.items()}
+    as `<epoch>.pth`. Any failure before the commit (a full disk, a file-size limit) removes what
+    the save wrote and keeps the previous checkpoint; any failure is one CheckpointError."""
     pending: list[Path] = []  # the temporaries of `latest`, renamed after the commit
+    written: list[Path] = []  # what else this save created before its commit, removed if it fails
     try:
+        payloads = {part: _serialise({"epoch": epoch, **state}) for part, state in parts.items()}
         _roll_forward(checkpoints)
-        for part, payload in payloads.items():
+        digests = {}
+        for part, data in payloads.items():
             tmp = _tmp(checkpoints / part / f"{LATEST}.pth")
             tmp.parent.mkdir(parents=True, exist_ok=True)
             pending.append(tmp)
-            _write(payload, tmp)
+            digests[part] = _write_bytes(data, tmp)
+        record = {"epoch": epoch, "parts": sorted(payloads), "sha256": digests}
         if numbered:  # before the commit, so that a kill in between makes the resumed run write them again
-            for part in sorted(payloads, key=lambda name: name == MODEL):  # an epoch is listed once its model exists
+            for part, data in payloads.items():
+                written.append(_tmp(checkpoints / part / f"{epoch}.pth"))
+                _write_bytes(data, written[-1])
+            # An epoch is listed once its model part exists: that comes last, after the record.
+            for part in sorted(payloads, key=lambda name: name == MODEL):
+                if part == MODEL:
+                    numbered_record = record_path(checkpoints, epoch)
+                    if not numbered_record.exists():
+                        written.append(numbered_record)
+                    _write_json(record, numbered_record)
                 path = checkpoints / part / f"{epoch}.pth"
-                _write(payloads[part], _tmp(path))
+                if not path.exists():
+                    written.append(path)
                 os.replace(_tmp(path), path)
-        record = checkpoints / RECORD
-        with open(_tmp(record), "w") as handle:
-            handle.write(json.dumps({"epoch": epoch, "parts": sorted(payloads)}))
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(_tmp(record), record)  # the commit
-    except OSError as exc:
-        for path in [*pending, _tmp(checkpoints / RECORD), *(_tmp(checkpoints / p / f"{epoch}.pth") for p in payloads)]:
+        _write_json(record, checkpoints / RECORD)  # the commit
+    except Exception as exc:  # any failure while writing: nothing of this save stays, the previous one is whole
+        for path in [*pending, *written, _tmp(checkpoints / RECORD), _tmp(record_path(checkpoints, epoch))]:
             _remove(path)
         raise _write_failed(f"the checkpoint of epoch {epoch} to {checkpoints}", exc) from None
     try:
@@ -199,14 +289,23 @@ def _unreadable(path: Path, exc: Exception) -> CheckpointError:
                            f"truncated or not a DynAvatar checkpoint")
 
 
-def _load(path: Path, map_location: Any) -> dict:
-    """torch.load of tensors and plain values only (and the numpy RNG state of earlier versions)."""
+def _load(path: Path, map_location: Any, digest: str | None = None) -> dict:
+    """torch.load of tensors and plain values only (and the numpy RNG state of earlier versions),
+    after checking the file's sha256 against `digest` (the one its save recorded) when given."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise _unreadable(path, exc) from None
+    if digest is not None and _sha256(data) != digest:
+        raise CheckpointError(f"checkpoint {path} is damaged: its sha256 differs from the one recorded when it was "
+                              f"saved (the file changed on the disk since)")
+    source = io.BytesIO(data)
     try:
         if hasattr(torch.serialization, "safe_globals"):
             with torch.serialization.safe_globals(LEGACY_GLOBALS):
-                payload = torch.load(path, map_location=map_location, weights_only=True)
+                payload = torch.load(source, map_location=map_location, weights_only=True)
         else:  # torch < 2.5: tensors and plain values only
-            payload = torch.load(path, map_location=map_location, weights_only=True)
+            payload = torch.load(source, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
         name = _unsafe_global(exc)
         if name is not None:
@@ -230,7 +329,7 @@ def load_part(checkpoints: Path, part: str, tag: str | int, map_location: Any = 
         latest = " and latest" if (checkpoints / part / f"{LATEST}.pth").is_file() else ""
         raise CheckpointError(f"checkpoint {path} not found; epochs available: {have}{latest} "
                               f"(choose one with --checkpoint)")
-    return _load(path, map_location)
+    return _load(path, map_location, _digest_of(checkpoints, part, tag))
 
 
 def _load_latest(checkpoints: Path, names: list[str], map_location: Any) -> dict[str, dict]:
@@ -241,7 +340,7 @@ def _load_latest(checkpoints: Path, names: list[str], map_location: Any) -> dict
         tmp = _tmp(checkpoints / name / f"{LATEST}.pth")
         if record is not None and name in record["parts"] and tmp.is_file():
             try:
-                payload = _load(tmp, map_location)
+                payload = _load(tmp, map_location, record["sha256"].get(name))
                 if int(payload["epoch"]) == record["epoch"]:
                     parts[name] = payload
                     continue

@@ -5,6 +5,7 @@
     train/checkpoints/<part>/{latest, N}.pth
     train/tensorboard/
     eval/<test sub_dir>/epoch_<N>/
+<exps_folder>/<subject>/<methodname>/<split>.lock   while a run writes the experiment (lock.py)
 """
 
 from __future__ import annotations

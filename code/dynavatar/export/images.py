@@ -5,7 +5,6 @@ side-by-side panels. Images are tensors [H,W,3] (or [B,H,W,3] where stated), flo
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Sequence
 
@@ -13,6 +12,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
+
+from .files import temporary_beside
 
 # Jet-like colour ramp (dark blue -> blue -> cyan -> yellow -> red -> dark red): anchors at
 # equally spaced error levels, linearly interpolated. Implemented here to avoid matplotlib.
@@ -42,7 +43,7 @@ def save_png(path: str | Path, image: torch.Tensor) -> Path:
         array = array[..., 0]
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".png")
+    fd, tmp = temporary_beside(path, ".png")
     try:
         with os.fdopen(fd, "wb") as f:
             Image.fromarray(array).save(f, format="PNG")

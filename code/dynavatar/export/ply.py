@@ -12,7 +12,6 @@ The API takes and returns activated values: what the rasterizer consumes.
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import NamedTuple
 
@@ -21,6 +20,7 @@ import torch
 from plyfile import PlyData, PlyElement
 
 from ..errors import OutputError
+from .files import temporary_beside
 
 SH_C0 = 0.28209479177387814
 _OPACITY_EPS = 1e-7   # keeps logit finite for alpha 0 or 1 (float32 still resolves 1 - 1e-7)
@@ -91,7 +91,7 @@ def save_gaussians_ply(path: str | Path, means: torch.Tensor, quats: torch.Tenso
         raise OutputError(f"{path} is a folder: name the .ply file to write, e.g. {path / 'avatar.ply'}")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        fd, tmp = temporary_beside(path, ".tmp")
     except OSError as exc:  # an unwritable place: one clear message, not a traceback
         raise OutputError(f"cannot write {path} ({exc.strerror or exc})") from None
     try:

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from pathlib import Path
 from typing import Iterable
 
 import imageio.v2 as imageio
 import numpy as np
 import torch
+
+from .files import temporary_beside
 
 log = logging.getLogger(__name__)
 
@@ -42,14 +43,14 @@ def write_mp4(path: str | Path, frames: Iterable[np.ndarray | torch.Tensor], fps
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".mp4")
+    fd, tmp = temporary_beside(path, ".mp4")
     os.close(fd)
     count = 0
     size = None
     writer = None
     try:
         # macro_block_size=1: imageio would otherwise resize to multiples of 16.
-        writer = imageio.get_writer(tmp, format="FFMPEG", mode="I", fps=fps, codec="libx264",
+        writer = imageio.get_writer(str(tmp), format="FFMPEG", mode="I", fps=fps, codec="libx264",
                                     quality=quality, pixelformat="yuv420p", macro_block_size=1)
         for frame in frames:
             frame = _as_uint8_frame(frame)

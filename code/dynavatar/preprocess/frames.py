@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -55,17 +56,33 @@ def _ffmpeg():
     return imageio_ffmpeg
 
 
+def ffmpeg_reason(message: str) -> str:
+    """ffmpeg's reason for a failure, in a few words, from the log that imageio-ffmpeg puts in its
+    error (two dozen lines of version banner and stream listing)."""
+    lines = [re.sub(r"^\[[^\]]*\]\s*", "", line).strip() for line in str(message).splitlines()]
+    lines = [line for line in lines if line]
+    if any(line.startswith("Input #") for line in lines) and not any("Video:" in line for line in lines):
+        return "no video stream: the file holds no frames"
+    for line in reversed(lines):  # "Error opening input files: Invalid data found when processing input"
+        if line.startswith("Error") and ": " in line:
+            return line.split(": ", 1)[1]
+    return lines[-1][:200] if lines else "unknown error"
+
+
 def probe_video(path: str | Path) -> VideoInfo:
     """Size, frame rate and duration of a video; PreprocessError when it is missing or unreadable."""
     path = Path(path)
+    if path.is_dir():
+        raise PreprocessError(f"{path}: is a folder, not a video file (give each video file to --video / "
+                              f"--test-video)")
     if not path.is_file():
         raise PreprocessError(f"{path}: video not found (check the path given to --video / --test-video)")
     reader = _ffmpeg().read_frames(str(path))
     try:
         meta = next(reader)
     except (RuntimeError, OSError, StopIteration) as exc:
-        raise PreprocessError(f"{path}: cannot read the video ({exc}); convert it to mp4 (H.264) with ffmpeg "
-                              f"and try again") from None
+        raise PreprocessError(f"{path}: cannot read the video ({ffmpeg_reason(str(exc))}); convert it to mp4 (H.264) "
+                              f"with ffmpeg and try again") from None
     finally:
         reader.close()
     width, height = (int(v) for v in meta["size"])
@@ -111,7 +128,8 @@ def iter_frames(info: VideoInfo, selection: FrameSelection) -> Iterator[tuple[in
             if selection.max_frames is not None and kept >= selection.max_frames:
                 break
     except RuntimeError as exc:  # ffmpeg failed part-way
-        raise PreprocessError(f"{info.path}: decoding failed ({exc}); re-encode the video with ffmpeg") from None
+        raise PreprocessError(f"{info.path}: decoding failed ({ffmpeg_reason(str(exc))}); re-encode the video with "
+                              f"ffmpeg") from None
     finally:
         reader.close()
 

@@ -202,6 +202,8 @@ def generate_subject(out_dir: str | Path, subject: str, res: int = 512, frames: 
     videos = [(str(v), False) for v in train_videos] + [(str(v), True) for v in test_videos]
     if len({name for name, _ in videos}) != len(videos):
         raise DatasetError(f"video names must be distinct, got {[name for name, _ in videos]}")
+    if subject in ("", ".", "..") or Path(subject).name != subject or "\\" in subject:
+        raise DatasetError(f"subject name {subject!r} must be one folder name, without '/' (dataset.subject_name)")
     out_dir = Path(out_dir)
     target = out_dir / subject
     if target.exists() and not overwrite:
@@ -209,10 +211,11 @@ def generate_subject(out_dir: str | Path, subject: str, res: int = 512, frames: 
     if target.exists() and not (target / SYNTHETIC_MARKER).is_file():
         raise DatasetError(f"{target} exists and was not written by the synthetic generator: it is never "
                            f"replaced (choose another subject name or remove the folder yourself)")
-    out_dir.mkdir(parents=True, exist_ok=True)
     supersample = supersample or default_supersample(res)
+    place = target.resolve() if target.is_symlink() else target  # a linked subject is written where the link points
+    place.parent.mkdir(parents=True, exist_ok=True)
 
-    with tempfile.TemporaryDirectory(prefix=f".{subject}-", dir=out_dir) as tmp, _single_thread():
+    with tempfile.TemporaryDirectory(prefix=f".{subject}-", dir=place.parent) as tmp, _single_thread():
         tmp = Path(tmp)
         model_path, lmk_path = _flame_files(flame_model_path, landmark_path, tmp / "flame")
         built = _build_subject(model_path, lmk_path, res, seed)
@@ -226,9 +229,9 @@ def generate_subject(out_dir: str | Path, subject: str, res: int = 512, frames: 
                     "flame_model": str(flame_model_path or "synthetic")}
         (staging / SYNTHETIC_MARKER).write_text(json.dumps({"written_by": "dynavatar's synthetic subject generator",
                                                             **settings}) + "\n")
-        if target.exists():
-            shutil.rmtree(target)
-        staging.rename(target)
+        if place.exists():
+            shutil.rmtree(place)
+        staging.rename(place)
     log.info("wrote synthetic subject %s (%d videos x %d frames, %d px) to %s", subject, len(videos), frames, res,
              target)
     return target

@@ -1,17 +1,20 @@
-"""A training run's experiment folder: the guard against overwriting an experiment, moving an old
-one aside, the run's conf, and the checkpoint parts it saves and resumes from (their file format is
-experiment/checkpoints.py's)."""
+"""A training run's experiment folder: the guards against overwriting an experiment (or its later
+checkpoints) and against folders it cannot write, moving an old one aside, the run's conf, and the
+checkpoint parts it saves and resumes from (their file format is experiment/checkpoints.py's; the
+lock that keeps a second run out, experiment/lock.py's)."""
 
 from __future__ import annotations
 
 import logging
+import os
+import tempfile
 from datetime import datetime
 from pathlib import Path
 
 import torch
 
 from ..config import Conf, TrainConf, to_hocon
-from ..errors import CheckpointError
+from ..errors import CheckpointError, OutputError
 from ..experiment import ExperimentPaths
 from ..experiment import checkpoints as ckpt
 from ..model.avatar import Avatar
@@ -24,15 +27,60 @@ from .strategy import Strategy
 log = logging.getLogger(__name__)
 
 
-def check_experiment_folder(paths: ExperimentPaths, resuming: bool, overwrite: bool) -> None:
-    """A new run never overwrites an experiment's checkpoints unless asked to."""
-    if resuming or overwrite:
+def check_experiment_folder(paths: ExperimentPaths, resuming: bool, overwrite: bool, load_path: str | None = None,
+                            tag: str = ckpt.LATEST) -> None:
+    """A run never replaces an experiment's checkpoints unless asked to (--overwrite): a new run in a
+    folder that holds some, nor a resumed one that would continue from an earlier checkpoint
+    (`--checkpoint N` with later ones present) or from another experiment's (`--load_path`)."""
+    checkpoints = paths.checkpoints
+    if overwrite or not ckpt.has_checkpoint(checkpoints):
         return
-    if ckpt.has_checkpoint(paths.checkpoints):
+    epochs = ckpt.available_epochs(checkpoints)
+    if not resuming:
         raise CheckpointError(
-            f"{paths.train_dir} already holds checkpoints (epochs {ckpt.available_epochs(paths.checkpoints)}"
-            f" and latest): resume with --is_continue, start again with --overwrite, or train into another "
-            f"folder with train.methodname=<name>")
+            f"{paths.train_dir} already holds checkpoints (epochs {epochs} and latest): resume with --is_continue, "
+            f"start again with --overwrite, or train into another folder with train.methodname=<name>")
+    if load_path and ckpt.checkpoints_dir_of(load_path).resolve() != checkpoints.resolve():
+        raise CheckpointError(
+            f"--load_path {load_path}: this run's own experiment {paths.train_dir} holds checkpoints (epochs "
+            f"{epochs} and latest), which resuming here would replace: train into another folder with "
+            f"train.methodname=<name>, or pass --overwrite to move this experiment aside, whole, first")
+    if tag == ckpt.LATEST:
+        return
+    latest = ckpt.latest_epoch(checkpoints)
+    later = [e for e in epochs if e > int(tag)] + ([] if latest is None or latest <= int(tag) else [f"latest ({latest})"])
+    if later:
+        raise CheckpointError(
+            f"--checkpoint {tag}: {paths.train_dir} holds later checkpoints ({', '.join(map(str, later))}), which "
+            f"resuming from epoch {tag} here would replace: continue it in a new experiment with --load_path "
+            f"{paths.train_dir} train.methodname=<name>, or pass --overwrite to move this experiment aside, whole, "
+            f"and resume from its epoch {tag} in its place")
+
+
+def _nearest_existing(folder: Path) -> Path:
+    while not folder.exists() and folder.parent != folder:
+        folder = folder.parent
+    return folder
+
+
+def check_writable(paths: ExperimentPaths, test_sub_dirs: tuple[str, ...], fresh: bool) -> None:
+    """Every folder the run will write into can be written, checked before any work (a read-only
+    experiment otherwise fails at its first save, or at the final evaluation). `fresh`: the old
+    experiment is moved aside, so only the folder it sits in matters."""
+    wanted = [paths.root.parent]
+    if not fresh:
+        wanted += [paths.root, paths.train_dir, paths.checkpoints, *(paths.checkpoints / p for p in ckpt.PARTS),
+                   paths.checkpoints / ckpt.TEST_INPUTS, paths.tensorboard, paths.eval_dir,
+                   *(paths.eval_dir / s for s in test_sub_dirs)]
+    for folder in dict.fromkeys(_nearest_existing(f) for f in wanted):
+        try:
+            fd, probe = tempfile.mkstemp(prefix=".write-check-", dir=folder)
+            os.close(fd)
+            os.unlink(probe)
+        except OSError as exc:
+            raise OutputError(f"cannot write in {folder} ({exc.strerror or exc}): make the experiment writable "
+                              f"(chmod -R u+w {paths.root}), or train into another folder with "
+                              f"train.exps_folder=<folder>") from None
 
 
 def move_experiment_aside(root: Path) -> None:
@@ -49,10 +97,26 @@ def move_experiment_aside(root: Path) -> None:
     log.warning("--overwrite: the earlier experiment %s was moved aside, whole, to %s", root, aside)
 
 
-def write_runconf(paths: ExperimentPaths, conf: Conf) -> None:
-    """The conf the run trains with, defaults filled in, as `train/runconf.conf`."""
-    paths.train_dir.mkdir(parents=True, exist_ok=True)
-    paths.runconf.write_text(to_hocon(conf))
+def write_runconf(paths: ExperimentPaths, conf: Conf, start_epoch: int = 0) -> None:
+    """The conf the run trains with, defaults filled in, as `train/runconf.conf` (atomically). A run
+    resumed at `start_epoch` with another conf keeps the earlier one as
+    `runconf.until-epoch-<start_epoch>.conf`: the conf of the epochs before."""
+    text = to_hocon(conf)
+    tmp = paths.runconf.with_name(paths.runconf.name + ".tmp")
+    try:
+        paths.train_dir.mkdir(parents=True, exist_ok=True)
+        if start_epoch > 0 and paths.runconf.is_file() and paths.runconf.read_text() != text:
+            kept, n = paths.train_dir / f"runconf.until-epoch-{start_epoch}.conf", 1
+            while kept.exists():
+                kept, n = paths.train_dir / f"runconf.until-epoch-{start_epoch}-{n}.conf", n + 1
+            os.replace(paths.runconf, kept)
+            log.warning("resumed with another conf than the experiment's: the earlier one is kept as %s", kept)
+        tmp.write_text(text)
+        os.replace(tmp, paths.runconf)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise OutputError(f"cannot write {paths.runconf} ({exc.strerror or exc}): free disk space or make "
+                          f"{paths.train_dir} writable") from None
 
 
 def is_numbered(done: int, nepoch: int, train: TrainConf) -> bool:

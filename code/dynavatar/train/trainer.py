@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+import weakref
 from dataclasses import dataclass
 from typing import Callable
 
@@ -21,12 +22,14 @@ from ..data.batch import FrameBatch, batches, frames_per_step
 from ..data.reader import dataset_from_conf
 from ..experiment import ExperimentPaths
 from ..experiment import checkpoints as ckpt
+from ..experiment import lock
 from ..flame import load_flame_model
 from ..losses import AvatarLoss, load_vgg_perceptual
 from ..metrics import psnr
 from ..model.avatar import Avatar
 from ..model.build import avatar_from_conf, flame_paths
 from ..model.frame_inputs import FrameInputs
+from ..render.backends import resolve_backend
 from ..runtime import configure_device, epoch_generator, resolve_device, seed_everything
 from . import checkpointing, schedule
 from .guard import NonFiniteGuard, check_finite_parameters
@@ -50,19 +53,41 @@ class Trainer:
     """Trains an avatar as the paper does (see docs/METHOD.md); `run()` goes from `start_epoch` to `nepoch`.
 
     The trainer owns the optimisers and the point strategy; the avatar holds only what rendering needs.
+    It holds the experiment's lock (experiment/lock.py) from its construction to the end of `run()`.
     """
 
     def __init__(self, conf: Conf, options: TrainOptions) -> None:
+        self.paths = ExperimentPaths.from_conf(conf)
+        self._hold_lock()
+        try:
+            self._setup(conf, options)
+        except BaseException:
+            self._release_lock()
+            raise
+
+    def _hold_lock(self) -> None:
+        """Hold the experiment's lock (one writer per experiment), until `_release_lock` or, at the
+        latest, until this trainer is garbage-collected."""
+        lock.acquire(self.paths.root)
+        self._lock_hold = weakref.finalize(self, lock.release, self.paths.root)
+
+    def _release_lock(self) -> None:
+        self._lock_hold()  # a finalizer runs once: a second call does nothing
+
+    def _setup(self, conf: Conf, options: TrainOptions) -> None:
         self.conf = conf
         self.options = options
         train = conf.train
         self.device = resolve_device(train.device)
         self.strategy = strategy_from_conf(conf)  # an unknown name stops the run before anything is loaded
+        resolve_backend(conf.model.rasterizer, self.device)  # so does a rasterizer that cannot run here
         configure_device(self.device, train.tf32)
         self.seed = train.seed
         seed_everything(self.seed)
-        self.paths = ExperimentPaths.from_conf(conf)
-        checkpointing.check_experiment_folder(self.paths, options.is_continue, options.overwrite)
+        # Before any work, and before anything is moved or written: what the folder holds and allows.
+        checkpointing.check_experiment_folder(self.paths, options.is_continue, options.overwrite, options.load_path,
+                                              options.checkpoint)
+        checkpointing.check_writable(self.paths, conf.dataset.test.sub_dir, fresh=options.overwrite)
         # Files the run needs besides the data are checked before the (possibly long) image loading.
         load_flame_model(flame_paths(conf)[0])
         vgg = None
@@ -96,7 +121,7 @@ class Trainer:
                 strategy=self.strategy, inputs=self.inputs, input_optimizer=self.input_optimizer)
             if resumed is not None:
                 self.optimizer, self.start_epoch = resumed
-        elif options.overwrite:
+        if options.overwrite:  # every check passed (and a resumed checkpoint is in memory)
             checkpointing.move_experiment_aside(self.paths.root)
         self.writer: SummaryWriter | None = None
 
@@ -230,7 +255,9 @@ class Trainer:
     def run(self, after_epoch: Callable[[int, dict[str, float]], bool] | None = None) -> bool:
         """Train until `nepoch` epochs are done; returns whether any epoch was trained (and saved).
         `after_epoch(epochs_done, stats)` runs after each epoch's save; returning True stops training."""
-        checkpointing.write_runconf(self.paths, self.conf)
+        if not self._lock_hold.alive:  # run() again
+            self._hold_lock()
+        checkpointing.write_runconf(self.paths, self.conf, self.start_epoch)
         self.writer = SummaryWriter(str(self.paths.tensorboard))
         train = self.conf.train
         save_freq, plot_freq = max(1, train.save_freq), max(1, train.plot_freq)
@@ -258,4 +285,5 @@ class Trainer:
                     break
         finally:
             self.writer.close()
+            self._release_lock()
         return nepoch > self.start_epoch
