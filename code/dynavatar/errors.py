@@ -35,3 +35,8 @@ class TrainingDivergedError(DynAvatarError):
 
 class OutputError(DynAvatarError):
     """An output file cannot be written (a folder given for a file, an unwritable place, a full disk)."""
+
+
+class TrainingCollapsedError(DynAvatarError):
+    """Every Gaussian became transparent during training, so the avatar renders nothing and no gradient
+    can bring it back (e.g. a learning rate too high for the first steps: see train.warmup_epochs)."""
