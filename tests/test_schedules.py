@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,7 @@ from dynavatar.losses import AvatarLoss
 from dynavatar.runtime import flush_denormals_on_cpu, resolve_device
 from dynavatar.errors import ConfigError
 from dynavatar.data.batch import frames_per_step
-from dynavatar.train.schedule import learning_rate_at
+from dynavatar.train.schedule import learning_rate_at, warmup_factor
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -26,6 +27,18 @@ def conf():
 
 def test_learning_rate_halves_at_80_and_100(conf):
     assert [learning_rate_at(conf.train, e) for e in (0, 79, 80, 99, 100, 500)] == pytest.approx([1e-4, 1e-4, 5e-5, 5e-5, 2.5e-5, 2.5e-5])
+
+
+def test_the_warmup_rises_linearly_step_by_step_then_leaves_the_schedule_alone(conf):
+    # 2 epochs of 4 steps: 1/8, 2/8, ... 8/8 of the rate, then the rate itself.
+    assert [warmup_factor(2, e, s, 4) for e in (0, 1, 2) for s in range(4)] == pytest.approx(
+        [1 / 8, 2 / 8, 3 / 8, 4 / 8, 5 / 8, 6 / 8, 7 / 8, 1, 1, 1, 1, 1])
+    assert warmup_factor(0, 0, 0, 20) == 1.0  # no warm-up: the full rate from the first step (the paper)
+    warm = dataclasses.replace(conf.train, warmup_epochs=3, sched_milestones=(1, 80))  # a milestone inside it
+    assert learning_rate_at(warm, 0, 0, 10) == pytest.approx(1e-4 / 30)
+    assert learning_rate_at(warm, 1, 4, 10) == pytest.approx(0.5e-4 * 15 / 30)  # the halving applies as well
+    assert learning_rate_at(warm, 2) == pytest.approx(0.5e-4)  # no step given: the epoch's last step
+    assert learning_rate_at(warm, 3, 0, 10) == pytest.approx(0.5e-4)  # after it, the schedule alone
 
 
 def test_lbs_weight_halves_at_20_30_50_70(conf):

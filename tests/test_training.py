@@ -57,11 +57,33 @@ def _state(trainer: Trainer) -> dict[str, torch.Tensor]:
     return out
 
 
+def test_the_warmup_raises_the_learning_rate_at_every_step(data_folder, tmp_path):
+    trainer = Trainer(training_conf(data_folder, tmp_path, "train.warmup_epochs=2"), TrainOptions(nepoch=2))
+    seen, steps = [], []
+    step = trainer.train_step
+
+    def recording(batch, step_inputs):
+        seen.append(trainer.optimizer.param_groups[0]["lr"])
+        return step(batch, step_inputs)
+
+    trainer.train_step = recording
+    for epoch in range(2):
+        before = len(seen)
+        trainer.train_epoch(epoch)
+        steps.append(len(seen) - before)
+    assert steps == [3, 6]  # 12 frames, 4 a step at 100 points, 2 at 200 (from epoch 1)
+    # From 3e-4 / 6 at the first step to 3e-4 at the last step of epoch 1, in equal steps within each epoch.
+    expected = [3e-4 * min(1.0, (epoch + (k + 1) / n) / 2) for epoch, n in enumerate(steps) for k in range(n)]
+    assert seen == pytest.approx(expected, rel=1e-12)
+
+
 def test_resume_gives_the_same_parameters_as_an_uninterrupted_run(data_folder, tmp_path):
     # The points grow at epoch 1 (Adam restarts) and not after it, so that with the moments carried
-    # epoch 2 goes on from the Adam state saved with the checkpoint after epoch 1.
+    # epoch 2 goes on from the Adam state saved with the checkpoint after epoch 1. The run resumes
+    # within the learning-rate warm-up (4 epochs), whose rate follows from the epoch and step.
     extra = ("train.keep_optimizer_state=true", "model.point_cloud.schedule_epochs=[1]",
-             "model.point_cloud.schedule_points=[200]", "model.point_cloud.radius_factors=[0.75]")
+             "model.point_cloud.schedule_points=[200]", "model.point_cloud.radius_factors=[0.75]",
+             "train.warmup_epochs=4")
     straight = Trainer(training_conf(data_folder, tmp_path / "a", *extra), TrainOptions(nepoch=3))
     straight.run()
     first = Trainer(training_conf(data_folder, tmp_path / "b", *extra), TrainOptions(nepoch=2))
@@ -70,6 +92,7 @@ def test_resume_gives_the_same_parameters_as_an_uninterrupted_run(data_folder, t
     assert resumed.start_epoch == 2 and resumed.avatar.n_points == 200
     assert resumed.optimizer.state  # the checkpoint's moments, which epoch 2 carries on with
     resumed.run()
+    assert resumed.optimizer.param_groups[0]["lr"] == pytest.approx(3e-4 * 3 / 4)  # still warming up at epoch 2
     assert resumed.avatar.n_points == straight.avatar.n_points == 200
     a, b = _state(straight), _state(resumed)
     assert a.keys() == b.keys() and "avatar.point_radius" in a
@@ -196,6 +219,7 @@ def test_coarse_to_fine_steps_every_upsample_freq_epochs_and_reports_when_the_co
     strategy.initialize(cloud)
     generator = torch.Generator().manual_seed(0)
     assert strategy.epoch_start(cloud, 0, generator) is None and strategy.epoch_start(cloud, 1, generator) is None
+    strategy.observe(torch.ones(1, 8))  # every point seen
     grown = strategy.epoch_start(cloud, 2, generator)
     assert isinstance(grown, PointUpdate) and cloud.n_points == 10 and grown.source.shape == (10,)
     assert not grown.count_final  # epoch 2 is the last growth: its restart stays

@@ -39,3 +39,8 @@ class OutputError(DynAvatarError):
 
 class ExperimentInUseError(DynAvatarError):
     """Another run is writing the experiment folder (its lock is held by a running process)."""
+
+
+class TrainingCollapsedError(DynAvatarError):
+    """Every Gaussian became transparent during training, so the avatar renders nothing and no gradient
+    can bring it back (e.g. a learning rate too high for the first steps: see train.warmup_epochs)."""

@@ -5,17 +5,21 @@
     python scripts/make_synthetic_subject.py --out data/datasets --subject beyond --test_motion extrapolate
     python scripts/make_synthetic_subject.py --out data/datasets --subject real_head \
         --flame data/FLAME2020/generic_model.pkl
+    python scripts/make_synthetic_subject.py --out data/datasets --subject dense --res 64 --frames 80 --head dense
 
 Writes <out>/<subject>/<subject>/<video>/{image,mask,semantic}/<k>.png and flame_params.json for two
 training videos and one test video (the names of confs/subject1.conf unless given). Deterministic for a seed.
 --test_motion extrapolate makes test videos beyond the training videos (larger expressions, pairs of
 expressions that training never shows together, wider head turns and jaw openings; docs/DATA_FORMAT.md).
+A --head variant other than the default also writes its head model to <out>/<subject>/flame_model/ (train
+with model.flame_model_path and model.flame_landmark_path pointing there).
 """
 
 import argparse
 import logging
 
 from ..subject_generator.motion import TEST_MOTIONS
+from ..flame.synthetic_head import HEAD_VARIANTS
 from ..subject_generator.subject import DEFAULT_TEST_VIDEOS, DEFAULT_TRAIN_VIDEOS, generate_subject
 from ..errors import DynAvatarError
 
@@ -29,6 +33,10 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="random seed (shape, colours, motion), default 0")
     parser.add_argument("--flame", default=None,
                         help="FLAME 2020 generic_model.pkl (or its folder); default: the synthetic FLAME-format head")
+    parser.add_argument("--head", default=None, metavar="VARIANT",
+                        help=f"a variant of the synthetic head: one of {', '.join(HEAD_VARIANTS)}, optionally with "
+                             f"overrides, e.g. 'dense,scale=1.3' or 'default,proportions=0.9:1.1:1' (keys: rows, "
+                             f"cols, eye_rings, eye_segments, scale, proportions, n_expression); default: default")
     parser.add_argument("--landmarks", default=None,
                         help="landmark embedding (default: landmark_embedding.npy beside --flame)")
     parser.add_argument("--train-videos", nargs="+", default=list(DEFAULT_TRAIN_VIDEOS), help="training video names")
@@ -42,7 +50,8 @@ def main(argv=None) -> int:
     try:
         generate_subject(args.out, args.subject, res=args.res, frames=args.frames, seed=args.seed,
                          flame_model_path=args.flame, train_videos=args.train_videos, test_videos=args.test_videos,
-                         landmark_path=args.landmarks, overwrite=args.overwrite, test_motion=args.test_motion)
+                         landmark_path=args.landmarks, overwrite=args.overwrite, test_motion=args.test_motion,
+                         head=args.head)
     except DynAvatarError as exc:  # user errors: one message, no traceback
         logging.error("%s", exc)
         return 1

@@ -6,32 +6,117 @@ brows, eye sockets, cheekbones, lips, chin and ears as smooth bumps, and a mouth
 when the jaw rotates (the faces spanning the slit form the mouth interior). Two eyeball spheres
 are skinned to the eye joints. Expression components move mouth, lips, brows and cheeks; shape
 components change proportions. The same loader and code paths serve it and the real model.
+
+Head variants (`HeadVariant`, `head_variant`) mesh the same anatomy with other tessellations and
+vertex counts (FLAME's 5,023 among them), sizes and proportions, so that what trains on one head
+model can be checked on others. The default variant is the head above, unchanged.
 """
 
 from __future__ import annotations
 
 import logging
 import pickle
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 import numpy as np
 
 log = logging.getLogger(__name__)
 
-N_ROWS = 60  # elevation rings below the top pole
-N_COLS = 64  # azimuth samples (even, so that one column faces +z)
 EL_BOTTOM = -1.25  # elevation of the open neck boundary (radians)
 MOUTH_EL = -0.465  # elevation of the lip line
 MOUTH_HALF_WIDTH = 0.27  # azimuth half-width of the mouth slit (radians)
 EYE_DIRECTION = (0.33, 0.36)  # (elevation, |azimuth|) of the eyes
 EYEBALL_RADIUS = 0.0125
-N_SHAPE_COMPONENTS = 300
+N_SHAPE_COMPONENTS = 300  # fixed by FLAME's file layout: expression components start at index 300
 N_EXPRESSION_COMPONENTS = 100
+MIN_EXPRESSION_COMPONENTS = 50  # the synthetic subjects' motion and the deformer drive 50
 N_POSE_FEATURES = 36
 GLOBAL, NECK, JAW, LEFT_EYE, RIGHT_EYE = range(5)  # FLAME's joint order; left = subject's left = +x
 MODEL_FILE = "generic_model.pkl"
 LANDMARK_FILE = "landmark_embedding.npy"
+
+
+@dataclass(frozen=True)
+class HeadVariant:
+    """How the synthetic head is meshed and sized. The default builds the project's own head; the
+    others keep its anatomy but change what a recipe must not depend on: the vertex count and
+    tessellation, the size in FLAME units and the proportions, the number of expression components."""
+
+    name: str = "default"
+    rows: int = 60  # elevation rings below the top pole
+    cols: int = 64  # azimuth samples (even: one column faces +z; odd: the face's midline lies between two)
+    eye_rings: int = 6  # each eyeball is a UV sphere of eye_rings x eye_segments vertices plus two poles
+    eye_segments: int = 10
+    scale: float = 1.0  # uniform size factor of all geometry (template, joints, blendshapes)
+    proportions: tuple[float, float, float] = field(default=(1.0, 1.0, 1.0))  # width, height, depth factors
+    n_expression: int = N_EXPRESSION_COMPONENTS
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.rows < 20 or self.cols < 24:
+            problems.append(f"rows >= 20 and cols >= 24 (got {self.rows}, {self.cols})")
+        if self.eye_rings < 2 or self.eye_segments < 3:
+            problems.append(f"eye_rings >= 2 and eye_segments >= 3 (got {self.eye_rings}, {self.eye_segments})")
+        if not self.scale > 0 or len(self.proportions) != 3 or not all(p > 0 for p in self.proportions):
+            problems.append(f"a positive scale and three positive proportions (got {self.scale}, {self.proportions})")
+        if self.n_expression < MIN_EXPRESSION_COMPONENTS:
+            problems.append(f"n_expression >= {MIN_EXPRESSION_COMPONENTS} (got {self.n_expression})")
+        if problems:
+            raise ValueError(f"head variant {self.name!r} needs " + "; ".join(problems))
+
+    @property
+    def axis_scale(self) -> np.ndarray:
+        """Per-axis factor [3] applied to every geometric array."""
+        return self.scale * np.asarray(self.proportions, dtype=np.float64)
+
+    @property
+    def height_factor(self) -> float:
+        """How much taller than the default head this one is (the subject generator frames by it)."""
+        return float(self.axis_scale[1])
+
+
+HEAD_VARIANTS = {
+    "default": HeadVariant(),
+    # A finer tessellation: 5,892 vertices.
+    "dense": HeadVariant("dense", rows=72, cols=80),
+    # FLAME's counts: 5,023 vertices (the eyeballs finer, as FLAME's), 300 shape + 100 expression components.
+    "flame": HeadVariant("flame", rows=60, cols=67, eye_rings=16, eye_segments=31),
+    "coarse": HeadVariant("coarse", rows=40, cols=44),
+    "large": HeadVariant("large", scale=1.3),
+    "small": HeadVariant("small", scale=0.75),
+    "long": HeadVariant("long", proportions=(0.9, 1.15, 1.05)),
+}
+
+
+def head_variant(spec: str | HeadVariant | None) -> HeadVariant:
+    """A variant from its name, optionally followed by field overrides: "dense", "flame,scale=1.3",
+    "default,rows=50,cols=56,proportions=0.9:1.1:1". None is the default head."""
+    if spec is None:
+        return HEAD_VARIANTS["default"]
+    if isinstance(spec, HeadVariant):
+        return spec
+    name, *overrides = [part.strip() for part in str(spec).split(",")]
+    if name not in HEAD_VARIANTS:
+        raise ValueError(f"unknown head variant {name!r}; choose one of {sorted(HEAD_VARIANTS)}")
+    variant = HEAD_VARIANTS[name]
+    if not overrides:
+        return variant
+    types = {f.name: f.type for f in fields(HeadVariant) if f.name != "name"}
+    changes: dict = {}
+    for item in overrides:
+        key, _, value = item.partition("=")
+        key = key.strip()
+        if key not in types or not value:
+            raise ValueError(f"head variant override {item!r}: expected key=value with key one of {sorted(types)}")
+        try:
+            if key == "proportions":
+                changes[key] = tuple(float(v) for v in value.split(":"))
+            else:
+                changes[key] = float(value) if key == "scale" else int(value)
+        except ValueError:
+            raise ValueError(f"head variant override {item!r}: {value!r} is not a number") from None
+    return replace(variant, name=str(spec), **changes)
 
 
 def _smoothstep(x: np.ndarray, lo: float, hi: float) -> np.ndarray:
@@ -96,26 +181,34 @@ def surface_points(el: np.ndarray, az: np.ndarray) -> np.ndarray:
 class _Grid:
     """Vertex bookkeeping of the head surface."""
 
-    el: np.ndarray  # [N_ROWS] ring elevations
-    az: np.ndarray  # [N_COLS] column azimuths
+    el: np.ndarray  # [rows] ring elevations
+    az: np.ndarray  # [cols] column azimuths
     lip_row: int
     cut_cols: np.ndarray  # columns whose lip-row vertex is split into upper and lower lip
     corner_cols: tuple[int, int]
 
+    @property
+    def rows(self) -> int:
+        return len(self.el)
+
+    @property
+    def cols(self) -> int:
+        return len(self.az)
+
     def vertex(self, row: int, col: int) -> int:
-        return 1 + row * N_COLS + col % N_COLS
+        return 1 + row * self.cols + col % self.cols
 
     def lower_lip(self, col: int) -> int:
         """The vertex used below the lip line at (lip_row, col): a duplicate inside the slit."""
-        col %= N_COLS
+        col %= self.cols
         hits = np.nonzero(self.cut_cols == col)[0]
-        return 1 + N_ROWS * N_COLS + int(hits[0]) if len(hits) else self.vertex(self.lip_row, col)
+        return 1 + self.rows * self.cols + int(hits[0]) if len(hits) else self.vertex(self.lip_row, col)
 
 
-def _grid() -> _Grid:
-    step = (np.pi / 2 - EL_BOTTOM) / N_ROWS
-    el = np.pi / 2 - step * (np.arange(N_ROWS) + 1)
-    az = -np.pi + 2 * np.pi * np.arange(N_COLS) / N_COLS
+def _grid(rows: int, cols: int) -> _Grid:
+    step = (np.pi / 2 - EL_BOTTOM) / rows
+    el = np.pi / 2 - step * (np.arange(rows) + 1)
+    az = -np.pi + 2 * np.pi * np.arange(cols) / cols
     lip_row = int(np.argmin(np.abs(el - MOUTH_EL)))
     in_mouth = np.abs(az) <= MOUTH_HALF_WIDTH
     cols = np.nonzero(in_mouth)[0]
@@ -128,17 +221,17 @@ def _head_surface(grid: _Grid) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict
     el_grid, az_grid = np.meshgrid(grid.el, grid.az, indexing="ij")
     ring = surface_points(el_grid, az_grid).reshape(-1, 3)
     pole = surface_points(np.array([np.pi / 2]), np.array([0.0]))
-    lip_dups = ring[grid.lip_row * N_COLS + grid.cut_cols]
+    lip_dups = ring[grid.lip_row * grid.cols + grid.cut_cols]
     vertices = np.concatenate([pole, ring, lip_dups], axis=0)
 
     faces: list[tuple[int, int, int]] = []
     mouth: list[bool] = []
     cells: dict = {}  # (row, col, 'upper'|'lower') -> face index; rows index the ring above the cell
-    for col in range(N_COLS):  # triangle fan around the top pole
+    for col in range(grid.cols):  # triangle fan around the top pole
         faces.append((0, grid.vertex(0, col + 1), grid.vertex(0, col)))
         mouth.append(False)
-    for row in range(N_ROWS - 1):
-        for col in range(N_COLS):
+    for row in range(grid.rows - 1):
+        for col in range(grid.cols):
             a, b = grid.vertex(row, col), grid.vertex(row, col + 1)
             if row == grid.lip_row:  # cells just below the slit hang from the lower lip
                 a, b = grid.lower_lip(col), grid.lower_lip(col + 1)
@@ -257,14 +350,15 @@ def _cell_barycentric(grid: _Grid, cells: dict, el: float, az: float, on_row: st
     else:
         row, u = grid.lip_row, 0.0
     if w >= u:  # face (a, c, b): p = a + w (b - a) + u (c - b)
-        return cells[(row, col % N_COLS, "upper")], np.array([1.0 - w, u, w - u])
-    return cells[(row, col % N_COLS, "lower")], np.array([1.0 - u, u - w, w])  # face (a, d, c)
+        return cells[(row, col % grid.cols, "upper")], np.array([1.0 - w, u, w - u])
+    return cells[(row, col % grid.cols, "lower")], np.array([1.0 - u, u - w, w])  # face (a, d, c)
 
 
-def build_synthetic_flame(seed: int = 0) -> SyntheticFlame:
-    """Build the synthetic FLAME-format model (deterministic for a seed)."""
+def build_synthetic_flame(seed: int = 0, variant: str | HeadVariant | None = None) -> SyntheticFlame:
+    """Build the synthetic FLAME-format model (deterministic for a seed and variant; see `head_variant`)."""
+    variant = head_variant(variant)
     rng = np.random.default_rng(seed)
-    grid = _grid()
+    grid = _grid(variant.rows, variant.cols)
     head_v, head_f, mouth_f, cells = _head_surface(grid)
     n_head = len(head_v)
 
@@ -275,7 +369,7 @@ def build_synthetic_flame(seed: int = 0) -> SyntheticFlame:
         direction = _directions(np.array(el0), np.array(az0))
         surface = _base_radius(np.array(el0), np.array(az0)) + 0.006  # flush with the face around the socket
         center = direction * (surface - EYEBALL_RADIUS)
-        verts, faces = _eyeball(center, EYEBALL_RADIUS)
+        verts, faces = _eyeball(center, EYEBALL_RADIUS, variant.eye_rings, variant.eye_segments)
         eyes_f.append(faces + n_head + sum(len(v) for v in eyes_v))
         eyes_v.append(verts)
         eye_centers.append(center)
@@ -292,7 +386,7 @@ def build_synthetic_flame(seed: int = 0) -> SyntheticFlame:
         el_v[sl] = np.arcsin(center[1] / np.linalg.norm(center))
         az_v[sl] = np.arctan2(center[0], center[2])
     lower_lip = np.zeros(n_vertices, dtype=bool)
-    lower_lip[1 + N_ROWS * N_COLS: n_head] = True
+    lower_lip[1 + grid.rows * grid.cols: n_head] = True
     is_eye = np.zeros(n_vertices, dtype=bool)
     is_eye[n_head:] = True
 
@@ -315,9 +409,9 @@ def build_synthetic_flame(seed: int = 0) -> SyntheticFlame:
 
     # Joint regressor: each joint is the mean of a set of vertices.
     j_regressor = np.zeros((5, n_vertices))
-    ring_rows = {GLOBAL: N_ROWS - 1, NECK: int(np.argmin(np.abs(grid.el + 1.0)))}
+    ring_rows = {GLOBAL: grid.rows - 1, NECK: int(np.argmin(np.abs(grid.el + 1.0)))}
     for joint, row in ring_rows.items():
-        j_regressor[joint, 1 + row * N_COLS: 1 + (row + 1) * N_COLS] = 1.0
+        j_regressor[joint, 1 + row * grid.cols: 1 + (row + 1) * grid.cols] = 1.0
     hinge = np.zeros(n_vertices, dtype=bool)
     for side in (-1.0, 1.0):
         hinge |= (_bump(el_v, az_v, -0.25, side * 1.35, 0.08, 0.08) > 0.5) & ~is_eye
@@ -326,10 +420,18 @@ def build_synthetic_flame(seed: int = 0) -> SyntheticFlame:
         j_regressor[joint, sl] = 1.0
     j_regressor /= j_regressor.sum(axis=1, keepdims=True)
 
-    shapedirs = np.zeros((n_vertices, 3, N_SHAPE_COMPONENTS + N_EXPRESSION_COMPONENTS))
+    shapedirs = np.zeros((n_vertices, 3, N_SHAPE_COMPONENTS + variant.n_expression))
     shapedirs[:, :, :N_SHAPE_COMPONENTS] = _shape_components(vertices, el_v, az_v, rng)
-    shapedirs[:, :, N_SHAPE_COMPONENTS:] = _expression_components(vertices, el_v, az_v, lower_lip, is_eye, rng)
+    shapedirs[:, :, N_SHAPE_COMPONENTS:] = _expression_components(vertices, el_v, az_v, lower_lip, is_eye, rng,
+                                                                  variant.n_expression)
     posedirs = _pose_correctives(vertices, weights, j_regressor @ vertices, rng)
+    # Size and proportions scale all geometry (the shapes above are designed on the default head's
+    # metres): every array is a position or a displacement, so one per-axis factor serves all.
+    axis = variant.axis_scale
+    if not np.array_equal(axis, np.ones(3)):
+        vertices = vertices * axis
+        shapedirs = shapedirs * axis[None, :, None]
+        posedirs = posedirs * axis[None, :, None]
 
     corner_az = float(grid.az[grid.corner_cols[1]])
     lmk = [_cell_barycentric(grid, cells, e, a) for e, a in _landmark_directions(corner_az)]
@@ -377,9 +479,10 @@ def _shape_components(vertices: np.ndarray, el: np.ndarray, az: np.ndarray, rng:
 
 
 def _expression_components(vertices: np.ndarray, el: np.ndarray, az: np.ndarray, lower_lip: np.ndarray,
-                           is_eye: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """[V, 3, 100]: mouth, lips, brows and cheeks move differently; eyeballs never deform."""
-    out = np.zeros((len(vertices), 3, N_EXPRESSION_COMPONENTS))
+                           is_eye: np.ndarray, rng: np.random.Generator,
+                           n_components: int = N_EXPRESSION_COMPONENTS) -> np.ndarray:
+    """[V, 3, n_components]: mouth, lips, brows and cheeks move differently; eyeballs never deform."""
+    out = np.zeros((len(vertices), 3, n_components))
     normal = _directions(el, az)
     below = (_smoothstep(MOUTH_EL - el, -0.005, 0.05) + lower_lip).clip(0, 1)
     above = 1.0 - below
@@ -412,7 +515,7 @@ def _expression_components(vertices: np.ndarray, el: np.ndarray, az: np.ndarray,
         out[:, :, k] = 0.004 * corner[:, None] * np.array([side * 0.5, 0.9, -0.3])
     # 10..: localised smooth fields over the face, of decaying size
     face = _smoothstep(np.cos(az), 0.2, 0.6) * _smoothstep(el, -1.05, -0.85) * _smoothstep(-el, -0.75, -0.55)
-    for k in range(10, N_EXPRESSION_COMPONENTS):
+    for k in range(10, n_components):
         center_el, center_az = rng.uniform(-0.9, 0.6), rng.uniform(-0.7, 0.7)
         local = _bump(el, az, center_el, center_az, 0.2, 0.25) * face
         out[:, :, k] = 0.003 / (1.0 + (k - 10) / 8.0) * local[:, None] * _smooth_field(vertices, rng, 2, 15.0)
@@ -434,11 +537,12 @@ def _pose_correctives(vertices: np.ndarray, weights: np.ndarray, joints: np.ndar
     return out
 
 
-def write_synthetic_flame(folder: str | Path, seed: int = 0) -> tuple[Path, Path]:
+def write_synthetic_flame(folder: str | Path, seed: int = 0, variant: str | HeadVariant | None = None
+                          ) -> tuple[Path, Path]:
     """Write `generic_model.pkl` and `landmark_embedding.npy` of the synthetic model into `folder`."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    model = build_synthetic_flame(seed)
+    model = build_synthetic_flame(seed, variant)
     model_path, landmark_path = folder / MODEL_FILE, folder / LANDMARK_FILE
     tmp_model = model_path.with_suffix(".pkl.tmp")
     with open(tmp_model, "wb") as handle:
@@ -458,10 +562,11 @@ def write_synthetic_flame(folder: str | Path, seed: int = 0) -> tuple[Path, Path
     return model_path, landmark_path
 
 
-def synthetic_flame_files(folder: str | Path, seed: int = 0) -> tuple[Path, Path]:
+def synthetic_flame_files(folder: str | Path, seed: int = 0, variant: str | HeadVariant | None = None
+                          ) -> tuple[Path, Path]:
     """Paths of the synthetic model in `folder`, writing it there first if it is missing."""
     folder = Path(folder)
     model_path, landmark_path = folder / MODEL_FILE, folder / LANDMARK_FILE
     if not (model_path.is_file() and landmark_path.is_file()):
-        write_synthetic_flame(folder, seed)
+        write_synthetic_flame(folder, seed, variant)
     return model_path, landmark_path

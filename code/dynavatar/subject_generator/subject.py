@@ -25,6 +25,7 @@ from ..cameras import imavatar_camera, pixels_to_keypoints
 from ..config import Conf
 from ..errors import DatasetError
 from ..flame import FLAME, synthetic_flame_files
+from ..flame.synthetic_head import HeadVariant, head_variant
 from .appearance import Appearance
 from .face_regions import INNER_LIP, N_LABELS, face_regions, vertex_regions
 from ..data.images import write_labels, write_mask, write_rgb
@@ -44,6 +45,7 @@ DEFAULT_TRAIN_VIDEOS = ("MVI_1810", "MVI_1814")
 DEFAULT_TEST_VIDEOS = ("MVI_1812",)
 JSON_NAME = "flame_params.json"
 CAMERA_DISTANCE = 4.0  # world_mat translation z is -4 (FLAME-times-4 units), as in IMavatar data
+HEAD_MODEL_DIR = "flame_model"  # <subject folder>/flame_model/: the head-model files of a non-default head variant
 OPEN_JAW = 0.35  # jaw opening (radians) used to find the mouth interior
 
 
@@ -76,7 +78,9 @@ def _background(res: int, rng: np.random.Generator) -> torch.Tensor:
     return torch.tensor(np.clip(img, 0, 1), dtype=torch.float32)
 
 
-def _build_subject(flame_model_path: Path, landmark_path: Path, res: int, seed: int) -> _Subject:
+def _build_subject(flame_model_path: Path, landmark_path: Path, res: int, seed: int, framing: float = 1.0) -> _Subject:
+    """`framing`: the head's size relative to the default synthetic head; the camera stands that
+    much farther, so that every head fills the image alike (as a tracker's translation would)."""
     rng = np.random.default_rng([seed, 1])
     shape_params = torch.tensor(rng.normal(0.0, 1.0, 100) * np.where(np.arange(100) < 10, 0.8, 0.3),
                                 dtype=torch.float32)
@@ -100,7 +104,7 @@ def _build_subject(flame_model_path: Path, landmark_path: Path, res: int, seed: 
                   0.5 + rng.uniform(-0.01, 0.01)]
     # Frame the head: the midpoint of crown and chin at the image centre (world y up; camera looks down -z).
     mid_y = 0.5 * (vertices[:, 1].max() + landmarks[8, 1])
-    base_translation = np.array([0.0, -mid_y, -CAMERA_DISTANCE])
+    base_translation = np.array([0.0, -mid_y, -CAMERA_DISTANCE * framing])
     return _Subject(flame, flame.faces, torch.as_tensor(face_labels), appearance,
                     outward_winding(torch.as_tensor(vertices), flame.faces), intrinsics, base_translation,
                     _background(res, rng), shape_params)
@@ -156,12 +160,13 @@ def _render_video(subject: _Subject, video_dir: Path, motion: Motion, res: int, 
         json.dump(params, handle)
 
 
-def _flame_files(flame_model_path: str | Path | None, landmark_path: str | Path | None, cache: Path
-                 ) -> tuple[Path, Path]:
-    """The FLAME model and landmark files: given ones, or the synthetic model (seed 0, the one the
-    training code's `flame_model_path = synthetic` builds) written to `cache`."""
+def _flame_files(flame_model_path: str | Path | None, landmark_path: str | Path | None, cache: Path,
+                 head: HeadVariant) -> tuple[Path, Path]:
+    """The FLAME model and landmark files: given ones, or the synthetic model of the `head` variant
+    (seed 0: for the default variant the one the training code's `flame_model_path = synthetic`
+    builds) written to `cache`."""
     if flame_model_path is None or str(flame_model_path) == "synthetic":
-        return synthetic_flame_files(cache)
+        return synthetic_flame_files(cache, variant=head)
     model = Path(flame_model_path)
     if model.is_dir():
         model = model / "generic_model.pkl"
@@ -184,11 +189,15 @@ def _single_thread():
 def generate_subject(out_dir: str | Path, subject: str, res: int = 512, frames: int = 30, seed: int = 0,
                      flame_model_path: str | Path | None = None, train_videos: Sequence[str] = DEFAULT_TRAIN_VIDEOS,
                      test_videos: Sequence[str] = DEFAULT_TEST_VIDEOS, landmark_path: str | Path | None = None,
-                     supersample: int | None = None, overwrite: bool = False, test_motion: str = "near") -> Path:
+                     supersample: int | None = None, overwrite: bool = False, test_motion: str = "near",
+                     head: str | HeadVariant | None = None) -> Path:
     """Write a synthetic subject to `out_dir/subject/subject/<video>/` and return `out_dir/subject`.
 
     flame_model_path: None or "synthetic" for the synthetic FLAME-format head, else a FLAME 2020
     `generic_model.pkl` (or its folder), with `landmark_path` (default: landmark_embedding.npy beside it).
+    head: a variant of the synthetic head (`flame.synthetic_head.head_variant`: "dense", "flame",
+    "large,scale=1.5", ...; None = the default head). A non-default head's model files are written
+    to `out_dir/subject/flame_model/`, for `model.flame_model_path` / `model.flame_landmark_path`.
     The subject is built in a temporary folder and moved into place at the end, so an interrupted run
     leaves nothing that looks like a dataset. Deterministic for a seed.
     test_motion: the kind of the test videos (motion.TEST_MOTIONS): "near" (unseen combinations, a
@@ -199,6 +208,14 @@ def generate_subject(out_dir: str | Path, subject: str, res: int = 512, frames: 
         raise DatasetError(f"test_motion {test_motion!r}: expected one of {', '.join(TEST_MOTIONS)}")
     if frames < 1 or res < 8:
         raise DatasetError(f"a synthetic subject needs frames >= 1 and res >= 8, got frames={frames}, res={res}")
+    try:
+        variant = head_variant(head)
+    except ValueError as exc:
+        raise DatasetError(str(exc)) from None
+    custom_head = variant != head_variant(None)
+    if custom_head and flame_model_path is not None and str(flame_model_path) != "synthetic":
+        raise DatasetError(f"a head variant ({variant.name}) is a synthetic head: give either it or a FLAME model "
+                           f"file ({flame_model_path}), not both")
     videos = [(str(v), False) for v in train_videos] + [(str(v), True) for v in test_videos]
     if len({name for name, _ in videos}) != len(videos):
         raise DatasetError(f"video names must be distinct, got {[name for name, _ in videos]}")
@@ -217,9 +234,10 @@ def generate_subject(out_dir: str | Path, subject: str, res: int = 512, frames: 
 
     with tempfile.TemporaryDirectory(prefix=f".{subject}-", dir=place.parent) as tmp, _single_thread():
         tmp = Path(tmp)
-        model_path, lmk_path = _flame_files(flame_model_path, landmark_path, tmp / "flame")
-        built = _build_subject(model_path, lmk_path, res, seed)
         staging = tmp / subject
+        cache = staging / HEAD_MODEL_DIR if custom_head else tmp / "flame"
+        model_path, lmk_path = _flame_files(flame_model_path, landmark_path, cache, variant)
+        built = _build_subject(model_path, lmk_path, res, seed, variant.height_factor)
         with tqdm(total=frames * len(videos), desc=f"rendering {subject}", unit="frame") as progress:
             motions = subject_motions(test_motion, frames, seed, built.base_translation, len(train_videos),
                                       len(test_videos))
@@ -227,6 +245,8 @@ def generate_subject(out_dir: str | Path, subject: str, res: int = 512, frames: 
                 _render_video(built, staging / subject / name, motion, res, supersample, progress)
         settings = {"res": res, "frames": frames, "seed": seed, "test_motion": test_motion,
                     "flame_model": str(flame_model_path or "synthetic")}
+        if custom_head:
+            settings["head"] = variant.name
         (staging / SYNTHETIC_MARKER).write_text(json.dumps({"written_by": "dynavatar's synthetic subject generator",
                                                             **settings}) + "\n")
         if place.exists():
@@ -234,19 +254,25 @@ def generate_subject(out_dir: str | Path, subject: str, res: int = 512, frames: 
         staging.rename(place)
     log.info("wrote synthetic subject %s (%d videos x %d frames, %d px) to %s", subject, len(videos), frames, res,
              target)
+    if custom_head:
+        log.info("its head model (%s): model.flame_model_path=%s model.flame_landmark_path=%s", variant.name,
+                 target / HEAD_MODEL_DIR / model_path.name, target / HEAD_MODEL_DIR / lmk_path.name)
     return target
+
+
+def _recorded_settings(target: Path) -> dict:
+    """What the marker of a generated subject records ({} without a readable marker)."""
+    try:
+        recorded = json.loads((target / SYNTHETIC_MARKER).read_text())
+    except (OSError, ValueError):
+        return {}
+    return recorded if isinstance(recorded, dict) else {}
 
 
 def _changed_settings(target: Path, wanted: dict) -> dict:
     """{key: (generated with, wanted)} for the settings of a generated subject that differ from `wanted`
     (none for a folder without a marker, or one written before markers recorded them)."""
-    try:
-        recorded = json.loads((target / SYNTHETIC_MARKER).read_text())
-    except (OSError, ValueError):
-        return {}
-    if not isinstance(recorded, dict):
-        return {}
-    recorded = {**GENERATION_DEFAULTS, **recorded}
+    recorded = {**GENERATION_DEFAULTS, **_recorded_settings(target)}
     return {k: (recorded[k], wanted[k]) for k in GENERATION_KEYS if k in recorded and recorded[k] != wanted[k]}
 
 
@@ -261,7 +287,8 @@ def ensure_synthetic_subject(conf: Conf) -> Path | None:
     training code builds). A synthetic subject (one holding the generator's marker file) that lacks
     one of the conf's videos, or was generated with another image size, frame count, seed or test
     motion, is generated again (it is deterministic), with a warning; any other existing folder is
-    never touched.
+    never touched. A subject of a head variant whose model the conf names in the subject's
+    `flame_model/` is generated again with that variant.
     """
     data = conf.dataset
     if not data.synthetic:
@@ -288,8 +315,15 @@ def ensure_synthetic_subject(conf: Conf) -> Path | None:
         log.warning("synthetic subjects are square: generating %d px images, the reader resizes them to %dx%d",
                     max(height, width), height, width)
     landmark_path = None if model_path == "synthetic" else conf.model.flame_landmark_path
+    head = _recorded_settings(target).get("head")
+    if head is not None and Path(model_path).resolve().parent == (target / HEAD_MODEL_DIR).resolve():
+        # The conf trains with the head variant that the subject's folder holds: it is written again
+        # with the subject (never read from the folder being replaced).
+        model_path = landmark_path = None
+    else:
+        head = None
     log.info("dataset.synthetic: generating subject %s into %s (first use)", subject, target.parent)
     return generate_subject(target.parent, subject, res=max(height, width),
                             frames=data.synthetic_frames, seed=data.synthetic_seed, flame_model_path=model_path,
                             train_videos=train_videos, test_videos=test_videos, landmark_path=landmark_path,
-                            overwrite=True, test_motion=data.synthetic_test_motion)
+                            overwrite=True, test_motion=data.synthetic_test_motion, head=head)

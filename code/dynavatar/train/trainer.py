@@ -32,6 +32,7 @@ from ..model.frame_inputs import FrameInputs
 from ..render.backends import resolve_backend
 from ..runtime import configure_device, epoch_generator, resolve_device, seed_everything
 from . import checkpointing, schedule
+from .collapse import check_rendered
 from .guard import NonFiniteGuard, check_finite_parameters
 from .optimizer_state import adam_after_update, make_adam
 from .placement import place_training_images
@@ -130,8 +131,10 @@ class Trainer:
         strategy (e.g. `avatar.set_points`)."""
         self.optimizer = make_adam(self.avatar, self.conf.train.learning_rate)
 
-    def _set_lr(self, epoch: int) -> float:
-        lr = schedule.learning_rate_at(self.conf.train, epoch)
+    def _set_lr(self, epoch: int, step: int = 0, n_steps: int = 1) -> float:
+        """Set the avatar's learning rate for step `step` of the `n_steps` of `epoch` (the schedule's
+        rate with its warm-up, `train.schedule`); without a step, the rate of the epoch's last step."""
+        lr = schedule.learning_rate_at(self.conf.train, epoch, step, n_steps)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         return lr
@@ -186,6 +189,7 @@ class Trainer:
         values = {name: v.detach() for name, v in terms.items()}
         values["loss"] = loss.detach()
         values["psnr"] = psnr(out.rgb.detach(), batch.rgb).mean()
+        values["peak_alpha"] = out.alpha.detach().amax()  # the epoch's last one tells a collapse (train/collapse.py)
         values["finite"] = finite
         return values
 
@@ -203,9 +207,17 @@ class Trainer:
         bar = tqdm(batches(self.train_data, batch_size, order), total=n_batches, desc=f"epoch {epoch}",
                    leave=False, dynamic_ncols=True)
         shown = time.perf_counter()
-        for batch in bar:
+        # During the warm-up the rate rises at every step: Adam's first full-size steps could carry
+        # the opacity all initial points share below the rasterizer's 1/255 cut (docs/RECIPES.md).
+        warming = epoch < self.conf.train.warmup_epochs
+        peak_alpha = None
+        for step, batch in enumerate(bar):
+            if warming:
+                lr = self._set_lr(epoch, step, n_batches)
             values = self.train_step(batch.to(self.device), step_inputs)
             finite = values.pop("finite")
+            # A skipped (non-finite) step tells nothing of what the avatar renders: the guard's business.
+            peak_alpha = torch.where(finite, values.pop("peak_alpha"), torch.inf)
             counted += finite * len(batch)
             for name, v in values.items():  # the means are over finite steps: a skipped one poisons nothing
                 sums[name] = sums.get(name, 0.0) + torch.where(finite, v.double(), 0.0) * len(batch)
@@ -219,6 +231,7 @@ class Trainer:
         self.guard.check(epoch, lr)
         check_finite_parameters({**{f"avatar.{k}": p for k, p in self.avatar.named_parameters()},
                                  **{f"inputs.{k}": p for k, p in self.inputs.named_parameters()}}, epoch, lr)
+        check_rendered(peak_alpha, epoch, self.conf.train)
         frames = float(counted)
         stats = {name: float(total) / frames if frames else float("nan") for name, total in sums.items()}
         skipped = int(self.guard.skipped)

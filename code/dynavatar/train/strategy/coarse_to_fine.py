@@ -17,6 +17,7 @@ import torch
 from ...config import Conf, PointSchedule
 from ...errors import CheckpointError
 from ...model.avatar import Avatar, AvatarOutput
+from ..collapse import collapsed
 from .base import PointUpdate
 
 log = logging.getLogger(__name__)
@@ -122,9 +123,13 @@ class CoarseToFine:
         noise = noise_size(self.schedule, epoch, radius)
         target = target_points(self.schedule, epoch)
         keep = self.visible.to(points.device)
-        if keep.numel() != points.shape[0] or not bool(keep.any()):
+        if keep.numel() != points.shape[0]:  # the points were replaced from outside since: nothing to prune by
             log.warning("epoch %d: no visibility recorded for the %d points; keeping them all", epoch, points.shape[0])
             keep = torch.ones(points.shape[0], dtype=torch.bool, device=points.device)
+        elif not bool(keep.any()):  # pruning would remove every point; keeping them all would train a ghost
+            raise collapsed(epoch, f"the avatar has become transparent (no point was rendered with opacity >= "
+                                   f"model.prune_thresh ({self.prune_thresh:g}) in any training frame since epoch "
+                                   f"{max(0, epoch - self.every)}) and pruning would remove every point")
         new, source = prune_and_grow(points.detach(), keep, target, noise, generator)
         new_radius = radius * radius_factor_at(self.schedule, epoch)
         avatar.set_point_radius(new_radius)
