@@ -267,3 +267,27 @@ class TestSyntheticModel:
         fields = torch.stack(fields)
         cos = torch.nn.functional.normalize(fields, dim=1) @ torch.nn.functional.normalize(fields, dim=1).T
         assert (cos - torch.eye(10)).abs().max() < 0.95
+
+
+def test_runs_writing_the_synthetic_model_at_once_each_finish(tmp_path, monkeypatch):
+    # Two runs that start together both write the cached synthetic model (model.flame_model_path =
+    # synthetic). Here the second write happens while the first is half-way: each must move a complete
+    # file of its own into place, and leave no temporary behind.
+    from dynavatar.flame import synthetic_head
+
+    real_dump, nested, started = pickle.dump, [], []
+    model = synthetic_head.build_synthetic_flame(0)  # built once: only the writing is under test
+
+    def dump_with_a_second_writer(obj, handle, protocol=None):
+        if not started:
+            started.append(True)
+            nested.append(synthetic_head.write_synthetic_flame(tmp_path))
+        real_dump(obj, handle, protocol=protocol)
+
+    monkeypatch.setattr(synthetic_head, "build_synthetic_flame", lambda seed, variant=None: model)
+    monkeypatch.setattr(synthetic_head.pickle, "dump", dump_with_a_second_writer)
+    model_path, landmark_path = synthetic_head.write_synthetic_flame(tmp_path)
+    monkeypatch.undo()
+    assert nested == [(model_path, landmark_path)]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([model_path.name, landmark_path.name])
+    FLAME(model_path, landmark_path)  # both files complete

@@ -14,8 +14,10 @@ model can be checked on others. The default variant is the head above, unchanged
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import pickle
+import tempfile
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
@@ -537,6 +539,21 @@ def _pose_correctives(vertices: np.ndarray, weights: np.ndarray, joints: np.ndar
     return out
 
 
+@contextlib.contextmanager
+def _private_temporary(folder: Path, name: str):
+    """(open binary file, its path): a temporary beside `name` that no other process writes, so that
+    runs starting at once can each write the model and move it into place (the last move wins, and
+    every move is of a complete file). Removed if writing fails."""
+    handle = tempfile.NamedTemporaryFile(dir=folder, prefix=f".{name}.", suffix=".tmp", delete=False)
+    path = Path(handle.name)
+    try:
+        with handle:
+            yield handle, path
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
+
+
 def write_synthetic_flame(folder: str | Path, seed: int = 0, variant: str | HeadVariant | None = None
                           ) -> tuple[Path, Path]:
     """Write `generic_model.pkl` and `landmark_embedding.npy` of the synthetic model into `folder`."""
@@ -544,8 +561,7 @@ def write_synthetic_flame(folder: str | Path, seed: int = 0, variant: str | Head
     folder.mkdir(parents=True, exist_ok=True)
     model = build_synthetic_flame(seed, variant)
     model_path, landmark_path = folder / MODEL_FILE, folder / LANDMARK_FILE
-    tmp_model = model_path.with_suffix(".pkl.tmp")
-    with open(tmp_model, "wb") as handle:
+    with _private_temporary(folder, MODEL_FILE) as (handle, tmp_model):
         pickle.dump(model.arrays, handle, protocol=2)
     tmp_model.replace(model_path)
     # FLAME's own landmark-embedding layout: face indices plus barycentric coordinates.
@@ -555,8 +571,8 @@ def write_synthetic_flame(folder: str | Path, seed: int = 0, variant: str | Head
         "static_lmk_faces_idx": model.lmk_faces_idx[17:],
         "static_lmk_bary_coords": model.lmk_bary_coords[17:],
     }
-    tmp_lmk = folder / (LANDMARK_FILE + ".tmp.npy")
-    np.save(tmp_lmk, np.array(embedding, dtype=object), allow_pickle=True)
+    with _private_temporary(folder, LANDMARK_FILE) as (handle, tmp_lmk):
+        np.save(handle, np.array(embedding, dtype=object), allow_pickle=True)
     tmp_lmk.replace(landmark_path)
     log.info("wrote the synthetic FLAME model to %s", folder)
     return model_path, landmark_path
