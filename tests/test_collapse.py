@@ -61,14 +61,17 @@ def test_pruning_every_point_is_refused():
     schedule = default_conf().model.point_cloud
     strategy, cloud = CoarseToFine(schedule, 0.1), PointCloud(torch.randn(8, 3))
     strategy.initialize(cloud)
-    strategy.observe(torch.full((2, 8), 0.05))  # rendered, but never as opaque as the prune threshold
-    with pytest.raises(TrainingCollapsedError, match=r"epoch 1: the avatar has become transparent .*model."
-                                                     r"prune_thresh \(0.1\) in any training frame since epoch 0"):
-        strategy.epoch_start(cloud, 1, torch.Generator().manual_seed(0))
+    first = cloud.points
+    strategy.epoch_start(cloud, 1, torch.Generator().manual_seed(0))  # no step seen yet: nothing to prune by
+    assert torch.equal(cloud.points[:8], first)
+    strategy.observe(torch.full((2, cloud.n_points), 0.05))  # rendered, but never as opaque as the prune threshold
+    with pytest.raises(TrainingCollapsedError, match=r"epoch 2: the avatar has become transparent .*model."
+                                                     r"prune_thresh \(0.1\) in any training frame since epoch 1"):
+        strategy.epoch_start(cloud, 2, torch.Generator().manual_seed(0))
     # Points replaced from outside the strategy have no visibility yet: they are all kept.
     replaced = torch.randn(5, 3)
     cloud.set_points(replaced)
-    strategy.epoch_start(cloud, 1, torch.Generator().manual_seed(0))
+    strategy.epoch_start(cloud, 2, torch.Generator().manual_seed(0))
     assert torch.equal(cloud.points[:5], replaced)
 
 

@@ -52,8 +52,8 @@ class TrainConf(Section):
                                                      "reference refines it but renders with the tracked one)")
     frames_per_epoch: int = setting(0, "0: an epoch is the whole training set (the paper); N: N frames drawn "
                                        "afresh each epoch, so a schedule means the same steps for any video length")
-    warmup_epochs: int = setting(0, "the learning rate rises linearly, step by step, from 0 to its value over this "
-                                    "many epochs (0: full rate from the first step, the paper; docs/RECIPES.md)",
+    warmup_epochs: int = setting(0, "learning_rate rises linearly, step by step, from 0 to its value over this many "
+                                    "epochs (0: the full rate from the first step, the paper; docs/RECIPES.md)",
                                  NON_NEGATIVE)
     keep_optimizer_state: bool = setting(False, "carry Adam's moments across prune/grow steps once the point count "
                                                 "is final; the paper rebuilds the optimizer at each (docs/RECIPES.md)")

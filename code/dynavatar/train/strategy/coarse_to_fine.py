@@ -88,6 +88,7 @@ class CoarseToFine:
         self.prune_thresh = prune_thresh
         self.every = every
         self.visible = torch.zeros(0, dtype=torch.bool)  # [N] seen in this epoch; sized by `initialize`
+        self.observed = False  # whether any step was observed since the last edit
 
     @classmethod
     def from_conf(cls, conf: Conf) -> "CoarseToFine":
@@ -96,11 +97,13 @@ class CoarseToFine:
     def initialize(self, avatar: Avatar) -> None:
         avatar.set_point_radius(initial_radius(self.schedule))
         self.visible = torch.zeros(avatar.n_points, dtype=torch.bool, device=avatar.points.device)
+        self.observed = False
 
     def observe(self, opacities: torch.Tensor) -> None:
         """Mark the points [N] rendered with opacity >= prune threshold in some frame of opacities [B, N]."""
         visible = (opacities.detach() >= self.prune_thresh).any(dim=0)
         self.visible = self.visible.to(visible.device) | visible
+        self.observed = True
 
     def before_backward(self, avatar: Avatar, output: AvatarOutput) -> None:
         pass
@@ -123,7 +126,8 @@ class CoarseToFine:
         noise = noise_size(self.schedule, epoch, radius)
         target = target_points(self.schedule, epoch)
         keep = self.visible.to(points.device)
-        if keep.numel() != points.shape[0]:  # the points were replaced from outside since: nothing to prune by
+        if not self.observed or keep.numel() != points.shape[0]:  # no step seen since the last edit, or the
+            # points were replaced from outside since: nothing to prune by
             log.warning("epoch %d: no visibility recorded for the %d points; keeping them all", epoch, points.shape[0])
             keep = torch.ones(points.shape[0], dtype=torch.bool, device=points.device)
         elif not bool(keep.any()):  # pruning would remove every point; keeping them all would train a ghost
@@ -137,6 +141,7 @@ class CoarseToFine:
         if changed:
             avatar.set_points(new, source)
         self.visible = torch.zeros(new.shape[0], dtype=torch.bool, device=points.device)
+        self.observed = False
         log.info("epoch %d: %d points (%d pruned), radius %.5f -> %.5f", epoch, new.shape[0],
                  int((~keep).sum()), radius, new_radius)
         return source if changed else None
@@ -145,10 +150,11 @@ class CoarseToFine:
         return {"visible_fraction": float(self.visible.float().mean())}
 
     def state_dict(self) -> dict:
-        return {"visible": self.visible.cpu()}
+        return {"visible": self.visible.cpu(), "observed": self.observed}
 
     def load_state_dict(self, state: dict, avatar: Avatar) -> None:
         visible = state.get("visible") if isinstance(state, dict) else None
         if not isinstance(visible, torch.Tensor) or visible.shape != (avatar.n_points,):
             raise CheckpointError(f"the point visibility does not match its {avatar.n_points} points")
         self.visible = visible.to(avatar.points.device)
+        self.observed = bool(state.get("observed", True))  # checkpoints without it were saved after training steps
