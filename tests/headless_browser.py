@@ -8,6 +8,8 @@ import base64
 import io
 import itertools
 import json
+import os
+import signal
 import shutil
 import subprocess
 import time
@@ -30,11 +32,12 @@ def find_chromium() -> str | None:
 
 
 def wait_for(condition, timeout: float, what: str, interval: float = 0.2):
-    """Poll `condition()` until it returns a true value (returned) or `timeout` seconds pass (AssertionError)."""
+    """Poll `condition()` until it returns something other than None, False or an empty container
+    (returned), or `timeout` seconds pass (AssertionError)."""
     deadline = time.monotonic() + timeout
     while True:
         value = condition()
-        if value:
+        if value is not None and value is not False and not (isinstance(value, (str, list, dict)) and not value):
             return value
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
@@ -52,7 +55,7 @@ class Browser:
              "--enable-unsafe-swiftshader", "--no-first-run", "--no-default-browser-check",
              "--disable-extensions", "--disable-background-networking", "--remote-debugging-port=0",
              f"--user-data-dir={profile}", f"--window-size={width},{height}", "about:blank"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         try:
             port_file = profile / "DevToolsActivePort"
             wait_for(lambda: port_file.is_file() and port_file.read_text().strip(), 60, "Chromium to start")
@@ -83,8 +86,8 @@ class Browser:
         socket = getattr(self, "socket", None)
         if socket is not None:
             socket.close()
-        if self.process.poll() is None:
-            self.process.kill()
+        if self.process.poll() is None:  # its renderer and GPU processes share its process group
+            os.killpg(self.process.pid, signal.SIGKILL)
         self.process.wait(timeout=30)
 
     def call(self, method: str, **params) -> dict:
@@ -98,8 +101,16 @@ class Browser:
                     raise RuntimeError(f"{method}: {message['error']}")
                 return message.get("result", {})
 
-    def open(self, url: str) -> None:
+    def open(self, url: str, timeout: float = 60) -> None:
+        """Navigate to `url` and wait until its document has loaded."""
         self.call("Page.navigate", url=url)
+
+        def loaded() -> bool:
+            try:
+                return self.evaluate("document.readyState") == "complete"
+            except RuntimeError:  # the page is being replaced: ask again
+                return False
+        wait_for(loaded, timeout, f"{url} to load")
 
     def evaluate(self, expression: str):
         """The value of a JavaScript expression in the page (JSON-serialisable values)."""
