@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Sequence
@@ -30,6 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default="", help="cpu, cuda, cuda:N or auto (default: the conf's train.device)")
     parser.add_argument("--drive", action="append", default=[], metavar="FLAME_PARAMS_JSON",
                         help="another sequence's flame_params.json to offer for playing (repeatable)")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="CPU threads for rendering (default: one less than the cores, at least 1)")
     parser.add_argument("--expressions", type=int, default=10, help="expression components with a slider")
     parser.add_argument("--fps", type=float, default=25.0, help="frame rate of the sequences when played")
     parser.add_argument("--benchmark", type=int, default=0, metavar="N",
@@ -62,6 +65,8 @@ def run(argv: Sequence[str] | None = None) -> int:
     conf = load_conf(str(conf_path), args.overrides)
     device = resolve_device(args.device or conf.train.device)
     flush_denormals_on_cpu(device)
+    if device.type == "cpu":  # a core is left to the server, the JPEG encoding and the browser
+        torch.set_num_threads(args.threads or max(1, (os.cpu_count() or 1) - 1))
     avatar, epoch = load_avatar(conf, checkpoints, args.checkpoint, device=device)
     log.info("viewing %s checkpoint %s (epoch %d, %d points) on %s", checkpoints, args.checkpoint, epoch,
              avatar.n_points, device)
