@@ -19,6 +19,7 @@ LAYERS = [
     {"model", "subject_generator"},
     {"losses"},
     {"train", "evaluate", "preprocess"},
+    {"viewer"},
     {"cli"},
 ]
 RANK = {name: rank for rank, names in enumerate(LAYERS) for name in names}
