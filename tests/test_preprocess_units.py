@@ -202,3 +202,42 @@ def test_script_reports_a_user_error_without_traceback(tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip() == ("error: talk.mp4: video not found (check the path given to --video / "
                                      "--test-video)")
+
+
+def test_a_crop_cut_short_by_the_frame_is_logged(caplog):
+    from dynavatar.preprocess.crop import square_crop
+
+    # A face of 70 px: the crop wants 2.2 x 70 = 154 px.
+    points = np.array([[[100 + dx, 120 + dy] for dx in (0, 60) for dy in (0, 70)]], dtype=np.float64)
+    with caplog.at_level("WARNING"):
+        square_crop(points, 400, 300, res=128, name="talk")
+    assert not caplog.records
+    with caplog.at_level("WARNING"):
+        crop = square_crop(points, 400, 120, res=128, name="talk")  # a frame 120 px high
+    assert crop.size == 120
+    assert len(caplog.records) == 1 and "talk" in caplog.text and "154 px" in caplog.text
+
+
+@pytest.mark.parametrize("flame", ["synthetic", "file"])
+def test_the_printed_training_command_runs_as_printed(tmp_path, synthetic_flame_paths, flame):
+    # The command preprocessing prints must load as it stands: a recipe that needs no download, the
+    # subject's videos and resolution, and the FLAME model the tracking used.
+    import shlex
+
+    from dynavatar.config import load_conf
+    from dynavatar.preprocess.pipeline import PreprocessOptions, VideoSpec, training_command
+
+    model, landmarks = synthetic_flame_paths
+    specs = [VideoSpec(Path("a.mp4"), "talk"), VideoSpec(Path("b.mp4"), "head"), VideoSpec(Path("c.mp4"), "test", True)]
+    options = PreprocessOptions("me", specs, out=tmp_path / "my data", res=256,
+                                flame_model="synthetic" if flame == "synthetic" else str(model))
+    argv = shlex.split(training_command(options, specs, model, landmarks))
+    assert argv[:4] == ["python", "scripts/exp_runner.py", "--conf", "confs/fast.conf"]
+    conf = load_conf(REPO / "confs" / "fast.conf", argv[4:])
+    assert conf.dataset.data_folder == str(tmp_path / "my data") and conf.dataset.subject_name == "me"
+    assert list(conf.dataset.train.sub_dir) == ["talk", "head"] and list(conf.dataset.test.sub_dir) == ["test"]
+    assert list(conf.dataset.train.img_res) == [256, 256] == list(conf.dataset.test.img_res)
+    assert conf.loss.vgg_feature_weight == 0
+    assert conf.model.flame_model_path == ("synthetic" if flame == "synthetic" else str(model))
+    if flame == "file":
+        assert conf.model.flame_landmark_path == str(landmarks)

@@ -7,11 +7,14 @@ Pixel convention everywhere: the centre of the top-left pixel is at (0, 0); pixe
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import numpy as np
 
 from .errors import PreprocessError
+
+log = logging.getLogger(__name__)
 
 DEFAULT_CROP_SCALE = 2.2  # crop side / face size: the head, hair and shoulders, as in IMavatar data
 CENTRE_RAISE = 0.2  # the crop centre sits this many face sizes above the face's centre (hair, forehead)
@@ -61,13 +64,15 @@ def face_boxes(points: np.ndarray) -> np.ndarray:
     return np.concatenate([known.min(axis=1), known.max(axis=1)], axis=1) if len(known) else np.zeros((0, 4))
 
 
-def square_crop(points: np.ndarray, width: int, height: int, res: int, crop_scale: float = DEFAULT_CROP_SCALE
-                ) -> Crop:
+def square_crop(points: np.ndarray, width: int, height: int, res: int, crop_scale: float = DEFAULT_CROP_SCALE,
+                name: str = "the video") -> Crop:
     """The crop of a video from its landmarks [N, 68, 2] in source pixels (NaN for frames without).
 
     Side: `crop_scale` x the median face size, at least enough to hold every frame's face box (grown
     by 15 %), at most the frame's shorter side. Centre: the middle of all face boxes, raised by 0.2
-    face sizes; the square is then shifted to lie inside the frame (never padded).
+    face sizes; the square is then shifted to lie inside the frame (never padded). A side that the
+    frame cuts short is logged as a warning naming `name`: the avatar then sees less around the head
+    than asked for.
     """
     boxes = face_boxes(points)
     if not len(boxes):
@@ -77,6 +82,11 @@ def square_crop(points: np.ndarray, width: int, height: int, res: int, crop_scal
     centre = np.array([(union[0] + union[2]) / 2, (union[1] + union[3]) / 2 - CENTRE_RAISE * face])
     side = max(crop_scale * face, MOTION_MARGIN * max(union[2] - union[0], union[3] - union[1]))
     size = int(round(min(side, width, height)))
+    if size < int(round(side)):
+        log.warning("%s: the crop would be %d px (--crop_scale %g x a face of %d px, or the head's motion) but the "
+                    "frame is only %d x %d px: it is cut to %d px; the hair or chin may touch its edges (film "
+                    "from farther away, or lower --crop_scale)", name, int(round(side)), crop_scale, round(face),
+                    width, height, size)
     x0 = int(round(centre[0] + 0.5 - size / 2))
     y0 = int(round(centre[1] + 0.5 - size / 2))
     x0 = min(max(x0, 0), width - size)

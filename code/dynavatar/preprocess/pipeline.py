@@ -15,10 +15,12 @@ from __future__ import annotations
 import json
 import logging
 import re
+import shlex
 import shutil
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -311,7 +313,7 @@ def preprocess_subject(options: PreprocessOptions) -> Path:
                 marks = _file_landmarks(spec, info, options.selection, Path(options.landmarks_file))
             video = _Video(spec, info, marks)
             video.crop = square_crop(marks.points[:, :N_LANDMARKS], info.width, info.height, options.res,
-                                     options.crop_scale)
+                                     options.crop_scale, spec.name)
             video.crop_points = video.crop.points_to_crop(marks.points)
             log.info("%s: %d frames, crop %s", spec.name, len(marks.source_indices), video.crop)
             _write_frames(video, subject_dir / spec.name, options)
@@ -344,13 +346,30 @@ def preprocess_subject(options: PreprocessOptions) -> Path:
                                            encoding="utf-8")
         (staging / MARKER).write_text("written by dynavatar's scripts/preprocess.py\n", encoding="utf-8")
         _move_into_place(staging, target, Path(tmp))
-    train = [v.spec.name for v in videos if not v.spec.test]
-    test = [v.spec.name for v in videos if v.spec.test]
-    log.info("wrote %s; train on it with: python scripts/exp_runner.py --conf confs/subject1.conf "
-             "dataset.data_folder=%s dataset.subject_name=%s \"dataset.train.sub_dir=[%s]\" "
-             "\"dataset.test.sub_dir=[%s]\"",
-             target, out, options.subject, ", ".join(train), ", ".join(test))
+    if not any(v.spec.test for v in videos):
+        log.warning("no --test-video: training evaluates the avatar on a held-out video of the subject; "
+                    "preprocess one into it (--test-video FILE, with --overwrite) before training")
+    log.info("wrote %s; train on it with: %s", target, training_command(options, [v.spec for v in videos],
+                                                                      model_path, landmark_path))
     return target
+
+
+def training_command(options: PreprocessOptions, specs: Sequence, model_path: Path, landmark_path: Path) -> str:
+    """The command that trains on the subject just written, as it can run: `confs/fast.conf` without
+    its VGG term (whose weights are never downloaded), at the subject's resolution, with the FLAME
+    model the tracking used."""
+    train = ", ".join(s.name for s in specs if not s.test)
+    test = ", ".join(s.name for s in specs if s.test)
+    flame = ("model.flame_model_path=synthetic" if options.flame_model == "synthetic"
+             else f"model.flame_model_path={shlex.quote(str(model_path))} "
+                  f"model.flame_landmark_path={shlex.quote(str(landmark_path))}")
+    parts = [f"python scripts/exp_runner.py --conf confs/fast.conf dataset.data_folder={shlex.quote(str(options.out))}",
+             f"dataset.subject_name={options.subject}", shlex.quote(f"dataset.train.sub_dir=[{train}]")]
+    if test:
+        parts.append(shlex.quote(f"dataset.test.sub_dir=[{test}]"))
+    parts += [f"\"dataset.train.img_res=[{options.res}, {options.res}]\"",
+              f"\"dataset.test.img_res=[{options.res}, {options.res}]\"", flame, "loss.vgg_feature_weight=0"]
+    return " ".join(parts)
 
 
 def _move_into_place(staging: Path, target: Path, tmp: Path) -> None:
