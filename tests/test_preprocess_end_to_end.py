@@ -61,6 +61,10 @@ def test_preprocessed_subject_trains_like_exact_tracking(tmp_path):
     # The reference: the same images and masks, the generator's exact tracking.
     shutil.copytree(tmp_path / "datasets" / "pre" / "pre", tmp_path / "reference" / "exact" / "exact")
     report = json.loads((tmp_path / "datasets" / "pre" / "preprocess" / "report.json").read_text())
+    # One recording: every video's masks cover alike per face area, and no video is flagged.
+    coverage = [v["mask_coverage"] for v in report["videos"].values()]
+    assert min(coverage) > 0.5 and max(coverage) < 1.2 * min(coverage) and report["warnings"] == [], report
+    assert all(len(v["yaw_deg"]) == 3 for v in report["videos"].values())
     for name, video in made.items():
         exact = exact_tracking_in_crop(video, Crop(**report["videos"][name]["crop"]))
         (tmp_path / "reference" / "exact" / "exact" / name / "flame_params.json").write_text(json.dumps(exact))

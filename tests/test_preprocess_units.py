@@ -241,3 +241,34 @@ def test_the_printed_training_command_runs_as_printed(tmp_path, synthetic_flame_
     assert conf.model.flame_model_path == ("synthetic" if flame == "synthetic" else str(model))
     if flame == "file":
         assert conf.model.flame_landmark_path == str(landmarks)
+
+
+def test_a_video_whose_masks_or_pose_disagree_with_the_others_is_named(tmp_path):
+    from dynavatar.data.images import write_mask
+    from dynavatar.preprocess.consistency import disagreements, face_sizes, head_rotation_deg, mask_coverage
+
+    # Coverage: a 20 x 20 mask on frames whose face is 10 px -> 4 face areas.
+    (tmp_path / "mask").mkdir()
+    for k in range(3):
+        alpha = np.zeros((40, 40), np.float32)
+        alpha[10:30, 10:30] = 1.0
+        write_mask(tmp_path / "mask" / f"{k + 1}.png", alpha)
+    pixels = np.zeros((3, 70, 2))
+    pixels[:, :68] = np.random.default_rng(0).uniform(0, 10, (3, 68, 2))
+    pixels[:, 0], pixels[:, 1] = (0.0, 0.0), (10.0, 10.0)
+    assert np.allclose(face_sizes(pixels), 10.0)
+    assert abs(mask_coverage(tmp_path / "mask", face_sizes(pixels)) - 4.0) < 0.05
+
+    pose = np.zeros((5, 15))
+    pose[:, 1] = np.radians([-10, 0, 5, 10, 20])
+    assert head_rotation_deg(pose)["yaw_deg"] == pytest.approx([-10, 5, 20])
+    still = {"pitch_deg": [0, 0, 0], "yaw_deg": [-5, 0, 5], "roll_deg": [0, 0, 0]}
+    videos = {"talk": {**still, "mask_coverage": 4.0}, "head": {**still, "mask_coverage": 4.2},
+              "test": {**still, "mask_coverage": 3.0}}
+    lines = disagreements(videos)
+    assert len(lines) == 1 and lines[0].startswith("test:") and "masks" in lines[0]
+    videos["test"] = {**still, "yaw_deg": [20, 30, 40], "mask_coverage": 4.1}
+    lines = disagreements(videos)
+    assert len(lines) == 1 and lines[0].startswith("test:") and "yaw" in lines[0]
+    videos["test"]["yaw_deg"] = [-5, 2, 5]
+    assert disagreements(videos) == []

