@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from .files import temporary_beside
+from ..files import temporary_beside
 
 # Jet-like colour ramp (dark blue -> blue -> cyan -> yellow -> red -> dark red): anchors at
 # equally spaced error levels, linearly interpolated. Implemented here to avoid matplotlib.

@@ -20,7 +20,7 @@ import torch
 from plyfile import PlyData, PlyElement
 
 from ..errors import OutputError
-from .files import temporary_beside
+from ..files import temporary_beside
 
 SH_C0 = 0.28209479177387814
 _OPACITY_EPS = 1e-7   # keeps logit finite for alpha 0 or 1 (float32 still resolves 1 - 1e-7)

@@ -11,7 +11,7 @@ import imageio.v2 as imageio
 import numpy as np
 import torch
 
-from .files import temporary_beside
+from ..files import temporary_beside
 
 log = logging.getLogger(__name__)
 

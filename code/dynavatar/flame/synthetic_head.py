@@ -14,14 +14,15 @@ model can be checked on others. The default variant is the head above, unchanged
 
 from __future__ import annotations
 
-import contextlib
 import logging
+import os
 import pickle
-import tempfile
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 import numpy as np
+
+from ..files import temporary_beside
 
 log = logging.getLogger(__name__)
 
@@ -539,18 +540,15 @@ def _pose_correctives(vertices: np.ndarray, weights: np.ndarray, joints: np.ndar
     return out
 
 
-@contextlib.contextmanager
-def _private_temporary(folder: Path, name: str):
-    """(open binary file, its path): a temporary beside `name` that no other process writes, so that
-    runs starting at once can each write the model and move it into place (the last move wins, and
-    every move is of a complete file). Removed if writing fails."""
-    handle = tempfile.NamedTemporaryFile(dir=folder, prefix=f".{name}.", suffix=".tmp", delete=False)
-    path = Path(handle.name)
+def _write_beside(path: Path, suffix: str, write) -> None:
+    """write(binary file) into a temporary beside `path`, then move it over `path` (removed if writing fails)."""
+    fd, tmp = temporary_beside(path, suffix)
     try:
-        with handle:
-            yield handle, path
+        with os.fdopen(fd, "wb") as handle:
+            write(handle)
+        tmp.replace(path)
     except BaseException:
-        path.unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
 
 
@@ -561,9 +559,8 @@ def write_synthetic_flame(folder: str | Path, seed: int = 0, variant: str | Head
     folder.mkdir(parents=True, exist_ok=True)
     model = build_synthetic_flame(seed, variant)
     model_path, landmark_path = folder / MODEL_FILE, folder / LANDMARK_FILE
-    with _private_temporary(folder, MODEL_FILE) as (handle, tmp_model):
-        pickle.dump(model.arrays, handle, protocol=2)
-    tmp_model.replace(model_path)
+    # Each writer has a temporary of its own: runs starting at once each move a complete file into place.
+    _write_beside(model_path, ".tmp", lambda handle: pickle.dump(model.arrays, handle, protocol=2))
     # FLAME's own landmark-embedding layout: face indices plus barycentric coordinates.
     embedding = {
         "full_lmk_faces_idx": model.lmk_faces_idx[None],
@@ -571,9 +568,8 @@ def write_synthetic_flame(folder: str | Path, seed: int = 0, variant: str | Head
         "static_lmk_faces_idx": model.lmk_faces_idx[17:],
         "static_lmk_bary_coords": model.lmk_bary_coords[17:],
     }
-    with _private_temporary(folder, LANDMARK_FILE) as (handle, tmp_lmk):
-        np.save(handle, np.array(embedding, dtype=object), allow_pickle=True)
-    tmp_lmk.replace(landmark_path)
+    _write_beside(landmark_path, ".tmp", lambda handle: np.save(handle, np.array(embedding, dtype=object),
+                                                               allow_pickle=True))
     log.info("wrote the synthetic FLAME model to %s", folder)
     return model_path, landmark_path
 

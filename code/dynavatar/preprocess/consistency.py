@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from ..data.images import read_mask
+from .crop import face_boxes
 
 N_LANDMARKS = 68
 MASK_TOLERANCE = 0.2  # relative difference of mask coverage from the median of the subject's videos
@@ -21,9 +22,10 @@ POSE_TOLERANCE_DEG = 15.0  # difference of a video's median head rotation from t
 
 
 def face_sizes(pixels: np.ndarray) -> np.ndarray:
-    """The larger side [N] of the box around each frame's 68 landmarks [N, >=68, 2] (pixels)."""
-    points = pixels[:, :N_LANDMARKS]
-    return (points.max(axis=1) - points.min(axis=1)).max(axis=1)
+    """The larger side [N] of the box around each frame's 68 landmarks [N, >=68, 2] (fitted pixels,
+    finite in every frame)."""
+    boxes = face_boxes(pixels[:, :N_LANDMARKS])
+    return np.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])
 
 
 def mask_coverage(mask_dir: Path, sizes: np.ndarray) -> float:
