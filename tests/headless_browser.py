@@ -31,6 +31,10 @@ def find_chromium() -> str | None:
     return None
 
 
+# Waits only bound a hang: a loaded machine, however slow, never comes near them.
+PATIENCE = 600.0
+
+
 def wait_for(condition, timeout: float, what: str, interval: float = 0.2):
     """Poll `condition()` until it returns something other than None, False or an empty container
     (returned), or `timeout` seconds pass (AssertionError)."""
@@ -58,11 +62,13 @@ class Browser:
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         try:
             port_file = profile / "DevToolsActivePort"
-            wait_for(lambda: port_file.is_file() and port_file.read_text().strip(), 60, "Chromium to start")
+            wait_for(lambda: port_file.is_file() and port_file.read_text().strip(), PATIENCE,
+                     "Chromium to start")
             port = int(port_file.read_text().split()[0])
-            pages = wait_for(lambda: [t for t in self._targets(port) if t.get("type") == "page"], 30,
+            pages = wait_for(lambda: [t for t in self._targets(port) if t.get("type") == "page"], PATIENCE,
                              "Chromium's first page")
-            self.socket = websocket.create_connection(pages[0]["webSocketDebuggerUrl"], timeout=60, suppress_origin=True)
+            self.socket = websocket.create_connection(pages[0]["webSocketDebuggerUrl"], timeout=PATIENCE,
+                                                      suppress_origin=True)
         except BaseException:
             self.close()
             raise
@@ -101,7 +107,7 @@ class Browser:
                     raise RuntimeError(f"{method}: {message['error']}")
                 return message.get("result", {})
 
-    def open(self, url: str, timeout: float = 60) -> None:
+    def open(self, url: str, timeout: float = PATIENCE) -> None:
         """Navigate to `url` and wait until its document has loaded."""
         self.call("Page.navigate", url=url)
 

@@ -100,7 +100,7 @@ def test_a_real_file_size_limit_during_a_save(data_folder, tmp_path):
 
     result = subprocess.run([sys.executable, str(REPO / "scripts" / "exp_runner.py"), "--conf", DEMO, "--quiet",
                              "--no_videos", "--is_continue", "--nepoch", "2", *tiny_overrides(data_folder, tmp_path)],
-                            env=python_env(), preexec_fn=limit_file_size, capture_output=True, text=True, timeout=300)
+                            env=python_env(), preexec_fn=limit_file_size, capture_output=True, text=True, timeout=900)
     last = result.stderr.strip().splitlines()[-1]
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
     assert last.startswith("error: cannot write the checkpoint of epoch 2") and "File too large" in last, last

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from headless_browser import Browser, find_chromium, wait_for
+from headless_browser import PATIENCE, Browser, find_chromium, wait_for
 from tiny_experiment import experiment_root, tiny_conf
 
 REPO = Path(__file__).resolve().parents[1]
@@ -72,17 +72,17 @@ def test_browser_shows_the_avatar_and_the_jaw_slider_moves_it(trained, tmp_path)
                               cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_for(lambda: server.poll() is not None or _serving(url), 120, "the viewer to serve its page")
+        wait_for(lambda: server.poll() is not None or _serving(url), PATIENCE, "the viewer to serve its page")
         assert server.poll() is None, server.stdout.read()[-3000:]
         with Browser(find_chromium(), tmp_path / "profile") as browser:
             browser.open(url)
             # The avatar (coloured Gaussians over white) fills part of the middle of the page.
             before = wait_for(lambda: (lambda c: c if (np.abs(c - 255).max(axis=-1) > 40).mean() > 0.01 else None)(
-                _centre(browser.screenshot())), 90, "the streamed image to show the avatar")
-            assert wait_for(lambda: browser.evaluate(JAW_THUMB), 30, "the jaw slider") is not None
+                _centre(browser.screenshot())), PATIENCE, "the streamed image to show the avatar")
+            assert wait_for(lambda: browser.evaluate(JAW_THUMB), PATIENCE, "the jaw slider") is not None
             browser.press("End", 35)  # the slider to its maximum: the mouth opens
-            wait_for(lambda: browser.evaluate(JAW_VALUE) not in (None, "0"), 30, "the jaw slider to move")
-            wait_for(lambda: np.abs(_centre(browser.screenshot()) - before).mean() > 0.5, 90,
+            wait_for(lambda: browser.evaluate(JAW_VALUE) not in (None, "0"), PATIENCE, "the jaw slider to move")
+            wait_for(lambda: np.abs(_centre(browser.screenshot()) - before).mean() > 0.5, PATIENCE,
                      "the image to change after the jaw moved")
     finally:
         server.terminate()
