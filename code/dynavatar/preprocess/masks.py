@@ -236,7 +236,9 @@ def segment(frame: np.ndarray, points: np.ndarray, model: BackgroundModel, optio
     person = _fill_holes(_connected_to(person, hull))
     if options.grabcut:
         band = _disk(_px(options.band, res))
-        inner = cv2.erode(person.astype(np.uint8), band).astype(bool) | hull
+        # Sure person: what differs from background seen there. Background never seen (the head
+        # region of a still head) is left to the colour model: it is person or backdrop alike.
+        inner = cv2.erode((person & ~hidden).astype(np.uint8), band).astype(bool) | hull
         outer = cv2.dilate(person.astype(np.uint8), band).astype(bool) | (~seen & possible)
         trimap = np.where(person, cv2.GC_PR_FGD, cv2.GC_PR_BGD).astype(np.uint8)
         trimap[~outer] = cv2.GC_BGD

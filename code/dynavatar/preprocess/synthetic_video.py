@@ -144,7 +144,8 @@ def make_synthetic_videos(out_dir: str | Path, res: int = 128, frames: int = 10,
     generator's subject under `<out_dir>/subject/`. The last `n_test` names are generated as test videos. The canvas is 1.5 x 1.25 times the generator's frame, which sits at
     the bottom centre; `scale` resizes the whole video (the answers are scaled with it).
     backdrop: "textured" (`textured_backdrop`), "white" (a plain, slightly uneven white wall) or "dark"
-    (the textured backdrop at a third of its brightness, as a dim interview set).
+    (the textured backdrop at a third of its brightness, as a dim interview set, with a lit panel
+    behind the head: dark hair looks like the set, not like what lies right behind it).
     hair: a volume of dark hair over the crown (`hair_volume`), in the images and the true mattes.
     sway: the person (the generator's frame) drifts sideways by up to this fraction of `res`, once over
     the video's full length, as someone shifting in a chair over a long take (`offset` is then
@@ -173,9 +174,13 @@ def make_synthetic_videos(out_dir: str | Path, res: int = 128, frames: int = 10,
     scene = textured_backdrop(width, height, seed)
     if backdrop == "white":  # a white wall, lit a little unevenly
         scene = np.clip(0.93 + 0.15 * (scene - scene.mean(axis=(0, 1))), 0.0, 1.0)
-    elif backdrop == "dark":
+    elif backdrop == "dark":  # a dim set with a lit panel behind the head (a poster, a window)
         scene = scene / 3.0
+        panel = (slice(0, height - int(0.5 * res)), slice(width // 2 - int(0.45 * res), width // 2 + int(0.45 * res)))
+        scene[panel] = np.clip(0.35 + 0.5 * scene[panel], 0.0, 1.0)
     hair_colour = np.array([0.10, 0.07, 0.05]) * np.random.default_rng([seed, 11]).uniform(0.7, 1.3)
+    if backdrop == "dark":  # hair of the set's own colour
+        hair_colour = np.median(scene[: height // 2, : width // 6].reshape(-1, 3), axis=0)
     landmarks: dict[str, dict[str, list]] = {}
     result = {}
     for name in names:
