@@ -158,11 +158,30 @@ def test_outputs_of_a_run(masked_128):
     assert (subject / "preprocess" / "contact_sheet.png").is_file()
     report = json.loads((subject / "preprocess" / "report.json").read_text())
     assert [v["test"] for v in report["videos"].values()] == [False, False, True]
+    assert [v["mask_background"] for v in report["videos"].values()] == ["subject"] * 3  # one scene, pooled
     # The landmark file written back is the one given (a --landmarks file round-trips).
     given = json.loads((root / "videos" / "landmarks.json").read_text())
     written = json.loads((subject / "preprocess" / "landmarks.json").read_text())
     assert np.allclose(np.array(written["train1"]["3"]), np.array(given["train1"]["3"]), atol=1e-3)
     assert not list((root / "datasets").glob(".m128-*"))  # no staging folder left behind
+
+
+def test_a_clean_plate_is_the_background_of_every_video(masked_128):
+    """--background: the empty scene's photo is every video's background model (named in the report),
+    and its masks reach IoU 0.95 from three frames a video."""
+    root, _ = masked_128
+    preprocess("--subject", "plate", "--out", str(root / "datasets"), *video_args(root / "videos"), "--res", "128",
+               "--landmarks", str(root / "videos" / "landmarks.json"), "--background",
+               str(root / "videos" / "background.png"), "--max_frames", "3", "--steps", "100", "--no_contact_sheet",
+               cwd=root)
+    subject = root / "datasets" / "plate"
+    report = json.loads((subject / "preprocess" / "report.json").read_text())
+    assert [v["mask_background"] for v in report["videos"].values()] == ["clean plate"] * 3
+    for name, crop in crops(subject).items():
+        for k in range(3):
+            truth = crop.apply(read_external_matte(root / "videos" / "masks", name, k)) > 0.5
+            ours = read_mask(subject / "plate" / name / "mask" / f"{k + 1}.png") > 0.5
+            assert (truth & ours).sum() / (truth | ours).sum() >= 0.95, (name, k)
 
 
 def test_an_existing_subject_is_replaced_only_with_overwrite(masked_128, capsys):

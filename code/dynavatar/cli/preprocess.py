@@ -56,6 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="use these 2D landmarks instead of the face detector (json, see docs/PREPROCESSING.md)")
     parser.add_argument("--masks", type=Path, default=None, metavar="DIR",
                         help="use these mattes (DIR/<video>/<k>.png per source frame) instead of the background model")
+    parser.add_argument("--background", type=Path, default=None, metavar="IMAGE",
+                        help="a clean plate: a photo of the empty scene from the camera's position, at the videos' "
+                             "size, used as the background model (default: learnt from all the subject's videos)")
     parser.add_argument("--device", default="auto", help="tracking device: auto, cpu or cuda (default auto)")
     parser.add_argument("--steps", type=int, default=TrackingOptions.steps, help="tracking optimisation steps")
     parser.add_argument("--no_contact_sheet", "--no-contact-sheet", action="store_true", help="skip the contact sheet")
@@ -72,7 +75,8 @@ def options_from_args(args: argparse.Namespace) -> PreprocessOptions:
         subject=args.subject, videos=videos, out=Path(args.out), res=args.res,
         selection=FrameSelection(fps=args.fps, start=args.start, end=args.end, max_frames=args.max_frames),
         crop_scale=args.crop_scale, flame_model=args.flame, flame_landmarks=args.flame_landmarks,
-        landmarks_file=args.landmarks, masks_dir=args.masks, device=args.device, overwrite=args.overwrite,
+        landmarks_file=args.landmarks, masks_dir=args.masks, background=args.background,
+        device=args.device, overwrite=args.overwrite,
         contact_sheet=not args.no_contact_sheet, tracking=TrackingOptions(focal=args.focal, steps=args.steps))
 
 

@@ -61,7 +61,7 @@ def disagreements(videos: dict[str, dict]) -> list[str]:
         if own is not None and typical_coverage and abs(own - typical_coverage) > MASK_TOLERANCE * typical_coverage:
             lines.append(f"{name}: its masks cover {own:.2f} face areas a frame, the subject's videos "
                          f"{typical_coverage:.2f}: check its masks (hair or shoulders lost, or background kept); "
-                         f"a clean plate (--masks with your mattes) or longer movement helps")
+                         f"a clean plate (--background), your mattes (--masks) or more movement helps")
         for axis, typical in typical_pose.items():
             if abs(video[f"{axis}_deg"][1] - typical) > POSE_TOLERANCE_DEG:
                 lines.append(f"{name}: its median head {axis} is {video[f'{axis}_deg'][1]:.1f} deg, the subject's "

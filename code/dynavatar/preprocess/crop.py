@@ -43,12 +43,21 @@ class Crop:
     def apply(self, image: np.ndarray) -> np.ndarray:
         """Source image [H, W] or [H, W, C] -> the crop [res, res(, C)], same dtype; area-averaged when
         shrinking (no aliasing), bilinear when enlarging."""
-        import cv2
+        return self.resample(self.window(image))
 
+    def window(self, image: np.ndarray) -> np.ndarray:
+        """Source image [H, W(, C)] -> the crop's square of source pixels [size, size(, C)] (a view)."""
         window = image[self.y0:self.y0 + self.size, self.x0:self.x0 + self.size]
         if window.shape[:2] != (self.size, self.size):
             raise PreprocessError(f"the crop {self} does not fit a frame of {image.shape[1]}x{image.shape[0]} "
                                   f"pixels (all videos and mattes of a subject must keep their size)")
+        return window
+
+    def resample(self, window: np.ndarray) -> np.ndarray:
+        """The crop's square of source pixels [size, size(, C)] -> [res, res(, C)], as `apply` resamples
+        (a NaN spreads to every output pixel it contributes to)."""
+        import cv2
+
         if self.size == self.res:
             return np.ascontiguousarray(window)
         interpolation = cv2.INTER_AREA if self.size > self.res else cv2.INTER_LINEAR

@@ -1,9 +1,10 @@
 """Step 5, masks: a static-camera background model with OpenCV, or mattes made elsewhere.
 
-Per video, at the output size:
+At the output size (the background itself is pooled over a subject's videos: `background.py`):
 
-1. A first person mask of each sampled frame (up to 48) from colour alone: GrabCut seeded by the
-   landmarks (the face is person; what lies well beyond a generous head-and-shoulders region is not).
+1. A first person mask of each sampled frame (up to 48 per video) from colour alone: GrabCut seeded
+   by the landmarks (the face is person; what lies well beyond a generous head-and-shoulders region
+   is not), with the head region where hair usually lies added whatever its colour.
 2. Background estimate: the per-pixel median of the sampled frames where the pixel is not person; a
    second round uses the masks of step 3 instead. Background that no sampled frame shows is filled
    in from around it, and where it lies away from what was seen, counted as person (the person
@@ -25,7 +26,6 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator
 
 import numpy as np
 
@@ -77,8 +77,9 @@ def person_prior(points: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]
     and chest down to the bottom of the image; possible [H, W] bool: a generous head with hair, and
     the shoulders down to the bottom).
 
-    In units of the landmark box (w wide, h from brows to chin): the head reaches 0.8 h above the
-    brows and 0.45 w beyond the jaw on either side; shoulders widen to 4 w at the bottom of the image.
+    In units of the landmark box (w wide, h from brows to chin): the head reaches 0.95 h above the
+    brows (a skull's crown lies about 0.85 h above them, hair higher) and 0.45 w beyond the jaw on
+    either side; shoulders widen to 4 w at the bottom of the image.
     """
     cv2 = _cv2()
     known = points[np.isfinite(points).all(axis=1)]
@@ -93,12 +94,27 @@ def person_prior(points: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]
 
     ellipse(likely, (y0 + y1) / 2 - 0.15 * h, 0.55 * w, 0.7 * h)
     cv2.rectangle(likely, (int(cx - 0.3 * w), int(y1 - 0.2 * h)), (int(cx + 0.3 * w), size), 1, -1)  # neck, chest
-    ellipse(possible, (y0 + y1) / 2 - 0.25 * h, 0.95 * w, 1.05 * h)
+    ellipse(possible, (y0 + y1) / 2 - 0.3 * h, 0.95 * w, 1.15 * h)
     bottom = size + h
     body = np.array([[cx - 0.7 * w, y1 - 0.3 * h], [cx + 0.7 * w, y1 - 0.3 * h], [cx + 2 * w, bottom],
                      [cx - 2 * w, bottom]])
     cv2.fillConvexPoly(possible, np.round(body).astype(np.int32), 1)
     return likely.astype(bool), (possible | likely).astype(bool)
+
+
+def head_region(points: np.ndarray, size: int) -> np.ndarray:
+    """The head with its hair as it usually lies, from landmarks [68, 2] -> [H, W] bool: an ellipse
+    from 0.85 h above the brows to below the chin, 0.2 w wider than the jaw on either side. Left out
+    of the first background estimate whatever its colour: dark hair before a dark backdrop looks like
+    backdrop to a colour model, and where the head never uncovers it, that would become background."""
+    cv2 = _cv2()
+    known = points[np.isfinite(points).all(axis=1)]
+    (x0, y0), (x1, y1) = known.min(axis=0), known.max(axis=0)
+    w, h = max(x1 - x0, 1.0), max(y1 - y0, 1.0)
+    region = np.zeros((size, size), np.uint8)
+    cv2.ellipse(region, (int(round((x0 + x1) / 2)), int(round(y0 + 0.1 * h))),
+                (int(round(0.7 * w)), int(round(0.95 * h))), 0, 0, 360, 1, -1)
+    return region.astype(bool)
 
 
 def _grabcut(frame: np.ndarray, trimap: np.ndarray, iterations: int) -> np.ndarray | None:
@@ -133,18 +149,34 @@ def colour_segmentation(frame: np.ndarray, points: np.ndarray, iterations: int =
     return _fill_holes(_connected_to(person, hull)) if person is not None else likely | hull
 
 
+def first_exclusion(frame: np.ndarray, points: np.ndarray, options: MaskOptions) -> np.ndarray:
+    """What the first background estimate leaves out of a frame [H, W, 3] float -> [H, W] bool: the
+    colour segmentation and the head region (`head_region`), grown by the exclusion margin."""
+    cv2 = _cv2()
+    res = frame.shape[0]
+    person = colour_segmentation(frame, points, options.grabcut_iterations + 1) | head_region(points, res)
+    return cv2.dilate(person.astype(np.uint8), _disk(_px(options.exclusion_margin, res))).astype(bool)
+
+
 def estimate_background(frames: np.ndarray, exclude: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Frames [K, H, W, 3] float and pixels to leave out [K, H, W] bool -> (background [H, W, 3]: the
-    median of the frames left in, filled in from around where no frame left a pixel in; seen [H, W]
-    bool: left in by at least one frame)."""
+    """Frames [K, H, W, 3] (float in [0, 1], or uint8) and pixels to leave out [K, H, W] bool ->
+    (background [H, W, 3] float32: the median of the frames left in, filled in from around where no
+    frame left a pixel in; seen [H, W] bool: left in by at least one frame). Computed a band of rows at
+    a time, so that a subject's many frames need little memory."""
     import warnings
 
     cv2 = _cv2()
-    stack = np.where(exclude[..., None], np.nan, frames)
+    scale = 255.0 if frames.dtype == np.uint8 else 1.0
+    height = frames.shape[1]
+    rows = max(1, int(2 ** 22 // max(1, frames.shape[0] * frames.shape[2] * 3)))  # ~16 MB of float32 a band
+    background = np.zeros(frames.shape[1:], np.float32)
+    for top in range(0, height, rows):
+        band = frames[:, top:top + rows].astype(np.float32) / scale
+        band[exclude[:, top:top + rows]] = np.nan
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN pixels: never seen
+            background[top:top + rows] = np.nan_to_num(np.nanmedian(band, axis=0))
     seen = (~exclude).any(axis=0)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN pixels: never seen
-        background = np.nan_to_num(np.nanmedian(stack, axis=0)).astype(np.float32)
     if seen.any() and not seen.all():
         filled = cv2.inpaint((background * 255 + 0.5).astype(np.uint8), (~seen).astype(np.uint8), 3,
                              cv2.INPAINT_TELEA).astype(np.float32) / 255.0
@@ -184,20 +216,6 @@ class BackgroundModel:
     seen: np.ndarray  # [H, W] bool: pixels where the background was visible in a sampled frame
 
 
-def background_model(sample: np.ndarray, sample_points: np.ndarray, options: MaskOptions) -> BackgroundModel:
-    """The background of a video from sampled frames [K, H, W, 3] float and their landmarks [K, 68, 2]:
-    a colour segmentation of each sampled frame leaves the person out (grown by a margin), the median
-    of what is left is the background; a second round with the difference segmentation refines it."""
-    cv2 = _cv2()
-    res = sample.shape[1]
-    grow = _disk(_px(options.exclusion_margin, res))
-    first = np.stack([cv2.dilate(colour_segmentation(f, p, options.grabcut_iterations + 1).astype(np.uint8), grow)
-                      for f, p in zip(sample, sample_points)]).astype(bool)
-    model = BackgroundModel(*estimate_background(sample, first))
-    second = np.stack([segment(f, p, model, options) > 0 for f, p in zip(sample, sample_points)])
-    return BackgroundModel(*estimate_background(sample, second | first & ~model.seen))
-
-
 def segment(frame: np.ndarray, points: np.ndarray, model: BackgroundModel, options: MaskOptions) -> np.ndarray:
     """The person's alpha [H, W] float32 in one frame [H, W, 3] float, from the background model and the
     landmarks [68, 2]: difference threshold, clean-up, GrabCut in the uncertain band, soft edges."""
@@ -218,7 +236,9 @@ def segment(frame: np.ndarray, points: np.ndarray, model: BackgroundModel, optio
     person = _fill_holes(_connected_to(person, hull))
     if options.grabcut:
         band = _disk(_px(options.band, res))
-        inner = cv2.erode(person.astype(np.uint8), band).astype(bool) | hull
+        # Sure person: what differs from background seen there. Background never seen (the head
+        # region of a still head) is left to the colour model: it is person or backdrop alike.
+        inner = cv2.erode((person & ~hidden).astype(np.uint8), band).astype(bool) | hull
         outer = cv2.dilate(person.astype(np.uint8), band).astype(bool) | (~seen & possible)
         trimap = np.where(person, cv2.GC_PR_FGD, cv2.GC_PR_BGD).astype(np.uint8)
         trimap[~outer] = cv2.GC_BGD
@@ -251,20 +271,6 @@ def soft_edges(frame: np.ndarray, background: np.ndarray, mask: np.ndarray, seen
     usable = edge & (weight > 1e-3) & (norm2 > 0.1 ** 2)
     alpha[usable] = np.clip(estimate[usable], 0.0, 1.0)
     return alpha
-
-
-def video_masks(frames: Iterable[np.ndarray], points: np.ndarray, sample: np.ndarray, sample_points: np.ndarray,
-                options: MaskOptions | None = None) -> Iterator[np.ndarray]:
-    """Mattes of a video's frames.
-
-    frames: the frames [res, res, 3] uint8 in order (any iterable) with their landmarks points
-    [N, 68, 2] (output pixels); sample [K, res, res, 3] uint8 with its landmarks sample_points
-    [K, 68, 2] for the background estimate. Yields alpha [res, res] float32 in [0, 1] per frame.
-    """
-    options = options or MaskOptions()
-    model = background_model(sample.astype(np.float32) / 255.0, sample_points, options)
-    for frame, frame_points in zip(frames, points):
-        yield segment(frame.astype(np.float32) / 255.0, frame_points, model, options)
 
 
 def read_external_matte(folder: Path, video: str, source_index: int) -> np.ndarray:

