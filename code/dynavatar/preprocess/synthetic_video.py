@@ -21,6 +21,8 @@ from ..data.flame_params import read_flame_params
 from ..data.images import read_mask, read_rgb, to_uint8, write_mask
 from ..subject_generator import generate_subject
 
+BACKDROPS = ("textured", "white")
+
 
 @dataclass
 class SyntheticVideo:
@@ -105,25 +107,31 @@ def _encode(path: Path, frames: list[np.ndarray], fps: float, crf: int) -> None:
 def make_synthetic_videos(out_dir: str | Path, res: int = 128, frames: int = 10, seed: int = 0,
                           videos: Sequence[str] = ("train1", "train2", "test1"), n_test: int = 1,
                           scale: float = 1.0, fps: float = 25.0, crf: int = 16,
-                          flame_model_path: str | Path | None = None) -> dict[str, SyntheticVideo]:
+                          flame_model_path: str | Path | None = None, head: str | None = None,
+                          test_motion: str = "near", backdrop: str = "textured") -> dict[str, SyntheticVideo]:
     """Write `<out_dir>/<video>.mp4` for each name, `<out_dir>/landmarks.json` (true landmarks of all
     videos in the `--landmarks` format), `<out_dir>/masks/<video>/<k>.png` (true mattes, `--masks`
     format) and the generator's subject under `<out_dir>/subject/`. The last `n_test` names are
     generated as test videos. The canvas is 1.5 x 1.25 times the generator's frame, which sits at
-    the bottom centre; `scale` resizes the whole video (the answers are scaled with it)."""
+    the bottom centre; `scale` resizes the whole video (the answers are scaled with it). `head` and
+    `test_motion` are the generator's (a head variant, "near" or "extrapolate" test videos);
+    `backdrop` is "textured" (`textured_backdrop`) or "white"."""
     import cv2
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     names = [str(v) for v in videos]
+    if backdrop not in BACKDROPS:
+        raise ValueError(f"backdrop {backdrop!r}: expected one of {', '.join(BACKDROPS)}")
     subject_root = generate_subject(out_dir / "subject", "synthetic", res=res, frames=frames, seed=seed,
                                     train_videos=names[: len(names) - n_test], test_videos=names[len(names) - n_test:],
-                                    flame_model_path=flame_model_path, overwrite=True)
+                                    flame_model_path=flame_model_path, overwrite=True, head=head,
+                                    test_motion=test_motion)
     width, height = int(round(1.5 * res)), int(round(1.25 * res))
     offset = ((width - res) // 2, height - res)
     out_w, out_h = int(round(width * scale)) // 2 * 2, int(round(height * scale)) // 2 * 2
     video_scale = np.array([out_w / width, out_h / height])
-    backdrop = textured_backdrop(width, height, seed)
+    backdrop = textured_backdrop(width, height, seed) if backdrop == "textured" else np.ones((height, width, 3))
     landmarks: dict[str, dict[str, list]] = {}
     result = {}
     for name in names:
