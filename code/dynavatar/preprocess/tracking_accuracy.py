@@ -23,8 +23,9 @@ from ..flame import synthetic_flame_files
 from ..flame.lbs import axis_angle_to_matrix
 from .crop import Crop, square_crop
 from .flame_landmarks import FlameLandmarks
-from .frames import FrameSelection, probe_video
-from .landmarks import N_LANDMARKS
+from .frames import FrameSelection, iter_frames, probe_video
+from .landmarks import N_LANDMARKS, read_landmark_file
+from .pipeline import VideoSpec, _detect_landmarks
 from .synthetic_video import SyntheticVideo, exact_tracking_in_crop, make_synthetic_videos
 from .tracking import TrackingOptions, fit_flame
 
@@ -44,7 +45,7 @@ class VideoAccuracy:
     fitted_yaw_deg: np.ndarray  # [N]
     jaw_true: np.ndarray  # [N] jaw opening (radians)
     jaw_fitted: np.ndarray  # [N]
-    reprojection_px: np.ndarray  # [N] mean distance of the fitted landmarks to the observed ones
+    reprojection_px: np.ndarray  # [N, 68] distance of the fitted landmarks to the observed ones (NaN: none)
     landmark_error_px: np.ndarray  # [N, 68] observed landmarks against the true projected ones
     tz_true: np.ndarray  # [N]
     tz_fitted: np.ndarray  # [N]
@@ -92,14 +93,9 @@ def _axis_correction(true_intrinsics: list[float], res: int) -> np.ndarray:
 
 def _observed_landmarks(video: SyntheticVideo, landmarks: str, detector) -> tuple[np.ndarray, list[int]]:
     """[N, 70, 2] source pixels, and the source frame indices, from the detector or the true file."""
-    from .landmarks import read_landmark_file
-    from .pipeline import VideoSpec, _detect_landmarks
-
     info = probe_video(video.path)
     name = video.path.stem
     if landmarks == "true":
-        from .frames import iter_frames
-
         indices = [index for index, _ in iter_frames(info, FrameSelection())]
         marks = read_landmark_file(video.path.parent / "landmarks.json", name, indices)
     else:
@@ -165,7 +161,7 @@ def evaluate(subject: PreparedSubject, options: TrackingOptions | None = None) -
         fitted_rotation = head_rotation(track.pose)
         results.append(VideoAccuracy(
             name, rotation_angle_deg(true_rotation, fitted_rotation), yaw_deg(true_rotation), yaw_deg(fitted_rotation),
-            true_pose[:, 6], track.pose[:, 6], track.error_px,
+            true_pose[:, 6], track.pose[:, 6], np.linalg.norm(track.pixels - observed, axis=-1)[:, :N_LANDMARKS],
             np.linalg.norm(observed[:, :N_LANDMARKS] - true_pixels, axis=-1), true_t[:, 2], track.translation[:, 2]))
     return results
 
@@ -179,12 +175,14 @@ def summary(results: list[VideoAccuracy]) -> dict:
     jaw_true = np.concatenate([r.jaw_true for r in results])
     jaw_fit = np.concatenate([r.jaw_fitted for r in results])
     tz_error = np.concatenate([r.tz_fitted - r.tz_true for r in results])
+    reprojection = np.concatenate([r.reprojection_px for r in results])  # [N, 68]
     return {
         "rotation_error_mean": float(rot.mean()), "rotation_error_max": float(rot.max()),
         "true_yaw": [float(yaw_true.min()), float(yaw_true.max())],
         "fitted_yaw": [float(yaw_fit.min()), float(yaw_fit.max())],
         "jaw_correlation": float(np.corrcoef(jaw_true, jaw_fit)[0, 1]),
-        "reprojection_px": float(np.nanmean(np.concatenate([r.reprojection_px for r in results]))),
+        "reprojection_px": float(np.nanmean(reprojection)),
+        "reprojection_inner_px": float(np.nanmean(reprojection[:, INNER])),
         "landmark_error_px": float(np.nanmean(lmk)),
         "landmark_error_jaw_px": float(np.nanmean(lmk[:, JAW_CONTOUR])),
         "landmark_error_inner_px": float(np.nanmean(lmk[:, INNER])),
