@@ -24,7 +24,8 @@ from .common import main_with_errors, setup_logging
 DEFAULT_SUBJECTS = ("0:default:textured", "4:flame:white", "5:long:textured", "6:dense:white")
 # The weights tracking had before the jaw contour beside the chin was left out and the brows lowered.
 PREVIOUS_WEIGHTS = {"contour_weight": 0.5, "chin_weight": 0.5, "brow_weight": 1.0}
-FIGURES = ("rotation_error_mean", "rotation_error_max", "jaw_correlation", "reprojection_px", "reprojection_inner_px",
+FIGURES = ("rotation_error_mean", "rotation_error_max", "constant_rotation_error", "motion_error_mean",
+           "motion_error_max", "jaw_correlation", "reprojection_px", "reprojection_inner_px",
            "landmark_error_px", "tz_error_mean")
 
 
@@ -67,7 +68,8 @@ def run(argv: Sequence[str] | None = None) -> int:
             print(json.dumps({"subject": text, **figures}))
         else:
             print(f"{text:20s} rotation error {figures['rotation_error_mean']:5.2f} deg mean, "
-                  f"{figures['rotation_error_max']:5.2f} max; true yaw {figures['true_yaw'][0]:.1f}..."
+                  f"{figures['rotation_error_max']:5.2f} max (a constant {figures['constant_rotation_error']:.2f}, then "
+                  f"{figures['motion_error_mean']:.2f} mean, {figures['motion_error_max']:.2f} max); true yaw {figures['true_yaw'][0]:.1f}..."
                   f"{figures['true_yaw'][1]:.1f}, fitted {figures['fitted_yaw'][0]:.1f}...{figures['fitted_yaw'][1]:.1f}"
                   f"; jaw correlation {figures['jaw_correlation']:.2f}; reprojection "
                   f"{figures['reprojection_px']:.2f} px ({figures['reprojection_inner_px']:.2f} without the contour)"

@@ -8,8 +8,11 @@ normalised intrinsics `[-f, f, 0.5, 0.5]` with the focal `f` in units of the ima
 The fit minimises, over all frames at once (batched, on the device of the model):
 
 - the landmark reprojection error (a pseudo-Huber loss of the pixel distance at 512 px scale, so
-  that a wrong landmark does not dominate), jaw-contour points at half weight (FLAME's contour
-  points are fixed on the mesh, a detector's follow the silhouette), irises where known;
+  that a wrong landmark does not dominate), weighted by how reliably a detector places each group:
+  the jaw contour beside the chin left out by default (FLAME's contour points are fixed on the mesh,
+  a face-mesh detector's follow the silhouette, and with the head turned they pull the fitted turn
+  by several degrees), the chin at half weight, the brows at 0.3 (where a brow lies is loosely
+  defined), irises where known;
 - priors: small shape and expression coefficients, a neck that stays near rest (the global rotation
   turns the head), a jaw that only opens, eyes at rest unless an iris says otherwise;
 - temporal smoothness of expression, pose and translation between consecutive frames of a video.

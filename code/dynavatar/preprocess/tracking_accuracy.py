@@ -49,6 +49,8 @@ class VideoAccuracy:
     landmark_error_px: np.ndarray  # [N, 68] observed landmarks against the true projected ones
     tz_true: np.ndarray  # [N]
     tz_fitted: np.ndarray  # [N]
+    true_rotation: np.ndarray  # [N, 3, 3] head rotations, in the tracking camera's axes
+    fitted_rotation: np.ndarray  # [N, 3, 3]
 
     @property
     def jaw_correlation(self) -> float:
@@ -162,13 +164,26 @@ def evaluate(subject: PreparedSubject, options: TrackingOptions | None = None) -
         results.append(VideoAccuracy(
             name, rotation_angle_deg(true_rotation, fitted_rotation), yaw_deg(true_rotation), yaw_deg(fitted_rotation),
             true_pose[:, 6], track.pose[:, 6], np.linalg.norm(track.pixels - observed, axis=-1)[:, :N_LANDMARKS],
-            np.linalg.norm(observed[:, :N_LANDMARKS] - true_pixels, axis=-1), true_t[:, 2], track.translation[:, 2]))
+            np.linalg.norm(observed[:, :N_LANDMARKS] - true_pixels, axis=-1), true_t[:, 2], track.translation[:, 2],
+            true_rotation, fitted_rotation))
     return results
+
+
+def nearest_rotation(matrix: np.ndarray) -> np.ndarray:
+    """The rotation [3, 3] nearest to a 3x3 matrix (Frobenius norm)."""
+    u, _, vt = np.linalg.svd(matrix)
+    return u @ np.diag([1.0, 1.0, np.sign(np.linalg.det(u @ vt))]) @ vt
 
 
 def summary(results: list[VideoAccuracy]) -> dict:
     """The figures of one subject's videos together."""
     rot = np.concatenate([r.rotation_error_deg for r in results])
+    true_rotation = np.concatenate([r.true_rotation for r in results])
+    fitted_rotation = np.concatenate([r.fitted_rotation for r in results])
+    # The error left once one constant rotation (the subject's mean error) is taken out: how well the
+    # head's motion is recovered, whatever the subject's resting pose is taken to be.
+    offset = nearest_rotation((fitted_rotation @ true_rotation.transpose(0, 2, 1)).mean(0))
+    relative = rotation_angle_deg(offset @ true_rotation, fitted_rotation)
     lmk = np.concatenate([r.landmark_error_px for r in results])
     yaw_true = np.concatenate([r.true_yaw_deg for r in results])
     yaw_fit = np.concatenate([r.fitted_yaw_deg for r in results])
@@ -178,6 +193,8 @@ def summary(results: list[VideoAccuracy]) -> dict:
     reprojection = np.concatenate([r.reprojection_px for r in results])  # [N, 68]
     return {
         "rotation_error_mean": float(rot.mean()), "rotation_error_max": float(rot.max()),
+        "constant_rotation_error": float(rotation_angle_deg(offset[None], np.eye(3)[None])[0]),
+        "motion_error_mean": float(relative.mean()), "motion_error_max": float(relative.max()),
         "true_yaw": [float(yaw_true.min()), float(yaw_true.max())],
         "fitted_yaw": [float(yaw_fit.min()), float(yaw_fit.max())],
         "jaw_correlation": float(np.corrcoef(jaw_true, jaw_fit)[0, 1]),
