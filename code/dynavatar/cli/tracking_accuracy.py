@@ -72,7 +72,7 @@ def run(argv: Sequence[str] | None = None) -> int:
                   f"{figures['motion_error_mean']:.2f} mean, {figures['motion_error_max']:.2f} max); true yaw {figures['true_yaw'][0]:.1f}..."
                   f"{figures['true_yaw'][1]:.1f}, fitted {figures['fitted_yaw'][0]:.1f}...{figures['fitted_yaw'][1]:.1f}"
                   f"; jaw correlation {figures['jaw_correlation']:.2f}; reprojection "
-                  f"{figures['reprojection_px']:.2f} px ({figures['reprojection_inner_px']:.2f} without the contour)"
+                  f"{figures['reprojection_px']:.2f} px ({figures['reprojection_inner_px']:.2f} over points 17-67)"
                   f"; landmarks vs truth {figures['landmark_error_px']:.2f} px; t_z error "
                   f"{figures['tz_error_mean']:+.3f}", flush=True)
     if len(rows) > 1:

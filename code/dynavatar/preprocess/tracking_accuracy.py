@@ -11,7 +11,6 @@ expressed in the tracking camera's axes before it is compared (`_axis_correction
 
 from __future__ import annotations
 
-import logging
 import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -29,10 +28,8 @@ from .pipeline import VideoSpec, _detect_landmarks
 from .synthetic_video import SyntheticVideo, exact_tracking_in_crop, make_synthetic_videos
 from .tracking import TrackingOptions, fit_flame
 
-log = logging.getLogger(__name__)
-
 JAW_CONTOUR = slice(0, 17)
-INNER = slice(17, N_LANDMARKS)
+INNER = slice(17, N_LANDMARKS)  # brows, nose, eyes, mouth
 
 
 @dataclass
@@ -51,12 +48,6 @@ class VideoAccuracy:
     tz_fitted: np.ndarray  # [N]
     true_rotation: np.ndarray  # [N, 3, 3] head rotations, in the tracking camera's axes
     fitted_rotation: np.ndarray  # [N, 3, 3]
-
-    @property
-    def jaw_correlation(self) -> float:
-        if self.jaw_true.std() < 1e-9 or self.jaw_fitted.std() < 1e-9:
-            return float("nan")
-        return float(np.corrcoef(self.jaw_true, self.jaw_fitted)[0, 1])
 
 
 def head_rotation(pose: np.ndarray) -> np.ndarray:
