@@ -182,6 +182,7 @@ def test_user_errors_are_one_line_and_exit_2(tmp_path, counter_video, capsys):
           "--landmarks", str(counter_video)], "FLAME model not found"),
         (["--subject", "s", "--video", str(counter_video), "--device", "tpu", "--flame", "synthetic",
           "--landmarks", str(counter_video)], "--device"),
+        (["--subject", "s", "--video", str(counter_video), "--contour_weight", "-1"], "--contour_weight"),
     ]
     (tmp_path / "out" / "taken").mkdir(parents=True)
     cases += [(["--subject", "taken", "--video", str(counter_video)], "already exists"),
@@ -193,6 +194,15 @@ def test_user_errors_are_one_line_and_exit_2(tmp_path, counter_video, capsys):
         assert stop.value.code == 2, (args, err)
         assert message in err and len(err.strip().splitlines()) == 1, (args, err)
     assert not any((tmp_path / "out").glob(".*")) and not any((tmp_path / "out" / "taken").iterdir())
+
+
+def test_contour_weight_reaches_the_tracking():
+    from dynavatar.cli.preprocess import build_parser, options_from_args
+
+    args = ["--subject", "s", "--video", "talk.mp4"]
+    assert options_from_args(build_parser().parse_args(args)).tracking.contour_weight == 0.0
+    assert options_from_args(build_parser().parse_args([*args, "--contour-weight", "0.5"])).tracking.contour_weight \
+        == 0.5
 
 
 def test_script_reports_a_user_error_without_traceback(tmp_path):

@@ -61,6 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "size, used as the background model (default: learnt from all the subject's videos)")
     parser.add_argument("--device", default="auto", help="tracking device: auto, cpu or cuda (default auto)")
     parser.add_argument("--steps", type=int, default=TrackingOptions.steps, help="tracking optimisation steps")
+    parser.add_argument("--contour_weight", "--contour-weight", type=float, default=TrackingOptions.contour_weight,
+                        help="tracking weight of the jaw contour beside the chin (default 0: a face-mesh detector's "
+                             "contour follows the silhouette; up to 1 for landmarks fixed on the face)")
     parser.add_argument("--no_contact_sheet", "--no-contact-sheet", action="store_true", help="skip the contact sheet")
     parser.add_argument("--overwrite", action="store_true", help="replace a subject written earlier by preprocess.py")
     parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
@@ -70,6 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
 def options_from_args(args: argparse.Namespace) -> PreprocessOptions:
     if args.steps < 1:
         raise PreprocessError(f"--steps must be >= 1, got {args.steps}")
+    if not args.contour_weight >= 0:
+        raise PreprocessError(f"--contour_weight must be >= 0, got {args.contour_weight}")
     videos = [video_spec(v, False) for v in args.video] + [video_spec(v, True) for v in args.test_video]
     return PreprocessOptions(
         subject=args.subject, videos=videos, out=Path(args.out), res=args.res,
@@ -77,7 +82,8 @@ def options_from_args(args: argparse.Namespace) -> PreprocessOptions:
         crop_scale=args.crop_scale, flame_model=args.flame, flame_landmarks=args.flame_landmarks,
         landmarks_file=args.landmarks, masks_dir=args.masks, background=args.background,
         device=args.device, overwrite=args.overwrite,
-        contact_sheet=not args.no_contact_sheet, tracking=TrackingOptions(focal=args.focal, steps=args.steps))
+        contact_sheet=not args.no_contact_sheet, tracking=TrackingOptions(focal=args.focal, steps=args.steps,
+                                                                    contour_weight=args.contour_weight))
 
 
 def run(argv: Sequence[str] | None = None) -> int:

@@ -21,7 +21,6 @@ from ..data.flame_params import read_flame_params
 from ..data.images import read_mask, read_rgb, to_uint8, write_mask, write_rgb
 from ..subject_generator import generate_subject
 
-
 BACKDROPS = ("textured", "white", "dark")
 
 
@@ -135,14 +134,16 @@ def _encode(path: Path, frames: list[np.ndarray], fps: float, crf: int) -> None:
 def make_synthetic_videos(out_dir: str | Path, res: int = 128, frames: int = 10, seed: int = 0,
                           videos: Sequence[str] = ("train1", "train2", "test1"), n_test: int = 1,
                           scale: float = 1.0, fps: float = 25.0, crf: int = 16,
-                          flame_model_path: str | Path | None = None, backdrop: str = "textured",
+                          flame_model_path: str | Path | None = None, head: str | None = None,
+                          test_motion: str = "near", backdrop: str = "textured",
                           lengths: dict[str, int] | None = None, hair: bool = False,
                           sway: float = 0.0) -> dict[str, SyntheticVideo]:
     """Write `<out_dir>/<video>.mp4` for each name, `<out_dir>/landmarks.json` (true landmarks of all
     videos in the `--landmarks` format), `<out_dir>/masks/<video>/<k>.png` (true mattes, `--masks`
     format), `<out_dir>/background.png` (the empty scene: a clean plate, `--background`) and the
     generator's subject under `<out_dir>/subject/`. The last `n_test` names are generated as test videos. The canvas is 1.5 x 1.25 times the generator's frame, which sits at
-    the bottom centre; `scale` resizes the whole video (the answers are scaled with it).
+    the bottom centre; `scale` resizes the whole video (the answers are scaled with it). `head` and
+    `test_motion` are the generator's (a head variant, "near" or "extrapolate" test videos).
     backdrop: "textured" (`textured_backdrop`), "white" (a plain, slightly uneven white wall) or "dark"
     (the textured backdrop at a third of its brightness, as a dim interview set, with a lit panel
     behind the head: dark hair looks like the set, not like what lies right behind it).
@@ -159,7 +160,8 @@ def make_synthetic_videos(out_dir: str | Path, res: int = 128, frames: int = 10,
     names = [str(v) for v in videos]
     subject_root = generate_subject(out_dir / "subject", "synthetic", res=res, frames=frames, seed=seed,
                                     train_videos=names[: len(names) - n_test], test_videos=names[len(names) - n_test:],
-                                    flame_model_path=flame_model_path, overwrite=True)
+                                    flame_model_path=flame_model_path, overwrite=True, head=head,
+                                    test_motion=test_motion)
     width, height = int(round(1.5 * res)), int(round(1.25 * res))
     base = ((width - res) // 2, height - res)
     if not 0 <= sway * res <= base[0]:

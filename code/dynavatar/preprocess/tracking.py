@@ -8,8 +8,11 @@ normalised intrinsics `[-f, f, 0.5, 0.5]` with the focal `f` in units of the ima
 The fit minimises, over all frames at once (batched, on the device of the model):
 
 - the landmark reprojection error (a pseudo-Huber loss of the pixel distance at 512 px scale, so
-  that a wrong landmark does not dominate), jaw-contour points at half weight (FLAME's contour
-  points are fixed on the mesh, a detector's follow the silhouette), irises where known;
+  that a wrong landmark does not dominate), weighted by how reliably a detector places each group:
+  the jaw contour beside the chin left out by default (FLAME's contour points are fixed on the mesh,
+  a face-mesh detector's follow the silhouette, and with the head turned they pull the fitted turn
+  by several degrees), the chin at half weight, the brows at 0.3 (where a brow lies is loosely
+  defined), irises where known;
 - priors: small shape and expression coefficients, a neck that stays near rest (the global rotation
   turns the head), a jaw that only opens, eyes at rest unless an iris says otherwise;
 - temporal smoothness of expression, pose and translation between consecutive frames of a video.
@@ -38,6 +41,8 @@ DEFAULT_FOCAL = 3.0  # fx / W of IMavatar data (about 1540 px at 512 px)
 N_LANDMARKS = 68
 REFERENCE_RES = 512.0  # loss weights are set for errors in pixels of a 512 px image
 JAW_CONTOUR = slice(0, 17)
+CHIN = slice(6, 11)  # the contour's lower part: on the front of the face at any yaw, it follows the jaw
+BROWS = slice(17, 27)
 SINGLE_THREAD_FRAMES = 1000
 
 
@@ -48,7 +53,9 @@ class TrackingOptions:
     steps: int = 1000
     learning_rate: float = 0.01
     huber_px: float = 4.0  # pseudo-Huber scale, pixels at 512 px
-    contour_weight: float = 0.5
+    contour_weight: float = 0.0  # the jaw contour beside the chin (a detector's follows the silhouette)
+    chin_weight: float = 0.5
+    brow_weight: float = 0.3
     iris_weight: float = 1.0
     shape_prior: float = 0.05
     expression_prior: float = 1e-3
@@ -146,7 +153,10 @@ class _Problem:
         known = np.isfinite(obs).all(axis=2)  # [N, 70]
         point_weight = np.ones(obs.shape[1])
         point_weight[JAW_CONTOUR] = options.contour_weight
+        point_weight[CHIN] = options.chin_weight
+        point_weight[BROWS] = options.brow_weight
         point_weight[N_LANDMARKS:] = options.iris_weight
+        self.known = known  # [N, 70] bool: observed points (the reprojection error is measured on all of them)
         self.weight = torch.tensor(known * point_weight, dtype=torch.float32, device=device)  # [N, 70]
         self.observed = torch.tensor(np.nan_to_num(obs), dtype=torch.float32, device=device)
         self.n_weighted = float(max(self.weight[:, :N_LANDMARKS].gt(0).sum().item(), 1))
@@ -252,7 +262,7 @@ def _fit(model: FlameLandmarks, observed: list[np.ndarray], res: int, options: T
     with torch.no_grad():
         pixels = problem.pixels().double().cpu().numpy()
     obs = problem.observed.double().cpu().numpy()
-    known = problem.weight.cpu().numpy() > 0
+    known = problem.known
     distance = np.linalg.norm(pixels - obs, axis=-1)  # [N, 70]
     fit = SubjectFit(problem.shape.detach().cpu().numpy().astype(np.float64), problem.intrinsics)
     start = 0
