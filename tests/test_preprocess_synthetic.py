@@ -20,6 +20,7 @@ from dynavatar.data.images import read_mask
 from dynavatar.flame import FLAME
 from dynavatar.preprocess.crop import Crop
 from dynavatar.preprocess.masks import read_external_matte
+from dynavatar.preprocess.tracking import video_focals
 
 from test_preprocess_units import needs_opencv
 
@@ -75,6 +76,8 @@ def test_tracking_reprojects_the_true_landmarks_within_1_5_px_at_512(tracked_512
     truth = json.loads((root / "videos" / "landmarks.json").read_text())
     report = json.loads((subject / "preprocess" / "report.json").read_text())
     errors = {}
+    sizes = {name: crop.size for name, crop in crops(subject).items()}
+    focal = dict(zip(sizes, video_focals(3.0, list(sizes.values()))))  # one camera, each video's crop
     for name, crop in crops(subject).items():
         params = json.loads((subject / "s512" / name / "flame_params.json").read_text())
         flame = FLAME(*synthetic_flame_paths, shape_params=torch.tensor(params["shape_params"]))
@@ -90,8 +93,8 @@ def test_tracking_reprojects_the_true_landmarks_within_1_5_px_at_512(tracked_512
             assert np.abs(stored[:68] - (pixels.numpy() - 0.5)).max() < 0.01
         errors[name] = float(np.mean(frame_errors))
         assert abs(errors[name] - report["videos"][name]["reprojection_error_px"]) < 0.05
+        assert params["intrinsics"] == pytest.approx([-focal[name], focal[name], 0.5, 0.5])
     assert max(errors.values()) <= 1.5, errors
-    assert params["intrinsics"] == [-3.0, 3.0, 0.5, 0.5]
 
 
 def test_exact_tracking_in_the_crop_lands_on_the_given_landmarks(tracked_512, synthetic_flame_paths):

@@ -92,3 +92,29 @@ def test_detector_tracking_follows_head_turns_beyond_20_degrees(tmp_path):
     assert figures["true_yaw"][0] < -20 and figures["true_yaw"][1] > 20, figures
     assert figures["rotation_error_mean"] < 8.0 and figures["rotation_error_max"] < 15.0, figures
     assert np.abs(np.subtract(figures["fitted_yaw"], figures["true_yaw"])).max() < 5.0, figures
+
+
+def test_videos_cropped_to_other_sizes_share_one_camera(synthetic_flame_paths):
+    """Two videos of one camera and one head distance, the second cropped 1.25 times wider (its
+    normalised focal 1.25 times smaller): tracked with each video's focal (`video_focals`), both
+    put the head at its true distance; with one focal for both, the second is placed 1.25 times
+    too far."""
+    from dynavatar.preprocess.tracking import video_focals
+
+    assert video_focals(3.0, [100, 125, 150]) == pytest.approx([3.75, 3.0, 2.5])
+    model = FlameLandmarks(*synthetic_flame_paths)
+    pose = torch.zeros(4, 15)
+    pose[:, 1] = torch.tensor(np.radians([-10.0, -3.0, 3.0, 10.0]), dtype=torch.float32)
+    translation = torch.tensor([[0.0, -0.1, -4.0]]).expand(4, 3)
+    focals = [3.0, 3.0 / 1.25]
+    with torch.no_grad():
+        landmarks, irises = model(torch.zeros(model.n_shape), torch.zeros(4, model.n_exp), pose)
+        points = torch.cat([landmarks, irises], 1)
+        observed = [project(points, translation, intrinsics_for(f), RES).double().numpy() for f in focals]
+    options = TrackingOptions(steps=300)
+    per_video = fit_flame(model, observed, RES, options, focals)
+    shared = fit_flame(model, observed, RES, options, [3.0, 3.0])
+    assert [v.intrinsics for v in per_video.videos] == [intrinsics_for(f) for f in focals]
+    depth = [float(np.median(v.translation[:, 2])) for v in per_video.videos]
+    assert depth == pytest.approx([-4.0, -4.0], abs=0.1), depth
+    assert float(np.median(shared.videos[1].translation[:, 2])) < -4.6  # the old, shared focal: too far

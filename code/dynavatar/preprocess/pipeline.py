@@ -39,7 +39,7 @@ from .landmarks import N_LANDMARKS, N_WITH_IRIS, VideoLandmarks, landmark_file_c
     read_landmark_file, with_irises
 from .background import SubjectBackground, VideoSample, read_clean_plate, subject_backgrounds
 from .masks import MaskOptions, read_external_matte, segment
-from .tracking import SubjectFit, TrackingOptions, fit_flame, pixels_to_imavatar_keypoints
+from .tracking import SubjectFit, TrackingOptions, fit_flame, pixels_to_imavatar_keypoints, video_focals
 
 log = logging.getLogger(__name__)
 
@@ -264,7 +264,7 @@ def _flame_params(fit: SubjectFit, index: int, res: int) -> dict:
                             -1.0, 1.0).tolist(),
             "flame_keypoints": np.clip(points, -1.0, 1.0).tolist(),
         })
-    return {"frames": frames, "intrinsics": fit.intrinsics, "shape_params": fit.shape.tolist()}
+    return {"frames": frames, "intrinsics": video.intrinsics, "shape_params": fit.shape.tolist()}
 
 
 def _contact_rows(videos: list[_Video], subject_dir: Path, fit: SubjectFit, res: int) -> list:
@@ -292,6 +292,7 @@ def _report(options: PreprocessOptions, videos: list[_Video], fit: SubjectFit, d
             "source_frames": [video.landmarks.source_indices[0], video.landmarks.source_indices[-1]],
             "source_size": [video.info.width, video.info.height], "source_fps": video.info.fps,
             "crop": video.crop.as_dict(),
+            "focal": -track.intrinsics[0],  # fx / crop width: --focal scaled by the median crop size / this one
             "frames_without_landmarks": int((~video.landmarks.valid).sum()),
             "reprojection_error_px": float(np.nanmean(track.error_px)),
             "reprojection_error_px_max": float(np.nanmax(track.error_px)),
@@ -355,7 +356,7 @@ def preprocess_subject(options: PreprocessOptions) -> Path:
 
         tracking = TrackingOptions(**{**asdict(options.tracking), "device": device})
         fit = fit_flame(FlameLandmarks(model_path, landmark_path), [v.crop_points for v in videos], options.res,
-                        tracking)
+                        tracking, video_focals(options.tracking.focal, [v.crop.size for v in videos]))
         for video, track in zip(videos, fit.videos):
             iris = (f", irises {np.nanmean(track.iris_error_px):.2f} px"
                     if np.isfinite(track.iris_error_px).any() else "")

@@ -27,6 +27,7 @@ import logging
 import math
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -78,6 +79,7 @@ class VideoFit:
     pixels: np.ndarray  # [N, 70, 2] fitted landmarks and irises projected, output pixels (centres at integers)
     error_px: np.ndarray  # [N] mean landmark reprojection error per frame (NaN where no landmarks)
     iris_error_px: np.ndarray  # [N] mean iris reprojection error (NaN where no irises)
+    intrinsics: list[float]  # [-f, f, 0.5, 0.5] of this video's crop
 
     def world_mats(self) -> np.ndarray:
         """[N, 3, 4] `[I | t]`."""
@@ -88,7 +90,6 @@ class VideoFit:
 @dataclass
 class SubjectFit:
     shape: np.ndarray  # [100]
-    intrinsics: list[float]  # [-f, f, 0.5, 0.5]
     videos: list[VideoFit] = field(default_factory=list)
 
 
@@ -97,15 +98,30 @@ def intrinsics_for(focal: float) -> list[float]:
     return [-float(focal), float(focal), 0.5, 0.5]
 
 
-def project(points: torch.Tensor, translation: torch.Tensor, intrinsics: list[float], res: int) -> torch.Tensor:
-    """World points [B, L, 3] seen through world_mat [I | t] (t [B, 3]) -> pixels [B, L, 2] with pixel
-    centres at integers (IMavatar's convention, that of `flame_keypoints`), as `dynavatar.cameras` does."""
+def video_focals(focal: float, crop_sizes: Sequence[int]) -> list[float]:
+    """Each video's normalised focal (fx / crop width) for one physical camera: `focal` is that of a
+    crop of the subject's median crop size, and a crop of other size sees the same focal in source
+    pixels, so its normalised focal scales inversely with its size (a video cropped wider, because
+    the head came closer, has a smaller one)."""
+    reference = float(np.median(crop_sizes))
+    return [focal * reference / size for size in crop_sizes]
+
+
+def project(points: torch.Tensor, translation: torch.Tensor, intrinsics: list[float] | torch.Tensor,
+            res: int) -> torch.Tensor:
+    """World points [B, L, 3] seen through world_mat [I | t] (t [B, 3]) and normalised intrinsics (one
+    camera [4], or one per frame [B, 4]) -> pixels [B, L, 2] with pixel centres at integers (IMavatar's
+    convention, that of `flame_keypoints`), as `dynavatar.cameras` does."""
     batch = translation.shape[0]
     world_mat = torch.cat([torch.eye(3, dtype=points.dtype, device=points.device).expand(batch, 3, 3),
                            translation[:, :, None]], dim=2)
     w2c = imavatar_world_to_camera(world_mat)  # [B, 4, 4] OpenCV axes
     cam = points @ w2c[:, :3, :3].transpose(1, 2) + w2c[:, None, :3, 3]
-    fx, fy, cx, cy = imavatar_pixel_intrinsics(intrinsics, res, res)
+    if isinstance(intrinsics, torch.Tensor):  # per frame: the same conversion, one column each
+        fx, fy, cx, cy = (-intrinsics[:, 0:1] * res, intrinsics[:, 1:2] * res, intrinsics[:, 2:3] * res + PIXEL_CENTRE_OFFSET,
+                          intrinsics[:, 3:4] * res + PIXEL_CENTRE_OFFSET)
+    else:
+        fx, fy, cx, cy = imavatar_pixel_intrinsics(intrinsics, res, res)
     u = fx * cam[..., 0] / cam[..., 2] + cx - PIXEL_CENTRE_OFFSET
     v = fy * cam[..., 1] / cam[..., 2] + cy - PIXEL_CENTRE_OFFSET
     return torch.stack([u, v], dim=-1)
@@ -116,16 +132,17 @@ def pixels_to_imavatar_keypoints(pixels: np.ndarray, res: int) -> np.ndarray:
     return pixels_to_keypoints(torch.as_tensor(pixels + PIXEL_CENTRE_OFFSET, dtype=torch.float64), res, res).numpy()
 
 
-def _initial_translation(rest: np.ndarray, observed: np.ndarray, focal: float, res: int) -> np.ndarray:
+def _initial_translation(rest: np.ndarray, observed: np.ndarray, focal: np.ndarray, res: int) -> np.ndarray:
     """Translations [N, 3] that put the rest landmarks rest [68, 3] at the observed ones [N, 68, 2]
-    (position and size; NaN frames get their nearest known frame's)."""
-    fpx = focal * res
+    seen with the normalised focal [N] of each frame (position and size; NaN frames get their nearest
+    known frame's)."""
     centre = (res - 1) / 2.0  # principal point in pixels with centres at integers
     spread_model = rest[:, :2].std(axis=0).mean()
     out = np.full((len(observed), 3), np.nan)
     for k, obs in enumerate(observed):
         if not np.isfinite(obs).all():
             continue
+        fpx = focal[k] * res
         distance = fpx * spread_model / max(obs.std(axis=0).mean(), 1e-6)
         mean_u, mean_v = obs.mean(axis=0)
         tx = (mean_u - centre) * distance / fpx - rest[:, 0].mean()
@@ -144,11 +161,15 @@ def _pseudo_huber(distance: torch.Tensor, scale: float) -> torch.Tensor:
 class _Problem:
     """The tensors of one fit: observations, weights and the free parameters."""
 
-    def __init__(self, model: FlameLandmarks, observed: list[np.ndarray], res: int, options: TrackingOptions):
+    def __init__(self, model: FlameLandmarks, observed: list[np.ndarray], res: int, options: TrackingOptions,
+                 focals: Sequence[float]):
         device = torch.device(options.device)
         self.model, self.res, self.options = model, res, options
-        self.intrinsics = intrinsics_for(options.focal)
         self.lengths = [len(o) for o in observed]
+        self.video_intrinsics = [intrinsics_for(f) for f in focals]
+        frame_focal = np.repeat(np.asarray(focals, dtype=np.float64), self.lengths)  # [N]
+        self.intrinsics = torch.tensor([intrinsics_for(f) for f in frame_focal], dtype=torch.float32,
+                                       device=device).reshape(-1, 4)  # [N, 4]
         obs = np.concatenate(observed).astype(np.float64)  # [N, 70, 2]
         known = np.isfinite(obs).all(axis=2)  # [N, 70]
         point_weight = np.ones(obs.shape[1])
@@ -168,7 +189,7 @@ class _Problem:
         with torch.no_grad():
             rest, _ = model(torch.zeros(model.n_shape, device=device), torch.zeros(1, model.n_exp, device=device),
                             torch.zeros(1, 15, device=device))
-        translation = _initial_translation(rest[0].double().cpu().numpy(), obs[:, :N_LANDMARKS], options.focal, res)
+        translation = _initial_translation(rest[0].double().cpu().numpy(), obs[:, :N_LANDMARKS], frame_focal, res)
         zeros = lambda *s: torch.zeros(*s, device=device, requires_grad=True)  # noqa: E731
         self.shape = zeros(model.n_shape)
         self.expression = zeros(n, model.n_exp)
@@ -240,20 +261,25 @@ def _cpu_threads(device: str, frames: int):
 
 
 def fit_flame(model: FlameLandmarks, observed: list[np.ndarray], res: int,
-              options: TrackingOptions | None = None) -> SubjectFit:
+              options: TrackingOptions | None = None, focals: Sequence[float] | None = None) -> SubjectFit:
     """Fit FLAME to the landmarks of a subject's videos.
 
     observed: per video, landmarks [N_v, 70, 2] in output pixels (centres at integers; 68 iBUG points
-    then the two irises, NaN where unknown). Returns the shape, the intrinsics and per-video fits.
+    then the two irises, NaN where unknown). focals: per video, the normalised focal of its crop
+    (`video_focals`; default `options.focal` for all). Returns the shape and per-video fits.
     """
     options = options or TrackingOptions()
+    focals = [options.focal] * len(observed) if focals is None else list(focals)
+    if len(focals) != len(observed):
+        raise ValueError(f"{len(focals)} focals for {len(observed)} videos")
     with _cpu_threads(options.device, sum(len(o) for o in observed)):
-        return _fit(model, observed, res, options)
+        return _fit(model, observed, res, options, focals)
 
 
-def _fit(model: FlameLandmarks, observed: list[np.ndarray], res: int, options: TrackingOptions) -> SubjectFit:
+def _fit(model: FlameLandmarks, observed: list[np.ndarray], res: int, options: TrackingOptions,
+         focals: list[float]) -> SubjectFit:
     model = model.to(torch.device(options.device))
-    problem = _Problem(model, observed, res, options)
+    problem = _Problem(model, observed, res, options, focals)
     _run_adam(problem, [problem.global_rotation, problem.translation], options.rigid_steps,
               options.learning_rate, "tracking (rigid)")
     final = _run_adam(problem, [problem.shape, problem.expression, problem.global_rotation, problem.joints,
@@ -264,9 +290,9 @@ def _fit(model: FlameLandmarks, observed: list[np.ndarray], res: int, options: T
     obs = problem.observed.double().cpu().numpy()
     known = problem.known
     distance = np.linalg.norm(pixels - obs, axis=-1)  # [N, 70]
-    fit = SubjectFit(problem.shape.detach().cpu().numpy().astype(np.float64), problem.intrinsics)
+    fit = SubjectFit(problem.shape.detach().cpu().numpy().astype(np.float64))
     start = 0
-    for length in problem.lengths:
+    for length, intrinsics in zip(problem.lengths, problem.video_intrinsics):
         part = slice(start, start + length)
         start += length
         lmk_known = known[part, :N_LANDMARKS].all(axis=1)
@@ -276,5 +302,5 @@ def _fit(model: FlameLandmarks, observed: list[np.ndarray], res: int, options: T
         fit.videos.append(VideoFit(problem.expression[part].detach().cpu().numpy().astype(np.float64),
                                    problem.pose[part].detach().cpu().numpy().astype(np.float64),
                                    problem.translation[part].detach().cpu().numpy().astype(np.float64),
-                                   pixels[part], error, iris_error))
+                                   pixels[part], error, iris_error, intrinsics))
     return fit

@@ -12,7 +12,7 @@ expressed in the tracking camera's axes before it is compared (`_axis_correction
 from __future__ import annotations
 
 import tempfile
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -138,11 +138,11 @@ def prepare_subject(out_dir: Path, seed: int, head: str | None = None, backdrop:
 
 
 def evaluate(subject: PreparedSubject, options: TrackingOptions | None = None) -> list[VideoAccuracy]:
-    """Track a prepared subject's videos together with the true focal length; compare with the answers."""
+    """Track a prepared subject's videos together with each video's true focal length; compare with the answers."""
     res = subject.res
-    true_focal = float(np.mean([t["intrinsics"][1] for t in subject.truths]))
-    options = replace(options or TrackingOptions(), focal=true_focal)
-    fit = fit_flame(FlameLandmarks(subject.model_path, subject.landmark_path), subject.points, res, options)
+    options = options or TrackingOptions()
+    fit = fit_flame(FlameLandmarks(subject.model_path, subject.landmark_path), subject.points, res, options,
+                    [float(t["intrinsics"][1]) for t in subject.truths])
     results = []
     for name, observed, truth, track in zip(subject.names, subject.points, subject.truths, fit.videos):
         true_pose = np.array([f["pose"] for f in truth["frames"]])
