@@ -72,16 +72,21 @@ def imavatar_world_to_camera(world_mat: torch.Tensor) -> torch.Tensor:
     return torch.cat([top, bottom], dim=-2)
 
 
+def pixel_intrinsics(intrinsics: torch.Tensor, width: int, height: int) -> torch.Tensor:
+    """Normalised IMavatar intrinsics [..., 4] ([fx/W (negated), fy/H, cx/W, cy/H]) -> rasterizer
+    (fx, fy, cx, cy) in pixels [..., 4]."""
+    scale = constant((-float(width), float(height), float(width), float(height)), intrinsics.dtype, intrinsics.device)
+    offset = constant((0.0, 0.0, PIXEL_CENTRE_OFFSET, PIXEL_CENTRE_OFFSET), intrinsics.dtype, intrinsics.device)
+    return intrinsics * scale + offset
+
+
 def imavatar_pixel_intrinsics(intrinsics: Sequence[float] | torch.Tensor, width: int, height: int
                               ) -> tuple[float, float, float, float]:
     """Normalised IMavatar intrinsics [fx/W (negated), fy/H, cx/W, cy/H] -> rasterizer (fx, fy, cx, cy) in pixels."""
     values = [float(v) for v in (intrinsics.tolist() if isinstance(intrinsics, torch.Tensor) else intrinsics)]
     if len(values) != 4:
         raise ValueError(f"intrinsics must hold 4 numbers [fx/W, fy/H, cx/W, cy/H], got {len(values)}")
-    fx = -values[0] * width
-    fy = values[1] * height
-    cx = values[2] * width + PIXEL_CENTRE_OFFSET
-    cy = values[3] * height + PIXEL_CENTRE_OFFSET
+    fx, fy, cx, cy = pixel_intrinsics(torch.tensor(values, dtype=torch.float64), width, height).tolist()
     return fx, fy, cx, cy
 
 

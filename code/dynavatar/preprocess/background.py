@@ -193,7 +193,8 @@ def subject_backgrounds(videos: list[VideoSample], options: MaskOptions | None =
         refined = [second[v] if v in second else excludes[v] for v in range(len(videos))]
         for v in group:
             models[v] = BackgroundModel(*estimate_background(*_pooled_stack(videos, own, refined, v, group)))
-    kinds = ["subject" if len(g) > 1 else "video" for g in groups for _ in g]
-    order = [v for g in groups for v in g]
-    kinds = [kinds[order.index(i)] for i in range(len(videos))]
+    kinds = [""] * len(videos)
+    for group in groups:
+        for v in group:
+            kinds[v] = "subject" if len(group) > 1 else "video"
     return SubjectBackground(models, kinds, warnings)

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ..cameras import PIXEL_CENTRE_OFFSET, imavatar_pixel_intrinsics, imavatar_world_to_camera, pixels_to_keypoints
+from ..cameras import PIXEL_CENTRE_OFFSET, imavatar_world_to_camera, pixel_intrinsics, pixels_to_keypoints
 from .flame_landmarks import JAW, NECK, FlameLandmarks
 
 log = logging.getLogger(__name__)
@@ -117,11 +117,8 @@ def project(points: torch.Tensor, translation: torch.Tensor, intrinsics: list[fl
                            translation[:, :, None]], dim=2)
     w2c = imavatar_world_to_camera(world_mat)  # [B, 4, 4] OpenCV axes
     cam = points @ w2c[:, :3, :3].transpose(1, 2) + w2c[:, None, :3, 3]
-    if isinstance(intrinsics, torch.Tensor):  # per frame: the same conversion, one column each
-        fx, fy, cx, cy = (-intrinsics[:, 0:1] * res, intrinsics[:, 1:2] * res, intrinsics[:, 2:3] * res + PIXEL_CENTRE_OFFSET,
-                          intrinsics[:, 3:4] * res + PIXEL_CENTRE_OFFSET)
-    else:
-        fx, fy, cx, cy = imavatar_pixel_intrinsics(intrinsics, res, res)
+    intrinsics = torch.as_tensor(intrinsics, dtype=points.dtype, device=points.device).expand(batch, 4)
+    fx, fy, cx, cy = pixel_intrinsics(intrinsics, res, res)[:, :, None].unbind(1)  # each [B, 1]
     u = fx * cam[..., 0] / cam[..., 2] + cx - PIXEL_CENTRE_OFFSET
     v = fy * cam[..., 1] / cam[..., 2] + cy - PIXEL_CENTRE_OFFSET
     return torch.stack([u, v], dim=-1)
