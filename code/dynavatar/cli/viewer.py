@@ -37,6 +37,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--fps", type=float, default=25.0, help="frame rate of the sequences when played")
     parser.add_argument("--benchmark", type=int, default=0, metavar="N",
                         help="render N frames (the jaw moving) without a server, print the frame rate, exit")
+    parser.add_argument("--measure", type=int, default=0, metavar="N",
+                        help="serve, connect a client that speaks the page's protocol, time N jaw-slider moves "
+                             "(move to image) and a sequence playing, print the figures, exit")
+    parser.add_argument("--play_seconds", type=float, default=5.0, help="how long --measure plays a sequence")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="conf overrides")
     return parser
 
@@ -84,6 +88,8 @@ def run(argv: Sequence[str] | None = None) -> int:
     viewer = Viewer(scene, sequences, start, paths.root / "viewer", host=args.host, port=args.port,
                     resolution=args.resolution, backend=args.backend, n_expression=args.expressions, fps=args.fps)
     viewer.start()
+    if args.measure:
+        return measure(viewer, start, args, sequences[0].name)
     print(f"viewer of {paths.root} at http://localhost:{args.port} (Ctrl-C to stop)", flush=True)
     viewer.wait()
     return 0
@@ -107,6 +113,21 @@ def benchmark(scene, start, resolution: int, backend: str, n: int) -> int:
     seconds = (time.perf_counter() - begin) / n
     print(f"{n} frames at {resolution}x{resolution}, {scene.avatar.n_points} Gaussians, backend {backend}: "
           f"{seconds * 1000:.1f} ms a frame, {1 / seconds:.1f} FPS (pose + rasterize; the camera fixed)")
+    return 0
+
+
+def measure(viewer, start, args, sequence: str) -> int:
+    """Time the served viewer from a page's side of the connection (viewer/latency.py), print, stop."""
+    from ..viewer.latency import measure as measure_viewer
+
+    try:
+        host = "127.0.0.1" if args.host in ("", "0.0.0.0") else args.host
+        result = measure_viewer(f"ws://{host}:{args.port}", start, args.resolution, args.resolution,
+                                args.measure, sequence, args.fps, args.play_seconds)
+    finally:
+        viewer.stop()
+    print(f"{viewer.scene.avatar.n_points} Gaussians on {viewer.scene.device}, backend {args.backend}", flush=True)
+    print(result.summary(), flush=True)
     return 0
 
 

@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 
 RESOLUTIONS = ("128", "256", "384", "512", "768", "1024")
 NO_SEQUENCE = "(sliders)"
-IDLE_SECONDS = 0.01
+IDLE_SECONDS = 0.002  # the render loop's poll when nothing changed: a small share of a frame's delay
 
 
 def usable_backends(device: torch.device) -> list[str]:
@@ -164,8 +164,11 @@ class Viewer:
     def _advance(self) -> None:
         """While playing, show the frame the sequence's clock has reached (frames the machine cannot
         render in time are skipped)."""
+        sequence = self._current_sequence()
+        if sequence is None:
+            return
         clock, first = self._play_start
-        k = first + int((time.monotonic() - clock) * self.fps)
+        k = (first + int((time.monotonic() - clock) * self.fps)) % len(sequence)  # wraps: compare as shown
         if k != int(self.frame.value):
             self._show_frame(k)
 
@@ -216,6 +219,7 @@ class Viewer:
                 continue
             frame = self.scene.render(raster_camera(view, width, height, self.scene.device), backend)
             client.scene.set_background_image(frame.rgb, format="jpeg", jpeg_quality=90)
+            client.flush()  # sent now, not at the end of viser's 1/60 s message window
             self._drawn[client.client_id] = key
             self._last[client.client_id] = frame
             self.status.content = f"{width}x{height}, {frame.seconds * 1000:.0f} ms a frame ({1 / max(frame.seconds, 1e-6):.1f} FPS)"
