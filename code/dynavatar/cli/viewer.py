@@ -61,6 +61,9 @@ def run(argv: Sequence[str] | None = None) -> int:
                           "(<exps_folder>/<subject>/<methodname>/<train videos>/train)")
     if args.resolution < 8 or args.resolution > 4096:
         raise ConfigError(f"--resolution {args.resolution} is out of range: give a height from 8 to 4096 pixels")
+    if args.measure < 0 or args.play_seconds < 0:
+        raise ConfigError(f"--measure {args.measure} / --play_seconds {args.play_seconds}: give a number of slider "
+                          f"moves of at least 1 and seconds of 0 or more")
     checkpoints = checkpoints_dir_of(args.load_path)
     paths = ExperimentPaths.owning(checkpoints)
     conf_path = Path(args.conf) if args.conf else paths.runconf
