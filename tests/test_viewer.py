@@ -1,6 +1,7 @@
 """The browser viewer (scripts/viewer.py) on a tiny trained avatar, on the CPU, driven from a real
 headless Chromium: the page loads, the streamed image shows the avatar, and moving the jaw slider
-changes it. Skipped, saying what is missing, without Chromium or the `viewer` extra."""
+changes it; and `--measure`, timed by a client speaking the page's protocol. The browser test is skipped
+without Chromium, both without the `viewer` extra, each saying what is missing."""
 
 from __future__ import annotations
 
