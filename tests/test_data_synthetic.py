@@ -1,6 +1,10 @@
 """The synthetic subject generator: layout, camera convention (keypoints), image content, determinism."""
 
 import json
+import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -133,6 +137,44 @@ def test_ensure_synthetic_subject_generates_once(tmp_path):
     stamp = (target / "demo" / "MVI_1810" / "flame_params.json").stat().st_mtime_ns
     assert ensure_synthetic_subject(conf) == target  # already there: not generated again
     assert (target / "demo" / "MVI_1810" / "flame_params.json").stat().st_mtime_ns == stamp
+
+
+_ENSURE_AT_ONCE = """
+import logging, sys, time
+from pathlib import Path
+from dynavatar.config import load_conf
+from dynavatar.subject_generator.subject import ensure_synthetic_subject
+logging.basicConfig(level=logging.INFO)
+conf = load_conf(sys.argv[1], sys.argv[4:])
+Path(sys.argv[2]).touch()
+while not Path(sys.argv[3]).exists():
+    time.sleep(0.005)
+ensure_synthetic_subject(conf)
+"""
+
+
+def test_runs_started_at_once_on_one_synthetic_subject_generate_it_once(tmp_path):
+    """Two runs (a seed sweep of two recipes) reach the subject's first use at the same moment: one
+    generates it, the other waits and reuses it, instead of replacing the folder the first reads."""
+    overrides = [f"dataset.data_folder={tmp_path / 'data'}", "dataset.subject_name=both", "dataset.synthetic=true",
+                 "dataset.synthetic_frames=3", "dataset.train.img_res=[24, 24]", "model.flame_model_path=synthetic"]
+    go = tmp_path / "go"
+    env = {**os.environ, "PYTHONPATH": str(REPO / "code")}
+    runs = [subprocess.Popen([sys.executable, "-c", _ENSURE_AT_ONCE, str(REPO / "confs" / "subject1.conf"),
+                              str(tmp_path / f"ready{k}"), str(go), *overrides],
+                             stderr=subprocess.PIPE, text=True, env=env) for k in range(2)]
+    for k in range(2):  # both loaded and waiting; the wait bounds only a hang
+        for _ in range(60000):
+            if (tmp_path / f"ready{k}").exists() or runs[k].poll() is not None:
+                break
+            time.sleep(0.01)
+    go.touch()
+    logs = [run.communicate(timeout=600)[1] for run in runs]
+    assert [run.returncode for run in runs] == [0, 0], logs
+    assert sum(log.count("generating subject both") for log in logs) == 1, logs
+    assert sum(log.count("another process is generating it; waiting") for log in logs) <= 1
+    dataset = FaceDataset(tmp_path / "data", "both", "flame_params.json", VIDEOS, [24, 24])
+    assert len(dataset) == 3 * len(VIDEOS)
 
 
 def test_a_folder_not_written_by_the_generator_is_never_replaced(tmp_path):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import tempfile
 from contextlib import contextmanager
@@ -32,6 +33,11 @@ from ..data.images import write_labels, write_mask, write_rgb
 from ..flame.mesh import outward_winding
 from .mesh_renderer import render_mesh
 from .motion import JAW, TEST_MOTIONS, Motion, subject_motions
+
+try:
+    import fcntl
+except ImportError:  # not on Windows: concurrent first uses of one subject are then not serialised
+    fcntl = None
 
 log = logging.getLogger(__name__)
 SYNTHETIC_MARKER = ".dynavatar-synthetic"  # only folders holding it are ever regenerated or replaced
@@ -293,18 +299,63 @@ def ensure_synthetic_subject(conf: Conf) -> Path | None:
     data = conf.dataset
     if not data.synthetic:
         return None
+    target = Path(data.data_folder) / data.subject_name
+    if _up_to_date(conf, target):
+        return target
+    with _generation_lock(target):
+        # Another process may have generated it while this one waited: generated once, then reused.
+        if _up_to_date(conf, target):
+            return target
+        return _generate_for_conf(conf, target)
+
+
+def _wanted_settings(conf: Conf) -> dict:
+    data = conf.dataset
+    return {"res": max(data.train.img_res), "frames": data.synthetic_frames, "seed": data.synthetic_seed,
+            "test_motion": data.synthetic_test_motion}
+
+
+def _missing_videos(conf: Conf, target: Path) -> list[str]:
+    data = conf.dataset
+    videos = list(data.train.sub_dir) + list(data.test.sub_dir)
+    return [v for v in videos if not (target / data.subject_name / v / data.json_name).is_file()]
+
+
+def _up_to_date(conf: Conf, target: Path) -> bool:
+    return not _missing_videos(conf, target) and not _changed_settings(target, _wanted_settings(conf))
+
+
+@contextmanager
+def _generation_lock(target: Path):
+    """Hold `.<subject>.generating` beside the subject's folder while generating it: runs started at
+    once on one synthetic subject (a seed sweep of two recipes) would otherwise each generate it,
+    and the later one replaces the folder while the earlier one reads it. The file stays (removing
+    a lock file that others may have opened would let two holders in)."""
+    if fcntl is None:
+        yield
+        return
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(target.parent / f".{target.name}.generating", os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.info("synthetic subject %s: another process is generating it; waiting", target)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing drops the flock
+
+
+def _generate_for_conf(conf: Conf, target: Path) -> Path:
+    """Generate (or generate again, saying why) the conf's synthetic subject into `target`."""
+    data = conf.dataset
     subject = data.subject_name
-    target = Path(data.data_folder) / subject
     train_videos, test_videos = list(data.train.sub_dir), list(data.test.sub_dir)
-    json_name = data.json_name
     height, width = data.train.img_res
     model_path = conf.model.flame_model_path
-    wanted = {"res": max(height, width), "frames": data.synthetic_frames, "seed": data.synthetic_seed,
-              "test_motion": data.synthetic_test_motion}
-    missing = [v for v in train_videos + test_videos if not (target / subject / v / json_name).is_file()]
-    changed = _changed_settings(target, wanted)
-    if not missing and not changed:
-        return target
+    missing = _missing_videos(conf, target)
+    changed = _changed_settings(target, _wanted_settings(conf))
     if missing and target.exists():
         log.warning("synthetic subject %s lacks video(s) %s: generating it again", target, missing)
     if changed and not missing:
