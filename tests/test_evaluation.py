@@ -90,6 +90,20 @@ def test_fitted_test_inputs_are_saved_and_reused(experiment, caplog):
     assert json.loads((folder / "metrics.json").read_text())["metrics"] == json.loads(before)["metrics"]
 
 
+def test_saved_test_inputs_are_not_reused_by_an_evaluation_that_fits_otherwise(experiment, caplog):
+    """`evaluation.test_fit_steps=3` after a fit of 2 steps fits again: reusing the earlier fit would
+    report its metrics under the new setting."""
+    overrides, folder = experiment
+    caplog.set_level("INFO")
+    args = ["--conf", str(REPO / "confs" / "demo.conf"), "--is_eval", "--no_videos", *overrides]
+    assert exp_runner.run([*args, "evaluation.test_fit_steps=3"]) == 0
+    assert "using the test inputs fitted before" not in caplog.text
+    assert "another fitting protocol; fitting again" in caplog.text
+    caplog.clear()
+    assert exp_runner.run([*args, "evaluation.test_fit_steps=3"]) == 0  # the same protocol: reused
+    assert "using the test inputs fitted before" in caplog.text
+
+
 def _trained_avatar(overrides: list[str], *more: str):
     """(conf, avatar, epoch) of the experiment's latest checkpoint, on the CPU."""
     conf = load_conf(REPO / "confs" / "demo.conf", [*overrides, *more])

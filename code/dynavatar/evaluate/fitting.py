@@ -61,10 +61,13 @@ def points_fingerprint(avatar: Avatar) -> float:
         return float(avatar.points.double().abs().sum()) + avatar.n_points
 
 
-def inputs_fingerprint(avatar: Avatar, inputs: FrameInputs, n_frames: int, sub_dirs: list[str]) -> dict:
-    """What saved test inputs must match to be reused: the test frames, the model and the inputs fitted."""
+def inputs_fingerprint(avatar: Avatar, inputs: FrameInputs, n_frames: int, sub_dirs: list[str],
+                       protocol: dict) -> dict:
+    """What saved test inputs must match to be reused: the test frames, the model, the inputs fitted and
+    how they were fitted (`protocol`: steps, rate, frames a step, loss weights), so that an evaluation
+    asking for another fit never reports the metrics of an earlier one."""
     return {"n_frames": n_frames, "sub_dirs": sub_dirs, "model": points_fingerprint(avatar),
-            "keys": sorted(inputs.state_dict()), "fitted": inputs.refined}
+            "keys": sorted(inputs.state_dict()), "fitted": inputs.refined, "protocol": protocol}
 
 
 def load_fitted_inputs(inputs: FrameInputs, checkpoints: Path, epoch: int, fingerprint: dict,
@@ -79,7 +82,7 @@ def load_fitted_inputs(inputs: FrameInputs, checkpoints: Path, epoch: int, finge
         inputs.load_state_dict(state["inputs_state_dict"])
         log.info("using the test inputs fitted before: %s", saved)
         return True
-    log.info("%s was fitted for another model or other test frames; fitting again", saved)
+    log.info("%s was fitted for another model, other test frames or another fitting protocol; fitting again", saved)
     return False
 
 
@@ -100,10 +103,12 @@ def fitted_test_inputs(conf: Conf, avatar: Avatar, data: FaceDataset, checkpoint
                          train.optimize_camera, evaluation.fit_camera_translation).to(device)
     if not inputs.enabled or data.only_json or evaluation.test_fit_steps == 0:
         return None
-    fingerprint = inputs_fingerprint(avatar, inputs, len(data), list(conf.dataset.test.sub_dir))
+    size = frames_per_step(train, avatar.n_points)  # frames per fitting step: the training rule, as the paper's protocol
+    protocol = {"steps": evaluation.test_fit_steps, "learning_rate": train.learning_rate_cam, "frames_per_step": size,
+                "rgb_weight": conf.loss.rgb_weight, "ssim_weight": conf.loss.ssim_weight}
+    fingerprint = inputs_fingerprint(avatar, inputs, len(data), list(conf.dataset.test.sub_dir), protocol)
     if load_fitted_inputs(inputs, checkpoints, epoch, fingerprint, device):
         return inputs
-    size = frames_per_step(train, avatar.n_points)  # frames per fitting step: the training rule, as the paper's protocol
     loss = AvatarLoss(conf.loss, None, None, device, perceptual=False)
     losses = fit_frame_inputs(avatar, inputs, batches(data, size, torch.arange(len(data))),
                               math.ceil(len(data) / size), evaluation.test_fit_steps,
