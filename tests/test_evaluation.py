@@ -104,6 +104,17 @@ def test_saved_test_inputs_are_not_reused_by_an_evaluation_that_fits_otherwise(e
     assert "using the test inputs fitted before" in caplog.text
 
 
+def test_an_evaluation_of_its_own_takes_the_confs_arithmetic(experiment, monkeypatch):
+    """`--is_eval` sets `train.tf32` as training does, so it fits and renders as the evaluation that
+    followed training in the same process did."""
+    overrides, _ = experiment
+    seen = []
+    monkeypatch.setattr(evaluator, "configure_device", lambda device, tf32: seen.append((device.type, tf32)))
+    args = ["--conf", str(REPO / "confs" / "demo.conf"), "--is_eval", "--no_videos", "--only_json", *overrides]
+    assert exp_runner.run([*args, "train.tf32=true"]) == 0
+    assert seen == [("cpu", True)]
+
+
 def _trained_avatar(overrides: list[str], *more: str):
     """(conf, avatar, epoch) of the experiment's latest checkpoint, on the CPU."""
     conf = load_conf(REPO / "confs" / "demo.conf", [*overrides, *more])

@@ -22,7 +22,7 @@ from ..experiment import ExperimentPaths
 from ..experiment import checkpoints as ckpt
 from ..experiment.lock import experiment_lock
 from ..model.build import experiment_checkpoints, load_avatar
-from ..runtime import flush_denormals_on_cpu, resolve_device
+from ..runtime import configure_device, resolve_device
 from . import animation, report, training_frames
 from .fitting import fitted_test_inputs
 
@@ -44,7 +44,9 @@ class Evaluator:
     def __init__(self, conf: Conf, options: EvalOptions) -> None:
         self.conf, self.options = conf, options
         self.device = resolve_device(conf.train.device)
-        flush_denormals_on_cpu(self.device)
+        # The conf's arithmetic (`train.tf32`), as training set it: an evaluation after training and
+        # one of the same checkpoint in a process of its own then fit and render alike.
+        configure_device(self.device, conf.train.tf32)
         self.paths = ExperimentPaths.from_conf(conf)
         self.checkpoints = experiment_checkpoints(conf, options.load_path)
         if options.load_path:
