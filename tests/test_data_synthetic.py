@@ -1,5 +1,6 @@
 """The synthetic subject generator: layout, camera convention (keypoints), image content, determinism."""
 
+import errno
 import json
 import os
 import subprocess
@@ -175,6 +176,22 @@ def test_runs_started_at_once_on_one_synthetic_subject_generate_it_once(tmp_path
     assert sum(log.count("another process is generating it; waiting") for log in logs) <= 1
     dataset = FaceDataset(tmp_path / "data", "both", "flame_params.json", VIDEOS, [24, 24])
     assert len(dataset) == 3 * len(VIDEOS)
+
+
+def test_the_generation_lock_holds_nothing_where_the_file_system_has_no_flock(tmp_path, monkeypatch):
+    """A data folder on a file system without flock (some network mounts) still generates."""
+    from dynavatar import files
+
+    def no_flock(fd, operation):
+        raise OSError(errno.ENOLCK, "no locks available")
+    monkeypatch.setattr(files.fcntl, "flock", no_flock)
+    with files.waiting_lock(tmp_path / "sub" / ".x.generating", "waiting"):
+        assert (tmp_path / "sub" / ".x.generating").is_file()
+    monkeypatch.undo()
+    monkeypatch.setattr(files.fcntl, "flock", lambda fd, operation: (_ for _ in ()).throw(OSError(errno.EIO, "io")))
+    with pytest.raises(OSError, match="io"):  # any other failure is not hidden
+        with files.waiting_lock(tmp_path / ".y.generating", "waiting"):
+            pass
 
 
 def test_a_folder_not_written_by_the_generator_is_never_replaced(tmp_path):

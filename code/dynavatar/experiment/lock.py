@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Iterator
 
 from ..errors import ExperimentInUseError, OutputError
+from ..files import NO_FLOCK
 
 try:
     import fcntl
@@ -40,8 +41,6 @@ except ImportError:  # not on Windows: the exclusive-create fallback
 log = logging.getLogger(__name__)
 
 SUFFIX = ".lock"
-# flock on a file system that does not support it (some network mounts): use the fallback there.
-_NO_FLOCK = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL}
 
 
 def lock_path(root: Path) -> Path:
@@ -132,7 +131,7 @@ def _acquire_flock(root: Path, path: Path) -> int | None:
             os.close(fd)
             if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
                 raise _in_use(root, path, _read_holder(path)) from None
-            if exc.errno in _NO_FLOCK:
+            if exc.errno in NO_FLOCK:  # no flock on this file system: the fallback
                 return None
             raise
         # The holder before us may have removed the file between our open and our flock: then we
