@@ -18,7 +18,8 @@ from dynavatar.experiment import checkpoints as ckpt
 from dynavatar.model.build import load_avatar
 from dynavatar.train import placement
 from dynavatar.train.checkpointing import is_numbered
-from dynavatar.train.strategy import STRATEGIES, CoarseToFine, PointUpdate, StaticPoints, strategy_from_conf
+from dynavatar.train.strategy import (STRATEGIES, CoarseToFine, PointUpdate, StaticPoints, prune_and_grow,
+                                      strategy_from_conf)
 from dynavatar.train.strategy.coarse_to_fine import initial_radius
 from dynavatar.train.trainer import Trainer, TrainOptions
 from point_cloud import PointCloud
@@ -77,13 +78,15 @@ def test_the_warmup_raises_the_learning_rate_at_every_step(data_folder, tmp_path
     assert seen == pytest.approx(expected, rel=1e-12)
 
 
-def test_resume_gives_the_same_parameters_as_an_uninterrupted_run(data_folder, tmp_path):
+@pytest.mark.parametrize("grow_from", ["uniform", "gradient"])
+def test_resume_gives_the_same_parameters_as_an_uninterrupted_run(data_folder, tmp_path, grow_from):
     # The points grow at epoch 1 (Adam restarts) and not after it, so that with the moments carried
     # epoch 2 goes on from the Adam state saved with the checkpoint after epoch 1. The run resumes
-    # within the learning-rate warm-up (4 epochs), whose rate follows from the epoch and step.
+    # within the learning-rate warm-up (4 epochs), whose rate follows from the epoch and step. With
+    # grow_from=gradient the gradient statistics of the epoch before travel with the checkpoint.
     extra = ("train.keep_optimizer_state=true", "model.point_cloud.schedule_epochs=[1]",
              "model.point_cloud.schedule_points=[200]", "model.point_cloud.radius_factors=[0.75]",
-             "train.warmup_epochs=4")
+             "train.warmup_epochs=4", f"model.point_cloud.grow_from={grow_from}")
     straight = Trainer(training_conf(data_folder, tmp_path / "a", *extra), TrainOptions(nepoch=3))
     straight.run()
     first = Trainer(training_conf(data_folder, tmp_path / "b", *extra), TrainOptions(nepoch=2))
@@ -228,6 +231,50 @@ def test_coarse_to_fine_steps_every_upsample_freq_epochs_and_reports_when_the_co
     assert strategy.epoch_start(cloud, 3, generator) is None
     kept = strategy.epoch_start(cloud, 4, generator)
     assert kept == PointUpdate(None, count_final=True)  # a step that changed no point still rebuilds Adam
+
+
+def _step_output(visible: torch.Tensor, pixel_gradient: torch.Tensor) -> SimpleNamespace:
+    """What a training step gives the strategy: opacities [B, N] and the rasterizer's statistics,
+    with `pixel_gradient` [B, N, 2] as dL/d means2d."""
+    means2d = torch.zeros_like(pixel_gradient, requires_grad=True)
+    means2d.grad = pixel_gradient
+    return SimpleNamespace(gaussians=SimpleNamespace(opacities=visible.float()),
+                           raster=SimpleNamespace(means2d=means2d, visible=visible))
+
+
+@pytest.mark.parametrize("grow_from", ["uniform", "gradient"])
+def test_grown_points_copy_survivors_where_the_image_is_wrong_with_grow_from_gradient(grow_from):
+    """`model.point_cloud.grow_from = gradient`: every grown point copies the one survivor whose
+    image-space gradient is not zero (over the frames that drew it; a skipped step counts nothing);
+    `uniform` (the paper's) copies survivors at random."""
+    schedule = dataclasses.replace(default_conf().model.point_cloud, n_init_points=8, schedule_epochs=(1,),
+                                   schedule_points=(40,), radius_factors=(0.5,), max_points=40, grow_from=grow_from)
+    strategy, cloud = CoarseToFine(schedule, 0.1), PointCloud(torch.randn(8, 3))
+    strategy.initialize(cloud)
+    gradient = torch.zeros(2, 8, 2)
+    gradient[1, 3] = torch.tensor([3.0, 4.0])  # point 3, in the second frame
+    strategy.after_backward(cloud, _step_output(torch.ones(2, 8, dtype=torch.bool), gradient), torch.tensor(True))
+    skipped = torch.full((2, 8, 2), 100.0)  # a non-finite step that was not applied
+    strategy.after_backward(cloud, _step_output(torch.ones(2, 8, dtype=torch.bool), skipped), torch.tensor(False))
+    update = strategy.epoch_start(cloud, 1, torch.Generator().manual_seed(0))
+    assert cloud.n_points == 40 and torch.equal(update.source[:8], torch.arange(8))
+    copied = set(update.source[8:].tolist())
+    assert copied == {3} if grow_from == "gradient" else len(copied) > 1
+    if grow_from == "gradient":
+        assert strategy.grow_weights().shape == (40,) and not strategy.grow_weights().any()  # afresh for the new points
+
+
+def test_an_unknown_grow_from_is_one_conf_error():
+    with pytest.raises(ConfigError, match=r"grow_from.*must be one of uniform, gradient, got 'loss'"):
+        load_conf(Path(__file__).resolve().parents[1] / "confs" / "demo.conf", ["model.point_cloud.grow_from=loss"])
+
+
+def test_grow_from_gradient_without_any_gradient_grows_as_the_paper_does():
+    points, keep = torch.randn(8, 3), torch.ones(8, dtype=torch.bool)
+    keep[2] = False
+    uniform = prune_and_grow(points, keep, 30, 0.1, torch.Generator().manual_seed(5))
+    flat = prune_and_grow(points, keep, 30, 0.1, torch.Generator().manual_seed(5), torch.zeros(8))
+    assert all(torch.equal(a, b) for a, b in zip(uniform, flat))
 
 
 def test_the_strategy_refuses_a_visibility_of_another_point_count(data_folder, tmp_path):

@@ -203,6 +203,9 @@ class GaussianNetworkConf(Section):
         return _hidden_layers(self.dims)
 
 
+GROW_FROM = ("uniform", "gradient")
+
+
 @dataclass(frozen=True)
 class PointSchedule(Section):
     """`model.point_cloud`: the coarse-to-fine schedule of the point set and its radius. From epoch
@@ -224,8 +227,14 @@ class PointSchedule(Section):
     late_radius_factor: float = setting(0.75, "... the radius is multiplied by this", POSITIVE)
     fine_noise_epoch: int = setting(100, "after this epoch, new points get fixed noise ...")
     fine_noise: float = setting(0.004, "... of this size instead of the radius", NON_NEGATIVE)
+    grow_from: str = setting("uniform", "which surviving points the grown ones copy: uniform (the paper's: any, "
+                                        "equally) | gradient (in proportion to each one's mean image-space "
+                                        "position gradient over the epoch, the signal 3D Gaussian Splatting "
+                                        "densifies by)")
 
     def check(self) -> list[tuple[str, str]]:
+        if self.grow_from not in GROW_FROM:
+            return [("grow_from", f"must be one of {', '.join(GROW_FROM)}, got {self.grow_from!r}")]
         lengths = (len(self.schedule_epochs), len(self.schedule_points), len(self.radius_factors))
         if len(set(lengths)) != 1:
             return [("schedule_epochs", "schedule_epochs, schedule_points and radius_factors must have the same "
