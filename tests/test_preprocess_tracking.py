@@ -118,3 +118,88 @@ def test_videos_cropped_to_other_sizes_share_one_camera(synthetic_flame_paths):
     depth = [float(np.median(v.translation[:, 2])) for v in per_video.videos]
     assert depth == pytest.approx([-4.0, -4.0], abs=0.1), depth
     assert float(np.median(shared.videos[1].translation[:, 2])) < -4.6  # the old, shared focal: too far
+
+
+def test_mesh_vertices_leave_the_landmarks_unchanged(synthetic_flame_paths):
+    """`FlameLandmarks(mesh_vertices=M)` gives about M mesh vertices (no eyeball's) beside the same
+    landmarks and irises as the landmark-only model."""
+    plain = FlameLandmarks(*synthetic_flame_paths)
+    with_mesh = FlameLandmarks(*synthetic_flame_paths, mesh_vertices=500)
+    pose = torch.zeros(2, 15)
+    pose[1, :3] = torch.tensor([0.1, 0.4, -0.05])
+    pose[1, 6] = 0.2
+    expression = torch.randn(2, plain.n_exp, generator=torch.Generator().manual_seed(0))
+    shape = torch.randn(plain.n_shape, generator=torch.Generator().manual_seed(1)) * 0.5
+    landmarks, irises = plain(shape, expression, pose)
+    landmarks_m, irises_m, mesh = with_mesh.with_mesh(shape, expression, pose)
+    torch.testing.assert_close(landmarks_m, landmarks, atol=1e-5, rtol=0)
+    torch.testing.assert_close(irises_m, irises, atol=1e-5, rtol=0)
+    assert 500 <= mesh.shape[1] <= 600 and mesh.shape[0] == 2, mesh.shape
+    assert not set(with_mesh.mesh_index.tolist()) & set(with_mesh.iris_index.tolist())
+
+
+def test_inside_loss_is_zero_inside_the_mask_and_pulls_points_in():
+    """The silhouette term: no cost for points inside the mask; outside, a cost whose gradient moves
+    the point towards the mask."""
+    from dynavatar.preprocess.silhouette import inside_loss, outside_distance
+
+    mask = np.zeros((1, 32, 32), dtype=np.float32)
+    mask[0, 8:24, 8:24] = 1.0
+    distance = torch.tensor(outside_distance(mask))
+    points = torch.tensor([[[15.0, 15.0], [20.0, 10.0]]])  # inside
+    assert float(inside_loss(distance, points, 1.0, 4.0)[0]) == 0.0
+    outside = torch.tensor([[[28.0, 15.0]]], requires_grad=True)  # 5 px right of the mask's last column
+    loss = inside_loss(distance, outside, 1.0, 4.0)[0]
+    loss.backward()
+    assert float(loss.detach()) > 0 and float(outside.grad[0, 0, 0]) > 0 and abs(float(outside.grad[0, 0, 1])) < 1e-6
+
+
+def test_silhouette_of_the_true_mattes_improves_detector_tracking(tmp_path):
+    """The generated 128 px video pair of the detector test above, tracked from the face detector's
+    landmarks with the silhouette of the generator's true mattes (--silhouette_weight 10): the head
+    rotation within 4 degrees on average and a quarter closer than from the landmarks alone
+    (measured 3.1 against 5.2 degrees; mostly the pitch, which the detector's points follow only in
+    part)."""
+    from dynavatar.preprocess.tracking_accuracy import evaluate, prepare_subject, summary, true_masks
+
+    needs_opencv()
+    available, reason = detector_available()
+    if not available:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI installs the face detector (.ci/run), but: {reason}")
+        pytest.skip(reason)
+
+    subject = prepare_subject(tmp_path, seed=0, res=RES, frames=12)
+    masks = true_masks(subject)
+    assert masks[0].shape == (12, RES, RES)
+    landmarks_only = summary(evaluate(subject, TrackingOptions(steps=600), masks))  # weight 0: masks unused
+    with_silhouette = summary(evaluate(subject, TrackingOptions(steps=600, silhouette_weight=10.0), masks))
+    assert with_silhouette["rotation_error_mean"] < 4.0, with_silhouette
+    assert with_silhouette["rotation_error_mean"] < 0.75 * landmarks_only["rotation_error_mean"], \
+        (landmarks_only, with_silhouette)
+
+
+def test_silhouette_weight_reaches_the_tracking():
+    from dynavatar.cli.preprocess import build_parser, options_from_args
+
+    args = ["--subject", "s", "--video", "talk.mp4"]
+    assert options_from_args(build_parser().parse_args(args)).tracking.silhouette_weight == 0.0
+    assert options_from_args(build_parser().parse_args([*args, "--silhouette-weight", "10"])
+                             ).tracking.silhouette_weight == 10.0
+
+
+def test_preprocess_tracks_again_with_the_background_models_masks(tmp_path):
+    """With --silhouette_weight and no --masks, preprocessing fits the landmarks, makes the masks, fits
+    again with their silhouette, and writes a dataset that checks."""
+    from test_preprocess_synthetic import check_dataset, preprocess, video_args
+
+    needs_opencv()
+    from dynavatar.preprocess.synthetic_video import make_synthetic_videos
+
+    make_synthetic_videos(tmp_path / "videos", res=64, frames=4, seed=1, videos=("train1", "test1"))
+    result = preprocess("--subject", "sil", "--out", str(tmp_path / "datasets"),
+                        *video_args(tmp_path / "videos", ("train1", "test1")), "--res", "64",
+                        "--landmarks", str(tmp_path / "videos" / "landmarks.json"), "--steps", "100",
+                        "--silhouette_weight", "10", "--no_contact_sheet", cwd=tmp_path)
+    assert result.stderr.count("with the masks' silhouette") == 2, result.stderr[-3000:]
+    check_dataset(tmp_path / "datasets" / "sil")

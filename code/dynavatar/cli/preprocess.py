@@ -64,6 +64,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--contour_weight", "--contour-weight", type=float, default=TrackingOptions.contour_weight,
                         help="tracking weight of the jaw contour beside the chin (default 0: a face-mesh detector's "
                              "contour follows the silhouette; up to 1 for landmarks fixed on the face)")
+    parser.add_argument("--silhouette_weight", "--silhouette-weight", type=float,
+                        default=TrackingOptions.silhouette_weight, metavar="W",
+                        help="tracking weight of the silhouette term, the projected FLAME head kept inside the "
+                             "masks (default 0: landmarks only; 10 measured best on generated heads, see "
+                             "docs/PREPROCESSING.md); without --masks, tracking runs again once the masks exist")
     parser.add_argument("--no_contact_sheet", "--no-contact-sheet", action="store_true", help="skip the contact sheet")
     parser.add_argument("--overwrite", action="store_true", help="replace a subject written earlier by preprocess.py")
     parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
@@ -75,6 +80,8 @@ def options_from_args(args: argparse.Namespace) -> PreprocessOptions:
         raise PreprocessError(f"--steps must be >= 1, got {args.steps}")
     if not args.contour_weight >= 0:
         raise PreprocessError(f"--contour_weight must be >= 0, got {args.contour_weight}")
+    if not args.silhouette_weight >= 0:
+        raise PreprocessError(f"--silhouette_weight must be >= 0, got {args.silhouette_weight}")
     videos = [video_spec(v, False) for v in args.video] + [video_spec(v, True) for v in args.test_video]
     return PreprocessOptions(
         subject=args.subject, videos=videos, out=Path(args.out), res=args.res,
@@ -83,7 +90,8 @@ def options_from_args(args: argparse.Namespace) -> PreprocessOptions:
         landmarks_file=args.landmarks, masks_dir=args.masks, background=args.background,
         device=args.device, overwrite=args.overwrite,
         contact_sheet=not args.no_contact_sheet, tracking=TrackingOptions(focal=args.focal, steps=args.steps,
-                                                                    contour_weight=args.contour_weight))
+                                                                    contour_weight=args.contour_weight,
+                                                                    silhouette_weight=args.silhouette_weight))
 
 
 def run(argv: Sequence[str] | None = None) -> int:

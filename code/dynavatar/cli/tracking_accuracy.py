@@ -40,6 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--frames", type=int, default=40, help="frames per video (default 40)")
     parser.add_argument("--previous", action="store_true",
                         help="track with the landmark weights of the previous version (jaw contour at half weight)")
+    parser.add_argument("--silhouette", type=float, default=TrackingOptions.silhouette_weight, metavar="W",
+                        help="weight of the silhouette term, with the generator's true mattes as masks (default 0: "
+                             "landmarks only; preprocess.py --silhouette_weight)")
     parser.add_argument("--json", action="store_true", help="print one json object per subject")
     parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
     return parser
@@ -57,7 +60,10 @@ def _subject(text: str) -> tuple[int, str | None, str]:
 def run(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(quiet=args.quiet)
+    if not args.silhouette >= 0:
+        raise PreprocessError(f"--silhouette must be >= 0, got {args.silhouette}")
     options = replace(TrackingOptions(), **PREVIOUS_WEIGHTS) if args.previous else TrackingOptions()
+    options = replace(options, silhouette_weight=args.silhouette)
     rows = []
     for text in args.subject or DEFAULT_SUBJECTS:
         seed, head, backdrop = _subject(text)

@@ -50,7 +50,7 @@ class FlameLandmarks(nn.Module):
     """
 
     def __init__(self, model_path: str | Path, landmark_path: str | Path, n_shape: int = N_SHAPE,
-                 n_exp: int = N_EXPRESSION) -> None:
+                 n_exp: int = N_EXPRESSION, mesh_vertices: int = 0) -> None:
         super().__init__()
         model = load_flame_model(model_path)
         embedding = load_landmark_embedding(landmark_path)
@@ -62,7 +62,8 @@ class FlameLandmarks(nn.Module):
             bound = np.flatnonzero(weights[:, joint] > 0.99)
             iris_vertices.append(int(bound[np.argmax(template[bound, 2])]))  # FLAME looks down +z
         lmk_vertices = faces[np.asarray(embedding.faces_idx, dtype=np.int64)]  # [68, 3]
-        used, inverse = np.unique(np.concatenate([lmk_vertices.reshape(-1), iris_vertices]), return_inverse=True)
+        mesh = _mesh_subset(weights, mesh_vertices)
+        used, inverse = np.unique(np.concatenate([lmk_vertices.reshape(-1), iris_vertices, mesh]), return_inverse=True)
         f32 = lambda a: torch.as_tensor(np.asarray(a), dtype=torch.float32)  # noqa: E731
         shapedirs = np.asarray(model.shapedirs)
         regressor = np.asarray(model.j_regressor, dtype=np.float64)
@@ -83,7 +84,8 @@ class FlameLandmarks(nn.Module):
         self.parents = [int(p) for p in np.asarray(model.parents).reshape(-1)]  # the kinematic chain
         self.register_buffer("lmk_index", torch.as_tensor(inverse[: lmk_vertices.size].reshape(-1, 3)))  # [68, 3]
         self.register_buffer("lmk_bary", f32(embedding.bary_coords))  # [68, 3]
-        iris_index = torch.as_tensor(inverse[lmk_vertices.size:])  # [2] for EYE_JOINTS
+        iris_index = torch.as_tensor(inverse[lmk_vertices.size:lmk_vertices.size + 2])  # [2] for EYE_JOINTS
+        self.register_buffer("mesh_index", torch.as_tensor(inverse[lmk_vertices.size + 2:]))  # [M]
         # Order the irises like the landmark eyes: the eye nearer landmarks 36-41 first.
         lmk_rest = (template[lmk_vertices] * np.asarray(embedding.bary_coords)[..., None]).sum(1)
         first_eye = lmk_rest[36:42].mean(0)
@@ -95,6 +97,19 @@ class FlameLandmarks(nn.Module):
 
     def forward(self, shape: torch.Tensor, expression: torch.Tensor, pose: torch.Tensor
                 ) -> tuple[torch.Tensor, torch.Tensor]:
+        vertices = self._vertices(shape, expression, pose)
+        landmarks = (vertices[:, self.lmk_index] * self.lmk_bary[None, :, :, None]).sum(dim=2)  # [B, 68, 3]
+        return landmarks, vertices[:, self.iris_index]
+
+    def with_mesh(self, shape: torch.Tensor, expression: torch.Tensor, pose: torch.Tensor
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """As forward, and the `mesh_vertices` mesh vertices [B, M, 3] of the constructor."""
+        vertices = self._vertices(shape, expression, pose)
+        landmarks = (vertices[:, self.lmk_index] * self.lmk_bary[None, :, :, None]).sum(dim=2)
+        return landmarks, vertices[:, self.iris_index], vertices[:, self.mesh_index]
+
+    def _vertices(self, shape: torch.Tensor, expression: torch.Tensor, pose: torch.Tensor) -> torch.Tensor:
+        """The used vertices posed [B, U, 3]."""
         batch = expression.shape[0]
         shaped = self.template + torch.einsum("ucs,s->uc", self.shape_dirs, shape)  # [U, 3]
         shaped = shaped + torch.einsum("be,uce->buc", expression, self.exp_dirs)  # [B, U, 3]
@@ -107,6 +122,14 @@ class FlameLandmarks(nn.Module):
         # applied to homogeneous points (cheaper than per-vertex 3x3 matmuls for thousands of frames).
         blended = torch.matmul(self.weights, transforms.reshape(batch, -1, 12)).reshape(batch, -1, 3, 4)
         homogeneous = torch.cat([posed, torch.ones_like(posed[..., :1])], dim=-1)  # [B, U, 4]
-        vertices = (blended * homogeneous[:, :, None, :]).sum(-1)  # [B, U, 3]
-        landmarks = (vertices[:, self.lmk_index] * self.lmk_bary[None, :, :, None]).sum(dim=2)  # [B, 68, 3]
-        return landmarks, vertices[:, self.iris_index]
+        return (blended * homogeneous[:, :, None, :]).sum(-1)  # [B, U, 3]
+
+
+def _mesh_subset(weights: np.ndarray, count: int) -> np.ndarray:
+    """About `count` vertex indices spread evenly over the mesh, the eyeballs left out (they lie
+    inside the head: they never make its outline)."""
+    if count <= 0:
+        return np.zeros(0, dtype=np.int64)
+    candidates = np.flatnonzero(weights[:, list(EYE_JOINTS)].sum(axis=1) < 0.5)
+    step = max(len(candidates) // count, 1)
+    return candidates[::step]

@@ -239,6 +239,27 @@ def _backgrounds(videos: list[_Video], fit: SubjectFit, options: PreprocessOptio
     return subject_backgrounds(samples, options.masks, plate=plate)
 
 
+def _read_masks(videos: list[_Video], subject_dir: Path) -> list[np.ndarray]:
+    """The masks written for each video [N, res, res], for the silhouette term."""
+    return [np.stack([read_mask(subject_dir / v.spec.name / "mask" / f"{k + 1}.png")
+                      for k in range(len(v.landmarks.source_indices))]) for v in videos]
+
+
+def _track(videos: list[_Video], model_path: Path, landmark_path: Path, options: PreprocessOptions,
+           tracking: TrackingOptions, masks: list[np.ndarray] | None) -> SubjectFit:
+    """Step 4: FLAME fitted to all videos' landmarks (and the masks' silhouette, where given)."""
+    model = FlameLandmarks(model_path, landmark_path, mesh_vertices=tracking.mesh_vertices if masks else 0)
+    fit = fit_flame(model, [v.crop_points for v in videos], options.res, tracking,
+                    video_focals(options.tracking.focal, [v.crop.size for v in videos]), masks)
+    for video, track in zip(videos, fit.videos):
+        iris = (f", irises {np.nanmean(track.iris_error_px):.2f} px"
+                if np.isfinite(track.iris_error_px).any() else "")
+        log.info("%s: landmark reprojection error %.2f px mean, %.2f px worst frame (at %d px)%s%s",
+                 video.spec.name, np.nanmean(track.error_px), np.nanmax(track.error_px), options.res, iris,
+                 ", with the masks' silhouette" if masks else "")
+    return fit
+
+
 def _write_masks(video: _Video, video_dir: Path, fitted: np.ndarray, model, options: PreprocessOptions) -> None:
     """Step 5 with a background model: mask/<k>.png for every frame."""
     count = len(video.landmarks.source_indices)
@@ -355,20 +376,21 @@ def preprocess_subject(options: PreprocessOptions) -> Path:
             videos.append(video)
 
         tracking = TrackingOptions(**{**asdict(options.tracking), "device": device})
-        fit = fit_flame(FlameLandmarks(model_path, landmark_path), [v.crop_points for v in videos], options.res,
-                        tracking, video_focals(options.tracking.focal, [v.crop.size for v in videos]))
-        for video, track in zip(videos, fit.videos):
-            iris = (f", irises {np.nanmean(track.iris_error_px):.2f} px"
-                    if np.isfinite(track.iris_error_px).any() else "")
-            log.info("%s: landmark reprojection error %.2f px mean, %.2f px worst frame (at %d px)%s",
-                     video.spec.name, np.nanmean(track.error_px), np.nanmax(track.error_px), options.res, iris)
+        silhouette = tracking.silhouette_weight > 0
+        # With --masks the mattes are there before tracking: the silhouette goes into the one fit.
+        # Otherwise the masks need a fit (the background model is sampled around the fitted face):
+        # a landmark fit makes them, and a second fit adds their silhouette.
+        fit = _track(videos, model_path, landmark_path, options, tracking,
+                     _read_masks(videos, subject_dir) if silhouette and options.masks_dir is not None else None)
 
         background = _backgrounds(videos, fit, options) if options.masks_dir is None else None
-        for index, (video, track) in enumerate(zip(videos, fit.videos)):
-            video_dir = subject_dir / video.spec.name
-            if background is not None:
-                _write_masks(video, video_dir, track.pixels, background.models[index], options)
-            with open(video_dir / JSON_NAME, "w", encoding="utf-8") as handle:
+        if background is not None:
+            for index, (video, track) in enumerate(zip(videos, fit.videos)):
+                _write_masks(video, subject_dir / video.spec.name, track.pixels, background.models[index], options)
+            if silhouette:
+                fit = _track(videos, model_path, landmark_path, options, tracking, _read_masks(videos, subject_dir))
+        for index, video in enumerate(videos):
+            with open(subject_dir / video.spec.name / JSON_NAME, "w", encoding="utf-8") as handle:
                 json.dump(_flame_params(fit, index, options.res), handle)
 
         extra = staging / "preprocess"

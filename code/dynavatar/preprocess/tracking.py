@@ -34,6 +34,7 @@ import torch
 from tqdm import tqdm
 
 from ..cameras import PIXEL_CENTRE_OFFSET, imavatar_world_to_camera, pixel_intrinsics, pixels_to_keypoints
+from . import silhouette
 from .flame_landmarks import JAW, NECK, FlameLandmarks
 
 log = logging.getLogger(__name__)
@@ -66,6 +67,10 @@ class TrackingOptions:
     smooth_expression: float = 1e-2
     smooth_pose: float = 10.0
     smooth_translation: float = 10.0
+    # The silhouette term (`silhouette`: the projected mesh inside the mask), used where masks are
+    # given; 0 leaves it out.
+    silhouette_weight: float = 0.0
+    mesh_vertices: int = 1500  # mesh vertices the silhouette is measured with
     device: str = "cpu"
 
 
@@ -159,7 +164,7 @@ class _Problem:
     """The tensors of one fit: observations, weights and the free parameters."""
 
     def __init__(self, model: FlameLandmarks, observed: list[np.ndarray], res: int, options: TrackingOptions,
-                 focals: Sequence[float]):
+                 focals: Sequence[float], masks: list[np.ndarray] | None = None):
         device = torch.device(options.device)
         self.model, self.res, self.options = model, res, options
         self.lengths = [len(o) for o in observed]
@@ -193,6 +198,10 @@ class _Problem:
         self.global_rotation = zeros(n, 3)
         self.joints = zeros(n, 12)  # neck, jaw, eye, eye (axis-angle each)
         self.translation = torch.tensor(translation, dtype=torch.float32, device=device, requires_grad=True)
+        self.silhouette = None
+        if masks is not None and options.silhouette_weight > 0:
+            # [N, res, res] each pixel's distance to the mask
+            self.silhouette = torch.tensor(silhouette.outside_distance(np.concatenate(masks)), device=device)
 
     @property
     def pose(self) -> torch.Tensor:
@@ -204,11 +213,27 @@ class _Problem:
         landmarks, irises = self.model(self.shape, self.expression, self.pose)
         return project(torch.cat([landmarks, irises], dim=1), self.translation, self.intrinsics, self.res)
 
-    def loss(self) -> torch.Tensor:
+    def _data(self) -> torch.Tensor:
+        """The landmark term, plus the silhouette term where there are masks."""
         o = self.options
         scale = REFERENCE_RES / self.res
-        distance = (self.pixels() - self.observed).norm(dim=-1) * scale  # [N, 70] at 512 px scale
+        if self.silhouette is None:
+            pixels = self.pixels()
+        else:
+            landmarks, irises, mesh = self.model.with_mesh(self.shape, self.expression, self.pose)
+            projected = project(torch.cat([landmarks, irises, mesh], dim=1), self.translation, self.intrinsics,
+                                self.res)
+            pixels, mesh_pixels = projected[:, :N_LANDMARKS + 2], projected[:, N_LANDMARKS + 2:]
+        distance = (pixels - self.observed).norm(dim=-1) * scale  # [N, 70] at 512 px scale
         data = (self.weight * _pseudo_huber(distance, o.huber_px)).sum() / self.n_weighted
+        if self.silhouette is not None:
+            term = silhouette.inside_loss(self.silhouette, mesh_pixels, scale, o.huber_px)  # [N]
+            data = data + o.silhouette_weight * term.mean()
+        return data
+
+    def loss(self) -> torch.Tensor:
+        o = self.options
+        data = self._data()
         n = self.expression.shape[0]
         pose = self.pose
         eye_slices = self.model.iris_pose_slices
@@ -258,25 +283,28 @@ def _cpu_threads(device: str, frames: int):
 
 
 def fit_flame(model: FlameLandmarks, observed: list[np.ndarray], res: int,
-              options: TrackingOptions | None = None, focals: Sequence[float] | None = None) -> SubjectFit:
+              options: TrackingOptions | None = None, focals: Sequence[float] | None = None,
+              masks: list[np.ndarray] | None = None) -> SubjectFit:
     """Fit FLAME to the landmarks of a subject's videos.
 
     observed: per video, landmarks [N_v, 70, 2] in output pixels (centres at integers; 68 iBUG points
     then the two irises, NaN where unknown). focals: per video, the normalised focal of its crop
-    (`video_focals`; default `options.focal` for all). Returns the shape and per-video fits.
+    (`video_focals`; default `options.focal` for all). masks: per video, foreground masks [N_v, res, res]
+    in [0, 1] for the silhouette term (used when `options.silhouette_weight` > 0; the model must then
+    evaluate mesh vertices, `FlameLandmarks(mesh_vertices=...)`). Returns the shape and per-video fits.
     """
     options = options or TrackingOptions()
     focals = [options.focal] * len(observed) if focals is None else list(focals)
     if len(focals) != len(observed):
         raise ValueError(f"{len(focals)} focals for {len(observed)} videos")
     with _cpu_threads(options.device, sum(len(o) for o in observed)):
-        return _fit(model, observed, res, options, focals)
+        return _fit(model, observed, res, options, focals, masks)
 
 
 def _fit(model: FlameLandmarks, observed: list[np.ndarray], res: int, options: TrackingOptions,
-         focals: list[float]) -> SubjectFit:
+         focals: list[float], masks: list[np.ndarray] | None) -> SubjectFit:
     model = model.to(torch.device(options.device))
-    problem = _Problem(model, observed, res, options, focals)
+    problem = _Problem(model, observed, res, options, focals, masks)
     _run_adam(problem, [problem.global_rotation, problem.translation], options.rigid_steps,
               options.learning_rate, "tracking (rigid)")
     final = _run_adam(problem, [problem.shape, problem.expression, problem.global_rotation, problem.joints,

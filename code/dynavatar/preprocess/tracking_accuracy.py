@@ -137,12 +137,27 @@ def prepare_subject(out_dir: Path, seed: int, head: str | None = None, backdrop:
                            [v.path for v in videos.values()])
 
 
-def evaluate(subject: PreparedSubject, options: TrackingOptions | None = None) -> list[VideoAccuracy]:
-    """Track a prepared subject's videos together with each video's true focal length; compare with the answers."""
+def true_masks(subject: PreparedSubject) -> list[np.ndarray]:
+    """Per video the generator's true mattes in the crop [N, res, res] (head, neck and hair)."""
+    from ..data.images import read_mask
+
+    out = []
+    for path, crop, points in zip(subject.video_paths, subject.crops, subject.points):
+        folder = path.parent / "masks" / path.stem
+        out.append(np.stack([crop.apply(read_mask(folder / f"{k + 1}.png")) for k in range(len(points))]))
+    return out
+
+
+def evaluate(subject: PreparedSubject, options: TrackingOptions | None = None,
+             masks: list[np.ndarray] | None = None) -> list[VideoAccuracy]:
+    """Track a prepared subject's videos together with each video's true focal length (with the
+    silhouette of `masks` [N, res, res] per video, where `options.silhouette_weight` > 0); compare
+    with the answers."""
     res = subject.res
     options = options or TrackingOptions()
-    fit = fit_flame(FlameLandmarks(subject.model_path, subject.landmark_path), subject.points, res, options,
-                    [float(t["intrinsics"][1]) for t in subject.truths])
+    mesh = options.mesh_vertices if masks is not None and options.silhouette_weight > 0 else 0
+    fit = fit_flame(FlameLandmarks(subject.model_path, subject.landmark_path, mesh_vertices=mesh), subject.points,
+                    res, options, [float(t["intrinsics"][1]) for t in subject.truths], masks)
     results = []
     for name, observed, truth, track in zip(subject.names, subject.points, subject.truths, fit.videos):
         true_pose = np.array([f["pose"] for f in truth["frames"]])
@@ -199,6 +214,9 @@ def summary(results: list[VideoAccuracy]) -> dict:
 
 
 def measure(seed: int, options: TrackingOptions | None = None, **kwargs) -> dict:
-    """`summary` of a subject prepared (`prepare_subject`'s keywords) in a temporary folder and tracked."""
+    """`summary` of a subject prepared (`prepare_subject`'s keywords) in a temporary folder and tracked
+    (with the silhouette of the generator's true mattes where `options.silhouette_weight` > 0)."""
     with tempfile.TemporaryDirectory(prefix="tracking-accuracy-") as tmp:
-        return summary(evaluate(prepare_subject(Path(tmp), seed, **kwargs), options))
+        subject = prepare_subject(Path(tmp), seed, **kwargs)
+        masks = true_masks(subject) if options is not None and options.silhouette_weight > 0 else None
+        return summary(evaluate(subject, options, masks))
