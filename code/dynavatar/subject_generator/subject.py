@@ -187,6 +187,11 @@ def _single_thread():
         torch.set_num_threads(previous)
 
 
+def _check_subject_name(subject: str) -> None:
+    if subject in ("", ".", "..") or Path(subject).name != subject or "\\" in subject:
+        raise DatasetError(f"subject name {subject!r} must be one folder name, without '/' (dataset.subject_name)")
+
+
 def generate_subject(out_dir: str | Path, subject: str, res: int = 512, frames: int = 30, seed: int = 0,
                      flame_model_path: str | Path | None = None, train_videos: Sequence[str] = DEFAULT_TRAIN_VIDEOS,
                      test_videos: Sequence[str] = DEFAULT_TEST_VIDEOS, landmark_path: str | Path | None = None,
@@ -220,8 +225,7 @@ def generate_subject(out_dir: str | Path, subject: str, res: int = 512, frames: 
     videos = [(str(v), False) for v in train_videos] + [(str(v), True) for v in test_videos]
     if len({name for name, _ in videos}) != len(videos):
         raise DatasetError(f"video names must be distinct, got {[name for name, _ in videos]}")
-    if subject in ("", ".", "..") or Path(subject).name != subject or "\\" in subject:
-        raise DatasetError(f"subject name {subject!r} must be one folder name, without '/' (dataset.subject_name)")
+    _check_subject_name(subject)
     out_dir = Path(out_dir)
     target = out_dir / subject
     if target.exists() and not overwrite:
@@ -294,6 +298,7 @@ def ensure_synthetic_subject(conf: Conf) -> Path | None:
     data = conf.dataset
     if not data.synthetic:
         return None
+    _check_subject_name(data.subject_name)  # before the lock file beside it is made
     target = Path(data.data_folder) / data.subject_name
     if _up_to_date(conf, target):
         return target
