@@ -73,11 +73,10 @@ def test_tracking_recovers_large_head_turns_from_a_silhouette_contour(turned_hea
     assert previous.mean() > errors.mean() + 1.0, (previous, errors)
 
 
-def test_detector_tracking_follows_head_turns_beyond_20_degrees(tmp_path):
-    """On a generated 128 px video pair whose test video turns the head beyond 20 degrees both ways,
-    tracked from the face detector's landmarks: the head rotation within 8 degrees on average and 15
-    at worst, and the widest fitted turns within 5 degrees of the true ones (the previous landmark
-    weights: 14 and 20 degrees, and turns 6-8 degrees too wide)."""
+@pytest.fixture(scope="module")
+def detector_pair(tmp_path_factory):
+    """(a generated 128 px video pair whose test video turns the head beyond 20 degrees both ways,
+    its tracking figures from the face detector's landmarks alone)."""
     from dynavatar.preprocess.tracking_accuracy import evaluate, prepare_subject, summary
 
     needs_opencv()
@@ -86,9 +85,15 @@ def test_detector_tracking_follows_head_turns_beyond_20_degrees(tmp_path):
         if os.environ.get("CI") == "true":
             pytest.fail(f"CI installs the face detector (.ci/run), but: {reason}")
         pytest.skip(reason)
+    subject = prepare_subject(tmp_path_factory.mktemp("detector_pair"), seed=0, res=RES, frames=12)
+    return subject, summary(evaluate(subject, TrackingOptions(steps=600)))
 
-    subject = prepare_subject(tmp_path, seed=0, res=RES, frames=12)
-    figures = summary(evaluate(subject, TrackingOptions(steps=600)))
+
+def test_detector_tracking_follows_head_turns_beyond_20_degrees(detector_pair):
+    """The pair tracked from the face detector's landmarks: the head rotation within 8 degrees on
+    average and 15 at worst, and the widest fitted turns within 5 degrees of the true ones (the
+    previous landmark weights: 14 and 20 degrees, and turns 6-8 degrees too wide)."""
+    _, figures = detector_pair
     assert figures["true_yaw"][0] < -20 and figures["true_yaw"][1] > 20, figures
     assert figures["rotation_error_mean"] < 8.0 and figures["rotation_error_max"] < 15.0, figures
     assert np.abs(np.subtract(figures["fitted_yaw"], figures["true_yaw"])).max() < 5.0, figures
@@ -154,25 +159,17 @@ def test_inside_loss_is_zero_inside_the_mask_and_pulls_points_in():
     assert float(loss.detach()) > 0 and float(outside.grad[0, 0, 0]) > 0 and abs(float(outside.grad[0, 0, 1])) < 1e-6
 
 
-def test_silhouette_of_the_true_mattes_improves_detector_tracking(tmp_path):
+def test_silhouette_of_the_true_mattes_improves_detector_tracking(detector_pair):
     """The generated 128 px video pair of the detector test above, tracked from the face detector's
     landmarks with the silhouette of the generator's true mattes (--silhouette_weight 10): the head
     rotation within 4 degrees on average and a quarter closer than from the landmarks alone
     (measured 3.1 against 5.2 degrees; mostly the pitch, which the detector's points follow only in
     part)."""
-    from dynavatar.preprocess.tracking_accuracy import evaluate, prepare_subject, summary, true_masks
+    from dynavatar.preprocess.tracking_accuracy import evaluate, summary, true_masks
 
-    needs_opencv()
-    available, reason = detector_available()
-    if not available:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"CI installs the face detector (.ci/run), but: {reason}")
-        pytest.skip(reason)
-
-    subject = prepare_subject(tmp_path, seed=0, res=RES, frames=12)
+    subject, landmarks_only = detector_pair
     masks = true_masks(subject)
     assert masks[0].shape == (12, RES, RES)
-    landmarks_only = summary(evaluate(subject, TrackingOptions(steps=600), masks))  # weight 0: masks unused
     with_silhouette = summary(evaluate(subject, TrackingOptions(steps=600, silhouette_weight=10.0), masks))
     assert with_silhouette["rotation_error_mean"] < 4.0, with_silhouette
     assert with_silhouette["rotation_error_mean"] < 0.75 * landmarks_only["rotation_error_mean"], \
