@@ -97,16 +97,18 @@ class FlameLandmarks(nn.Module):
 
     def forward(self, shape: torch.Tensor, expression: torch.Tensor, pose: torch.Tensor
                 ) -> tuple[torch.Tensor, torch.Tensor]:
-        vertices = self._vertices(shape, expression, pose)
-        landmarks = (vertices[:, self.lmk_index] * self.lmk_bary[None, :, :, None]).sum(dim=2)  # [B, 68, 3]
-        return landmarks, vertices[:, self.iris_index]
+        return self._landmarks_and_irises(self._vertices(shape, expression, pose))
 
     def with_mesh(self, shape: torch.Tensor, expression: torch.Tensor, pose: torch.Tensor
                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """As forward, and the `mesh_vertices` mesh vertices [B, M, 3] of the constructor."""
         vertices = self._vertices(shape, expression, pose)
+        return (*self._landmarks_and_irises(vertices), vertices[:, self.mesh_index])
+
+    def _landmarks_and_irises(self, vertices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Posed used vertices [B, U, 3] -> (landmarks [B, 68, 3], irises [B, 2, 3])."""
         landmarks = (vertices[:, self.lmk_index] * self.lmk_bary[None, :, :, None]).sum(dim=2)
-        return landmarks, vertices[:, self.iris_index], vertices[:, self.mesh_index]
+        return landmarks, vertices[:, self.iris_index]
 
     def _vertices(self, shape: torch.Tensor, expression: torch.Tensor, pose: torch.Tensor) -> torch.Tensor:
         """The used vertices posed [B, U, 3]."""
