@@ -19,6 +19,7 @@ from dynavatar.evaluate import evaluator
 from dynavatar.evaluate.animation import orbit_world_mat, posed_gaussians, save_posed_ply
 from dynavatar.evaluate.fitting import fit_frame_inputs, fitted_test_inputs
 from dynavatar.evaluate.report import metric_means, nocloth_mask
+from dynavatar.evaluate.training_frames import protocol_inputs, spread_indices
 from dynavatar.data.batch import batches
 from dynavatar.losses import AvatarLoss
 from dynavatar.metrics import Unavailable
@@ -143,6 +144,21 @@ def test_zero_fitting_steps_keep_the_tracked_inputs(experiment, tmp_path):
     data = dataset_from_conf(conf, "test", is_eval=True)
     assert fitted_test_inputs(conf, avatar, data, tmp_path, epoch, torch.device("cpu")) is None
     assert list(tmp_path.iterdir()) == []  # nothing fitted, nothing saved
+
+
+def test_training_frames_fitted_as_the_test_frames_change_only_the_frames_scored(experiment):
+    """The fitted side of quality_vs_time's gap: the tracked inputs of the scored training frames are
+    fitted by the test protocol (steps, rate, loss), the other frames keep theirs, and a protocol that
+    fits nothing scores the tracked inputs as they are."""
+    overrides, _ = experiment
+    conf, avatar, _ = _trained_avatar(overrides, "evaluation.test_fit_steps=3")
+    data = dataset_from_conf(conf, "train", load_images=False, use_mean_expression=False, use_var_expression=False)
+    order = spread_indices(len(data), 2)
+    inputs = protocol_inputs(conf, avatar, data, order, torch.device("cpu"))
+    moved = (inputs.expression.weight.detach() != data.expressions).any(dim=1)
+    assert moved.nonzero().flatten().tolist() == order.tolist()
+    unfitted, _, _ = _trained_avatar(overrides, "evaluation.test_fit_steps=0")
+    assert protocol_inputs(unfitted, avatar, data, order, torch.device("cpu")) is None
 
 
 def test_missing_checkpoint_is_one_clear_error(experiment, capsys):

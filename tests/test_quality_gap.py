@@ -32,24 +32,28 @@ def test_each_evaluation_scores_training_frames_and_the_gap(data_folder, tmp_pat
     assert [r["epochs"] for r in rows] == [1, 2]
     for r in rows:
         assert 5 < r["train_frames_psnr"] < 60
+        assert 5 < r["train_frames_fitted_psnr"] < 60
         assert r["gap_db"] == r["train_frames_psnr"] - r["test_psnr"]
+        assert r["gap_fitted_db"] == r["train_frames_fitted_psnr"] - r["test_psnr"]
     assert rows[0]["train_frames_psnr"] != rows[1]["train_frames_psnr"]  # each model scored
     assert document["drop_after_min"] == 2.0 and document["largest_drop"] is None  # nothing after 2 min
     lines = list(csv.DictReader(table.open()))
     assert [float(line["gap_db"]) for line in lines] == pytest.approx([r["gap_db"] for r in rows])
     assert {line["seed"] for line in lines} == {""}
     root = experiment_root(tmp_path / "exps", "demo-quality_vs_time")
-    assert "| gap (dB) |" in (root / "quality_vs_time.md").read_text()
+    assert "| gap (dB) | gap, fitted |" in (root / "quality_vs_time.md").read_text()
     # Three training frames spread over both training videos, their images as the test split's.
     scored = sorted(p.parent.parent.parent.name for p in (root / "eval" / "training_frames").glob("*/epoch_2/gt/*"))
     assert scored == ["MVI_1810", "MVI_1814", "MVI_1814"]  # frames 0, 6 and 11 of 12
+    fitted = (root / "eval" / "training_frames_fitted").glob("*/epoch_2/gt/*")
+    assert sorted(p.parent.parent.parent.name for p in fitted) == scored  # the same frames, fitted
     # The figure: two test frames (ground truth above rendering) above two training frames.
     assert imageio.imread(root / "figure_1min.png").shape[:2] == (4 * 32, 2 * 32)
 
 
 def test_the_largest_fall_counts_from_the_first_evaluation_after_two_minutes():
     def row(minutes: float, psnr: float) -> BudgetRow:
-        return BudgetRow(minutes, minutes, 1, 100, 30.0, 30.0, psnr, 30.0 - psnr, 0.9, 0.01, [])
+        return BudgetRow(minutes, minutes, 1, 100, 30.0, 30.0, 30.0, psnr, 30.0 - psnr, 30.0 - psnr, 0.9, 0.01, [])
 
     rows = [row(1, 25.0), row(2.5, 21.0), row(5, 20.5), row(10, 20.9), row(20, 20.6)]
     assert largest_drop(rows, 2.0) == {"drop_db": pytest.approx(0.5), "from": "2.5 min", "to": "5 min"}
@@ -75,7 +79,7 @@ def test_seeds_measure_one_generated_subject_each_with_mean_and_spread(tmp_path,
     assert runs[0]["rows"][0]["test_psnr"] != runs[1]["rows"][0]["test_psnr"]  # two subjects
     (entry,) = document["summary"]
     assert entry["seeds"] == 2 and entry["epochs"] == [1, 1]
-    for column in ("train_frames_psnr", "test_psnr", "gap_db"):
+    for column in ("train_frames_psnr", "train_frames_fitted_psnr", "test_psnr", "gap_db", "gap_fitted_db"):
         values = [r["rows"][0][column] for r in runs]
         assert entry[column]["mean"] == pytest.approx(np.mean(values))
         assert entry[column]["std"] == pytest.approx(np.std(values, ddof=1))

@@ -3,7 +3,7 @@ and composes test-input fitting (`fitting`), the metrics report (`report`) and t
 export (`animation`).
 
 Writes under <experiment>/eval/<test sub_dir>/epoch_<N>/ (and, for `score_training_frames`, the
-images of the training frames scored under eval/training_frames/<train sub_dir>/epoch_<N>/):
+images of the training frames scored under eval/training_frames[_fitted]/<train sub_dir>/epoch_<N>/):
   rgb/ rgb_erode_dilate/ gt/ alpha/ error/   one PNG per frame, named by frame id
   metrics.csv (one row per frame), metrics.json (means, and the conf/checkpoint they came from)
   video.mp4 (ground truth | rendering | error), turntable.mp4, canonical.ply
@@ -98,14 +98,15 @@ class Evaluator:
             animation.save_posed_ply(self.avatar, folder / "canonical.ply")
         return folders
 
-    def score_training_frames(self, count: int) -> tuple[dict[str, Any], dict[str, Path]]:
+    def score_training_frames(self, count: int, inputs_from: str = "trained") -> tuple[dict[str, Any], dict[str, Path]]:
         """The metric means of `count` evenly spaced training frames, scored as the test split is
-        with the inputs training used (training_frames.py), and the folders of their images."""
-        folders = {s: self.paths.eval_dir / training_frames.FOLDER / s / f"epoch_{self.epoch}"
+        with the inputs training used, or with the tracked ones fitted as the test split's are
+        (`inputs_from`, training_frames.py), and the folders of their images."""
+        folders = {s: self.paths.eval_dir / training_frames.FOLDERS[inputs_from] / s / f"epoch_{self.epoch}"
                    for s in self.conf.dataset.train.sub_dir}
         means = training_frames.score_training_frames(self.conf, self.avatar, self.checkpoints,
                                                       self.checkpoint_file().stem, count, folders,
-                                                      self.render_batch_size(), self.device)
+                                                      self.render_batch_size(), self.device, inputs_from)
         return means, folders
 
     def reenact(self, drive_json: str | Path) -> Path:

@@ -94,6 +94,28 @@ def save_fitted_inputs(inputs: FrameInputs, checkpoints: Path, epoch: int, finge
     ckpt.atomic_save(payload, saved.with_name(f"{ckpt.LATEST}.pth"))
 
 
+def fitting_protocol(conf: Conf, n_points: int) -> dict:
+    """How test inputs are fitted: steps, rate, frames a step (the training rule, as the paper's
+    protocol) and the photometric loss's weights."""
+    train = conf.train
+    return {"steps": conf.evaluation.test_fit_steps, "learning_rate": train.learning_rate_cam,
+            "frames_per_step": frames_per_step(train, n_points), "rgb_weight": conf.loss.rgb_weight,
+            "ssim_weight": conf.loss.ssim_weight}
+
+
+def fit_by_protocol(conf: Conf, avatar: Avatar, inputs: FrameInputs, data: FaceDataset, order: torch.Tensor,
+                    device: torch.device) -> None:
+    """Fit `inputs` in place on the frames `order` [K] of `data` as the test protocol does."""
+    protocol = fitting_protocol(conf, avatar.n_points)
+    size = protocol["frames_per_step"]
+    loss = AvatarLoss(conf.loss, None, None, device, perceptual=False)
+    losses = fit_frame_inputs(avatar, inputs, batches(data, size, order), math.ceil(len(order) / size),
+                              protocol["steps"], protocol["learning_rate"], loss, device)
+    if losses:
+        log.info("fitted the inputs: photometric loss %.4f -> %.4f (mean over batches)",
+                 np.mean([a for a, _ in losses]), np.mean([b for _, b in losses]))
+
+
 def fitted_test_inputs(conf: Conf, avatar: Avatar, data: FaceDataset, checkpoints: Path, epoch: int,
                 device: torch.device) -> FrameInputs | None:
     """Fitted (or reloaded) expression/pose/camera of the test frames, or None when the conf's
@@ -103,18 +125,10 @@ def fitted_test_inputs(conf: Conf, avatar: Avatar, data: FaceDataset, checkpoint
                          train.optimize_camera, evaluation.fit_camera_translation).to(device)
     if not inputs.enabled or data.only_json or evaluation.test_fit_steps == 0:
         return None
-    size = frames_per_step(train, avatar.n_points)  # frames per fitting step: the training rule, as the paper's protocol
-    protocol = {"steps": evaluation.test_fit_steps, "learning_rate": train.learning_rate_cam, "frames_per_step": size,
-                "rgb_weight": conf.loss.rgb_weight, "ssim_weight": conf.loss.ssim_weight}
-    fingerprint = inputs_fingerprint(avatar, inputs, len(data), list(conf.dataset.test.sub_dir), protocol)
+    fingerprint = inputs_fingerprint(avatar, inputs, len(data), list(conf.dataset.test.sub_dir),
+                                     fitting_protocol(conf, avatar.n_points))
     if load_fitted_inputs(inputs, checkpoints, epoch, fingerprint, device):
         return inputs
-    loss = AvatarLoss(conf.loss, None, None, device, perceptual=False)
-    losses = fit_frame_inputs(avatar, inputs, batches(data, size, torch.arange(len(data))),
-                              math.ceil(len(data) / size), evaluation.test_fit_steps,
-                              train.learning_rate_cam, loss, device)
-    if losses:
-        log.info("fitted the test inputs: photometric loss %.4f -> %.4f (mean over batches)",
-                 np.mean([a for a, _ in losses]), np.mean([b for _, b in losses]))
+    fit_by_protocol(conf, avatar, inputs, data, torch.arange(len(data)), device)
     save_fitted_inputs(inputs, checkpoints, epoch, fingerprint)
     return inputs

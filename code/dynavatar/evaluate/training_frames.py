@@ -3,9 +3,16 @@ between training and test quality (what a model fails to generalise, not what it
 
 A few evenly spaced training frames are rendered at the test split's resolution and scored with the
 test split's metrics (`report.render_and_score`: the erode-dilated rendering against the ground
-truth), each with the inputs training used for it: the checkpoint's refined ones when training
-refines them, else the tracked ones. Nothing is fitted, and LPIPS is left out (its cost). The
-images go to eval/training_frames/<train sub_dir>/epoch_<N>/ as the test split's do.
+truth), with one of two sets of inputs:
+- "trained": the inputs training used for each frame, the checkpoint's refined ones when training
+  refines them, else the tracked ones; nothing is fitted. What the avatar fits, per-frame
+  refinement included.
+- "fitted": the tracked inputs fitted by the test protocol (`fitting.fit_by_protocol`), exactly as
+  the test frames are. Per-frame refinement during training can fit a training frame with inputs
+  no new frame gets; scored this way, the gap to the test split holds only what fails to carry
+  over to new expressions and poses.
+LPIPS is left out (its cost). The images go to eval/training_frames[_fitted]/<train sub_dir>/epoch_<N>/
+as the test split's do.
 """
 
 from __future__ import annotations
@@ -17,16 +24,17 @@ from typing import Any
 import torch
 
 from ..config import Conf
-from ..data.reader import dataset_from_conf
+from ..data.reader import FaceDataset, dataset_from_conf
 from ..experiment import checkpoints as ckpt
 from ..metrics import Unavailable
 from ..model.avatar import Avatar
 from ..model.frame_inputs import FrameInputs
-from . import report
+from . import fitting, report
 
 log = logging.getLogger(__name__)
 
 FOLDER = "training_frames"  # under the experiment's eval/
+FOLDERS = {"trained": FOLDER, "fitted": f"{FOLDER}_fitted"}  # per set of inputs
 
 
 def spread_indices(n_frames: int, count: int) -> torch.Tensor:
@@ -52,16 +60,35 @@ def training_inputs(conf: Conf, checkpoints: Path, tag: str | int, expressions: 
 
 
 def score_training_frames(conf: Conf, avatar: Avatar, checkpoints: Path, tag: str | int, count: int,
-                          folders: dict[str, Path], batch_size: int, device: torch.device) -> dict[str, Any]:
+                          folders: dict[str, Path], batch_size: int, device: torch.device,
+                          inputs_from: str = "trained") -> dict[str, Any]:
     """The metric means ("all" of metrics.json, LPIPS unavailable) of `count` evenly spaced training
-    frames, and how many were scored ("n_frames"); their images go to folders[<train sub_dir>]."""
+    frames, and how many were scored ("n_frames"); their images go to folders[<train sub_dir>].
+    inputs_from: "trained" or "fitted" (the module's docstring)."""
+    if inputs_from not in FOLDERS:
+        raise ValueError(f"inputs_from {inputs_from!r}: one of {', '.join(FOLDERS)}")
     data = dataset_from_conf(conf, "train", img_res=list(conf.dataset.test.img_res), load_images=False,
                              use_mean_expression=False, use_var_expression=False)
-    inputs = training_inputs(conf, checkpoints, tag, data.expressions, data.flame_poses, data.world_mats, device)
+    order = spread_indices(len(data), count)
+    if inputs_from == "trained":
+        inputs = training_inputs(conf, checkpoints, tag, data.expressions, data.flame_poses, data.world_mats, device)
+    else:
+        inputs = protocol_inputs(conf, avatar, data, order, device)
     no_lpips = Unavailable("not computed for training frames")
-    rows = report.render_and_score(avatar, data, inputs, folders, no_lpips, batch_size, device,
-                                   order=spread_indices(len(data), count))
+    rows = report.render_and_score(avatar, data, inputs, folders, no_lpips, batch_size, device, order=order)
     means = report.metric_means(rows, no_lpips)["all"]
-    log.info("training frames: PSNR %.2f, SSIM %.4f, L1 %.4f over %d frames", means["psnr"], means["ssim"],
-             means["l1"], len(rows))
+    log.info("training frames (%s inputs): PSNR %.2f, SSIM %.4f, L1 %.4f over %d frames", inputs_from,
+             means["psnr"], means["ssim"], means["l1"], len(rows))
     return {"n_frames": len(rows), **means}
+
+
+def protocol_inputs(conf: Conf, avatar: Avatar, data: FaceDataset, order: torch.Tensor, device: torch.device) -> FrameInputs | None:
+    """The tracked inputs of the frames `order` fitted as the test split's are (None, the tracked
+    ones as they are, when the test protocol fits nothing)."""
+    train, evaluation = conf.train, conf.evaluation
+    inputs = FrameInputs(data.expressions, data.flame_poses, data.world_mats, train.optimize_expression,
+                         train.optimize_camera, evaluation.fit_camera_translation).to(device)
+    if not inputs.enabled or evaluation.test_fit_steps == 0:
+        return None
+    fitting.fit_by_protocol(conf, avatar, inputs, data, order, device)
+    return inputs
