@@ -320,6 +320,36 @@ def test_an_unknown_network_precision_is_one_conf_error():
         load_conf(REPO / "confs" / "subject1.conf", ["model.network_precision=float16"])
 
 
+@pytest.mark.parametrize("network_input", ["posed", "nonrigid"])
+def test_the_gaussian_network_sees_the_head_turn_only_with_its_posed_input(synthetic_flame_paths, network_input):
+    """model.gaussian_network.input: "posed" (the paper's x_t - x') changes a Gaussian's colour when
+    only the head turns; "nonrigid" gives the same colours, scales and opacities for any head pose,
+    and still follows the expression."""
+    torch.manual_seed(0)
+    avatar = make_avatar(synthetic_flame_paths, f"model.gaussian_network.input={network_input}")
+    with torch.no_grad():
+        for layer in avatar.gaussian_net.layers:  # off the initial near-zero offsets: every input counts
+            layer.weight.normal_(0.0, 0.5)
+        expression = torch.randn(1, 50, generator=torch.Generator().manual_seed(3)).expand(3, 50).clone()
+        expression[2] *= 2.0
+        pose = torch.zeros(3, 15)
+        pose[1:, 1] = 0.4  # frames 1 and 2: the head turned (global yaw)
+        gaussians, _ = avatar.deform(expression, pose)
+    def change(attribute: str, a: int, b: int) -> float:  # relative to the attribute's size
+        values = getattr(gaussians, attribute)
+        return float((values[a] - values[b]).abs().max() / values.abs().max())
+
+    for attribute in ("colors", "scales", "opacities"):
+        turned = change(attribute, 1, 0)  # float rounding apart, none when the network does not see the turn
+        assert turned > 1e-3 if network_input == "posed" else turned < 1e-6, (attribute, turned)
+    assert change("colors", 2, 1) > 1e-3  # the expression still counts
+
+
+def test_an_unknown_gaussian_network_input_is_one_conf_error():
+    with pytest.raises(ConfigError, match="input"):
+        load_conf(REPO / "confs" / "subject1.conf", ["model.gaussian_network.input=view"])
+
+
 def test_nearest_vertex_matches_brute_force():
     gen = torch.Generator().manual_seed(0)
     points, vertices = torch.randn(1000, 3, generator=gen), torch.randn(300, 3, generator=gen)

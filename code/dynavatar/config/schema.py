@@ -194,13 +194,23 @@ class DeformerNetworkConf(Section):
         return _hidden_layers(self.dims)
 
 
+GAUSSIAN_INPUTS = ("posed", "nonrigid")
+
+
 @dataclass(frozen=True)
 class GaussianNetworkConf(Section):
     dims: tuple[int, ...] = setting((64,) * 3, "widths of the hidden layers", AT_LEAST_ONE)
     weight_norm: bool = setting(True, "weight-normalised linear layers")
+    input: str = setting("posed", "what the network sees of a point's motion: posed (the paper's: from x' to its "
+                         "posed position, the head's turn and shift included) or nonrigid (the expression "
+                         "blendshapes and pose correctives alone, in the canonical frame: the same offsets "
+                         "whatever the head's pose)")
 
     def check(self) -> list[tuple[str, str]]:
-        return _hidden_layers(self.dims)
+        problems = _hidden_layers(self.dims)
+        if self.input not in GAUSSIAN_INPUTS:
+            problems.append(("input", f"must be one of {', '.join(GAUSSIAN_INPUTS)}, got {self.input!r}"))
+        return problems
 
 
 GROW_FROM = ("uniform", "gradient")

@@ -113,7 +113,9 @@ class Avatar(nn.Module):
         self.shading = Shading() if model_conf.shading else None
         self.canonical_net = CanonicalNetwork(**asdict(model_conf.geometry_network))
         self.deformer = DeformerNetwork(n_joints=flame.n_joints, **asdict(model_conf.deformer_network))
-        self.gaussian_net = GaussianNetwork(**asdict(model_conf.gaussian_network))
+        gaussian_conf = model_conf.gaussian_network
+        self.gaussian_net = GaussianNetwork(gaussian_conf.dims, gaussian_conf.weight_norm)
+        self.gaussian_input = gaussian_conf.input  # "posed" | "nonrigid": what gaussian_net sees of a point's motion
         schedule = model_conf.point_cloud
         generator = torch.Generator().manual_seed(seed)
         self.points = nn.Parameter(initial_points(schedule.n_init_points, schedule.init_radius, generator))
@@ -269,7 +271,11 @@ class Avatar(nn.Module):
                   + corrective_offsets(pose_feature, deformer.posedirs))  # [B, N, 3]
         blended = blend_transforms(deformer.lbs_weights, transforms)  # [B, N, 4, 4]
         posed = apply_transforms(blended, shaped)
-        offsets = self.precision(self.gaussian_net, posed.detach() - state.shifted.detach()[None])  # [B, N, ...]
+        # The paper's network input is x_t - x': the head's turn and shift included, so a head turned
+        # beyond the training range is also an input beyond it. "nonrigid" gives it only the
+        # expression's and the pose correctives' offsets in the canonical frame.
+        motion = posed - state.shifted[None] if self.gaussian_input == "posed" else shaped - state.unposed[None]
+        offsets = self.precision(self.gaussian_net, motion.detach())  # [B, N, ...]
         quats = torch.nn.functional.normalize(logits.rotation[None] + offsets.rotation, dim=-1)
         colors = torch.sigmoid(logits.color[None] + offsets.color)
         if state.rotation is not None:  # turn = R(frame) R(canonical)^T, applied on the left: q_turn * q
