@@ -256,7 +256,7 @@ def _variant_inputs(variant: str, seed: int, work: Path, videos: dict, pre: Path
 def _report_summary(subject: Path) -> dict:
     """Preprocessing's own figures: reprojection error and yaw range per video, and its warnings."""
     report = json.loads((subject / "preprocess" / "report.json").read_text(encoding="utf-8"))
-    videos = {name: {k: v[k] for k in ("reprojection_px", "yaw_deg", "mask_coverage") if k in v}
+    videos = {name: {k: v[k] for k in ("reprojection_error_px", "yaw_deg", "mask_coverage") if k in v}
               for name, v in report["videos"].items()}
     return {"videos": videos, "warnings": report.get("warnings", [])}
 
@@ -273,9 +273,17 @@ def measure(seeds: Sequence[int], work: Path, variants: Sequence[str] = VARIANTS
     return out
 
 
+def _gaps(seeds: dict, have: dict, reference: str) -> tuple[float | None, float | None]:
+    """Mean and standard deviation over seeds of a variant's PSNR minus the reference's (same seed)."""
+    gaps = [v["psnr"] - seeds[s]["variants"][reference]["psnr"] for s, v in have.items()
+            if reference in seeds[s]["variants"]]
+    return (float(np.mean(gaps)), float(np.std(gaps))) if gaps else (None, None)
+
+
 def rows(results: dict) -> list[dict]:
     """One row per variant (in VARIANTS order): mean and standard deviation of the test PSNR over the
-    seeds that have it, its gap to "exact", the per-seed values and the mean training time."""
+    seeds that have it, its difference to "exact" and to "generator" seed by seed, the per-seed values
+    and the mean training time."""
     seeds = results["seeds"]
     out = []
     for variant in VARIANTS:
@@ -283,26 +291,30 @@ def rows(results: dict) -> list[dict]:
         if not have:
             continue
         psnr = np.array([v["psnr"] for v in have.values()])
-        gaps = [v["psnr"] - seeds[s]["variants"]["exact"]["psnr"] for s, v in have.items()
-                if "exact" in seeds[s]["variants"]]
-        out.append({"variant": variant, "seeds": len(have), "psnr_mean": float(psnr.mean()),
-                    "psnr_std": float(psnr.std()),
-                    "gap_to_exact_mean": float(np.mean(gaps)) if gaps else None,
-                    "gap_to_exact_std": float(np.std(gaps)) if gaps else None,
-                    "per_seed": {s: round(v["psnr"], 2) for s, v in have.items()},
-                    "seconds_mean": float(np.mean([v["seconds"] for v in have.values()]))})
+        row = {"variant": variant, "seeds": len(have), "psnr_mean": float(psnr.mean()), "psnr_std": float(psnr.std())}
+        for reference in ("exact", "generator"):
+            row[f"minus_{reference}_mean"], row[f"minus_{reference}_std"] = _gaps(seeds, have, reference)
+        row["per_seed"] = {s: round(v["psnr"], 2) for s, v in have.items()}
+        row["seconds_mean"] = float(np.mean([v["seconds"] for v in have.values()]))
+        out.append(row)
     return out
 
 
+def _signed(mean: float | None, std: float | None) -> str:
+    return "" if mean is None else f"{mean:+.2f} ± {std:.2f}"
+
+
 def table(results: dict) -> str:
-    """A markdown table of `rows`."""
-    lines = ["| variant | seeds | test PSNR (dB), mean ± std | − exact (dB) | per seed | train s (mean) |",
-             "| --- | ---: | ---: | ---: | --- | ---: |"]
+    """A markdown table of `rows` (differences: the variant's PSNR minus the reference's, per seed)."""
+    lines = ["| variant | seeds | test PSNR (dB), mean ± std | − exact (dB) | − generator (dB) | per seed | "
+             "train s (mean) |",
+             "| --- | ---: | ---: | ---: | ---: | --- | ---: |"]
     for r in rows(results):
-        gap = "" if r["gap_to_exact_mean"] is None else f"{r['gap_to_exact_mean']:+.2f} ± {r['gap_to_exact_std']:.2f}"
         per_seed = ", ".join(f"{s}: {v:.2f}" for s, v in r["per_seed"].items())
-        lines.append(f"| {r['variant']} | {r['seeds']} | {r['psnr_mean']:.2f} ± {r['psnr_std']:.2f} | {gap} | "
-                     f"{per_seed} | {r['seconds_mean']:.0f} |")
+        lines.append(f"| {r['variant']} | {r['seeds']} | {r['psnr_mean']:.2f} ± {r['psnr_std']:.2f} | "
+                     f"{_signed(r['minus_exact_mean'], r['minus_exact_std'])} | "
+                     f"{_signed(r['minus_generator_mean'], r['minus_generator_std'])} | {per_seed} | "
+                     f"{r['seconds_mean']:.0f} |")
     return "\n".join(lines)
 
 
