@@ -12,8 +12,8 @@ confs/demo.conf and evaluated on the test video:
   crop (`exact_tracking_in_crop`), so that it differs from "preprocessed" only in its tracking;
 - preprocessed: preprocessing as a user runs it (the detector's landmarks, default options);
 - silhouette: the same with `--silhouette_weight 10` (the same detected landmarks);
-- refined: "preprocessed" trained with per-frame input refinement (expression, pose, camera) after
-  epoch `refine_after`. Until then it is the "preprocessed" run itself (resuming is bitwise exact),
+- refined: "preprocessed" trained with per-frame input refinement (expression and pose; the camera
+  translation is only refined where the conf renders with it) after epoch `refine_after`. Until then it is the "preprocessed" run itself (resuming is bitwise exact),
   so it continues that run's numbered checkpoint when there is one.
 
 Everything is kept under one work folder; a variant whose evaluation is already there is read back,
