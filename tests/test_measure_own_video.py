@@ -31,10 +31,10 @@ def test_tiny_grid_reports_each_variant(tmp_path, capsys):
 
     out_json, out_csv = tmp_path / "gap.json", tmp_path / "gap.csv"
     # A numbered checkpoint every epoch, so that "refined" (inputs refined after epoch 1) continues
-    # the "preprocessed" run from its epoch 1.
+    # the "preprocessed" run from its epoch 1; a short fit of the test inputs, to keep the test fast.
     assert run(["--seeds", "0", "--variants", "exact", "preprocessed", "refined", "--frames", "6", "--epochs", "4",
                 "--refine_after", "1", "--steps", "150", "--work", str(tmp_path / "work"), "--json", str(out_json),
-                "--csv", str(out_csv), "-q", "train.save_freq=1"]) == 0
+                "--csv", str(out_csv), "-q", "train.save_freq=1", "evaluation.test_fit_steps=2"]) == 0
     printed = capsys.readouterr().out
     rows = [line.split("|")[1].strip() for line in printed.splitlines() if line.startswith("| ")]
     rows = [row for row in rows if row not in ("variant", "---")]  # the header and its rule
@@ -58,3 +58,26 @@ def test_tiny_grid_reports_each_variant(tmp_path, capsys):
         lines = list(csv.DictReader(f))
     assert [line["variant"] for line in lines] == ["exact", "preprocessed", "refined"]
     assert float(lines[0]["psnr"]) == pytest.approx(variants["exact"]["psnr"])
+
+
+def test_table_rows_and_differences_per_seed():
+    """Every variant a row, in VARIANTS order; the differences are taken seed by seed, against the
+    references of the same seed (here made-up inputs to the formatting, not measurements)."""
+    from dynavatar.preprocess.own_video_gap import VARIANTS, rows, table
+
+    def run(psnr):
+        return {"psnr": psnr, "seconds": 1.0}
+
+    results = {"seeds": {
+        "0": {"variants": {"generator": run(28.0), "exact": run(26.0), "preprocessed": run(21.0),
+                           "silhouette": run(22.0), "refined": run(21.5)}},
+        "1": {"variants": {"exact": run(27.0), "preprocessed": run(23.0), "silhouette": run(23.0),
+                           "refined": run(23.5)}}}}
+    by_name = {r["variant"]: r for r in rows(results)}
+    assert list(by_name) == list(VARIANTS)
+    assert by_name["preprocessed"]["minus_exact_mean"] == pytest.approx(-4.5)
+    assert by_name["preprocessed"]["minus_exact_std"] == pytest.approx(0.5)
+    assert by_name["preprocessed"]["minus_generator_mean"] == pytest.approx(-7.0)  # seed 0 alone has it
+    assert by_name["generator"]["seeds"] == 1 and by_name["refined"]["psnr_mean"] == pytest.approx(22.5)
+    printed = table(results).splitlines()
+    assert [line.split("|")[1].strip() for line in printed[2:]] == list(VARIANTS)
