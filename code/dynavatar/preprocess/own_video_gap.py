@@ -1,0 +1,332 @@
+"""What preprocessing costs an avatar, end to end: test PSNR of the demo recipe trained on generated
+videos that went through `scripts/preprocess.py` (face detector, FLAME tracking, masks), against the
+same videos with exact tracking.
+
+Per seed, one generated subject (`synthetic_video.make_synthetic_videos`: two training videos and a
+test video whose head turns and jaw reach 1.5 times the training extremes, beyond ±20°), composited
+over a textured or a white backdrop and encoded to mp4. The variants, each trained with
+confs/demo.conf and evaluated on the test video:
+
+- generator: the generator's own images, masks and tracking (read at the demo's size);
+- exact: the preprocessed images and masks with the generator's exact tracking re-expressed for the
+  crop (`exact_tracking_in_crop`), so that it differs from "preprocessed" only in its tracking;
+- preprocessed: preprocessing as a user runs it (the detector's landmarks, default options);
+- silhouette: the same with `--silhouette_weight 10` (the same detected landmarks);
+- refined: "preprocessed" trained with per-frame input refinement (expression and pose; the camera
+  translation is only refined where the conf renders with it) after epoch `refine_after`. Until then it is the "preprocessed" run itself (resuming is bitwise exact),
+  so it continues that run's numbered checkpoint when there is one.
+
+Everything is kept under one work folder; a variant whose evaluation is already there is read back,
+not trained again, so that a grid can be split over several invocations.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+VARIANTS = ("generator", "exact", "preprocessed", "silhouette", "refined")
+# Training order: the comparison that matters first, "refined" right after the run it continues.
+RUN_ORDER = ("exact", "preprocessed", "refined", "silhouette", "generator")
+VIDEOS = ("train1", "train2", "test1")
+TRAIN, TEST = ("train1", "train2"), ("test1",)
+DEMO_CONF = Path(__file__).resolve().parents[3] / "confs" / "demo.conf"
+SILHOUETTE_WEIGHT = 10.0
+METRICS = ("psnr", "ssim", "l1")
+
+
+@dataclass
+class Setup:
+    """What every seed shares."""
+
+    res: int = 64  # the avatar's image size (preprocess --res, the demo's img_res)
+    frames: int = 30  # per video
+    epochs: int = 95  # the demo's
+    refine_after: int = 60
+    generator_res: int = 128  # the generated frame; the video is it scaled by `scale`
+    scale: float = 2.0
+    hair: bool = False
+    tracking_steps: int | None = None  # preprocess --steps (None: its default)
+    overrides: list[str] = field(default_factory=list)  # extra conf overrides for every run
+
+
+def backdrop_of(seed: int) -> str:
+    """Backdrops alternate over the seeds (white for odd ones): one grid covers both kinds."""
+    return "white" if seed % 2 else "textured"
+
+
+def _python(module: str, args: Sequence[str], cwd: Path, timeout: float) -> subprocess.CompletedProcess:
+    """Run `module`'s main() in a child on one thread (at 64 px the tensors are small, and a thread
+    pool on shared cores costs more than it gains)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    code = f"from {module} import main; main()"
+    return subprocess.run([sys.executable, "-c", code, *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout, env=env)
+
+
+def _checked(result: subprocess.CompletedProcess, what: str) -> None:
+    if result.returncode != 0:
+        raise RuntimeError(f"{what} failed (exit {result.returncode}): {result.stderr[-3000:]}")
+
+
+def make_videos(folder: Path, seed: int, setup: Setup) -> dict:
+    """The seed's generated videos (cached: a folder with all three mp4s is reused as it is)."""
+    from .synthetic_video import make_synthetic_videos
+
+    return make_synthetic_videos(folder, res=setup.generator_res, frames=setup.frames, seed=seed, videos=VIDEOS,
+                                 scale=setup.scale, test_motion="extrapolate", backdrop=backdrop_of(seed),
+                                 hair=setup.hair)
+
+
+def preprocess(videos: Path, data: Path, subject: str, setup: Setup, extra: Sequence[str] = ()) -> Path:
+    """scripts/preprocess.py on the three videos -> the subject's folder (kept when already complete)."""
+    root = data / subject
+    if (root / "preprocess" / "report.json").exists():
+        return root
+    args = ["--subject", subject, "--out", str(data), "--res", str(setup.res), "--flame", "synthetic",
+            "--no_contact_sheet", "--overwrite", "-q", *extra]
+    if setup.tracking_steps is not None:
+        args += ["--steps", str(setup.tracking_steps)]
+    for name in VIDEOS:
+        args += ["--test-video" if name in TEST else "--video", str(videos / f"{name}.mp4")]
+    _checked(_python("dynavatar.cli.preprocess", args, cwd=data, timeout=3600), f"preprocess {subject}")
+    return root
+
+
+def exact_subject(preprocessed: Path, videos: dict, data: Path, subject: str = "exact") -> Path:
+    """The preprocessed images and masks with the generator's exact tracking in each video's crop."""
+    from .crop import Crop
+    from .synthetic_video import exact_tracking_in_crop
+
+    root = data / subject
+    if root.exists():
+        shutil.rmtree(root)
+    shutil.copytree(preprocessed / preprocessed.name, root / subject)
+    report = json.loads((preprocessed / "preprocess" / "report.json").read_text(encoding="utf-8"))
+    for name, video in videos.items():
+        params = exact_tracking_in_crop(video, Crop(**report["videos"][name]["crop"]))
+        (root / subject / name / "flame_params.json").write_text(json.dumps(params), encoding="utf-8")
+    return root
+
+
+def write_conf(path: Path, data_folder: Path, subject: str, res: int) -> Path:
+    """A conf that includes the demo recipe and only names the subject, its videos and the size."""
+    path.write_text(f'include required(file("{DEMO_CONF.as_posix()}"))\n'
+                    "dataset {\n"
+                    f'    data_folder = "{data_folder.as_posix()}"\n'
+                    "    synthetic = false\n"
+                    f"    subject_name = {subject}\n"
+                    f"    train {{ sub_dir = [{', '.join(TRAIN)}], img_res = [{res}, {res}] }}\n"
+                    f"    test {{ sub_dir = [{', '.join(TEST)}], img_res = [{res}, {res}] }}\n"
+                    "}\n", encoding="utf-8")
+    return path
+
+
+def _metrics_file(exps: Path, epochs: int) -> Path | None:
+    found = sorted(exps.glob(f"*/*/*/eval/{TEST[0]}/epoch_{epochs}/metrics.json"))
+    return found[0] if found else None
+
+
+def train_folder(exps: Path) -> Path:
+    """The train folder of the one experiment under `exps` (where its checkpoints live)."""
+    found = [p.parent for p in exps.glob("*/*/*/*/checkpoints")]  # <subject>/<method>/<split>/train
+    if len(found) != 1:
+        raise RuntimeError(f"expected one experiment under {exps}, found {found}")
+    return found[0]
+
+
+def train_and_evaluate(conf: Path, exps: Path, setup: Setup, overrides: Sequence[str] = (),
+                       resume_from: tuple[Path, int] | None = None) -> dict:
+    """Train the conf to `setup.epochs` and evaluate on the test video -> {psnr, ssim, l1, seconds,
+    resumed_from}. `resume_from` (train folder, epoch): continue that run's numbered checkpoint."""
+    record = exps / "result.json"
+    if record.exists():
+        return json.loads(record.read_text(encoding="utf-8"))
+    if exps.exists():  # an interrupted earlier attempt: start it afresh
+        shutil.rmtree(exps)
+    # Every 5th epoch kept as a numbered checkpoint, so that "refined" can start from the epoch it names.
+    args = ["--conf", str(conf), "--nepoch", str(setup.epochs), "--no_videos", "--quiet",
+            f"train.exps_folder={exps.as_posix()}", "train.numbered_save_every=1", *setup.overrides, *overrides]
+    if resume_from is not None:
+        args += ["--is_continue", "--load_path", str(resume_from[0]), "--checkpoint", str(resume_from[1])]
+    start = time.perf_counter()
+    _checked(_python("dynavatar.cli.exp_runner", args, cwd=conf.parent, timeout=4 * 3600), f"training {exps.name}")
+    seconds = time.perf_counter() - start
+    found = _metrics_file(exps, setup.epochs)
+    if found is None:
+        raise RuntimeError(f"training {exps.name} wrote no test metrics for epoch {setup.epochs}")
+    metrics = json.loads(found.read_text(encoding="utf-8"))["metrics"]["all"]
+    result = {**{k: float(metrics[k]) for k in METRICS if k in metrics}, "seconds": round(seconds, 1),
+              "resumed_from": resume_from[1] if resume_from else None}
+    record.write_text(json.dumps(result), encoding="utf-8")
+    return result
+
+
+def _refine_start(work: Path, setup: Setup) -> tuple[Path, int] | None:
+    """The "preprocessed" run's numbered checkpoint of epoch `refine_after`, when it is there."""
+    exps = work / "runs" / "preprocessed"
+    if not exps.exists() or setup.refine_after <= 0:
+        return None
+    try:
+        folder = train_folder(exps)
+    except RuntimeError:
+        return None
+    if not list((folder / "checkpoints").rglob(f"{setup.refine_after}.*")):
+        return None
+    return folder, setup.refine_after
+
+
+def true_yaw_range(videos: dict) -> list[float]:
+    """Smallest and largest yaw (degrees) of the generator's global head pose over all the videos: the
+    turns the test video extrapolates to."""
+    from scipy.spatial.transform import Rotation
+
+    yaws = []
+    for video in videos.values():
+        params = json.loads((video.subject_video / "flame_params.json").read_text(encoding="utf-8"))
+        poses = np.array([f["pose"][:3] for f in params["frames"]], dtype=np.float64)
+        yaws += Rotation.from_rotvec(poses).as_euler("YXZ", degrees=True)[:, 0].tolist()
+    return [round(min(yaws), 1), round(max(yaws), 1)]
+
+
+def measure_seed(seed: int, work: Path, variants: Sequence[str], setup: Setup) -> dict:
+    """Each variant's test metrics for one seed (work: the seed's folder, kept)."""
+    work.mkdir(parents=True, exist_ok=True)
+    videos_dir, data = work / "videos", work / "datasets"
+    data.mkdir(exist_ok=True)
+    start = time.perf_counter()
+    videos = make_videos(videos_dir, seed, setup)
+    log.info("seed %d (%s backdrop): videos in %.0f s", seed, backdrop_of(seed), time.perf_counter() - start)
+    results = {"backdrop": backdrop_of(seed), "true_yaw": true_yaw_range(videos), "variants": {}}
+    needs_pre = {"exact", "preprocessed", "silhouette", "refined"} & set(variants)
+    pre = None
+    if needs_pre:
+        start = time.perf_counter()
+        pre = preprocess(videos_dir, data, "pre", setup)
+        results["preprocess_seconds"] = round(time.perf_counter() - start, 1)
+        results["report"] = _report_summary(pre)
+    for variant in (v for v in RUN_ORDER if v in variants):
+        conf, extra, resume = _variant_inputs(variant, seed, work, videos, pre, setup)
+        result = train_and_evaluate(conf, work / "runs" / variant, setup, extra, resume)
+        log.info("seed %d %-12s test PSNR %.2f dB (%.0f s%s)", seed, variant, result["psnr"], result["seconds"],
+                 f", from epoch {result['resumed_from']}" if result.get("resumed_from") else "")
+        results["variants"][variant] = result
+    return results
+
+
+def _variant_inputs(variant: str, seed: int, work: Path, videos: dict, pre: Path | None, setup: Setup
+                    ) -> tuple[Path, list[str], tuple[Path, int] | None]:
+    """(conf, overrides, resume_from) of one variant, making its dataset first when it needs one."""
+    data = work / "datasets"
+    if variant == "generator":
+        # The generator's subject folder is <videos>/subject/synthetic; the reader resizes to `res`.
+        return write_conf(work / "generator.conf", work / "videos" / "subject", "synthetic", setup.res), [], None
+    if variant == "exact":
+        exact_subject(pre, videos, data)
+        return write_conf(work / "exact.conf", data, "exact", setup.res), [], None
+    if variant == "silhouette":
+        # The landmarks the detector found for "pre": the two differ only in the silhouette term.
+        landmarks = pre / "preprocess" / "landmarks.json"
+        preprocess(work / "videos", data, "silhouette", setup,
+                   ["--landmarks", str(landmarks), "--silhouette_weight", str(SILHOUETTE_WEIGHT)])
+        return write_conf(work / "silhouette.conf", data, "silhouette", setup.res), [], None
+    conf = write_conf(work / "pre.conf", data, "pre", setup.res)
+    if variant == "preprocessed":
+        return conf, [], None
+    resume = _refine_start(work, setup)
+    if resume is None:
+        log.info("seed %d refined: no checkpoint of epoch %d of 'preprocessed' to continue, training from the "
+                 "start", seed, setup.refine_after)
+    return conf, [f"train.optimize_inputs_after_epoch={setup.refine_after}"], resume
+
+
+def _report_summary(subject: Path) -> dict:
+    """Preprocessing's own figures: reprojection error and yaw range per video, and its warnings."""
+    report = json.loads((subject / "preprocess" / "report.json").read_text(encoding="utf-8"))
+    videos = {name: {k: v[k] for k in ("reprojection_error_px", "yaw_deg", "mask_coverage") if k in v}
+              for name, v in report["videos"].items()}
+    return {"videos": videos, "warnings": report.get("warnings", [])}
+
+
+def measure(seeds: Sequence[int], work: Path, variants: Sequence[str] = VARIANTS, setup: Setup | None = None) -> dict:
+    """{"setup": ..., "seeds": {seed: measure_seed(...)}} for every seed, in `work`/seed_<k>."""
+    setup = setup or Setup()
+    unknown = set(variants) - set(VARIANTS)
+    if unknown:
+        raise ValueError(f"unknown variants {sorted(unknown)}: expected some of {', '.join(VARIANTS)}")
+    out = {"setup": setup.__dict__, "seeds": {}}
+    for seed in seeds:
+        out["seeds"][str(seed)] = measure_seed(seed, Path(work) / f"seed_{seed}", variants, setup)
+    return out
+
+
+def _gaps(seeds: dict, have: dict, reference: str) -> tuple[float | None, float | None]:
+    """Mean and standard deviation over seeds of a variant's PSNR minus the reference's (same seed)."""
+    gaps = [v["psnr"] - seeds[s]["variants"][reference]["psnr"] for s, v in have.items()
+            if reference in seeds[s]["variants"]]
+    return (float(np.mean(gaps)), float(np.std(gaps))) if gaps else (None, None)
+
+
+def rows(results: dict) -> list[dict]:
+    """One row per variant (in VARIANTS order): mean and standard deviation of the test PSNR over the
+    seeds that have it, its difference to "exact" and to "generator" seed by seed, the per-seed values
+    and the mean training time."""
+    seeds = results["seeds"]
+    out = []
+    for variant in VARIANTS:
+        have = {s: r["variants"][variant] for s, r in seeds.items() if variant in r["variants"]}
+        if not have:
+            continue
+        psnr = np.array([v["psnr"] for v in have.values()])
+        row = {"variant": variant, "seeds": len(have), "psnr_mean": float(psnr.mean()), "psnr_std": float(psnr.std())}
+        for reference in ("exact", "generator"):
+            row[f"minus_{reference}_mean"], row[f"minus_{reference}_std"] = _gaps(seeds, have, reference)
+        row["per_seed"] = {s: round(v["psnr"], 2) for s, v in have.items()}
+        row["seconds_mean"] = float(np.mean([v["seconds"] for v in have.values()]))
+        out.append(row)
+    return out
+
+
+def _signed(mean: float | None, std: float | None) -> str:
+    return "" if mean is None else f"{mean:+.2f} ± {std:.2f}"
+
+
+def table(results: dict) -> str:
+    """A markdown table of `rows` (differences: the variant's PSNR minus the reference's, per seed)."""
+    lines = ["| variant | seeds | test PSNR (dB), mean ± std | − exact (dB) | − generator (dB) | per seed | "
+             "train s (mean) |",
+             "| --- | ---: | ---: | ---: | ---: | --- | ---: |"]
+    for r in rows(results):
+        per_seed = ", ".join(f"{s}: {v:.2f}" for s, v in r["per_seed"].items())
+        lines.append(f"| {r['variant']} | {r['seeds']} | {r['psnr_mean']:.2f} ± {r['psnr_std']:.2f} | "
+                     f"{_signed(r['minus_exact_mean'], r['minus_exact_std'])} | "
+                     f"{_signed(r['minus_generator_mean'], r['minus_generator_std'])} | {per_seed} | "
+                     f"{r['seconds_mean']:.0f} |")
+    return "\n".join(lines)
+
+
+def write_outputs(results: dict, json_path: Path | None, csv_path: Path | None) -> None:
+    """The whole result as json; one csv line per seed and variant."""
+    if json_path is not None:
+        json_path.write_text(json.dumps(results, indent=1), encoding="utf-8")
+    if csv_path is not None:
+        with open(csv_path, "w", newline="", encoding="utf-8") as f:
+            writer = csv.writer(f)
+            writer.writerow(["seed", "backdrop", "variant", *METRICS, "seconds", "resumed_from"])
+            for seed, r in results["seeds"].items():
+                for variant, v in r["variants"].items():
+                    writer.writerow([seed, r["backdrop"], variant, *(v.get(k) for k in METRICS), v["seconds"],
+                                     v.get("resumed_from")])
