@@ -269,11 +269,11 @@ def test_the_avatar_recomputes_as_the_policy_decides(synthetic_flame_paths):
     assert len(runs) == 1
 
 
-def step_gradients(avatar: Avatar, policy: RecomputePolicy) -> dict[str, torch.Tensor]:
+def step_gradients(avatar: Avatar, policy: RecomputePolicy, frames: int = 3) -> dict[str, torch.Tensor]:
     avatar.recompute = policy
     gen = torch.Generator().manual_seed(4)
-    expression, pose = torch.randn(3, 50, generator=gen), (torch.rand(3, 15, generator=gen) - 0.5) * 0.6
-    state = avatar.canonical_state(with_prior=True, frames=3)
+    expression, pose = torch.randn(frames, 50, generator=gen), (torch.rand(frames, 15, generator=gen) - 0.5) * 0.6
+    state = avatar.canonical_state(with_prior=True, frames=frames)
     g = avatar.pose(state, expression, pose)
     loss = (g.means.square().sum() + g.scales.sum() + g.colors.square().sum() + g.quats[..., 1].sum()
             + g.opacities.sum() + state.prior.lbs_weights.square().sum() + state.prior.shapedirs.square().sum())

@@ -279,6 +279,9 @@ class ModelConf(Section):
     network_precision: str = setting("float32", "arithmetic of the per-point networks' matrix products: float32 | "
                                                 "bfloat16 (autocast; outputs, parameters and optimizer stay float32; "
                                                 "docs/PERFORMANCE.md)")
+    compile: str = setting("off", "compile the per-point networks, the posing and the SSIM loss with torch.compile "
+                                  "(dynamic sizes: pruning and growing do not compile again): off | on | auto (on "
+                                  "a CUDA device with Triton); docs/PERFORMANCE.md")
     geometry_network: CanonicalNetworkConf = subsection(CanonicalNetworkConf, "the canonical network: a point's "
                                                         "colour, scale, rotation and opacity")
     gaussian_network: GaussianNetworkConf = subsection(GaussianNetworkConf, "the Gaussian deformation network: "
@@ -292,6 +295,8 @@ class ModelConf(Section):
             return [("recompute", f"must be auto, on or off, got {self.recompute!r}")]
         if self.network_precision not in ("float32", "bfloat16"):
             return [("network_precision", f"must be float32 or bfloat16, got {self.network_precision!r}")]
+        if self.compile not in ("off", "on", "auto"):
+            return [("compile", f"must be off, on or auto, got {self.compile!r}")]
         return []
 
 

@@ -17,6 +17,7 @@ from ..data.batch import FrameBatch
 from ..metrics.image import ssim_loss
 from ..flame import FLAME
 from ..model.avatar import AvatarOutput
+from ..model.compiled import StepCompiler
 from ..model.networks import DeformerOutput
 from .vgg import VGGPerceptualLoss
 
@@ -36,11 +37,12 @@ class AvatarLoss:
 
     `lbs_weight` is halved at `loss.flame_prior_milestones` by the trainer (`set_epoch`).
     With `perceptual=False` the VGG term is left out whatever the conf says: test-time fitting of
-    the inputs uses L1 + SSIM only.
+    the inputs uses L1 + SSIM only. `compiler` (the avatar's, `model.compile`) compiles the SSIM loss.
     """
 
     def __init__(self, loss_conf: LossConf, var_expression: torch.Tensor | None,
-                 vgg: VGGPerceptualLoss | None, device: torch.device, perceptual: bool = True) -> None:
+                 vgg: VGGPerceptualLoss | None, device: torch.device, perceptual: bool = True,
+                 compiler: StepCompiler | None = None) -> None:
         self.rgb_weight = loss_conf.rgb_weight
         self.ssim_weight = loss_conf.ssim_weight
         self.vgg_weight = loss_conf.vgg_feature_weight if perceptual else 0.0
@@ -54,6 +56,7 @@ class AvatarLoss:
         if self.vgg_weight > 0 and vgg is None:
             raise ValueError("vgg_feature_weight > 0 needs the VGG perceptual network")  # never train without it
         self.vgg = vgg if self.vgg_weight > 0 else None
+        self.compiler = compiler
 
     def set_epoch(self, epoch: int) -> None:
         """lbs_weight halves at each milestone reached (epoch >= milestone)."""
@@ -74,7 +77,8 @@ class AvatarLoss:
         """rgb, gt [B, H, W, 3] -> weighted terms."""
         terms = {"rgb_loss": (rgb - gt).abs().mean()}
         if self.ssim_weight > 0:
-            terms["ssim_loss"] = ssim_loss(rgb, gt)
+            ssim = ssim_loss if self.compiler is None else self.compiler("ssim_loss", ssim_loss, rgb.device)
+            terms["ssim_loss"] = ssim(rgb, gt)
         if self.vgg is not None:
             terms["vgg_loss"] = self.vgg(rgb, gt)
         return terms

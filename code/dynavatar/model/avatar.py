@@ -12,7 +12,7 @@ What does not depend on the frame (the canonical FLAME frame, the canonical stat
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 from torch import nn
@@ -28,6 +28,7 @@ from ..render import RasterStats
 from ..render.projection import quaternion_left_matrix, rotation_to_quaternion
 from ..runtime import constant
 from .canonical_cache import CanonicalCache
+from .compiled import StepCompiler
 from .gaussians import Gaussians
 from .networks import CanonicalAttributes, CanonicalNetwork, DeformerNetwork, DeformerOutput, GaussianNetwork
 from .precision import NetworkPrecision
@@ -110,6 +111,7 @@ class Avatar(nn.Module):
         self.nearest_chunk = int(nearest_chunk)
         self.recompute = RecomputePolicy(model_conf.recompute, model_conf.recompute_chunk)
         self.precision = NetworkPrecision(model_conf.network_precision)
+        self.compiler = StepCompiler(model_conf.compile)
         self.shading = Shading() if model_conf.shading else None
         self.canonical_net = CanonicalNetwork(**asdict(model_conf.geometry_network))
         self.deformer = DeformerNetwork(n_joints=flame.n_joints, **asdict(model_conf.deformer_network))
@@ -155,6 +157,12 @@ class Avatar(nn.Module):
             return super().load_state_dict(state_dict, strict=strict, assign=assign)
         finally:  # also after a failed load, which may have copied part of the state
             self.canonical_cache.clear()
+
+    def compiled(self, name: str, fn: Callable, device: torch.device) -> Callable:
+        """`fn` compiled by `model.compile` while training; as it is while the avatar is frozen. An
+        evaluation or animation loads its avatar anew, and a new avatar's networks would compile
+        again (weight norm gives each its own class), for every checkpoint evaluated."""
+        return fn if self.is_frozen() else self.compiler(name, fn, device)
 
     # ---- canonical FLAME frame -------------------------------------------------------------------
 
@@ -233,16 +241,16 @@ class Avatar(nn.Module):
         _, canonical_feature, canonical_transforms = self.canonical_flame()
         n = self.n_points
 
-        def run(net: nn.Module, x: torch.Tensor):
-            return self.recompute.run(self.precision.bind(net), x, recompute)
+        def run(name: str, net: nn.Module, x: torch.Tensor):
+            return self.recompute.run(self.precision.bind(self.compiled(name, net, x.device)), x, recompute)
 
-        logits = run(self.canonical_net, self.points.detach())
+        logits = run("canonical_net", self.canonical_net, self.points.detach())
         if self.has_point_colors:
             logits = CanonicalAttributes(logits.color + self.point_color, logits.scale, logits.rotation, logits.opacity)
         if with_prior:  # one deformer call for both: rows [:N] carry gradients to the points, rows [N:] do not
-            deformer, prior = run(self.deformer, torch.cat([self.points, self.points.detach()])).split(n)
+            deformer, prior = run("deformer", self.deformer, torch.cat([self.points, self.points.detach()])).split(n)
         else:
-            deformer, prior = run(self.deformer, self.points), None
+            deformer, prior = run("deformer", self.deformer, self.points), None
         shifted = self.points + deformer.offset  # x'
         unposed = inverse_points(shifted, self.canonical_expression[None], canonical_feature, canonical_transforms,
                                  deformer.shapedirs, deformer.posedirs, deformer.lbs_weights)[0]  # x0 [N, 3]
@@ -262,7 +270,11 @@ class Avatar(nn.Module):
         return CanonicalState(logits, deformer, shifted, unposed, prior, rotation, nearest, normals)
 
     def pose(self, state: CanonicalState, expression: torch.Tensor, flame_pose: torch.Tensor) -> Gaussians:
-        """Gaussians [B, N, ...] of the frames given by expression [B, E] and FLAME pose [B, 15]."""
+        """Gaussians [B, N, ...] of the frames given by expression [B, E] and FLAME pose [B, 15]
+        (compiled with `model.compile`)."""
+        return self.compiled("pose", self._pose, expression.device)(state, expression, flame_pose)
+
+    def _pose(self, state: CanonicalState, expression: torch.Tensor, flame_pose: torch.Tensor) -> Gaussians:
         pose_feature, transforms = self.flame.transforms_only(expression, flame_pose)
         if self.deformer.ghostbone:
             transforms = with_ghost_bone(transforms)

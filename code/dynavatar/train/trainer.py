@@ -108,7 +108,8 @@ class Trainer:
         self.avatar: Avatar = avatar_from_conf(conf, self.train_data.shape_params, self.train_data.mean_expression,
                                                self.train_data.img_res).to(self.device)
         self.strategy.initialize(self.avatar)
-        self.loss = AvatarLoss(conf.loss, self.train_data.var_expression, vgg, self.device)
+        self.loss = AvatarLoss(conf.loss, self.train_data.var_expression, vgg, self.device,
+                               compiler=self.avatar.compiler)
         self.inputs = FrameInputs(self.train_data.expressions, self.train_data.flame_poses,
                                   self.train_data.world_mats, train.optimize_expression, train.optimize_camera,
                                   train.refine_camera_translation).to(self.device)
