@@ -397,3 +397,31 @@ class TestSchedule:
         before = cloud.points
         strategy.epoch_start(cloud, 3, torch.Generator().manual_seed(0))
         assert cloud.points is before  # nothing to prune or grow: the point set is kept
+
+
+def test_the_smoothness_term_measures_the_deformer_over_small_displacements(synthetic_flame_paths):
+    """loss.smoothness_weight: the deformer's outputs at sampled points against those a jitter away.
+    It grows with the jitter, is 0 without one, reaches the deformer's weights and never the points,
+    and enters the total with its weight."""
+    from dynavatar.losses import AvatarLoss
+
+    avatar = make_avatar(synthetic_flame_paths)
+
+    def term(jitter: float, points: int = 256) -> torch.Tensor:
+        conf = load_conf(REPO / "confs" / "subject1.conf", [
+            "loss.vgg_feature_weight=0", "loss.smoothness_weight=5", f"loss.smoothness_jitter={jitter}",
+            f"loss.smoothness_points={points}"])
+        torch.manual_seed(0)
+        loss = AvatarLoss(conf.loss, None, None, torch.device("cpu"))
+        return loss.smoothness(avatar)["smoothness_loss"], loss
+
+    near, far = term(1e-4)[0], term(0.05)[0]
+    assert 0 < float(near.detach()) < 1e-3 * float(far.detach())
+    all_points, loss = term(0.05, points=10_000)  # more than there are: every point once
+    avatar.zero_grad(set_to_none=True)
+    loss.total({"smoothness_loss": all_points}).backward()
+    assert avatar.points.grad is None
+    assert all(p.grad is not None for p in avatar.deformer.parameters())
+    assert float(loss.total({"smoothness_loss": all_points.detach()})) == pytest.approx(5 * float(all_points.detach()))
+    with pytest.raises(ConfigError, match="smoothness_jitter"):
+        load_conf(REPO / "confs" / "subject1.conf", ["loss.smoothness_jitter=0"])

@@ -93,6 +93,12 @@ class LossConf(Section):
     flame_prior_milestones: tuple[int, ...] = setting((20, 30, 50, 70), "lbs_weight is multiplied by "
                                                       "flame_prior_factor at each of these epochs", NON_NEGATIVE)
     flame_prior_factor: float = setting(0.5, "see flame_prior_milestones", POSITIVE)
+    smoothness_weight: float = setting(0.0, "weight of the deformer's smoothness: its blendshapes, correctives and "
+                                            "skinning weights at sampled points against those at the same points "
+                                            "moved by smoothness_jitter (0: off, the paper)", NON_NEGATIVE)
+    smoothness_jitter: float = setting(0.02, "standard deviation of the smoothness term's displacement (canonical "
+                                             "units, FLAME x4: a head is about 1 wide)", POSITIVE)
+    smoothness_points: int = setting(2048, "points sampled for the smoothness term each step", AT_LEAST_ONE)
     flame_distance_chunk: int = setting(4096, "points per chunk of the nearest-FLAME-vertex search (256 is faster "
                                               "on a CPU, 4096 on a GPU)", AT_LEAST_ONE)
 

@@ -16,7 +16,7 @@ from ..config import LossConf
 from ..data.batch import FrameBatch
 from ..metrics.image import ssim_loss
 from ..flame import FLAME
-from ..model.avatar import AvatarOutput
+from ..model.avatar import Avatar, AvatarOutput
 from ..model.compiled import StepCompiler
 from ..model.networks import DeformerOutput
 from .vgg import VGGPerceptualLoss
@@ -33,7 +33,8 @@ MIN_VARIANCE = 1e-6  # a component constant over the training frames would divid
 
 
 class AvatarLoss:
-    """L1 + ssim_weight (1 - SSIM) + vgg_feature_weight VGG + lbs_weight x FLAME priors.
+    """L1 + ssim_weight (1 - SSIM) + vgg_feature_weight VGG + lbs_weight x FLAME priors (+ the
+    deformer's smoothness, `smoothness`, which the trainer adds when its weight is above 0).
 
     `lbs_weight` is halved at `loss.flame_prior_milestones` by the trainer (`set_epoch`).
     With `perceptual=False` the VGG term is left out whatever the conf says: test-time fitting of
@@ -57,6 +58,9 @@ class AvatarLoss:
             raise ValueError("vgg_feature_weight > 0 needs the VGG perceptual network")  # never train without it
         self.vgg = vgg if self.vgg_weight > 0 else None
         self.compiler = compiler
+        self.smoothness_weight = loss_conf.smoothness_weight
+        self.smoothness_jitter = loss_conf.smoothness_jitter
+        self.smoothness_points = loss_conf.smoothness_points
 
     def set_epoch(self, epoch: int) -> None:
         """lbs_weight halves at each milestone reached (epoch >= milestone)."""
@@ -82,6 +86,21 @@ class AvatarLoss:
         if self.vgg is not None:
             terms["vgg_loss"] = self.vgg(rgb, gt)
         return terms
+
+    def smoothness(self, avatar: Avatar) -> dict[str, torch.Tensor]:
+        """The deformer's roughness: its outputs at `smoothness_points` random points (all when there are
+        fewer) against those at the same points displaced by N(0, smoothness_jitter^2), weighted
+        inside as the FLAME priors weigh the same outputs. Gradients reach the deformer, not the points.
+        Per-point bases that change little over a few millimetres extrapolate to new expressions as a
+        surface does, not point by point."""
+        points = avatar.points.detach()
+        count = min(self.smoothness_points, points.shape[0])
+        sample = points[torch.randperm(points.shape[0], device=points.device)[:count]]  # [M, 3]
+        jittered = sample + torch.randn_like(sample) * self.smoothness_jitter
+        here, there = avatar.deformation_bases(torch.cat([sample, jittered])).split(count)
+        return {"smoothness_loss": LBS_PRIOR_SCALE * ((here.lbs_weights - there.lbs_weights) ** 2).mean()
+                + DIRS_PRIOR_SCALE * ((DIRS_VALUE_SCALE * (here.posedirs - there.posedirs)) ** 2).mean()
+                + DIRS_PRIOR_SCALE * ((DIRS_VALUE_SCALE * (here.shapedirs - there.shapedirs)) ** 2).mean()}
 
     def flame_prior(self, deformer: DeformerOutput, nearest: torch.Tensor, flame: FLAME) -> dict[str, torch.Tensor]:
         """Deformer outputs vs FLAME's at each point's nearest canonical FLAME vertex `nearest` [N]."""
@@ -111,6 +130,7 @@ class AvatarLoss:
             "lbs_loss": self.lbs_weight * LBS_PRIOR_SCALE,
             "posedirs_loss": self.lbs_weight * DIRS_PRIOR_SCALE,
             "shapedirs_loss": self.lbs_weight * DIRS_PRIOR_SCALE,
+            "smoothness_loss": self.smoothness_weight,
         }
         return sum(weights[name] * value for name, value in terms.items())
 

@@ -311,6 +311,10 @@ class Avatar(nn.Module):
         state = self.canonical_state()
         return self.pose(state, expression, flame_pose), state.shifted
 
+    def deformation_bases(self, points: torch.Tensor) -> DeformerOutput:
+        """The deformer's outputs [M, ...] at canonical points [M, 3], in the networks' precision."""
+        return self.precision(self.deformer, points)
+
     def nearest_flame_vertex(self, shifted: torch.Tensor, chunk: int | None = None) -> torch.Tensor:
         """The nearest canonical FLAME vertex [N] of each x' [N, 3] (searched in chunks of `chunk`
         points, default the avatar's `nearest_chunk`)."""

@@ -178,6 +178,8 @@ class Trainer:
             batch = self.inputs.apply(batch)
         out = self.avatar(batch, with_prior=self.loss.uses_priors, prior_chunk=self.conf.loss.flame_distance_chunk)
         terms = self.loss.terms(out, batch, self.avatar.flame)
+        if self.loss.smoothness_weight > 0:
+            terms.update(self.loss.smoothness(self.avatar))
         loss = self.loss.total(terms)
         self.optimizer.zero_grad(set_to_none=True)
         if step_inputs:
