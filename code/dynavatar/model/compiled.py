@@ -1,8 +1,10 @@
 """Compiling the per-point work of a step with `torch.compile` (conf `model.compile`).
 
-Below 100k points a step launches about a thousand small kernels; at 100k points the networks'
-casts (with `model.network_precision = bfloat16`), activations and the posing's elementwise work
-are many kernels each. Compiled, they fuse (docs/PERFORMANCE.md). What is compiled, for training:
+At 100k points the networks' casts (with `model.network_precision = bfloat16`), activations and
+the posing's elementwise work are many kernels each; compiled, they fuse, and a step with bfloat16
+networks was 10-12% faster on an H200. Below that a step is bound by launching kernels from the
+host, and compiled it was slower; compiling itself takes about 100 s (docs/PERFORMANCE.md). So
+every recipe leaves it off. What is compiled, for training:
 the three per-point networks (each in the avatar's precision), the posing of the frames
 (`Avatar.pose`) and the SSIM loss, each once with dynamic sizes, so that pruning and growing the
 points and a new number of frames a step do not compile again. Evaluation and animation run them
