@@ -276,7 +276,7 @@ def true_focal(videos: dict, crops: dict) -> float:
     """The generator's focal length as `--focal` means it: focal / crop width for a crop of the subject's
     median crop size (`tracking.video_focals`). The videos are of one camera, so each crop's exact
     normalised focal times its size is the same focal in video pixels. The generator's camera has
-    fx and fy about 2 % apart, the tracker one focal for both: their mean."""
+    fx and fy 1-2 % apart, the tracker one focal for both: their mean."""
     from .synthetic_video import exact_tracking_in_crop
 
     if set(videos) != set(crops):
