@@ -59,7 +59,7 @@ def test_table_rows_and_differences_per_seed():
 
     results = {"seeds": {
         "0": {"variants": {"generator": run(28.0), "exact": run(26.0), "preprocessed": run(21.0),
-                           "silhouette": run(22.0), "refined": run(21.5)}},
+                           "silhouette": run(22.0), "true_focal": run(22.5), "refined": run(21.5)}},
         "1": {"variants": {"exact": run(27.0), "preprocessed": run(23.0), "silhouette": run(23.0),
                            "refined": run(23.5)}}}}
     by_name = {r["variant"]: r for r in rows(results)}
@@ -71,3 +71,41 @@ def test_table_rows_and_differences_per_seed():
     assert by_name["generator"]["seeds"] == 1 and by_name["refined"]["psnr_mean"] == pytest.approx(22.5)
     printed = table(results).splitlines()
     assert [line.split("|")[1].strip() for line in printed[2:]] == list(VARIANTS)
+
+
+def _generator_video(folder, intrinsics, res=32):
+    """A SyntheticVideo whose generator folder holds just what `exact_tracking_in_crop` reads: the
+    intrinsics, one frame's keypoints and an image of the generator's size."""
+    import numpy as np
+
+    from dynavatar.data.images import write_rgb
+    from dynavatar.preprocess.synthetic_video import SyntheticVideo
+
+    (folder / "image").mkdir(parents=True)
+    write_rgb(folder / "image" / "1.png", np.zeros((res, res, 3)))
+    frame = {"file_path": "./image/1", "flame_keypoints": [[0.0, 0.0]] * 68}
+    (folder / "flame_params.json").write_text(json.dumps({"intrinsics": intrinsics, "frames": [frame]}))
+    return SyntheticVideo(folder.with_suffix(".mp4"), folder, (8, 10), (2.0, 2.0), (96, 80))
+
+
+def test_true_focal_is_the_focal_option_of_the_generators_camera(tmp_path):
+    """The "true_focal" variant's --focal: with each video's crop, `video_focals` gives back the
+    normalised focal of the generator's camera in that crop (the mean of its fx and fy); videos of
+    other cameras, or crops of other videos, are refused."""
+    from dynavatar.preprocess.crop import Crop
+    from dynavatar.preprocess.own_video_gap import true_focal
+    from dynavatar.preprocess.synthetic_video import exact_tracking_in_crop
+    from dynavatar.preprocess.tracking import video_focals
+
+    camera = [-3.1, 2.9, 0.5, 0.5]
+    videos = {name: _generator_video(tmp_path / name, camera) for name in ("a", "b", "c")}
+    crops = {"a": Crop(10, 12, 40, 64), "b": Crop(8, 6, 50, 64), "c": Crop(9, 9, 46, 64)}
+    focal = true_focal(videos, crops)
+    assert focal == pytest.approx(3.0 * 32 * 2.0 / 46)  # the generator's 3.0 at 32 px, scaled 2, in a 46 px crop
+    exact = [exact_tracking_in_crop(videos[n], crops[n])["intrinsics"] for n in videos]
+    assert video_focals(focal, [crops[n].size for n in videos]) == pytest.approx([(fy - fx) / 2 for fx, fy, *_ in exact])
+    with pytest.raises(ValueError, match="differ"):
+        true_focal(videos, {"a": crops["a"], "b": crops["b"]})
+    videos["c"] = _generator_video(tmp_path / "other", [-3.5, 3.5, 0.5, 0.5])
+    with pytest.raises(ValueError, match="not one camera"):
+        true_focal(videos, crops)

@@ -12,6 +12,8 @@ confs/demo.conf and evaluated on the test video:
   crop (`exact_tracking_in_crop`), so that it differs from "preprocessed" only in its tracking;
 - preprocessed: preprocessing as a user runs it (the detector's landmarks, default options);
 - silhouette: the same with `--silhouette_weight 10` (the same detected landmarks);
+- true_focal: "silhouette" tracked with the generator's true focal length (`true_focal`) instead of
+  the default `--focal` 3.0, so that the focal's share of the silhouette variant's gap is measured;
 - refined: "preprocessed" trained with per-frame input refinement (expression and pose; the camera
   translation is only refined where the conf renders with it) after epoch `refine_after`. Until then it is the "preprocessed" run itself (resuming is bitwise exact),
   so it continues that run's numbered checkpoint when there is one.
@@ -38,9 +40,9 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-VARIANTS = ("generator", "exact", "preprocessed", "silhouette", "refined")
+VARIANTS = ("generator", "exact", "preprocessed", "silhouette", "true_focal", "refined")
 # Training order: the comparison that matters first, "refined" right after the run it continues.
-RUN_ORDER = ("exact", "preprocessed", "refined", "silhouette", "generator")
+RUN_ORDER = ("exact", "preprocessed", "refined", "silhouette", "true_focal", "generator")
 VIDEOS = ("train1", "train2", "test1")
 TRAIN, TEST = ("train1", "train2"), ("test1",)
 DEMO_CONF = Path(__file__).resolve().parents[3] / "confs" / "demo.conf"
@@ -211,13 +213,14 @@ def measure_seed(seed: int, work: Path, variants: Sequence[str], setup: Setup) -
     videos = make_videos(videos_dir, seed, setup)
     log.info("seed %d (%s backdrop): videos in %.0f s", seed, backdrop_of(seed), time.perf_counter() - start)
     results = {"backdrop": backdrop_of(seed), "true_yaw": true_yaw_range(videos), "variants": {}}
-    needs_pre = {"exact", "preprocessed", "silhouette", "refined"} & set(variants)
+    needs_pre = {"exact", "preprocessed", "silhouette", "true_focal", "refined"} & set(variants)
     pre = None
     if needs_pre:
         start = time.perf_counter()
         pre = preprocess(videos_dir, data, "pre", setup)
         results["preprocess_seconds"] = round(time.perf_counter() - start, 1)
         results["report"] = _report_summary(pre)
+        results["true_focal"] = round(true_focal(videos, _crops(pre)), 4)
     for variant in (v for v in RUN_ORDER if v in variants):
         conf, extra, resume = _variant_inputs(variant, seed, work, videos, pre, setup)
         result = train_and_evaluate(conf, work / "runs" / variant, setup, extra, resume)
@@ -243,6 +246,14 @@ def _variant_inputs(variant: str, seed: int, work: Path, videos: dict, pre: Path
         preprocess(work / "videos", data, "silhouette", setup,
                    ["--landmarks", str(landmarks), "--silhouette_weight", str(SILHOUETTE_WEIGHT)])
         return write_conf(work / "silhouette.conf", data, "silhouette", setup.res), [], None
+    if variant == "true_focal":
+        # "silhouette" with the camera's true focal: the two differ only in `--focal`.
+        landmarks = pre / "preprocess" / "landmarks.json"
+        focal = true_focal(videos, _crops(pre))
+        preprocess(work / "videos", data, "true_focal", setup,
+                   ["--landmarks", str(landmarks), "--silhouette_weight", str(SILHOUETTE_WEIGHT),
+                    "--focal", repr(focal)])
+        return write_conf(work / "true_focal.conf", data, "true_focal", setup.res), [], None
     conf = write_conf(work / "pre.conf", data, "pre", setup.res)
     if variant == "preprocessed":
         return conf, [], None
@@ -251,6 +262,34 @@ def _variant_inputs(variant: str, seed: int, work: Path, videos: dict, pre: Path
         log.info("seed %d refined: no checkpoint of epoch %d of 'preprocessed' to continue, training from the "
                  "start", seed, setup.refine_after)
     return conf, [f"train.optimize_inputs_after_epoch={setup.refine_after}"], resume
+
+
+def _crops(subject: Path) -> dict:
+    """Each video's crop as preprocessing wrote it in its report: name -> `Crop`."""
+    from .crop import Crop
+
+    report = json.loads((subject / "preprocess" / "report.json").read_text(encoding="utf-8"))
+    return {name: Crop(**video["crop"]) for name, video in report["videos"].items()}
+
+
+def true_focal(videos: dict, crops: dict) -> float:
+    """The generator's focal length as `--focal` means it: focal / crop width for a crop of the subject's
+    median crop size (`tracking.video_focals`). The videos are of one camera, so each crop's exact
+    normalised focal times its size is the same focal in video pixels. The generator's camera has
+    fx and fy 1-2 % apart, the tracker one focal for both: their mean."""
+    from .synthetic_video import exact_tracking_in_crop
+
+    if set(videos) != set(crops):
+        raise ValueError(f"videos {sorted(videos)} and crops {sorted(crops)} differ")
+    sizes = np.array([crops[name].size for name in videos], dtype=np.float64)
+    in_pixels = []
+    for name, video in videos.items():
+        fx, fy = exact_tracking_in_crop(video, crops[name])["intrinsics"][:2]
+        in_pixels.append((fy - fx) / 2.0 * crops[name].size)  # fx is negated (IMavatar's convention)
+    in_pixels = np.array(in_pixels)
+    if np.ptp(in_pixels) > 1e-6 * in_pixels.mean():
+        raise ValueError(f"the videos' focal lengths differ ({in_pixels.round(2).tolist()} px): not one camera")
+    return float(in_pixels.mean() / np.median(sizes))
 
 
 def _report_summary(subject: Path) -> dict:
