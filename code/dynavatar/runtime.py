@@ -80,8 +80,14 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-@functools.lru_cache(maxsize=256)
 def constant(values: tuple, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """A small constant tensor, made once per (values, dtype, device): no host-to-device copy (and
     so no wait for the device) per call. Never modify the result in place."""
+    if torch.compiler.is_compiling():  # traced by `model.compile`: the graph holds it, no cache needed
+        return torch.tensor(values, dtype=dtype, device=device)
+    return _cached_constant(values, dtype, device)
+
+
+@functools.lru_cache(maxsize=256)
+def _cached_constant(values: tuple, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     return torch.tensor(values, dtype=dtype, device=device)
