@@ -201,6 +201,7 @@ class DeformerNetworkConf(Section):
 
 
 GAUSSIAN_INPUTS = ("posed", "nonrigid")
+COMPILE_MODES = ("off", "on", "auto")  # model.compile (model/compiled.py)
 
 
 @dataclass(frozen=True)
@@ -301,8 +302,8 @@ class ModelConf(Section):
             return [("recompute", f"must be auto, on or off, got {self.recompute!r}")]
         if self.network_precision not in ("float32", "bfloat16"):
             return [("network_precision", f"must be float32 or bfloat16, got {self.network_precision!r}")]
-        if self.compile not in ("off", "on", "auto"):
-            return [("compile", f"must be off, on or auto, got {self.compile!r}")]
+        if self.compile not in COMPILE_MODES:
+            return [("compile", f"must be one of {', '.join(COMPILE_MODES)}, got {self.compile!r}")]
         return []
 
 

@@ -162,7 +162,9 @@ class Avatar(nn.Module):
         """`fn` compiled by `model.compile` while training; as it is while the avatar is frozen. An
         evaluation or animation loads its avatar anew, and a new avatar's networks would compile
         again (weight norm gives each its own class), for every checkpoint evaluated."""
-        return fn if self.is_frozen() else self.compiler(name, fn, device)
+        if not self.compiler.enabled(device) or self.is_frozen():
+            return fn
+        return self.compiler(name, fn, device)
 
     # ---- canonical FLAME frame -------------------------------------------------------------------
 

@@ -29,9 +29,9 @@ from typing import Callable
 
 import torch
 
-log = logging.getLogger(__name__)
+from ..config.schema import COMPILE_MODES
 
-MODES = ("off", "on", "auto")
+log = logging.getLogger(__name__)
 
 
 def can_compile(device: torch.device) -> bool:
@@ -58,8 +58,8 @@ class StepCompiler:
     """
 
     def __init__(self, mode: str, backend: str = "inductor") -> None:
-        if mode not in MODES:
-            raise ValueError(f"model.compile must be one of {', '.join(MODES)}, got {mode!r}")
+        if mode not in COMPILE_MODES:
+            raise ValueError(f"model.compile must be one of {', '.join(COMPILE_MODES)}, got {mode!r}")
         self.mode, self.backend = mode, backend
         self._compiled: dict[str, Callable] = {}
 
