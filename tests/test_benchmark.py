@@ -1,4 +1,4 @@
-"""scripts/benchmark.py: the quick CPU run prints its table and writes its JSON; the schedule
+"""scripts/benchmark.py: the quick CPU run prints its table, its profile and writes its JSON; the schedule
 projection adds up per-epoch times correctly."""
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ REPO = Path(__file__).resolve().parents[1]
 def test_quick_run_prints_the_table_and_writes_json(tmp_path):
     out = tmp_path / "bench.json"
     result = subprocess.run([sys.executable, "scripts/benchmark.py", "--quick", "--data", str(tmp_path / "data"),
-                             "--project", "--project-epochs", "3", "--project-frames", "10", "--json", str(out)],
+                             "--project", "--project-epochs", "3", "--project-frames", "10", "--profile", "--json", str(out)],
                             cwd=REPO, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "| Gaussians | batch | train step (ms)" in result.stdout and "projected: 3 epochs" in result.stdout
@@ -30,6 +30,12 @@ def test_quick_run_prints_the_table_and_writes_json(tmp_path):
         assert row["train_ms"] > 0 and row["render_ms"] > 0 and row["sequence_fps"] > 0
         assert row["train_fps"] == pytest.approx(row["batch"] / row["train_ms"] * 1e3)
     assert report["environment"]["device"] == "cpu" and report["projection"]["minutes"] > 0
+    # --profile: one summary per timed call, after the timings; on the CPU the operators' own time
+    assert [p["label"] for p in report["profile"]] == ["train 400:4", "render 400:1", "train 2000:2", "render 2000:1"]
+    for summary in report["profile"]:
+        assert 0 < summary["busy_ms"] and summary["top"] and summary["launches"] == 0
+        assert any(name.startswith("aten::") for name, _, _ in summary["top"])
+    assert "| call | wall (ms) | busy (ms)" in result.stdout
 
 
 def test_projection_follows_the_point_schedule():

@@ -24,7 +24,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 
@@ -33,6 +33,7 @@ from ..runtime import resolve_device
 from ..train.strategy.coarse_to_fine import radius_for, target_points
 from .bench_rasterizer import Timer
 from .common import main_with_errors, setup_logging
+from .step_profile import ProfileSummary, markdown as profile_markdown, profile_calls
 
 log = logging.getLogger("benchmark")
 REPO_CONF = Path(__file__).resolve().parents[3] / "confs" / "subject1.conf"
@@ -71,29 +72,22 @@ def surface_points(trainer, n: int, radius: float, generator: torch.Generator) -
     return vertices[index] + (torch.rand(n, 3, generator=generator) - 0.5) * radius
 
 
-def measure(trainer, n: int, batch_size: int, warmup: int, repeat: int) -> Row:
-    """Time training steps and one-frame renders of `trainer`'s avatar with n points."""
+def prepare(trainer, n: int, batch_size: int) -> tuple[Callable[[], None], Callable[[], None], Callable[[], None]]:
+    """`trainer`'s avatar with n points near the canonical surface, and three calls to time: a
+    training step of `batch_size` frames (avatar in training mode), a render of one frame and one of
+    RENDER_BATCH frames (in evaluation mode)."""
     device = trainer.device
     generator = torch.Generator().manual_seed(n)
     radius = radius_for(trainer.conf.model.point_cloud, n)  # the schedule's radius at this point count
     trainer.avatar.set_points(surface_points(trainer, n, radius, generator))
     trainer.avatar.set_point_radius(radius)
     trainer.reset_optimizer()  # over the new points (the static strategy keeps no per-point state)
-    trainer.avatar.train()
     frames = len(trainer.train_data)
 
     def train_step() -> None:
         indices = torch.randint(0, frames, (batch_size,), generator=generator)
         trainer.train_step(trainer.train_data.batch(indices).to(device), step_inputs=trainer.inputs.enabled)
 
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-    timer = Timer(device)
-    train_ms = timer(train_step, warmup, repeat)
-    peak = torch.cuda.max_memory_allocated(device) / 2 ** 30 if device.type == "cuda" else None
-
-    trainer.avatar.eval()
     one = trainer.train_data.batch([0]).to(device)
     sequence = trainer.train_data.batch(torch.arange(RENDER_BATCH) % frames).to(device)
 
@@ -101,10 +95,40 @@ def measure(trainer, n: int, batch_size: int, warmup: int, repeat: int) -> Row:
     def render(frames_batch) -> None:
         trainer.avatar(frames_batch)
 
-    render_ms = timer(lambda: render(one), warmup, repeat)
-    sequence_ms = timer(lambda: render(sequence), warmup, repeat)
+    return train_step, lambda: render(one), lambda: render(sequence)
+
+
+def measure(trainer, n: int, batch_size: int, warmup: int, repeat: int) -> Row:
+    """Time training steps and renders of `trainer`'s avatar with n points."""
+    device = trainer.device
+    train_step, render_one, render_sequence = prepare(trainer, n, batch_size)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+    timer = Timer(device)
+    trainer.avatar.train()
+    train_ms = timer(train_step, warmup, repeat)
+    peak = torch.cuda.max_memory_allocated(device) / 2 ** 30 if device.type == "cuda" else None
+    trainer.avatar.eval()
+    render_ms = timer(render_one, warmup, repeat)
+    sequence_ms = timer(render_sequence, warmup, repeat)
     return Row(n, batch_size, train_ms, batch_size / train_ms * 1e3, peak, render_ms, 1e3 / render_ms,
                RENDER_BATCH / sequence_ms * 1e3)
+
+
+def profile_sizes(trainer, sizes: Sequence[tuple[int, int]], warmup: int, repeat: int) -> list[ProfileSummary]:
+    """Profiles of `repeat` training steps and one-frame renders per size. Run after every timing:
+    on a GPU the profiler leaves its hooks in place, which slows the launches that follow it."""
+    profiles = []
+    for n, batch_size in sizes:
+        train_step, render_one, _ = prepare(trainer, n, batch_size)
+        trainer.avatar.train()
+        for _ in range(warmup):
+            train_step()
+        profiles.append(profile_calls(train_step, repeat, trainer.device, f"train {n}:{batch_size}"))
+        trainer.avatar.eval()
+        profiles.append(profile_calls(render_one, repeat, trainer.device, f"render {n}:1"))
+    return profiles
 
 
 def project_schedule(rows: Sequence[Row], schedule, epochs: int, frames: int) -> float:
@@ -167,6 +191,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--project-frames", type=int, default=3600, help="training frames per epoch")
     parser.add_argument("--quick", action="store_true",
                         help=f"small CPU run: {QUICK_SIZES} at 64 px, 2 warm-up and 3 timed steps")
+    parser.add_argument("--profile", action="store_true",
+                        help="also profile --repeat training steps and renders per size: device time, kernel "
+                             "launches, host waits and the largest kernels")
     parser.add_argument("--json", default="", help="also write the rows and the environment to this file")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="conf overrides")
     return parser
@@ -208,12 +235,16 @@ def run(argv: Sequence[str] | None = None) -> int:
             log.info("%d Gaussians, batch %d: train %.1f ms (%.0f frames/s), render %.2f ms", n, batch,
                      row.train_ms, row.train_fps, row.render_ms)
             rows.append(row)
+        profiles = profile_sizes(trainer, sizes, args.warmup, args.repeat) if args.profile else []
     conf = trainer.conf
     info = environment(device)
     info.update(res=args.res, conf=Path(args.conf).name, backend=args.backend)
     print(f"{info['card']}, torch {info['torch']}, {args.res}x{args.res}, {info['date']}")
     print(markdown(rows))
     result = {"environment": info, "rows": [r.__dict__ for r in rows]}
+    if profiles:
+        print(profile_markdown(profiles))
+        result["profile"] = [p.as_dict() for p in profiles]
     if args.project:
         seconds = project_schedule(rows, conf.model.point_cloud, args.project_epochs, args.project_frames)
         result["projection"] = {"epochs": args.project_epochs, "frames": args.project_frames, "minutes": seconds / 60}

@@ -289,6 +289,9 @@ class ModelConf(Section):
     compile: str = setting("off", "compile the per-point networks, the posing and the SSIM loss with torch.compile "
                                   "(dynamic sizes: pruning and growing do not compile again): off | on | auto (on "
                                   "a CUDA device with Triton); docs/PERFORMANCE.md")
+    cuda_graphs: bool = setting(True, "pose the frames of a rendering without gradients on a GPU (animation, "
+                                      "evaluation, viewer) by replaying a recorded CUDA graph instead of "
+                                      "launching its kernels one by one; docs/PERFORMANCE.md")
     geometry_network: CanonicalNetworkConf = subsection(CanonicalNetworkConf, "the canonical network: a point's "
                                                         "colour, scale, rotation and opacity")
     gaussian_network: GaussianNetworkConf = subsection(GaussianNetworkConf, "the Gaussian deformation network: "

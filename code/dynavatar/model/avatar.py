@@ -31,6 +31,7 @@ from .canonical_cache import CanonicalCache
 from .compiled import StepCompiler
 from .gaussians import Gaussians
 from .networks import CanonicalAttributes, CanonicalNetwork, DeformerNetwork, DeformerOutput, GaussianNetwork
+from .pose_graph import PoseGraphs, can_record
 from .precision import NetworkPrecision
 from .recompute import RecomputePolicy, activation_bytes
 from .rendering import render_gaussians
@@ -49,14 +50,16 @@ class CanonicalState:
     rotation: torch.Tensor | None = None  # [N, 3, 3] canonical skinning rotation (with rotate_gaussians)
     nearest: torch.Tensor | None = None  # [N] long: each x's nearest canonical FLAME vertex (priors, shading)
     normals: torch.Tensor | None = None  # [N, 3] nearest vertex's normal, canonical turn undone (with shading)
+    reused: bool = False  # kept in the avatar's cache and shared by the frames posed from it (`for_reuse`)
 
     def for_reuse(self) -> "CanonicalState":
-        """The same state with its per-point bases laid out for the per-frame products (no copy per frame)."""
+        """The same state with its per-point bases laid out for the per-frame products (no copy per frame),
+        marked `reused`."""
         d = self.deformer
         deformer = DeformerOutput(d.shapedirs.contiguous(), coordinate_major(d.posedirs), d.lbs_weights.contiguous(),
                                   d.offset)
         return CanonicalState(self.logits, deformer, self.shifted, self.unposed.contiguous(), self.prior, self.rotation,
-                              self.nearest, self.normals)
+                              self.nearest, self.normals, reused=True)
 
 
 @dataclass
@@ -112,6 +115,7 @@ class Avatar(nn.Module):
         self.recompute = RecomputePolicy(model_conf.recompute, model_conf.recompute_chunk)
         self.precision = NetworkPrecision(model_conf.network_precision)
         self.compiler = StepCompiler(model_conf.compile)
+        self.cuda_graphs = model_conf.cuda_graphs
         self.shading = Shading() if model_conf.shading else None
         self.canonical_net = CanonicalNetwork(**asdict(model_conf.geometry_network))
         self.deformer = DeformerNetwork(n_joints=flame.n_joints, **asdict(model_conf.deformer_network))
@@ -234,6 +238,7 @@ class Avatar(nn.Module):
             return self.canonical_cache.get(
                 "state", self._built_on(), lambda: self._compute_canonical_state(False, chunk, False).for_reuse())
         self.canonical_cache.discard("state")
+        self.canonical_cache.discard("pose_graphs")  # recorded on the dropped state's tensors
         estimate = activation_bytes(self.n_points, frames, with_prior, self.canonical_net, self.deformer,
                                     self.gaussian_net, self.points.element_size())
         recompute = self.recompute.decide(estimate, self.points.device, self.n_points)
@@ -273,7 +278,12 @@ class Avatar(nn.Module):
 
     def pose(self, state: CanonicalState, expression: torch.Tensor, flame_pose: torch.Tensor) -> Gaussians:
         """Gaussians [B, N, ...] of the frames given by expression [B, E] and FLAME pose [B, 15]
-        (compiled with `model.compile`)."""
+        (compiled with `model.compile` while training; replayed from CUDA graphs of the cached state
+        with `model.cuda_graphs` when rendering without gradients on a GPU)."""
+        if self.cuda_graphs and state.reused and can_record(expression.device):
+            graphs = self.canonical_cache.get("pose_graphs", (self._built_on(), id(state)),
+                                              lambda: PoseGraphs(self._pose, state))
+            return graphs(expression, flame_pose)
         return self.compiled("pose", self._pose, expression.device)(state, expression, flame_pose)
 
     def _pose(self, state: CanonicalState, expression: torch.Tensor, flame_pose: torch.Tensor) -> Gaussians:
