@@ -243,7 +243,7 @@ class _TileComposite(torch.autograd.Function):
                 total = after[..., -1:]
                 # dL/dalpha_k = (T_k g_k - behind_k) / (1 - alpha_k), behind_k = sum_{j>k} w_j g_j + T_final bg.g
                 d_alpha = trans.mul_(g).add_(after).sub_(behind[..., None] + total).div_(one_minus)
-                d_alpha.mul_(w > 0)
+                d_alpha.masked_fill_(w <= 0, 0.0)  # not mul_(w > 0): that converts the mask to floats first
                 behind = behind + total[..., 0]
                 d_alpha.mul_(gauss)  # dL/dopacity per pixel; the 0.99 cap passes gradients, as in 3DGS
                 go[:, k0:k1] = d_alpha.sum(1)
