@@ -36,16 +36,26 @@ def _conf(path: Path, data_folder: Path, subject: str) -> Path:
     return path
 
 
-def _train_and_evaluate(conf: Path, exps: Path, cwd: Path) -> dict:
-    # One thread: at 64 px the tensors are small, and a thread pool on busy cores costs many times more.
+def _train_and_evaluate(runs: dict[str, tuple[Path, Path]], cwd: Path) -> dict[str, dict]:
+    """Train and evaluate each named (conf, exps folder) at once, one process and one thread each (at
+    64 px the tensors are small, and the two runs keep both cores busy); their test metrics by name."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run([sys.executable, str(REPO / "scripts" / "exp_runner.py"), "--conf", str(conf),
-                             "--nepoch", str(EPOCHS), "--no_videos", "--quiet", f"train.exps_folder={exps.as_posix()}"],
-                            cwd=cwd, capture_output=True, text=True, timeout=900, env=env)
-    assert result.returncode == 0, result.stderr[-3000:]
-    found = list(exps.glob(f"*/*/*/eval/test1/epoch_{EPOCHS}/metrics.json"))
-    assert len(found) == 1, found
-    return json.loads(found[0].read_text())["metrics"]["all"]
+    logs = {name: cwd / f"{name}.log" for name in runs}  # files, not pipes: a full pipe would stall a run
+    processes = {}
+    for name, (conf, exps) in runs.items():
+        with logs[name].open("w") as log:
+            processes[name] = subprocess.Popen(
+                [sys.executable, str(REPO / "scripts" / "exp_runner.py"), "--conf", str(conf), "--nepoch", str(EPOCHS),
+                 "--no_videos", "--quiet", f"train.exps_folder={exps.as_posix()}"],
+                cwd=cwd, stdout=log, stderr=subprocess.STDOUT, env=env)
+    metrics = {}
+    for name, process in processes.items():
+        process.wait(timeout=900)
+        assert process.returncode == 0, (name, logs[name].read_text()[-3000:])
+        found = list(runs[name][1].glob(f"*/*/*/eval/test1/epoch_{EPOCHS}/metrics.json"))
+        assert len(found) == 1, found
+        metrics[name] = json.loads(found[0].read_text())["metrics"]["all"]
+    return metrics
 
 
 def test_preprocessed_subject_trains_like_exact_tracking(tmp_path):
@@ -69,10 +79,10 @@ def test_preprocessed_subject_trains_like_exact_tracking(tmp_path):
         exact = exact_tracking_in_crop(video, Crop(**report["videos"][name]["crop"]))
         (tmp_path / "reference" / "exact" / "exact" / name / "flame_params.json").write_text(json.dumps(exact))
     check_dataset(tmp_path / "reference" / "exact")
-    exact = _train_and_evaluate(_conf(tmp_path / "exact.conf", tmp_path / "reference", "exact"), tmp_path / "exact",
-                                tmp_path)
-    ours = _train_and_evaluate(_conf(tmp_path / "pre.conf", tmp_path / "datasets", "pre"), tmp_path / "pre",
-                               tmp_path)
+    metrics = _train_and_evaluate({
+        "exact": (_conf(tmp_path / "exact.conf", tmp_path / "reference", "exact"), tmp_path / "exact"),
+        "pre": (_conf(tmp_path / "pre.conf", tmp_path / "datasets", "pre"), tmp_path / "pre")}, tmp_path)
+    exact, ours = metrics["exact"], metrics["pre"]
     print(f"test PSNR after {EPOCHS} epochs: preprocessed {ours['psnr']:.2f} dB, exact tracking {exact['psnr']:.2f} dB")
     # An all-white rendering of these test frames scores about 10 dB: both must have learned the head.
     assert exact["psnr"] > 14.0 and ours["psnr"] > 14.0
