@@ -69,7 +69,8 @@ class PoseGraphs:
                 self.pose(self.state, *inputs)
         torch.cuda.current_stream(device).wait_stream(side)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
+        # thread_local: the viewer's other threads may use CUDA while its render thread records
+        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
             output = self.pose(self.state, *inputs)
         log.debug("recorded the posing of %d frame(s) as a CUDA graph", expression.shape[0])
         return _Recording(graph, *inputs, output)
