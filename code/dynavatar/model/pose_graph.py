@@ -2,8 +2,8 @@
 
 Rendering a frame for animation poses 100k Gaussians with a few hundred small kernels (the FLAME
 kinematic chain, the skinning, the Gaussian network, the activations and the shading): the GPU does
-that work in under half a millisecond at 100k points, while launching the kernels one by one from Python took longer
-than the work itself. A CUDA graph records the launches once and replays them with one call.
+that work in under half a millisecond, while launching the kernels one by one from Python took
+longer than the work itself. A CUDA graph records the launches once and replays them with one call.
 
 A graph is recorded for one canonical state (its tensors are read in place at every replay) and one
 shape of the frames' inputs; the avatar keeps the graphs of its cached state in its
