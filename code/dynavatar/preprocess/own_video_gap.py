@@ -16,7 +16,8 @@ test video:
 - true_focal: "silhouette" tracked with the generator's true focal length (`true_focal`) instead of
   the default `--focal` 3.0, so that the focal's share of the silhouette variant's gap is measured;
 - refined: "preprocessed" trained with per-frame input refinement (expression and pose; the camera
-  translation is only refined where the conf renders with it) after epoch `refine_after`. Until then it is the "preprocessed" run itself (resuming is bitwise exact),
+  translation is only refined where the conf renders with it) after epoch `refine_after`. Until
+  then it is the "preprocessed" run itself (resuming is bitwise exact),
   so it continues that run's numbered checkpoint when there is one. Only for a recipe that does not
   refine the inputs itself (demo.conf never does; fast.conf does from epoch 9, in every variant).
 
@@ -381,20 +382,15 @@ def _variant_inputs(variant: str, seed: int, work: Path, videos: dict, pre: Path
     if variant == "exact":
         exact_subject(pre, videos, data)
         return write_conf(work / "exact.conf", data, "exact", setup.res, setup.recipe), [], None
-    if variant == "silhouette":
-        # The landmarks the detector found for "pre": the two differ only in the silhouette term.
-        landmarks = pre / "preprocess" / "landmarks.json"
-        preprocess(work / "videos", data, "silhouette", setup,
-                   ["--landmarks", str(landmarks), "--silhouette_weight", str(SILHOUETTE_WEIGHT)])
-        return write_conf(work / "silhouette.conf", data, "silhouette", setup.res, setup.recipe), [], None
-    if variant == "true_focal":
-        # "silhouette" with the camera's true focal: the two differ only in `--focal`.
-        landmarks = pre / "preprocess" / "landmarks.json"
-        focal = true_focal(videos, _crops(pre))
-        preprocess(work / "videos", data, "true_focal", setup,
-                   ["--landmarks", str(landmarks), "--silhouette_weight", str(SILHOUETTE_WEIGHT),
-                    "--focal", repr(focal)])
-        return write_conf(work / "true_focal.conf", data, "true_focal", setup.res, setup.recipe), [], None
+    if variant in ("silhouette", "true_focal"):
+        # The landmarks the detector found for "pre": "silhouette" differs from it only in the silhouette
+        # term, "true_focal" from "silhouette" only in `--focal` (the camera's true one).
+        extra = ["--landmarks", str(pre / "preprocess" / "landmarks.json"),
+                 "--silhouette_weight", str(SILHOUETTE_WEIGHT)]
+        if variant == "true_focal":
+            extra += ["--focal", repr(true_focal(videos, _crops(pre)))]
+        preprocess(work / "videos", data, variant, setup, extra)
+        return write_conf(work / f"{variant}.conf", data, variant, setup.res, setup.recipe), [], None
     conf = write_conf(work / "pre.conf", data, "pre", setup.res, setup.recipe)
     if variant == "preprocessed":
         return conf, [], None
