@@ -11,11 +11,13 @@ are appended (listed in `SMALL`). Commands that need CUDA run only where a CUDA 
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
 import shutil
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -75,7 +77,9 @@ def _shrink_runner(args: list[str]) -> list[str]:
 
 
 def _run(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=600)
+    """One script at test size on one thread (two run at once, see test_every_readme_command_runs)."""
+    return subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
 
 
 @pytest.fixture(scope="module")
@@ -100,6 +104,36 @@ def test_setup_commands_are_what_ci_runs():
     assert "bash .ci/run" in _commands([README])
 
 
+def _test_size(command: str) -> list[str] | None:
+    """A document's command as arguments at test size; None for one left to the GPU run."""
+    args = shlex.split(_shrink_generation(command))[1:]
+    if "--device" in args and args[args.index("--device") + 1] == "cuda" and not torch.cuda.is_available():
+        return None  # exercised by the GPU run (tests marked gpu), see test_gpu_readme_commands
+    if args[0] in ("scripts/exp_runner.py", "scripts/export_ply.py"):
+        args = _shrink_runner(args)
+    if args[0] == "scripts/bench_rasterizer.py":
+        args += ["--warmup", "0", "--repeat", "1"]
+    if args[0] == "scripts/quality_vs_time.py":  # seconds instead of minutes, one epoch
+        args = [args[0], "--nepoch", "1"] + args[1:]
+        if "--budgets" in args:
+            args[args.index("--budgets") + 1] = "0.001"
+        args = _shrink_runner(args) + ["evaluation.test_fit_steps=1"]
+    return args
+
+
+def _run_in_order(commands: list[str], cwd: Path) -> list[str]:
+    """Run the commands one after the other (one thread each); the failures, described."""
+    failures = []
+    for command in commands:
+        args = _test_size(command)
+        if args is None:
+            continue
+        result = _run(args, cwd)
+        if result.returncode != 0:
+            failures.append(f"{command}\n{args}\n{result.stderr[-3000:]}")
+    return failures
+
+
 def test_every_readme_command_runs(project):
     """Every bash command of README.md and docs/*.md, once, at test size."""
     commands = _commands()
@@ -108,23 +142,20 @@ def test_every_readme_command_runs(project):
                                                                             "python -m pytest", "bash .ci/run"))]
     assert not others, f"document commands this test does not know how to exercise: {others}"
     assert len(handled) >= 15
-    # Generate before checking or training; then the rest in document order (README first).
-    order = sorted(handled, key=lambda c: 0 if "make_synthetic_subject" in c else 1 if "check_dataset" in c else 2)
-    for command in order:
-        args = shlex.split(_shrink_generation(command))[1:]
-        if "--device" in args and args[args.index("--device") + 1] == "cuda" and not torch.cuda.is_available():
-            continue  # exercised by the GPU run (tests marked gpu), see test_gpu_readme_commands
-        if args[0] in ("scripts/exp_runner.py", "scripts/export_ply.py"):
-            args = _shrink_runner(args)
-        if args[0] == "scripts/bench_rasterizer.py":
-            args += ["--warmup", "0", "--repeat", "1"]
-        if args[0] == "scripts/quality_vs_time.py":  # seconds instead of minutes, one epoch
-            args = [args[0], "--nepoch", "1"] + args[1:]
-            if "--budgets" in args:
-                args[args.index("--budgets") + 1] = "0.001"
-            args = _shrink_runner(args) + ["evaluation.test_fit_steps=1"]
-        result = _run(args, project)
-        assert result.returncode == 0, (command, args, result.stderr[-3000:])
+    # Generate and check the data first, with the first training (it writes the synthetic FLAME model);
+    # then two lanes at once: the commands that train, resume, evaluate and export the documents'
+    # experiments, in document order (README first), and every other command, none of which reads them.
+    first = sorted((c for c in handled if "make_synthetic_subject" in c or "check_dataset" in c),
+                   key=lambda c: "check_dataset" in c)
+    first.append(next(c for c in handled if "exp_runner" in c))
+    rest = [c for c in handled if c not in first]
+    chain = [c for c in rest if "scripts/exp_runner.py" in c or "scripts/export_ply.py" in c]
+    failures = _run_in_order(first, project)
+    assert not failures, failures
+    with ThreadPoolExecutor(2) as pool:
+        lanes = pool.map(lambda lane: _run_in_order(lane, project), (chain, [c for c in rest if c not in chain]))
+        failures = [f for lane in lanes for f in lane]
+    assert not failures, "\n\n".join(failures)
     experiment = project / "data" / "experiments" / "subject1" / "dynavatar" / "MVI_1810+MVI_1814"
     assert (experiment / "eval" / "MVI_1812" / "epoch_1" / "metrics.json").is_file()
     assert list((experiment / "eval" / "reenact_MVI_1802").glob("epoch_*/video.mp4"))

@@ -114,9 +114,9 @@ def test_a_new_backend_is_one_record_and_is_dispatched_through_the_registry(monk
     from dynavatar.render.torch_backend import rasterize_torch
     calls = []
 
-    def counted(*args):
+    def counted(*args, **kwargs):
         calls.append(1)
-        return rasterize_torch(*args)
+        return rasterize_torch(*args, **kwargs)
 
     monkeypatch.setattr(rasterize_torch.__module__ + ".counted", counted, raising=False)
     record = backends_module.Backend("counted", "torch_backend:counted", devices=("cpu",), preference=-1)
@@ -128,3 +128,38 @@ def test_a_new_backend_is_one_record_and_is_dispatched_through_the_registry(monk
     scene = random_scene(50, 16, 12, seed=1)
     out = rasterize(*scene.args(), backend="counted")
     assert calls == [1] and torch.equal(out.image, rasterize(*scene.args(), backend="torch").image)
+
+
+def test_a_backend_that_takes_view_matrices_gets_world_space_gaussians_unless_the_camera_needs_gradients(monkeypatch):
+    """A `view_matrix` backend is handed the world-space Gaussians and the view matrix (it transforms
+    them itself); where the camera is refined, the PyTorch transform runs instead and carries its gradient."""
+    from dynavatar.render import rasterize_frames
+    from dynavatar.render.projection import to_camera
+    from dynavatar.render.torch_backend import rasterize_torch
+    given = []
+
+    def viewing(means, quats, *rest, depth=True, view=None):
+        given.append(view)
+        if view is not None:
+            means, quats = to_camera(means, quats, view)
+        return rasterize_torch(means, quats, *rest, depth=depth)
+
+    monkeypatch.setattr(rasterize_torch.__module__ + ".viewing", viewing, raising=False)
+    record = backends_module.Backend("viewing", "torch_backend:viewing", devices=("cpu",), view_matrix=True)
+    monkeypatch.setattr(backends_module, "REGISTRY", backends_module.REGISTRY + (record,))
+    scene = random_scene(60, 20, 16, seed=2)
+    reference = rasterize(*scene.args(), backend="torch")
+    out = rasterize(*scene.args(), backend="viewing")
+    assert given[-1] is scene.camera.world_to_camera and torch.equal(out.image, reference.image)
+    frames = rasterize_frames(*(t[None] for t in scene.args()[:5]), [scene.camera], scene.background, "viewing")
+    assert given[-1].shape == (4, 4) and torch.equal(frames.image[0], reference.image)  # no frames function
+
+    c = scene.camera
+    refined = Camera(c.world_to_camera.clone().requires_grad_(True), c.fx, c.fy, c.cx, c.cy, c.width, c.height)
+    out = rasterize(*scene.args()[:5], refined, scene.background, backend="viewing")
+    assert given[-1] is None
+    out.image.sum().backward()
+    assert float(refined.world_to_camera.grad[:3, 3].abs().sum()) > 0
+    with torch.no_grad():  # no gradient to carry: the backend transforms
+        rasterize(*scene.args()[:5], refined, scene.background, backend="viewing")
+    assert given[-1] is refined.world_to_camera

@@ -152,3 +152,30 @@ def test_frames_in_one_call_equal_frames_one_by_one(backend):
         assert cosine(out.means2d.grad[b], one.means2d.grad) > 0.9999
         assert cosine(stacked[0].grad[b], leaves.means.grad) > 0.9999
         assert cosine(stacked[4].grad[b], leaves.colors.grad) > 0.9999
+
+
+def test_gsplat_draws_world_space_gaussians_as_their_camera_space_transform():
+    """Without a camera gradient gsplat transforms the world-space Gaussians itself (its view matrix):
+    the same images, statistics and gradients as the PyTorch transform, which a refined camera takes."""
+    need("gsplat")
+    scene = random_scene(20_000, 256, 192, seed=11, device="cuda")
+    weights = random_weights(192, 256, "cuda")
+    outputs = []
+    for refined in (False, True):
+        leaves = scene.detached_leaves()
+        c = scene.camera
+        w2c = c.world_to_camera.clone().requires_grad_(refined)
+        camera = Camera(w2c, c.fx, c.fy, c.cx, c.cy, c.width, c.height, c.near, c.far)
+        out = rasterize(*leaves.args()[:5], camera, scene.background, backend="gsplat")
+        ((out.image * weights[0]).sum() + (out.alpha * weights[1]).sum()
+         + 0.1 * (out.depth * weights[2]).sum()).backward()
+        outputs.append((out, leaves))
+    (world, world_leaves), (cam, cam_leaves) = outputs
+    assert float((world.image - cam.image).detach().abs().max()) < 1e-4
+    assert float((world.depth - cam.depth).detach().abs().max()) < 1e-3
+    assert float((world.radii != cam.radii).float().mean()) < 1e-3
+    assert cosine(world.means2d.grad, cam.means2d.grad) > 0.9999
+    for key in ("means", "quats", "scales", "opacities", "colors"):
+        assert cosine(getattr(world_leaves, key).grad, getattr(cam_leaves, key).grad) > 0.9999, key
+    rgb_only = rasterize(*scene.args(), backend="gsplat", depth=False)
+    assert rgb_only.depth is None and float((rgb_only.image - world.image.detach()).abs().max()) < 1e-6

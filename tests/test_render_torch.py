@@ -354,6 +354,24 @@ def test_rasterize_frames_stacks_the_frames():
                          scenes[0].background)
 
 
+def test_without_depth_the_same_image_alpha_and_gradients_and_no_depth():
+    """depth=False composites one feature fewer: image, alpha and every gradient as with it."""
+    from dynavatar.render import rasterize_frames
+    scenes = [random_scene(300, 24, 16, seed=s) for s in (5, 6)]
+    results = []
+    for depth in (True, False):
+        leaves = stacked_leaves(scenes)
+        out = rasterize_frames(*leaves, [s.camera for s in scenes], scenes[0].background, "torch", depth=depth)
+        (out.image.square().sum() + out.alpha.sum()).backward()
+        results.append((out, [t.grad for t in leaves]))
+    (with_depth, grads), (without, grads_without) = results
+    assert with_depth.depth.shape == (2, 16, 24) and without.depth is None
+    torch.testing.assert_close(without.image, with_depth.image, atol=1e-6, rtol=0)  # float32 sums, other order
+    torch.testing.assert_close(without.alpha, with_depth.alpha, atol=1e-6, rtol=0)
+    for a, b in zip(grads_without, grads):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
 def stacked_leaves(scenes) -> list[torch.Tensor]:
     return [torch.stack([getattr(s, k) for s in scenes]).detach().requires_grad_(True)
             for k in ("means", "quats", "scales", "opacities", "colors")]
@@ -391,7 +409,7 @@ def test_render_gaussians_composites_a_learnt_background_and_keeps_the_raster_st
     gaussians = Gaussians(means, unit, scales, opacities, colors)
     cameras = [s.camera for s in scenes]
     image = torch.rand(12, 20, 3, generator=torch.Generator().manual_seed(1))
-    rgb, alpha, depth, raster = render_gaussians(gaussians, cameras, image, "torch")
+    rgb, alpha, depth, raster = render_gaussians(gaussians, cameras, image, "torch", depth=True)
     black = rasterize_frames(means, unit, scales, opacities, colors, cameras, torch.zeros(3), "torch")
     assert torch.equal(alpha, black.alpha) and torch.equal(depth, black.depth)
     assert torch.equal(rgb, black.image + (1.0 - black.alpha[..., None]) * image)
@@ -399,5 +417,6 @@ def test_render_gaussians_composites_a_learnt_background_and_keeps_the_raster_st
     assert torch.equal(raster.visible, black.visible)
     white = render_gaussians(gaussians, cameras, torch.ones(3), "torch")  # a colour: drawn by the rasterizer
     over_white = rasterize_frames(means, unit, scales, opacities, colors, cameras, torch.ones(3), "torch")
-    assert torch.equal(white.rgb, over_white.image)
+    assert white.depth is None  # not asked for
+    torch.testing.assert_close(white.rgb, over_white.image, atol=1e-6, rtol=0)
     assert float((alpha < 0.5).float().mean()) > 0.05  # some background shows

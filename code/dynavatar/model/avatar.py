@@ -75,7 +75,7 @@ class PriorQuery:
 class AvatarOutput:
     rgb: torch.Tensor  # [B, H, W, 3]
     alpha: torch.Tensor  # [B, H, W]
-    depth: torch.Tensor  # [B, H, W] alpha-weighted camera depth
+    depth: torch.Tensor | None  # [B, H, W] alpha-weighted camera depth (None unless asked for)
     gaussians: Gaussians  # [B, N, ...]
     prior: PriorQuery | None = None
     raster: RasterStats | None = None  # [B, N, ...] the rasterizer's per-Gaussian statistics (means2d's .grad
@@ -345,21 +345,25 @@ class Avatar(nn.Module):
             return self.background
         return constant((1.0,) * 3, gaussians.means.dtype, gaussians.means.device)
 
-    def render(self, gaussians: Gaussians, cameras: Sequence[Camera]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def render(self, gaussians: Gaussians, cameras: Sequence[Camera], depth: bool = False
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """Rasterize the frames of `gaussians` [B, N, ...], one camera each. Returns rgb [B, H, W, 3],
-        alpha [B, H, W], depth [B, H, W]."""
-        rgb, alpha, depth, _ = render_gaussians(gaussians, cameras, self.background_for(gaussians), self.rasterizer)
+        alpha [B, H, W], depth [B, H, W] (None without `depth`)."""
+        rgb, alpha, depth, _ = render_gaussians(gaussians, cameras, self.background_for(gaussians), self.rasterizer,
+                                                depth)
         return rgb, alpha, depth
 
-    def forward(self, batch: FrameBatch, with_prior: bool = False, prior_chunk: int | None = None) -> AvatarOutput:
+    def forward(self, batch: FrameBatch, with_prior: bool = False, prior_chunk: int | None = None,
+                depth: bool = False) -> AvatarOutput:
         """Render the frames of a batch (its expressions, FLAME poses and cameras). With `with_prior`,
         the output also carries what the FLAME priors compare (`AvatarOutput.prior`; the nearest
-        vertices are searched `prior_chunk` points at a time, default the avatar's `nearest_chunk`)."""
+        vertices are searched `prior_chunk` points at a time, default the avatar's `nearest_chunk`);
+        with `depth`, the alpha-weighted depth."""
         state = self.canonical_state(with_prior, prior_chunk, frames=len(batch))
         gaussians = self.pose(state, batch.expression, batch.flame_pose)
         cameras = [self.camera(batch.world_mat[b], batch.intrinsics[b]) for b in range(len(batch))]
         rgb, alpha, depth, raster = render_gaussians(gaussians, cameras, self.background_for(gaussians),
-                                                     self.rasterizer)
+                                                     self.rasterizer, depth)
         prior = PriorQuery(state.prior, state.nearest) if with_prior else None
         return AvatarOutput(rgb, alpha, depth, gaussians, prior, raster)
 

@@ -4,11 +4,13 @@ A backend is one adapter module in this package and one `Backend` record in `REG
 rasterize function takes camera-space Gaussians and one camera:
 
     rasterize(means_cam [N, 3], quats_cam [N, 4], scales [N, 3], opacities [N], colors [N, 3],
-              camera, background [3]) -> RasterOutput
+              camera, background [3], depth=True) -> RasterOutput
 
-and may offer a frames function that draws B frames of one image size in one call (the same
-arguments with a leading frame axis and a list of cameras). Adapters are imported on first use,
-so a CUDA backend's package is loaded only when it draws.
+(the output's depth None without `depth`), and may offer a frames function that draws B frames of
+one image size in one call (the same arguments with a leading frame axis and a list of cameras).
+A backend that declares `view_matrix` also takes world-space means and quaternions with
+`view=world_to_camera` ([4, 4], or [B, 4, 4] for frames) and transforms them itself. Adapters are
+imported on first use, so a CUDA backend's package is loaded only when it draws.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ class Backend:
     install_hint: str = ""  # how to install that package
     devices: tuple[str, ...] = ("cpu", "cuda")  # device types whose tensors it draws
     preference: int = 0  # `auto` picks the installed backend with the smallest value for the device
+    view_matrix: bool = False  # takes world-space Gaussians and `view=` (saves the PyTorch transform's kernels)
 
     def rasterize_function(self) -> Callable:
         return _resolve(self.rasterize)
@@ -69,7 +72,7 @@ class Backend:
 REGISTRY: tuple[Backend, ...] = (
     Backend("torch", "torch_backend:rasterize_torch", preference=2),
     Backend("gsplat", "gsplat_backend:rasterize_gsplat", frames="gsplat_backend:rasterize_gsplat_frames",
-            package="gsplat", devices=("cuda",), preference=0,
+            package="gsplat", devices=("cuda",), preference=0, view_matrix=True,
             install_hint='install it with `pip install -e ".[gsplat]"` (or `pip install gsplat`; it compiles its '
                          "CUDA kernels on first use and needs a CUDA build of PyTorch and nvcc)"),
     Backend("inria", "inria_backend:rasterize_inria", package="diff_gaussian_rasterization", devices=("cuda",),

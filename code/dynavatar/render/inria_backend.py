@@ -63,7 +63,7 @@ def _settings(dgr, camera: Camera, background: Tensor):
 
 
 def rasterize_inria(means_cam: Tensor, quats_cam: Tensor, scales: Tensor, opacities: Tensor, colors: Tensor,
-                    camera: Camera, background: Tensor) -> RasterOutput:
+                    camera: Camera, background: Tensor, depth: bool = True) -> RasterOutput:
     """Rasterize camera-space Gaussians (means [N, 3], unit quaternions [N, 4], scales [N, 3]) with the Inria kernel."""
     dgr = get_backend("inria").import_package()
     device, dtype = means_cam.device, torch.float32
@@ -95,5 +95,5 @@ def rasterize_inria(means_cam: Tensor, quats_cam: Tensor, scales: Tensor, opacit
     aux_colors = torch.stack([z, torch.ones_like(z), torch.zeros_like(z)], dim=-1)  # [N, 3] (z, 1, 0)
     aux, _ = run(constant((0.0, 0.0, 0.0), dtype, device), aux_colors)  # black background
     radii = torch.where(in_depth, radii, torch.zeros_like(radii)).to(torch.int32)
-    return RasterOutput(image=image.permute(1, 2, 0), alpha=aux[1], depth=aux[0],
+    return RasterOutput(image=image.permute(1, 2, 0), alpha=aux[1], depth=aux[0] if depth else None,
                         radii=radii, visible=radii > 0, means2d=means2d)

@@ -259,10 +259,12 @@ def _pad(x: Tensor) -> Tensor:
 
 
 def rasterize_torch(means_cam: Tensor, quats_cam: Tensor, scales: Tensor, opacities: Tensor, colors: Tensor,
-                    camera: Camera, background: Tensor, max_elements: int | None = None) -> RasterOutput:
+                    camera: Camera, background: Tensor, depth: bool = True, max_elements: int | None = None
+                    ) -> RasterOutput:
     """Rasterize camera-space Gaussians (means [N, 3], unit quaternions [N, 4], scales [N, 3]) in PyTorch.
 
-    `max_elements` bounds each [tiles, 256, K] work tensor (default by device type).
+    `max_elements` bounds each [tiles, 256, K] work tensor (default by device type). Without `depth`
+    four features are composited instead of five.
     """
     device = means_cam.device
     kind = "cuda" if device.type == "cuda" else "cpu"
@@ -275,8 +277,9 @@ def rasterize_torch(means_cam: Tensor, quats_cam: Tensor, scales: Tensor, opacit
 
     dtype = means_cam.dtype
     ones = torch.ones_like(screen.depths)[:, None]
-    feat = torch.cat([colors.to(dtype), screen.depths[:, None], ones], dim=-1)  # [N, 5] rgb, z, 1
-    bg_feat = torch.cat([background.to(device=device, dtype=dtype), background.new_zeros(2).to(device, dtype)])
+    extra = [screen.depths[:, None], ones] if depth else [ones]
+    feat = torch.cat([colors.to(dtype), *extra], dim=-1)  # [N, F]: rgb, (z,) 1
+    bg_feat = torch.cat([background.to(device=device, dtype=dtype), background.new_zeros(len(extra)).to(device, dtype)])
 
     grid_x, grid_y = tile_grid(camera)
     pg, pt = plan.pair_gaussian, plan.pair_tile
@@ -293,5 +296,5 @@ def rasterize_torch(means_cam: Tensor, quats_cam: Tensor, scales: Tensor, opacit
     canvas = tiles.view(grid_y, grid_x, TILE_SIZE, TILE_SIZE, -1).permute(0, 2, 1, 3, 4)
     canvas = canvas.reshape(grid_y * TILE_SIZE, grid_x * TILE_SIZE, -1)[:camera.height, :camera.width]
     radii = screen.radii
-    return RasterOutput(image=canvas[..., :3], alpha=canvas[..., 4], depth=canvas[..., 3],
+    return RasterOutput(image=canvas[..., :3], alpha=canvas[..., -1], depth=canvas[..., 3] if depth else None,
                         radii=radii, visible=radii > 0, means2d=means2d)
