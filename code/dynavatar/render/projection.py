@@ -7,7 +7,8 @@ clamped to 1.3x the field of view. Pixel coordinates follow the 3DGS convention:
 its centre at (i + 0.5, j + 0.5) and u = fx * x / z + cx.
 
 The world-to-camera transform is applied once, to the means and the quaternions (q_cam = q_R * q),
-so every backend receives camera-space means, unit quaternions and scales. The torch backend works
+so every backend receives camera-space means, unit quaternions and scales (a backend that takes view
+matrices, gsplat, transforms them itself where no gradient has to reach the camera). The torch backend works
 with the covariance factor L = R(q) diag(s) (Sigma = L L^T) and never forms the 3x3 matrix.
 """
 
