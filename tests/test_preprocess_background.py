@@ -40,28 +40,54 @@ def test_short_clip_keeps_its_hair_with_the_subjects_background(short_clip):
     assert min(ious["plate"].values()) >= 0.95, ious
 
 
-def test_a_video_of_another_scene_keeps_its_own_background(short_clip, caplog):
-    """A video whose backdrop differs (here: lit at 60 %) is not pooled with the others: it keeps a
-    background of its own, named in a warning; the others still share theirs."""
-    from dynavatar.preprocess.background import VideoSample, subject_backgrounds
+def sampled_videos(folder, dimmed: str | None = None) -> list:
+    """Every 4th frame of each video as the background step samples it (64 px crops); the video
+    `dimmed` lit at 60 %."""
+    from dynavatar.preprocess.background import VideoSample
     from dynavatar.preprocess.crop import square_crop
     from dynavatar.preprocess.frames import FrameSelection, iter_frames, probe_video
 
-    marks = json.loads((short_clip / "landmarks.json").read_text())
+    marks = json.loads((folder / "landmarks.json").read_text())
     samples = []
     for name in NAMES:
-        info = probe_video(short_clip / f"{name}.mp4")
+        info = probe_video(folder / f"{name}.mp4")
         frames = [frame for _, frame in iter_frames(info, FrameSelection())][::4]
         points = np.array([marks[name][str(k)] for k in range(0, 4 * len(frames), 4)][:len(frames)])
         crop = square_crop(points, info.width, info.height, 64)
         windows = np.stack([crop.window(f) for f in frames])
-        if name == "train2":
+        if name == dimmed:
             windows = (windows * 0.6).astype(np.uint8)
         samples.append(VideoSample(name, crop, (info.width, info.height), windows, crop.points_to_crop(points)))
-    result = subject_backgrounds(samples)
+    return samples
+
+
+def test_a_video_of_another_scene_keeps_its_own_background(short_clip, caplog):
+    """A video whose backdrop differs (here: lit at 60 %) is not pooled with the others: it keeps a
+    background of its own, named in a warning; the others still share theirs."""
+    from dynavatar.preprocess.background import subject_backgrounds
+
+    result = subject_backgrounds(sampled_videos(short_clip, dimmed="train2"))
     assert result.kinds == ["subject", "video", "subject"]
     assert len(result.warnings) == 1 and result.warnings[0].startswith("train2:")
     assert "train2:" in caplog.text
+
+
+def test_frames_segmented_on_several_threads_give_the_masks_of_one(short_clip):
+    """The background models made with frames segmented three at a time equal those made one frame
+    after the other, and a frame's mask does not depend on the frames segmented before it (GrabCut's
+    random start is seeded per frame)."""
+    from dynavatar.preprocess.background import subject_backgrounds
+    from dynavatar.preprocess.masks import MaskOptions, map_frames, segment
+
+    samples = sampled_videos(short_clip)
+    one, three = (subject_backgrounds(samples, MaskOptions(workers=w)) for w in (1, 3))
+    for a, b in zip(one.models, three.models):
+        assert np.array_equal(a.image, b.image) and np.array_equal(a.seen, b.seen)
+    frames, points, model = samples[0].frames(), samples[0].points, one.models[0]
+    first = segment(frames[2], points[2], model, MaskOptions())
+    segment(frames[0], points[0], model, MaskOptions())
+    assert np.array_equal(segment(frames[2], points[2], model, MaskOptions()), first)
+    assert list(map_frames(lambda k: k * k, range(20), 4)) == [k * k for k in range(20)]
 
 
 def test_clean_plate_must_have_the_videos_size(tmp_path):

@@ -194,6 +194,7 @@ def test_user_errors_are_one_line_and_exit_2(tmp_path, counter_video, capsys):
         (["--subject", "s", "--video", str(counter_video), "--device", "tpu", "--flame", "synthetic",
           "--landmarks", str(counter_video)], "--device"),
         (["--subject", "s", "--video", str(counter_video), "--contour_weight", "-1"], "--contour_weight"),
+        (["--subject", "s", "--video", str(counter_video), "--workers", "-2"], "--workers"),
     ]
     (tmp_path / "out" / "taken").mkdir(parents=True)
     cases += [(["--subject", "taken", "--video", str(counter_video)], "already exists"),
@@ -205,6 +206,15 @@ def test_user_errors_are_one_line_and_exit_2(tmp_path, counter_video, capsys):
         assert stop.value.code == 2, (args, err)
         assert message in err and len(err.strip().splitlines()) == 1, (args, err)
     assert not any((tmp_path / "out").glob(".*")) and not any((tmp_path / "out" / "taken").iterdir())
+
+
+def test_workers_reach_the_masks():
+    from dynavatar.cli.preprocess import build_parser, options_from_args
+
+    args = ["--subject", "s", "--video", "talk.mp4"]
+    default = options_from_args(build_parser().parse_args(args)).masks
+    assert default.workers == 0 and default.threads() >= 1
+    assert options_from_args(build_parser().parse_args([*args, "--workers", "3"])).masks.threads() == 3
 
 
 def test_contour_weight_reaches_the_tracking():

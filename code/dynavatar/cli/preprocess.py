@@ -12,6 +12,7 @@ from typing import Sequence
 from ..preprocess.crop import DEFAULT_CROP_SCALE
 from ..preprocess.errors import PreprocessError
 from ..preprocess.frames import FrameSelection
+from ..preprocess.masks import MaskOptions
 from ..preprocess.pipeline import (DEFAULT_FLAME, FOLDER_NAME, PreprocessOptions, VideoSpec, preprocess_subject,
                                    video_name)
 from ..preprocess.tracking import DEFAULT_FOCAL, TrackingOptions
@@ -69,6 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="tracking weight of the silhouette term, the projected FLAME head kept inside the "
                              "masks (default 0: landmarks only; 10 measured best on generated heads, see "
                              "docs/PREPROCESSING.md); without --masks, tracking runs again once the masks exist")
+    parser.add_argument("--workers", type=int, default=0,
+                        help="threads segmenting frames for the masks at once (default 0: one per CPU core)")
     parser.add_argument("--no_contact_sheet", "--no-contact-sheet", action="store_true", help="skip the contact sheet")
     parser.add_argument("--overwrite", action="store_true", help="replace a subject written earlier by preprocess.py")
     parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
@@ -82,13 +85,15 @@ def options_from_args(args: argparse.Namespace) -> PreprocessOptions:
         raise PreprocessError(f"--contour_weight must be >= 0, got {args.contour_weight}")
     if not args.silhouette_weight >= 0:
         raise PreprocessError(f"--silhouette_weight must be >= 0, got {args.silhouette_weight}")
+    if args.workers < 0:
+        raise PreprocessError(f"--workers must be >= 0 (0: one per CPU core), got {args.workers}")
     videos = [video_spec(v, False) for v in args.video] + [video_spec(v, True) for v in args.test_video]
     return PreprocessOptions(
         subject=args.subject, videos=videos, out=Path(args.out), res=args.res,
         selection=FrameSelection(fps=args.fps, start=args.start, end=args.end, max_frames=args.max_frames),
         crop_scale=args.crop_scale, flame_model=args.flame, flame_landmarks=args.flame_landmarks,
         landmarks_file=args.landmarks, masks_dir=args.masks, background=args.background,
-        device=args.device, overwrite=args.overwrite,
+        device=args.device, overwrite=args.overwrite, masks=MaskOptions(workers=args.workers),
         contact_sheet=not args.no_contact_sheet, tracking=TrackingOptions(focal=args.focal, steps=args.steps,
                                                                     contour_weight=args.contour_weight,
                                                                     silhouette_weight=args.silhouette_weight))

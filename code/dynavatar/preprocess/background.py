@@ -29,7 +29,7 @@ import numpy as np
 
 from .crop import Crop
 from .errors import PreprocessError
-from .masks import BackgroundModel, MaskOptions, estimate_background, first_exclusion, segment
+from .masks import BackgroundModel, MaskOptions, estimate_background, first_exclusion, map_frames, segment
 
 log = logging.getLogger(__name__)
 
@@ -167,7 +167,9 @@ def subject_backgrounds(videos: list[VideoSample], options: MaskOptions | None =
         return SubjectBackground(models, ["clean plate"] * len(videos), [])
     own = [v.frames() for v in videos]
     # Round 1, each video alone: the colour segmentation and the head region leave the person out.
-    excludes = [np.stack([first_exclusion(f, p, options) for f, p in zip(frames, video.points)])
+    threads = options.threads()
+    excludes = [np.stack(list(map_frames(lambda fp: first_exclusion(*fp, options), zip(frames, video.points),
+                                         threads)))
                 for video, frames in zip(videos, own)]
     first = [BackgroundModel(*estimate_background(f, e)) for f, e in zip(own, excludes)]
     groups = [[i] for i in range(len(videos))] if per_video else scene_groups(videos, own, excludes, first)
@@ -188,7 +190,8 @@ def subject_backgrounds(videos: list[VideoSample], options: MaskOptions | None =
         # Round 2: the difference segmentation against that background leaves the person out.
         second = {}
         for v, model in zip(group, pooled):
-            people = np.stack([segment(f, p, model, options) > 0 for f, p in zip(own[v], videos[v].points)])
+            people = np.stack([alpha > 0 for alpha in map_frames(lambda fp, m=model: segment(*fp, m, options),
+                                                                  zip(own[v], videos[v].points), threads)])
             second[v] = people | excludes[v] & ~model.seen
         refined = [second[v] if v in second else excludes[v] for v in range(len(videos))]
         for v in group:

