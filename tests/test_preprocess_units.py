@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -303,3 +304,17 @@ def test_a_video_whose_masks_or_pose_disagree_with_the_others_is_named(tmp_path)
     assert len(lines) == 1 and lines[0].startswith("test:") and "yaw" in lines[0]
     videos["test"]["yaw_deg"] = [-5, 2, 5]
     assert disagreements(videos) == []
+
+
+def test_nan_median_is_numpys_without_the_nans():
+    from dynavatar.preprocess.masks import nan_median
+
+    rng = np.random.default_rng(3)
+    for count in (1, 2, 7, 48):
+        values = rng.random((count, 5, 6, 3)).astype(np.float32)
+        values[rng.random(values.shape) < 0.4] = np.nan
+        values[:, 0, 0] = np.nan  # never seen
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            expected = np.nan_to_num(np.nanmedian(values, axis=0))
+        assert np.array_equal(nan_median(values), expected), count

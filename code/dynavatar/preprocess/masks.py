@@ -189,13 +189,23 @@ def first_exclusion(frame: np.ndarray, points: np.ndarray, options: MaskOptions)
     return cv2.dilate(person.astype(np.uint8), _disk(_px(options.exclusion_margin, res))).astype(bool)
 
 
+def nan_median(values: np.ndarray) -> np.ndarray:
+    """The median over axis 0 of `values` [K, ...] float, NaNs left out (0 where all are NaN): what
+    `np.nan_to_num(np.nanmedian(values, axis=0))` gives, from one sort (NaNs sort last), several
+    times faster."""
+    ordered = np.sort(values, axis=0)
+    count = (~np.isnan(values)).sum(axis=0)
+    lower = np.take_along_axis(ordered, (np.maximum(count - 1, 0) // 2)[None], axis=0)[0]
+    upper = np.take_along_axis(ordered, (count // 2)[None], axis=0)[0]
+    upper = np.where(count % 2 == 1, lower, upper)
+    return np.where(count > 0, (lower + upper) / 2, 0).astype(values.dtype)
+
+
 def estimate_background(frames: np.ndarray, exclude: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Frames [K, H, W, 3] (float in [0, 1], or uint8) and pixels to leave out [K, H, W] bool ->
     (background [H, W, 3] float32: the median of the frames left in, filled in from around where no
     frame left a pixel in; seen [H, W] bool: left in by at least one frame). Computed a band of rows at
     a time, so that a subject's many frames need little memory."""
-    import warnings
-
     cv2 = _cv2()
     scale = 255.0 if frames.dtype == np.uint8 else 1.0
     height = frames.shape[1]
@@ -204,9 +214,7 @@ def estimate_background(frames: np.ndarray, exclude: np.ndarray) -> tuple[np.nda
     for top in range(0, height, rows):
         band = frames[:, top:top + rows].astype(np.float32) / scale
         band[exclude[:, top:top + rows]] = np.nan
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN pixels: never seen
-            background[top:top + rows] = np.nan_to_num(np.nanmedian(band, axis=0))
+        background[top:top + rows] = nan_median(band)
     seen = (~exclude).any(axis=0)
     if seen.any() and not seen.all():
         filled = cv2.inpaint((background * 255 + 0.5).astype(np.uint8), (~seen).astype(np.uint8), 3,
