@@ -42,6 +42,8 @@ from .errors import PreprocessError
 
 log = logging.getLogger(__name__)
 
+GRABCUT_SEED = 0  # GrabCut's k-means start, the same for every frame
+
 
 @dataclass
 class MaskOptions:
@@ -142,9 +144,6 @@ def head_region(points: np.ndarray, size: int) -> np.ndarray:
     cv2.ellipse(region, (int(round((x0 + x1) / 2)), int(round(y0 + 0.1 * h))),
                 (int(round(0.7 * w)), int(round(0.95 * h))), 0, 0, 360, 1, -1)
     return region.astype(bool)
-
-
-GRABCUT_SEED = 0
 
 
 def _grabcut(frame: np.ndarray, trimap: np.ndarray, iterations: int) -> np.ndarray | None:

@@ -272,7 +272,7 @@ def _write_masks(video: _Video, video_dir: Path, fitted: np.ndarray, model, opti
     count = len(video.landmarks.source_indices)
     for _ in tqdm(map_frames(write, range(count), options.masks.threads()), total=count,
                   desc=f"masks {video.spec.name}", unit="frame"):
-        pass
+        pass  # each result is a frame written
 
 
 def _flame_params(fit: SubjectFit, index: int, res: int) -> dict:
