@@ -190,7 +190,7 @@ def subject_backgrounds(videos: list[VideoSample], options: MaskOptions | None =
         # Round 2: the difference segmentation against that background leaves the person out.
         second = {}
         for v, model in zip(group, pooled):
-            people = np.stack([alpha > 0 for alpha in map_frames(lambda fp, m=model: segment(*fp, m, options),
+            people = np.stack([alpha > 0 for alpha in map_frames(lambda fp: segment(*fp, model, options),
                                                                   zip(own[v], videos[v].points), threads)])
             second[v] = people | excludes[v] & ~model.seen
         refined = [second[v] if v in second else excludes[v] for v in range(len(videos))]

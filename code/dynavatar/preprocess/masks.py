@@ -67,13 +67,10 @@ R = TypeVar("R")
 def map_frames(fn: Callable[[T], R], items: Iterable[T], workers: int) -> Iterator[R]:
     """`fn` over `items` on `workers` threads, the results in the items' order (one thread: in turn)."""
     if workers <= 1:
-        return map(fn, items)
-    pool = ThreadPoolExecutor(workers, thread_name_prefix="masks")
-
-    def results() -> Iterator[R]:
-        with pool:
-            yield from pool.map(fn, items)
-    return results()
+        yield from map(fn, items)
+        return
+    with ThreadPoolExecutor(workers, thread_name_prefix="masks") as pool:
+        yield from pool.map(fn, items)
 
 
 def _cv2():
