@@ -40,7 +40,7 @@ def test_quick_run_prints_the_table_and_writes_json(tmp_path):
 
 def test_projection_follows_the_point_schedule():
     schedule = default_conf().model.point_cloud  # 400 points for epochs 0-4, 800 for 5-9, ...
-    rows = [Row(400, 8, 8.0, 0, None, 1, 1, 1), Row(1600, 8, 16.0, 0, None, 1, 1, 1)]  # 1 and 2 ms per frame
+    rows = [Row(400, 8, 8.0, 0, None, None, 1, 1, 1), Row(1600, 8, 16.0, 0, None, None, 1, 1, 1)]  # 1 and 2 ms per frame
     seconds = project_schedule(rows, schedule, epochs=10, frames=1000)
     # epochs 0-4 at 400 points: 1 ms a frame; epochs 5-9 at 800: log-log halfway, sqrt(2) ms a frame.
     assert seconds == pytest.approx(5 * 1.0 + 5 * math.sqrt(2.0))

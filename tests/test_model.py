@@ -273,6 +273,7 @@ def step_gradients(avatar: Avatar, policy: RecomputePolicy, frames: int = 3) -> 
     avatar.recompute = policy
     gen = torch.Generator().manual_seed(4)
     expression, pose = torch.randn(frames, 50, generator=gen), (torch.rand(frames, 15, generator=gen) - 0.5) * 0.6
+    expression, pose = expression.to(avatar.points.device), pose.to(avatar.points.device)
     state = avatar.canonical_state(with_prior=True, frames=frames)
     g = avatar.pose(state, expression, pose)
     loss = (g.means.square().sum() + g.scales.sum() + g.colors.square().sum() + g.quats[..., 1].sum()

@@ -30,6 +30,7 @@ from ..runtime import constant
 from .canonical_cache import CanonicalCache
 from .compiled import StepCompiler
 from .gaussians import Gaussians
+from .network_graphs import NetworkGraphs
 from .networks import CanonicalAttributes, CanonicalNetwork, DeformerNetwork, DeformerOutput, GaussianNetwork
 from .pose_graph import PoseGraphs, can_record
 from .precision import NetworkPrecision
@@ -116,6 +117,7 @@ class Avatar(nn.Module):
         self.precision = NetworkPrecision(model_conf.network_precision)
         self.compiler = StepCompiler(model_conf.compile)
         self.cuda_graphs = model_conf.cuda_graphs
+        self.training_graphs = NetworkGraphs(self.precision) if model_conf.training_graphs else None
         self.shading = Shading() if model_conf.shading else None
         self.canonical_net = CanonicalNetwork(**asdict(model_conf.geometry_network))
         self.deformer = DeformerNetwork(n_joints=flame.n_joints, **asdict(model_conf.deformer_network))
@@ -249,7 +251,7 @@ class Avatar(nn.Module):
         n = self.n_points
 
         def run(name: str, net: nn.Module, x: torch.Tensor):
-            return self.recompute.run(self.precision.bind(self.compiled(name, net, x.device)), x, recompute)
+            return self.run_network(name, net, x, recompute)
 
         logits = run("canonical_net", self.canonical_net, self.points.detach())
         if self.has_point_colors:
@@ -299,7 +301,7 @@ class Avatar(nn.Module):
         # beyond the training range is also an input beyond it. "nonrigid" gives it only the
         # expression's and the pose correctives' offsets in the canonical frame.
         motion = posed - state.shifted[None] if self.gaussian_input == "posed" else shaped - state.unposed[None]
-        offsets = self.precision(self.gaussian_net, motion.detach())  # [B, N, ...]
+        offsets = self.run_network("gaussian_net", self.gaussian_net, motion.detach(), compile=False)  # [B, N, ...]
         quats = torch.nn.functional.normalize(logits.rotation[None] + offsets.rotation, dim=-1)
         colors = torch.sigmoid(logits.color[None] + offsets.color)
         if state.rotation is not None:  # turn = R(frame) R(canonical)^T, applied on the left: q_turn * q
@@ -317,6 +319,20 @@ class Avatar(nn.Module):
             opacities=torch.sigmoid(logits.opacity[None] + offsets.opacity)[..., 0],
             colors=colors,
         )
+
+    def run_network(self, name: str, net: nn.Module, x: torch.Tensor, recompute: bool = False,
+                    compile: bool = True):
+        """A per-point network `name` on x in the avatar's precision: with its activations recomputed in
+        the backward pass (`recompute`), compiled (`model.compile`; `compile=False` where its caller is
+        compiled whole), replayed from CUDA graphs while training on a GPU (`model.training_graphs`),
+        or launched."""
+        if recompute:
+            return self.recompute.run(self.precision.bind(self.compiled(name, net, x.device)), x, True)
+        if self.compiler.enabled(x.device):
+            return self.precision(self.compiled(name, net, x.device) if compile else net, x)
+        if self.training_graphs is not None and self.training_graphs.applies(x.device) and not self.is_frozen():
+            return self.training_graphs(name, net, x)
+        return self.precision(net, x)
 
     def deform(self, expression: torch.Tensor, flame_pose: torch.Tensor) -> tuple[Gaussians, torch.Tensor]:
         """Gaussians of the frames given by expression [B, E] and FLAME pose [B, 15] -> (Gaussians [B, N, ...], x' [N, 3])."""

@@ -1,0 +1,115 @@
+"""The per-point networks of a training step replayed from CUDA graphs (`model.training_graphs`):
+the launched step's gradients, a recording per network kept while its input and parameters stay,
+recorded again when they change, and never used off the GPU, without gradients or when recomputing."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from dynavatar.model import network_graphs
+from dynavatar.model.network_graphs import NetworkGraphs
+from dynavatar.model.recompute import RecomputePolicy
+
+from test_model import make_avatar, step_gradients
+
+NETWORKS = ("canonical_net", "deformer", "gaussian_net")
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (torch.cuda.is_available() is False)")
+
+
+class FakeRecorder:
+    """Stands in for `torch.cuda.make_graphed_callables` on the CPU: the recorded function is the
+    network's call itself; counts the recordings and the replays."""
+
+    def __init__(self) -> None:
+        self.recorded, self.replays = [], 0
+
+    def __call__(self, flat, sample_args, **_):
+        self.recorded.append(tuple(sample_args[0].shape))
+        flat(*sample_args)  # as the real one does while warming up: learns the output type
+
+        def replay(x):
+            self.replays += 1
+            return flat(x)
+        return replay
+
+
+def relative_errors(got: dict, want: dict) -> dict[str, float]:
+    assert got.keys() == want.keys() and "points" in got
+    return {name: float((got[name] - grad).norm() / grad.norm().clamp_min(1e-12)) for name, grad in want.items()}
+
+
+def test_the_step_replays_each_network_and_records_again_when_the_points_change(synthetic_flame_paths,
+                                                                                 monkeypatch):
+    """The dispatch on the CPU, with a recorder that calls the network: the launched step's very
+    gradients, one recording per network for a point count and batch, new ones for new points or
+    frames; nothing recorded without gradients, for a frozen avatar, or with recomputation."""
+    recorder = FakeRecorder()
+    monkeypatch.setattr(network_graphs, "can_record_training", lambda device: torch.is_grad_enabled())
+    monkeypatch.setattr(torch.cuda, "make_graphed_callables", recorder)
+    torch.manual_seed(0)
+    launched = make_avatar(synthetic_flame_paths, "model.training_graphs=false")
+    torch.manual_seed(0)
+    avatar = make_avatar(synthetic_flame_paths)
+    assert isinstance(avatar.training_graphs, NetworkGraphs) and launched.training_graphs is None
+    assert avatar.state_dict().keys() == launched.state_dict().keys()  # checkpoints unchanged
+
+    want = step_gradients(launched, RecomputePolicy("off", 128), frames=3)
+    got = step_gradients(avatar, RecomputePolicy("off", 128), frames=3)
+    assert all(torch.equal(got[name], grad) for name, grad in want.items())
+    n = avatar.n_points
+    assert recorder.recorded == [(n, 3), (2 * n, 3), (3, n, 3)]  # canonical, deformer (with the prior rows), gaussian
+    step_gradients(avatar, RecomputePolicy("off", 128), frames=3)  # the same sizes: replayed only
+    assert len(recorder.recorded) == 3 and recorder.replays == 6
+    step_gradients(avatar, RecomputePolicy("off", 128), frames=2)  # fewer frames: the gaussian network again
+    assert recorder.recorded[3:] == [(2, n, 3)]
+
+    avatar.set_points(avatar.points.detach()[: n - 10])  # pruned: every network again
+    launched.set_points(launched.points.detach()[: n - 10])
+    errors = relative_errors(step_gradients(avatar, RecomputePolicy("off", 128), frames=2),
+                             step_gradients(launched, RecomputePolicy("off", 128), frames=2))
+    assert max(errors.values()) == 0.0, errors
+    assert recorder.recorded[4:] == [(n - 10, 3), (2 * (n - 10), 3), (2, n - 10, 3)]
+
+    before = (len(recorder.recorded), recorder.replays)
+    step_gradients(avatar, RecomputePolicy("on", 128), frames=2)  # recomputed in chunks: launched
+    assert (len(recorder.recorded), recorder.replays) == (before[0], before[1] + 1)  # the gaussian network's replay
+    with torch.no_grad():
+        avatar.deform(torch.zeros(2, 50), torch.zeros(2, 15))
+    for p in avatar.parameters():
+        p.requires_grad_(False)
+    avatar.deform(torch.zeros(2, 50), torch.zeros(2, 15))  # frozen (fitting test-frame inputs): launched
+    assert (len(recorder.recorded), recorder.replays) == (before[0], before[1] + 1)
+
+
+def test_the_cpu_launches_the_networks(synthetic_flame_paths):
+    avatar = make_avatar(synthetic_flame_paths)
+    step_gradients(avatar, RecomputePolicy("off", 128), frames=2)
+    assert avatar.training_graphs.recordings == 0
+
+
+@cuda
+@pytest.mark.gpu
+@pytest.mark.parametrize("overrides", [(), ("model.shading=true", "model.rotate_gaussians=true",
+                                            "model.network_precision=bfloat16")], ids=["paper", "shaded_bf16"])
+def test_replayed_networks_give_the_launched_gradients(synthetic_flame_paths, overrides):
+    device = torch.device("cuda")
+    torch.manual_seed(0)
+    launched = make_avatar(synthetic_flame_paths, "model.training_graphs=false", *overrides).to(device)
+    torch.manual_seed(0)
+    avatar = make_avatar(synthetic_flame_paths, *overrides).to(device)
+    for frames in (3, 3, 2):
+        errors = relative_errors(step_gradients(avatar, RecomputePolicy("off", 128), frames),
+                                 step_gradients(launched, RecomputePolicy("off", 128), frames))
+        assert max(errors.values()) <= 1e-4, errors
+    assert avatar.training_graphs.recordings == 4  # three networks, then the gaussian network for 2 frames
+
+    for each in (avatar, launched):  # an optimizer moves the weights in place: the recordings stay valid
+        optimizer = torch.optim.SGD(each.parameters(), lr=1e-3)
+        step_gradients(each, RecomputePolicy("off", 128), 2)
+        optimizer.step()
+        each.set_points(each.points.detach()[:300] * 1.1)  # pruned: recorded again
+    errors = relative_errors(step_gradients(avatar, RecomputePolicy("off", 128), 2),
+                             step_gradients(launched, RecomputePolicy("off", 128), 2))
+    assert max(errors.values()) <= 1e-4, errors
+    assert avatar.training_graphs.recordings == 7
