@@ -14,6 +14,7 @@ from dynavatar.errors import ConfigError
 from dynavatar.flame import FLAME
 from dynavatar.model import recompute as recompute_module
 from dynavatar.model.avatar import Avatar, nearest_vertex
+from dynavatar.model.linear import Linear
 from dynavatar.model.networks import CanonicalNetwork, DeformerNetwork, DeformerOutput, GaussianNetwork
 from dynavatar.model.recompute import RecomputePolicy, activation_bytes, activation_floats, free_memory
 from dynavatar.train.strategy import CoarseToFine, prune_and_grow
@@ -88,6 +89,19 @@ def test_deformer_starts_with_no_blendshapes_and_uniform_weights():
     assert out.shapedirs.abs().max() == 0 and out.posedirs.abs().max() == 0 and out.offset.abs().max() == 0
     assert torch.allclose(out.lbs_weights, torch.full((50, 6), 1 / 6))
     assert out.shapedirs.shape == (50, 3, 50) and out.posedirs.shape == (50, 36, 3)
+
+
+@pytest.mark.parametrize("rows", [(7,), (2, 5)], ids=["2d", "3d"])
+def test_the_linear_layer_is_torchs_with_its_bias_gradient_as_a_product(rows):
+    torch.manual_seed(0)
+    ours = Linear(4, 3).double()
+    torch.manual_seed(0)
+    torchs = torch.nn.Linear(4, 3).double()
+    assert torch.equal(ours.weight, torchs.weight) and ours.state_dict().keys() == torchs.state_dict().keys()
+    x = torch.randn(*rows, 4, dtype=torch.float64, requires_grad=True)
+    grads = [torch.autograd.grad((layer(x) ** 2).sum(), (x, layer.weight, layer.bias)) for layer in (ours, torchs)]
+    for a, b in zip(*grads):
+        assert torch.allclose(a, b, rtol=1e-12, atol=1e-12)
 
 
 def test_canonical_network_features_vary_across_points():

@@ -16,6 +16,8 @@ import torch
 from torch import nn
 from torch.nn.utils.parametrizations import weight_norm as _weight_norm
 
+from .linear import Linear
+
 SKINNING_TEMPERATURE = 20.0  # softmax(20 * logits), as the reference deformer
 N_POSE_FEATURES = 36
 POINT_DIM = 3  # the networks take canonical points
@@ -37,10 +39,10 @@ class PositionalEncoding(nn.Module):
 
 
 def _linear(d_in: int, d_out: int, use_weight_norm: bool, init: str = "default", std_scale: float = 2.0
-            ) -> nn.Linear:
+            ) -> Linear:
     """A linear layer; `init='he'` is N(0, sqrt(std_scale) / sqrt(d_out)) weights and zero bias,
     `init='zero'` starts at zero (the deformer's blendshape and skinning outputs)."""
-    layer = nn.Linear(d_in, d_out)
+    layer = Linear(d_in, d_out)
     if init == "he":
         nn.init.normal_(layer.weight, 0.0, math.sqrt(std_scale) / math.sqrt(d_out))
         nn.init.zeros_(layer.bias)
@@ -52,8 +54,8 @@ def _linear(d_in: int, d_out: int, use_weight_norm: bool, init: str = "default",
 
 def _head(width: int, d_out: int, activation: nn.Module, extra_linear: bool = False) -> nn.Sequential:
     """An output head: Linear - activation - Linear, or Linear - activation - Linear - Linear."""
-    layers = [nn.Linear(width, width), activation] + ([nn.Linear(width, width)] if extra_linear else [])
-    return nn.Sequential(*layers, nn.Linear(width, d_out))
+    layers = [Linear(width, width), activation] + ([Linear(width, width)] if extra_linear else [])
+    return nn.Sequential(*layers, Linear(width, d_out))
 
 
 @dataclass
@@ -83,7 +85,7 @@ class CanonicalNetwork(nn.Module):
         layers = []
         for index in range(len(widths) - 1):
             d_out_layer = widths[index + 1] - (widths[0] if index + 1 in self.skip_in else 0)
-            layer = nn.Linear(widths[index], d_out_layer)
+            layer = Linear(widths[index], d_out_layer)
             if geometric_init:
                 self._geometric_init(layer, index, widths[0], d_in, multires > 0)
             layers.append(_weight_norm(layer) if weight_norm else layer)
@@ -96,7 +98,7 @@ class CanonicalNetwork(nn.Module):
         self.rotation_head = _head(width, 4, nn.Softplus(beta=100))
         self.opacity_head = _head(width, 1, nn.Softplus(beta=100))
 
-    def _geometric_init(self, layer: nn.Linear, index: int, d_embedded: int, d_in: int, encoded: bool) -> None:
+    def _geometric_init(self, layer: Linear, index: int, d_embedded: int, d_in: int, encoded: bool) -> None:
         """IDR's initialisation: the trunk starts as a smooth function of the raw coordinates."""
         d_out = layer.out_features
         # IDR gives its last layer an SDF-shaped init (weights ~ sqrt(pi)/sqrt(d), bias -bias). The
