@@ -14,7 +14,7 @@ from dynavatar.errors import ConfigError
 from dynavatar.flame import FLAME
 from dynavatar.model import recompute as recompute_module
 from dynavatar.model.avatar import Avatar, nearest_vertex
-from dynavatar.model.linear import Linear
+from dynavatar.model.linear import Linear, linear
 from dynavatar.model.networks import CanonicalNetwork, DeformerNetwork, DeformerOutput, GaussianNetwork
 from dynavatar.model.recompute import RecomputePolicy, activation_bytes, activation_floats, free_memory
 from dynavatar.train.strategy import CoarseToFine, prune_and_grow
@@ -99,8 +99,10 @@ def test_the_linear_layer_is_torchs_with_its_bias_gradient_as_a_product(rows):
     torchs = torch.nn.Linear(4, 3).double()
     assert torch.equal(ours.weight, torchs.weight) and ours.state_dict().keys() == torchs.state_dict().keys()
     x = torch.randn(*rows, 4, dtype=torch.float64, requires_grad=True)
-    grads = [torch.autograd.grad((layer(x) ** 2).sum(), (x, layer.weight, layer.bias)) for layer in (ours, torchs)]
-    for a, b in zip(*grads):
+    assert torch.equal(ours(x), torchs(x))  # on the CPU, torch's own layer
+    weights = (x, torchs.weight, torchs.bias)
+    grads = [torch.autograd.grad((f(*weights) ** 2).sum(), weights) for f in (linear, torch.nn.functional.linear)]
+    for a, b in zip(*grads):  # the GPU's function, run here: torch's gradients
         assert torch.allclose(a, b, rtol=1e-12, atol=1e-12)
 
 

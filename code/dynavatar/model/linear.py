@@ -4,8 +4,9 @@ Autograd forms a linear layer's bias gradient as a column sum of the output's gr
 kernel over every row. At 100k points (800k rows in the Gaussian network with 8 frames a step) these
 sums were 2.3-3.1 ms of a training step's GPU work on an H200, a few times what reading the
 gradients costs; `ones @ grad` does the same sum as one matrix-vector product (cuBLAS), which reads
-them at the memory's speed. Under autocast (`model.network_precision = bfloat16`) the layer is
-PyTorch's own, so that autocast's casts and what it keeps for the backward pass stay as they are.
+them at the memory's speed. On a CPU (where it was no faster) and under autocast
+(`model.network_precision = bfloat16`, so that autocast's casts and what it keeps for the backward
+pass stay as they are) the layer is PyTorch's own.
 """
 
 from __future__ import annotations
@@ -33,10 +34,16 @@ class _LinearFunction(torch.autograd.Function):
         return grad_x, grad_weight, grad_bias
 
 
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """`F.linear(x, weight, bias)` whose bias gradient is `ones @ grad`."""
+    return _LinearFunction.apply(x, weight, bias)
+
+
 class Linear(nn.Linear):
-    """`nn.Linear` (the same parameters, initialisation and state dict) with the bias gradient above."""
+    """`nn.Linear` (the same parameters, initialisation and state dict) with the bias gradient above
+    on a GPU."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.bias is None or torch.is_autocast_enabled(x.device.type):
+        if self.bias is None or x.device.type != "cuda" or torch.is_autocast_enabled(x.device.type):
             return super().forward(x)
-        return _LinearFunction.apply(x, self.weight, self.bias)
+        return linear(x, self.weight, self.bias)
