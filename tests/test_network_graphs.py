@@ -12,9 +12,9 @@ from dynavatar.model.network_graphs import NetworkGraphs
 from dynavatar.model.recompute import RecomputePolicy
 
 from test_model import make_avatar, step_gradients
+from test_pose_graph import cuda
 
 NETWORKS = ("canonical_net", "deformer", "gaussian_net")
-cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (torch.cuda.is_available() is False)")
 
 
 class FakeRecorder:

@@ -112,8 +112,10 @@ def measure(trainer, n: int, batch_size: int, warmup: int, repeat: int) -> Row:
     trainer.avatar.train()
     train_ms = timer(train_step, warmup, repeat)
     # Replayed CUDA graphs allocate nothing: their activations show in what the allocator holds.
-    peak, reserved = ((torch.cuda.max_memory_allocated(device) / 2 ** 30, torch.cuda.max_memory_reserved(device) / 2 ** 30)
-                      if device.type == "cuda" else (None, None))
+    peak = reserved = None
+    if device.type == "cuda":
+        peak = torch.cuda.max_memory_allocated(device) / 2 ** 30
+        reserved = torch.cuda.max_memory_reserved(device) / 2 ** 30
     trainer.avatar.eval()
     render_ms = timer(render_one, warmup, repeat)
     sequence_ms = timer(render_sequence, warmup, repeat)
@@ -156,8 +158,8 @@ def project_schedule(rows: Sequence[Row], schedule, epochs: int, frames: int) ->
 
 
 def markdown(rows: Sequence[Row]) -> str:
-    lines = ["| Gaussians | batch | train step (ms) | train frames/s | peak memory (GiB), tensors / held | render (ms) | render FPS "
-             f"| sequence FPS ({RENDER_BATCH}/call) |", "|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| Gaussians | batch | train step (ms) | train frames/s | peak memory (GiB), tensors / held "
+             f"| render (ms) | render FPS | sequence FPS ({RENDER_BATCH}/call) |", "|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         peak = "n/a" if r.peak_gib is None else f"{r.peak_gib:.2f} / {r.reserved_gib:.2f}"
         lines.append(f"| {r.gaussians:,} | {r.batch} | {r.train_ms:.1f} | {r.train_fps:.0f} | {peak} | "
