@@ -84,6 +84,8 @@ class TrainConf(Section):
 class LossConf(Section):
     rgb_weight: float = setting(1.0, "weight of the L1 photometric loss", NON_NEGATIVE)
     ssim_weight: float = setting(0.25, "weight of (1 - SSIM)", NON_NEGATIVE)
+    fused_ssim: bool = setting(True, "on a GPU with Triton, 1 - SSIM and its gradient in two fused kernels "
+                                     "(false: PyTorch's convolutions; the same maths)")
     vgg_feature_weight: float = setting(0.1, "weight of the VGG16 perceptual loss (0: no VGG16 weights needed)",
                                         NON_NEGATIVE)
     vgg_weights_path: str = setting("", "VGG16's weights; empty: the torch hub cache (vgg16-397923af.pth)")

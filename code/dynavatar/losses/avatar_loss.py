@@ -14,6 +14,7 @@ import torch
 
 from ..config import LossConf
 from ..data.batch import FrameBatch
+from ..metrics import fused_ssim
 from ..metrics.image import ssim_loss
 from ..flame import FLAME
 from ..model.avatar import Avatar, AvatarOutput
@@ -38,7 +39,8 @@ class AvatarLoss:
 
     `lbs_weight` is halved at `loss.flame_prior_milestones` by the trainer (`set_epoch`).
     With `perceptual=False` the VGG term is left out whatever the conf says: test-time fitting of
-    the inputs uses L1 + SSIM only. `compiler` (the avatar's, `model.compile`) compiles the SSIM loss.
+    the inputs uses L1 + SSIM only. SSIM runs in fused kernels on a GPU with Triton (`loss.fused_ssim`);
+    elsewhere `compiler` (the avatar's, `model.compile`) compiles PyTorch's form.
     """
 
     def __init__(self, loss_conf: LossConf, var_expression: torch.Tensor | None,
@@ -46,6 +48,7 @@ class AvatarLoss:
                  compiler: StepCompiler | None = None) -> None:
         self.rgb_weight = loss_conf.rgb_weight
         self.ssim_weight = loss_conf.ssim_weight
+        self.fused_ssim = loss_conf.fused_ssim
         self.vgg_weight = loss_conf.vgg_feature_weight if perceptual else 0.0
         self.mask_weight = loss_conf.mask_weight
         self.base_lbs_weight = loss_conf.lbs_weight
@@ -81,11 +84,19 @@ class AvatarLoss:
         """rgb, gt [B, H, W, 3] -> weighted terms."""
         terms = {"rgb_loss": (rgb - gt).abs().mean()}
         if self.ssim_weight > 0:
-            ssim = ssim_loss if self.compiler is None else self.compiler("ssim_loss", ssim_loss, rgb.device)
-            terms["ssim_loss"] = ssim(rgb, gt)
+            terms["ssim_loss"] = self.ssim(rgb, gt)
         if self.vgg is not None:
             terms["vgg_loss"] = self.vgg(rgb, gt)
         return terms
+
+    def ssim(self, rgb: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
+        """1 - SSIM of rgb against gt [B, H, W, 3]: the fused kernels where they run (their gradient
+        reaches the rendering only, all a loss needs), else PyTorch's form, compiled with the step."""
+        if (self.fused_ssim and fused_ssim.available(rgb.device) and fused_ssim.fits(rgb)
+                and not gt.requires_grad):
+            return fused_ssim.fused_ssim_loss(rgb, gt)
+        ssim = ssim_loss if self.compiler is None else self.compiler("ssim_loss", ssim_loss, rgb.device)
+        return ssim(rgb, gt)
 
     def smoothness(self, avatar: Avatar) -> dict[str, torch.Tensor]:
         """The deformer's roughness: its outputs at `smoothness_points` random points (all when there are
