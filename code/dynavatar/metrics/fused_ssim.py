@@ -64,6 +64,13 @@ if triton is not None:
         return tl.load(taps_ptr + tap, mask=(tap >= 0) & (tap < WINDOW), other=0.0)[:, None]
 
     @triton.jit
+    def _halo_tap(base, row, cols, j, height, width, WINDOW: tl.constexpr):
+        """Offsets [BW] of tap j of the row filter centred on `cols`, in halo row `row` ([BW], a block:
+        Triton's interpreter masks with no scalars), and where they lie in the image (zero padding)."""
+        col = cols + (j - WINDOW // 2)
+        return base + row * width + col, (row >= 0) & (row < height) & (col >= 0) & (col < width)
+
+    @triton.jit
     def _forward_kernel(x_ptr, y_ptr, taps_ptr, partial_ptr, deriv_ptr, height, width, plane_size,
                         c1, c2, WINDOW: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr,
                         DERIVATIVES: tl.constexpr):
@@ -82,17 +89,14 @@ if triton is not None:
         e_xy = tl.zeros((BLOCK_H, BLOCK_W), tl.float32)
         first_row = tile_row * BLOCK_H - WINDOW // 2
         for k in range(BLOCK_H + WINDOW - 1):
-            row = first_row + k + tl.zeros((BLOCK_W,), tl.int32)  # a block: Triton's interpreter masks no scalars
-            row_in = (row >= 0) & (row < height)
+            row = first_row + k + tl.zeros((BLOCK_W,), tl.int32)
             h_x = tl.zeros((BLOCK_W,), tl.float32)
             h_y = tl.zeros((BLOCK_W,), tl.float32)
             h_xx = tl.zeros((BLOCK_W,), tl.float32)
             h_yy = tl.zeros((BLOCK_W,), tl.float32)
             h_xy = tl.zeros((BLOCK_W,), tl.float32)
             for j in tl.static_range(WINDOW):
-                col = cols + (j - WINDOW // 2)
-                inside = row_in & (col >= 0) & (col < width)
-                offset = base + row * width + col
+                offset, inside = _halo_tap(base, row, cols, j, height, width, WINDOW)
                 x = tl.load(x_ptr + offset, mask=inside, other=0.0)
                 y = tl.load(y_ptr + offset, mask=inside, other=0.0)
                 w = tl.load(taps_ptr + j)
@@ -144,15 +148,12 @@ if triton is not None:
         g_xy = tl.zeros((BLOCK_H, BLOCK_W), tl.float32)
         first_row = tile_row * BLOCK_H - WINDOW // 2
         for k in range(BLOCK_H + WINDOW - 1):
-            row = first_row + k + tl.zeros((BLOCK_W,), tl.int32)  # a block: Triton's interpreter masks no scalars
-            row_in = (row >= 0) & (row < height)
+            row = first_row + k + tl.zeros((BLOCK_W,), tl.int32)
             h_mu = tl.zeros((BLOCK_W,), tl.float32)
             h_xx = tl.zeros((BLOCK_W,), tl.float32)
             h_xy = tl.zeros((BLOCK_W,), tl.float32)
             for j in tl.static_range(WINDOW):
-                col = cols + (j - WINDOW // 2)
-                inside = row_in & (col >= 0) & (col < width)
-                offset = base + row * width + col
+                offset, inside = _halo_tap(base, row, cols, j, height, width, WINDOW)
                 w = tl.load(taps_ptr + j)
                 h_mu += w * tl.load(deriv_ptr + offset, mask=inside, other=0.0)
                 h_xx += w * tl.load(deriv_ptr + planes + offset, mask=inside, other=0.0)
