@@ -57,6 +57,10 @@ class TrainConf(Section):
                                  NON_NEGATIVE)
     keep_optimizer_state: bool = setting(False, "carry Adam's moments across prune/grow steps once the point count "
                                                 "is final; the paper rebuilds the optimizer at each (docs/RECIPES.md)")
+    weight_average_epochs: float = setting(0.0, "checkpoints (so evaluation and export) hold an exponential moving "
+                                                "average of the weights over about this many epochs' steps; "
+                                                "training steps the live ones (0: the weights as stepped, the paper; "
+                                                "docs/RECIPES.md)", NON_NEGATIVE)
     seed: int = setting(0, "seed of every random draw (initial points, data order, growth)", NON_NEGATIVE)
     device: str = setting("auto", "auto | cpu | cuda | cuda:N")
     tf32: bool = setting(False, "CUDA matrix products in TF32 (faster, 10-bit mantissa); false: full float32")

@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
@@ -23,8 +24,20 @@ from ..model.frame_inputs import FrameInputs
 from ..runtime import rng_state, set_rng_state
 from .optimizer_state import make_adam
 from .strategy import Strategy
+from .weight_average import WeightAverage
 
 log = logging.getLogger(__name__)
+
+
+# The model part's entry for the live weights, saved beside an averaged model state.
+LIVE_PARAMETERS = "live_parameters"
+
+
+@dataclass
+class Resumed:
+    optimizer: torch.optim.Adam
+    epoch: int  # the epoch to go on from
+    average: dict[str, torch.Tensor] | None  # the weights' average, by parameter name, where it was saved
 
 
 def check_experiment_folder(paths: ExperimentPaths, resuming: bool, overwrite: bool, load_path: str | None = None,
@@ -127,11 +140,16 @@ def is_numbered(done: int, nepoch: int, train: TrainConf) -> bool:
 
 def save_training(checkpoints: Path, epoch: int, numbered: bool, *, train: TrainConf, avatar: Avatar,
                   strategy: Strategy, optimizer: torch.optim.Optimizer, inputs: FrameInputs,
-                  input_optimizer: torch.optim.Optimizer) -> None:
-    """Save the run's state after `epoch` epochs as 'latest' (and as `epoch` when `numbered`)."""
+                  input_optimizer: torch.optim.Optimizer, average: WeightAverage | None = None) -> None:
+    """Save the run's state after `epoch` epochs as 'latest' (and as `epoch` when `numbered`). With
+    `average` (`train.weight_average_epochs`) the model is the averaged avatar, which evaluation and
+    export load, and the live weights that training steps are kept beside it for a resume."""
+    model = {"model_state_dict": avatar.state_dict(), "strategy": strategy.state_dict(), "rng_state": rng_state()}
+    if average is not None:
+        model["model_state_dict"] = average.state_dict(avatar)
+        model[LIVE_PARAMETERS] = {name: p.detach() for name, p in avatar.named_parameters()}
     parts = {
-        ckpt.MODEL: {"model_state_dict": avatar.state_dict(), "strategy": strategy.state_dict(),
-                     "rng_state": rng_state()},
+        ckpt.MODEL: model,
         ckpt.OPTIMIZER: {"optimizer_state_dict": optimizer.state_dict()},
         # The paper's layout has a scheduler part; the rate itself is recomputed in closed form
         # from the epoch on resume (`train.schedule.learning_rate_at`), so this part is informative only.
@@ -147,10 +165,11 @@ def save_training(checkpoints: Path, epoch: int, numbered: bool, *, train: Train
 
 def resume_training(paths: ExperimentPaths, load_path: str | None, tag: str, *, train: TrainConf, avatar: Avatar,
                     strategy: Strategy, inputs: FrameInputs,
-                    input_optimizer: torch.optim.Optimizer) -> tuple[torch.optim.Adam, int] | None:
-    """Load checkpoint `tag` of `load_path` (else of this experiment) into the run: the avatar, the
-    strategy's state, the per-frame inputs and their optimizer, every global RNG. Returns (the
-    avatar's optimizer, the epoch to go on from), or None when the experiment has no checkpoint yet."""
+                    input_optimizer: torch.optim.Optimizer) -> Resumed | None:
+    """Load checkpoint `tag` of `load_path` (else of this experiment) into the run: the avatar (its
+    live weights, where the checkpoint holds an average beside them), the strategy's state, the
+    per-frame inputs and their optimizer, every global RNG. Returns None when the experiment has no
+    checkpoint yet."""
     if not load_path and not ckpt.has_checkpoint(paths.checkpoints):
         log.warning("--is_continue: no checkpoints in %s yet; starting from scratch", paths.checkpoints)
         return None
@@ -164,6 +183,10 @@ def resume_training(paths: ExperimentPaths, load_path: str | None, tag: str, *, 
         strategy.load_state_dict(model.get("strategy", {}), avatar)
     except CheckpointError as exc:
         raise CheckpointError(f"{model_file}: {exc}") from None
+    average = None
+    if LIVE_PARAMETERS in model:  # the model state is the average: training goes on from the live weights
+        average = {name: p.detach().clone() for name, p in avatar.named_parameters()}
+        _load_live_parameters(avatar, model[LIVE_PARAMETERS], model_file)
     optimizer = make_adam(avatar, train.learning_rate)
     if upgraded:  # the network changed shape: its Adam state starts afresh (as at every prune/grow)
         log.warning("%s: model of an earlier version; its optimizer state is not reused", model_file)
@@ -176,7 +199,19 @@ def resume_training(paths: ExperimentPaths, load_path: str | None, tag: str, *, 
     epoch = int(model["epoch"])
     log.info("resumed from %s (%s): epoch %d, %d points, radius %.5f", source, tag, epoch, avatar.n_points,
              float(avatar.point_radius))
-    return optimizer, epoch
+    return Resumed(optimizer, epoch, average)
+
+
+@torch.no_grad()
+def _load_live_parameters(avatar: Avatar, live: dict[str, torch.Tensor], source: Path) -> None:
+    parameters = dict(avatar.named_parameters())
+    for name, p in parameters.items():
+        value = live.get(name)
+        if value is None or value.shape != p.shape:
+            got = "missing" if value is None else f"of shape {tuple(value.shape)}"
+            raise CheckpointError(f"{source}: the live weights' {name} is {got}, the model's is {tuple(p.shape)}; "
+                                  "the checkpoint is damaged or of another model")
+        p.copy_(value)
 
 
 def _load_optimizer(optimizer: torch.optim.Optimizer, part: dict, key: str, source: Path) -> None:

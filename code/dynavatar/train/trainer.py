@@ -37,6 +37,7 @@ from .guard import NonFiniteGuard, check_finite_parameters
 from .optimizer_state import adam_after_update, make_adam
 from .placement import place_training_images
 from .strategy import strategy_from_conf
+from .weight_average import Lag, WeightAverage, decay_for
 
 log = logging.getLogger(__name__)
 
@@ -117,20 +118,24 @@ class Trainer:
         self.input_optimizer = self.inputs.optimizer(train.learning_rate_cam)
         self.guard = NonFiniteGuard(train.max_nonfinite_steps, self.device)
         self.start_epoch = 0
+        saved_average = None
         if options.is_continue:
             resumed = checkpointing.resume_training(
                 self.paths, options.load_path, options.checkpoint, train=train, avatar=self.avatar,
                 strategy=self.strategy, inputs=self.inputs, input_optimizer=self.input_optimizer)
             if resumed is not None:
-                self.optimizer, self.start_epoch = resumed
+                self.optimizer, self.start_epoch, saved_average = resumed.optimizer, resumed.epoch, resumed.average
+        self.average = WeightAverage(self.avatar, saved_average) if train.weight_average_epochs > 0 else None
         if options.overwrite:  # every check passed (and a resumed checkpoint is in memory)
             checkpointing.move_experiment_aside(self.paths.root)
         self.writer: SummaryWriter | None = None
 
     def reset_optimizer(self) -> None:
         """A fresh optimizer over the avatar's parameters, after they were replaced from outside the
-        strategy (e.g. `avatar.set_points`)."""
+        strategy (e.g. `avatar.set_points`); the weights' average starts again from them."""
         self.optimizer = make_adam(self.avatar, self.conf.train.learning_rate)
+        if self.average is not None:
+            self.average = WeightAverage(self.avatar)
 
     def _set_lr(self, epoch: int, step: int = 0, n_steps: int = 1) -> float:
         """Set the avatar's learning rate for step `step` of the `n_steps` of `epoch` (the schedule's
@@ -147,17 +152,20 @@ class Trainer:
         """Save the run after `epoch` epochs as the checkpoint 'latest' (and `epoch` when `numbered`)."""
         checkpointing.save_training(self.paths.checkpoints, epoch, numbered, train=self.conf.train,
                                     avatar=self.avatar, strategy=self.strategy, optimizer=self.optimizer,
-                                    inputs=self.inputs, input_optimizer=self.input_optimizer)
+                                    inputs=self.inputs, input_optimizer=self.input_optimizer, average=self.average)
 
     # ---- one epoch -------------------------------------------------------------------------------
 
     def begin_epoch(self, epoch: int) -> None:
         """What comes before an epoch's steps: the strategy's edit of the points (the optimizer is
         then rebuilt, see optimizer_state.py) and the loss's epoch-dependent weights."""
+        before: Lag | None = self.average.lag(self.avatar) if self.average is not None else None
         update = self.strategy.epoch_start(self.avatar, epoch, epoch_generator(self.seed, epoch, 1))
         if update is not None:
             self.optimizer = adam_after_update(self.optimizer, self.avatar, self.conf.train.learning_rate, update,
                                                self.conf.train.keep_optimizer_state)
+            if self.average is not None:
+                self.average.follow_edit(self.avatar, before, update.source)
         self.loss.set_epoch(epoch)
 
     def epoch_order(self, epoch: int) -> torch.Tensor:
@@ -203,6 +211,7 @@ class Trainer:
         batch_size = self.batch_size()
         order = self.epoch_order(epoch)
         n_batches = (len(order) + batch_size - 1) // batch_size
+        decay = decay_for(self.conf.train.weight_average_epochs, n_batches)
         sums: dict[str, torch.Tensor] = {}
         counted = torch.zeros((), dtype=torch.float64, device=self.device)  # frames of the finite steps
         self.guard.start_epoch()
@@ -218,6 +227,8 @@ class Trainer:
             if warming:
                 lr = self._set_lr(epoch, step, n_batches)
             values = self.train_step(batch.to(self.device), step_inputs)
+            if self.average is not None:
+                self.average.update(self.avatar, decay)
             finite = values.pop("finite")
             # A skipped (non-finite) step tells nothing of what the avatar renders: the guard's business.
             peak_alpha = torch.where(finite, values.pop("peak_alpha"), torch.inf)
