@@ -228,3 +228,29 @@ def test_a_generated_subject_follows_the_conf_when_its_settings_change(tmp_path,
                                        [*base, "dataset.synthetic_frames=3", "dataset.synthetic_seed=1"]))
     assert (target / "demo" / "MVI_1810" / "flame_params.json").read_text() != before
     assert "seed=0; the conf asks for seed=1" in caplog.text
+
+
+def test_an_unusable_render_device_is_one_message(tmp_path, caplog):
+    from dynavatar.cli.make_synthetic_subject import main
+    assert main(["--out", str(tmp_path), "--subject", "a", "--res", "16", "--frames", "1", "--device", "tpu"]) == 1
+    assert "--device = 'tpu' is not a device" in caplog.text
+    assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (torch.cuda.is_available() is False)")
+def test_rendered_on_a_gpu_as_on_the_cpu(subject, tmp_path):
+    """The same subject rendered on the GPU: the same parameters, images equal up to rounding."""
+    generate_subject(tmp_path, "synth", res=RES, frames=FRAMES, seed=3, device="cuda")
+    for video in VIDEOS:
+        a = subject / "synth" / "synth" / video
+        b = tmp_path / "synth" / "synth" / video
+        pa, pb = (json.loads((f / "flame_params.json").read_text()) for f in (a, b))
+        for fa, fb in zip(pa["frames"], pb["frames"], strict=True):
+            for key in ("world_mat", "expression", "pose", "flame_keypoints", "bbox"):
+                assert np.allclose(fa[key], fb[key], atol=1e-5), key
+        for k in range(1, FRAMES + 1):
+            for sub in ("image", "mask"):
+                ia, ib = (np.asarray(Image.open(f / sub / f"{k}.png"), dtype=np.int16) for f in (a, b))
+                diff = np.abs(ia - ib)
+                assert diff.mean() < 0.05 and (diff > 2).mean() < 0.002, (video, sub, k)

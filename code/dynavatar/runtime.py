@@ -12,20 +12,20 @@ import torch
 from .errors import ConfigError
 
 
-def resolve_device(name: str) -> torch.device:
-    """`train.device`: auto | cpu | cuda | cuda:N -> a usable torch device, or one clear error."""
+def resolve_device(name: str, setting: str = "train.device") -> torch.device:
+    """auto | cpu | cuda | cuda:N -> a usable torch device, or one clear error naming `setting`."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise ConfigError(f"train.device = {name!r} is not a device: use auto, cpu, cuda or cuda:N") from None
+        raise ConfigError(f"{setting} = {name!r} is not a device: use auto, cpu, cuda or cuda:N") from None
     if device.type == "cuda" and (not torch.cuda.is_available()
                                   or (device.index or 0) >= torch.cuda.device_count()):
-        raise ConfigError(f"train.device = {name!r} but this machine has {torch.cuda.device_count()} CUDA "
-                          f"device(s): use train.device=auto or cpu")
+        raise ConfigError(f"{setting} = {name!r} but this machine has {torch.cuda.device_count()} CUDA "
+                          f"device(s): use {setting}=auto or cpu")
     if device.type not in ("cpu", "cuda"):
-        raise ConfigError(f"train.device = {name!r}: only cpu and cuda devices are supported")
+        raise ConfigError(f"{setting} = {name!r}: only cpu and cuda devices are supported")
     return device
 
 

@@ -22,6 +22,7 @@ from ..subject_generator.motion import TEST_MOTIONS
 from ..flame.synthetic_head import HEAD_VARIANTS
 from ..subject_generator.subject import DEFAULT_TEST_VIDEOS, DEFAULT_TRAIN_VIDEOS, generate_subject
 from ..errors import DynAvatarError
+from ..runtime import resolve_device
 
 
 def main(argv=None) -> int:
@@ -45,13 +46,16 @@ def main(argv=None) -> int:
                         help="test videos: near (default: unseen combinations, a bit beyond training) or "
                              "extrapolate (beyond the training range, see docs/DATA_FORMAT.md)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing subject of that name")
+    parser.add_argument("--device", default="cpu",
+                        help="where to render: cpu (default), cuda, cuda:N or auto; a GPU renders a 512-pixel "
+                             "subject in seconds instead of minutes (rounding can differ from the CPU's)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
     try:
         generate_subject(args.out, args.subject, res=args.res, frames=args.frames, seed=args.seed,
                          flame_model_path=args.flame, train_videos=args.train_videos, test_videos=args.test_videos,
                          landmark_path=args.landmarks, overwrite=args.overwrite, test_motion=args.test_motion,
-                         head=args.head)
+                         head=args.head, device=resolve_device(args.device, "--device"))
     except DynAvatarError as exc:  # user errors: one message, no traceback
         logging.error("%s", exc)
         return 1

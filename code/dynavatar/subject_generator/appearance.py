@@ -66,6 +66,9 @@ class _Waves:
     def __call__(self, points: torch.Tensor) -> torch.Tensor:  # [..., 3] -> [...]
         return torch.sin(points @ self.directions.T + self.phases).sum(-1) / np.sqrt(len(self.phases) / 2)
 
+    def to(self, device: torch.device) -> "_Waves":
+        return _Waves(self.directions.to(device), self.phases.to(device))
+
 
 class Appearance:
     """Albedo, texture and shading of one synthetic subject (a `shade_fn` for `render_mesh`)."""
@@ -88,6 +91,12 @@ class Appearance:
         self.fine = _Waves.random(rng, 8, 45.0)
         self.strands = _Waves.random(rng, 3, 6.0)
         self.light = torch.nn.functional.normalize(torch.tensor(LIGHT_DIRECTION), dim=0)
+
+    def to(self, device: torch.device) -> "Appearance":
+        """Move the tensors to `device` (in place; returns self)."""
+        for name in ("albedo", "canonical", "faces", "face_labels", "light", "blotches", "fine", "strands"):
+            setattr(self, name, getattr(self, name).to(device))
+        return self
 
     def texture(self, points: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Multiplicative texture [..., 1] at canonical points [..., 3] of regions `labels` [...]."""
@@ -121,8 +130,8 @@ class FrameLook:
         out = torch.zeros_like(front)
         back = torch.nonzero(~front).squeeze(1)
         if len(back):
-            centres = samples.xy[back].double().numpy()
-            out[back] = torch.from_numpy(points_in_polygon(centres, self.mouth_polygon))
+            centres = samples.xy[back].double().cpu().numpy()
+            out[back] = torch.from_numpy(points_in_polygon(centres, self.mouth_polygon)).to(out.device)
         return out
 
     def labels(self, samples: Samples, front: torch.Tensor) -> torch.Tensor:
@@ -138,7 +147,7 @@ class FrameLook:
         albedo = interpolate(app.albedo, app.faces, samples) * app.texture(points, labels)
         lambert = (normals * app.light).sum(-1, keepdim=True).clamp(min=0.0)
         colour = albedo * (AMBIENT + DIFFUSE * lambert)
-        mouth = torch.tensor(MOUTH_INTERIOR)
+        mouth = torch.tensor(MOUTH_INTERIOR, device=colour.device)
         colour = torch.where((labels == MOUTH)[..., None], mouth * (0.6 + 0.4 * lambert), colour)
         # Inside faces: dark mouth through the lips, else the shadowed inside of neck and collar.
         inside = torch.where(self._through_mouth(samples, front)[..., None], mouth * 0.6, albedo * 0.3)

@@ -205,15 +205,16 @@ def render_mesh(camera: Camera, vertices: torch.Tensor, faces: torch.Tensor, sha
     facing = (face_n * (v0 + v1 + v2)).sum(-1) < 0  # [F] outward side seen from the camera (at origin)
     front = facing[samples.face_index]  # [K]
     normals = F.normalize(interpolate(vertex_normals(cam_vertices, faces, winding), faces, samples), dim=-1)
-    colour = torch.zeros(height * width, 3)
+    device = vertices.device
+    colour = torch.zeros(height * width, 3, device=device)
     colour[flat] = shade_fn(samples, front, normals)
     alpha = box_downsample(frags.covered.float(), s)
     if background is None:
-        background = torch.ones(camera.height, camera.width, 3)
+        background = torch.ones(camera.height, camera.width, 3, device=device)
     rgb = box_downsample(colour.view(height, width, 3), s) + (1.0 - alpha[..., None]) * background
     labels = None
     if label_fn is not None:
-        sample_labels = torch.zeros(height * width, dtype=torch.long)
+        sample_labels = torch.zeros(height * width, dtype=torch.long, device=device)
         sample_labels[flat] = label_fn(samples, front)
         labels = majority_downsample(sample_labels.view(height, width), s, n_labels)
     return MeshImage(rgb.clamp(0, 1), alpha, labels)

@@ -25,6 +25,7 @@ from ..cameras import imavatar_camera, pixels_to_keypoints
 from ..config import Conf
 from ..errors import DatasetError
 from ..files import waiting_lock
+from ..runtime import resolve_device
 from ..flame import FLAME, synthetic_flame_files
 from ..flame.synthetic_head import HeadVariant, head_variant
 from .appearance import Appearance
@@ -63,6 +64,12 @@ class _Subject:
     base_translation: np.ndarray  # [3]
     background: torch.Tensor  # [H, W, 3]
     shape_params: torch.Tensor  # [100]
+
+    def to(self, device: torch.device) -> "_Subject":
+        """The subject with its rendering tensors on `device` (the parameters written to json stay)."""
+        return _Subject(self.flame.to(device), self.faces.to(device), self.face_labels.to(device),
+                        self.appearance.to(device), self.winding.to(device), self.intrinsics,
+                        self.base_translation, self.background.to(device), self.shape_params)
 
 
 def default_supersample(res: int) -> int:
@@ -130,12 +137,13 @@ def _render_video(subject: _Subject, video_dir: Path, motion: Motion, res: int, 
     for folder in ("image", "mask", "semantic"):
         (video_dir / folder).mkdir(parents=True, exist_ok=True)
     n_frames = len(motion.expressions)
+    device = subject.background.device
     with torch.no_grad():
-        out = subject.flame(motion.expressions, motion.poses)
+        out = subject.flame(motion.expressions.to(device), motion.poses.to(device))
     frames = []
     for k in range(n_frames):
         world_mat = _world_mat(motion.translations[k])
-        camera = imavatar_camera(world_mat, subject.intrinsics, res, res)
+        camera = imavatar_camera(world_mat.to(device), subject.intrinsics, res, res)
         with torch.no_grad():
             pixels, _ = camera.project(out.landmarks[k])  # [68, 2] rasterizer convention
             look = subject.appearance.for_frame(_mouth_polygon(pixels) * supersample)
@@ -144,9 +152,9 @@ def _render_video(subject: _Subject, video_dir: Path, motion: Motion, res: int, 
                                 winding=subject.winding)
         keypoints = pixels_to_keypoints(pixels, res, res)  # IMavatar convention, [-1, 1]
         name = str(k + 1)  # frames are numbered from 1 (ffmpeg %d.png)
-        write_rgb(video_dir / "image" / f"{name}.png", image.rgb.numpy())
-        write_mask(video_dir / "mask" / f"{name}.png", image.alpha.numpy())
-        write_labels(video_dir / "semantic" / f"{name}.png", image.labels.numpy())
+        write_rgb(video_dir / "image" / f"{name}.png", image.rgb.cpu().numpy())
+        write_mask(video_dir / "mask" / f"{name}.png", image.alpha.cpu().numpy())
+        write_labels(video_dir / "semantic" / f"{name}.png", image.labels.cpu().numpy())
         frames.append({
             "file_path": f"./image/{name}",
             "world_mat": world_mat.tolist(),
@@ -196,7 +204,7 @@ def generate_subject(out_dir: str | Path, subject: str, res: int = 512, frames: 
                      flame_model_path: str | Path | None = None, train_videos: Sequence[str] = DEFAULT_TRAIN_VIDEOS,
                      test_videos: Sequence[str] = DEFAULT_TEST_VIDEOS, landmark_path: str | Path | None = None,
                      supersample: int | None = None, overwrite: bool = False, test_motion: str = "near",
-                     head: str | HeadVariant | None = None) -> Path:
+                     head: str | HeadVariant | None = None, device: str | torch.device = "cpu") -> Path:
     """Write a synthetic subject to `out_dir/subject/subject/<video>/` and return `out_dir/subject`.
 
     flame_model_path: None or "synthetic" for the synthetic FLAME-format head, else a FLAME 2020
@@ -209,6 +217,8 @@ def generate_subject(out_dir: str | Path, subject: str, res: int = 512, frames: 
     test_motion: the kind of the test videos (motion.TEST_MOTIONS): "near" (unseen combinations, a
     bit beyond the training amplitudes) or "extrapolate" (see motion.py; its training videos then
     never show the pairs of expressions that its test videos combine).
+    device: where the frames are rendered. A GPU renders a 512-pixel subject many times faster than
+    a CPU thread; its images can differ from the CPU's by rounding (deterministic on each).
     """
     if test_motion not in TEST_MOTIONS:
         raise DatasetError(f"test_motion {test_motion!r}: expected one of {', '.join(TEST_MOTIONS)}")
@@ -242,7 +252,7 @@ def generate_subject(out_dir: str | Path, subject: str, res: int = 512, frames: 
         staging = tmp / subject
         cache = staging / HEAD_MODEL_DIR if custom_head else tmp / "flame"
         model_path, lmk_path = _flame_files(flame_model_path, landmark_path, cache, variant)
-        built = _build_subject(model_path, lmk_path, res, seed, variant.height_factor)
+        built = _build_subject(model_path, lmk_path, res, seed, variant.height_factor).to(torch.device(device))
         with tqdm(total=frames * len(videos), desc=f"rendering {subject}", unit="frame") as progress:
             motions = subject_motions(test_motion, frames, seed, built.base_translation, len(train_videos),
                                       len(test_videos))
@@ -357,4 +367,5 @@ def _generate_for_conf(conf: Conf, target: Path) -> Path:
     return generate_subject(target.parent, subject, res=max(height, width),
                             frames=data.synthetic_frames, seed=data.synthetic_seed, flame_model_path=model_path,
                             train_videos=train_videos, test_videos=test_videos, landmark_path=landmark_path,
-                            overwrite=True, test_motion=data.synthetic_test_motion, head=head)
+                            overwrite=True, test_motion=data.synthetic_test_motion, head=head,
+                            device=resolve_device(conf.train.device))
