@@ -86,7 +86,7 @@ def test_checkpoints_hold_the_average_and_a_resume_goes_on_bitwise(data_folder, 
 
 
 def test_without_the_average_checkpoints_are_as_before(data_folder, tmp_path):
-    trainer = Trainer(tiny_conf(data_folder, tmp_path), TrainOptions(nepoch=1))
+    trainer = Trainer(tiny_conf(data_folder, tmp_path, "train.weight_average_epochs=0"), TrainOptions(nepoch=1))
     trainer.run()
     assert trainer.average is None
     model = torch.load(experiment_root(tmp_path) / "train" / "checkpoints" / ckpt.MODEL / "latest.pth", weights_only=False)
