@@ -198,7 +198,7 @@ def test_checkpoints_of_the_earlier_layout_still_load(data_folder, tmp_path):
     assert torch.equal(resumed.strategy.visible, part["strategy"]["visible"])
     avatar, epoch = load_avatar(conf, checkpoints, "latest", (32, 32), torch.device("cpu"))
     assert epoch == 2 and float(avatar.point_radius) == radius
-    assert torch.equal(avatar.points, trainer.avatar.points)
+    assert torch.equal(avatar.points, state["points"])
 
 
 # ---- point strategies ----------------------------------------------------------------------------
