@@ -16,6 +16,7 @@ from dynavatar.config import load_conf
 from dynavatar.errors import ConfigError
 from dynavatar.flame import FLAME
 from dynavatar.flame.lbs import axis_angle_to_matrix
+from dynavatar.flame.mesh import vertex_normals
 from dynavatar.model.avatar import Avatar
 from dynavatar.model.build import restore_avatar
 from dynavatar.model.frame_inputs import FrameInputs
@@ -81,6 +82,39 @@ def test_shading_starts_as_albedo_and_lights_the_turned_normal(synthetic_flame_p
     vertices, _, _ = avatar.canonical_flame()  # outward: along the vertex's offset from the head's centre
     outward = (avatar.canonical_normals() * (vertices - vertices.mean(0))).sum(1) > 0
     assert outward.float().mean() > 0.8
+
+
+@pytest.mark.parametrize("normals", ["skinned", "flame"])
+def test_flame_normals_bend_with_the_expression(synthetic_flame_paths, normals):
+    """`model.shading_normals=flame` lights the nearest vertex's normal on FLAME's mesh in the frame,
+    which an expression bends; `skinned` turns the canonical normal with the skinning alone."""
+    avatar = make_avatar(synthetic_flame_paths, "model.shading=true", f"model.shading_normals={normals}")
+    plain = make_avatar(synthetic_flame_paths)
+    pose = torch.zeros(1, 15)
+    pose[0, :3] = torch.tensor([0.0, 0.6, 0.0])
+    smile = torch.zeros(1, 50)
+    smile[0, :4] = torch.tensor([2.5, -2.0, 2.0, 1.5])
+    light = torch.tensor([1.0, 0.5, 0.25])  # from +x, less in G and B
+    lit = {}
+    with torch.no_grad():
+        avatar.shading.coefficients.zero_()
+        avatar.shading.coefficients[1] = light
+        nearest = avatar.canonical_state().nearest
+        for name, expression in (("still", torch.zeros(1, 50)), ("smile", smile)):
+            albedo = plain.deform(expression, pose)[0].colors[0]
+            lit[name] = avatar.deform(expression, pose)[0].colors[0]
+            if normals == "flame":
+                mesh = avatar.flame(expression, pose).vertices[0]
+                normal = vertex_normals(mesh, avatar.flame.faces, avatar.canonical_winding())[nearest]
+                assert torch.allclose(lit[name], (albedo * normal[:, :1] * light).clamp(0, 1), atol=1e-4)
+            lit[name] = lit[name] / albedo.clamp(min=1e-6)  # the lighting alone
+    moved = (lit["smile"] - lit["still"]).abs().max()
+    assert moved > 0.05 if normals == "flame" else moved < 0.05
+
+
+def test_shading_normals_must_be_known():
+    with pytest.raises(ConfigError, match="shading_normals"):
+        load_conf(DEMO, ["model.shading_normals=smooth"])
 
 
 def test_point_colors_follow_their_points_and_load(synthetic_flame_paths):

@@ -207,6 +207,7 @@ class DeformerNetworkConf(Section):
 
 
 GAUSSIAN_INPUTS = ("posed", "nonrigid")
+SHADING_NORMALS = ("skinned", "flame")  # model.shading_normals
 COMPILE_MODES = ("off", "on", "auto")  # model.compile (model/compiled.py)
 
 
@@ -284,6 +285,9 @@ class ModelConf(Section):
     point_colors: bool = setting(False, "a learnt colour offset per Gaussian beside the colour network")
     shading: bool = setting(False, "colour = albedo x a learnt lighting of the posed normal (the reference's "
                                    "colours do not change with the head's pose)")
+    shading_normals: str = setting("skinned", "the normal that model.shading lights: skinned (the nearest canonical "
+                                              "FLAME vertex's, turned by the point's skinning) | flame (the nearest "
+                                              "vertex's on FLAME's mesh in the frame, so expressions bend it too)")
     recompute: str = setting("auto", "recompute the point networks' activations in the backward pass: auto (when "
                                      "the step's estimated activations would not fit in the device's free memory) "
                                      "| on (always when training) | off (never)")
@@ -316,6 +320,8 @@ class ModelConf(Section):
             return [("network_precision", f"must be float32 or bfloat16, got {self.network_precision!r}")]
         if self.compile not in COMPILE_MODES:
             return [("compile", f"must be one of {', '.join(COMPILE_MODES)}, got {self.compile!r}")]
+        if self.shading_normals not in SHADING_NORMALS:
+            return [("shading_normals", f"must be one of {', '.join(SHADING_NORMALS)}, got {self.shading_normals!r}")]
         return []
 
 

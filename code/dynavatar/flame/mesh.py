@@ -1,7 +1,7 @@
 """Mesh geometry of FLAME-like meshes: connected parts, outward face winding and vertex normals.
 
 Used by the synthetic subject's renderer and by the avatar's shading (the normals of the canonical
-FLAME mesh). Device follows the inputs.
+FLAME mesh, or of FLAME's mesh in each frame). Device follows the inputs.
 """
 
 from __future__ import annotations
@@ -12,12 +12,12 @@ import torch.nn.functional as F
 
 def vertex_normals(vertices: torch.Tensor, faces: torch.Tensor, face_sign: torch.Tensor | float = 1.0
                    ) -> torch.Tensor:
-    """Area-weighted vertex normals [V, 3] of a mesh [V, 3] with faces [F, 3]; `face_sign` [F] (or a
-    scalar) flips faces so that cross(v1 - v0, v2 - v0) points outwards (see `outward_winding`)."""
-    v0, v1, v2 = vertices[faces].unbind(1)
+    """Area-weighted vertex normals [..., V, 3] of meshes [..., V, 3] with faces [F, 3]; `face_sign` [F]
+    (or a scalar) flips faces so that cross(v1 - v0, v2 - v0) points outwards (see `outward_winding`)."""
+    v0, v1, v2 = vertices[..., faces, :].unbind(-2)  # [..., F, 3] each
     face_n = torch.cross(v1 - v0, v2 - v0, dim=-1) * (face_sign[:, None] if torch.is_tensor(face_sign)
-                                                       else face_sign)  # [F, 3], length = 2 x area
-    normals = torch.zeros_like(vertices).index_add_(0, faces.reshape(-1), face_n.repeat_interleave(3, 0))
+                                                       else face_sign)  # [..., F, 3], length = 2 x area
+    normals = torch.zeros_like(vertices).index_add_(-2, faces.reshape(-1), face_n.repeat_interleave(3, -2))
     return F.normalize(normals, dim=-1, eps=1e-12)
 
 

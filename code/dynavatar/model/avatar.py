@@ -119,6 +119,7 @@ class Avatar(nn.Module):
         self.cuda_graphs = model_conf.cuda_graphs
         self.training_graphs = NetworkGraphs(self.precision) if model_conf.training_graphs else None
         self.shading = Shading() if model_conf.shading else None
+        self.shading_normals = model_conf.shading_normals  # "skinned" | "flame"
         self.canonical_net = CanonicalNetwork(**asdict(model_conf.geometry_network))
         self.deformer = DeformerNetwork(n_joints=flame.n_joints, **asdict(model_conf.deformer_network))
         gaussian_conf = model_conf.gaussian_network
@@ -187,12 +188,15 @@ class Avatar(nn.Module):
         transforms = with_ghost_bone(out.transforms) if self.deformer.ghostbone else out.transforms
         return out.vertices[0], out.pose_feature, transforms
 
+    def canonical_winding(self) -> torch.Tensor:
+        """Per-face sign [F] that turns FLAME's faces outwards (`outward_winding` of the canonical mesh)."""
+        return self.canonical_cache.get("winding", self._built_on(),
+                                        lambda: outward_winding(self.canonical_flame()[0], self.flame.faces))
+
     def canonical_normals(self) -> torch.Tensor:
         """Outward vertex normals [V, 3] of the canonical FLAME mesh (kept with `canonical_flame`)."""
-        def compute() -> torch.Tensor:
-            vertices, faces = self.canonical_flame()[0], self.flame.faces
-            return vertex_normals(vertices, faces, outward_winding(vertices, faces))
-        return self.canonical_cache.get("normals", self._built_on(), compute)
+        return self.canonical_cache.get("normals", self._built_on(), lambda: vertex_normals(
+            self.canonical_flame()[0], self.flame.faces, self.canonical_winding()))
 
     # ---- points ----------------------------------------------------------------------------------
 
@@ -307,10 +311,9 @@ class Avatar(nn.Module):
         if state.rotation is not None:  # turn = R(frame) R(canonical)^T, applied on the left: q_turn * q
             turn = polar_rotation(blended[..., :3, :3]) @ state.rotation.transpose(-1, -2)
             quats = (quaternion_left_matrix(rotation_to_quaternion(turn)) @ quats[..., None])[..., 0]
-        if state.normals is not None:  # albedo x the lighting of the normal turned by the frame's skinning
-            with torch.no_grad():  # renormalised blend instead of its polar factor: close enough for lighting
-                normals = torch.nn.functional.normalize((blended[..., :3, :3] @ state.normals[None, ..., None])[..., 0],
-                                                        dim=-1)  # [B, N, 3]
+        if state.normals is not None:  # albedo x the lighting of the point's normal in the frame
+            with torch.no_grad():
+                normals = self._frame_normals(state, blended, expression, flame_pose)  # [B, N, 3]
             colors = (colors * self.shading(normals)).clamp(0.0, 1.0)
         return Gaussians(
             means=posed,
@@ -319,6 +322,17 @@ class Avatar(nn.Module):
             opacities=torch.sigmoid(logits.opacity[None] + offsets.opacity)[..., 0],
             colors=colors,
         )
+
+    def _frame_normals(self, state: CanonicalState, blended: torch.Tensor, expression: torch.Tensor,
+                       flame_pose: torch.Tensor) -> torch.Tensor:
+        """The normals [B, N, 3] that `model.shading` lights: `skinned`, each point's canonical normal
+        turned by its skinning `blended` [B, N, 4, 4] (renormalised blend instead of its polar factor:
+        close enough for lighting); `flame`, the normal of its nearest vertex on FLAME's mesh posed
+        with the frame's expression and pose, which a smile bends as well as a turn."""
+        if self.shading_normals == "flame":
+            vertices = self.flame(expression, flame_pose).vertices  # [B, V, 3]
+            return vertex_normals(vertices, self.flame.faces, self.canonical_winding())[:, state.nearest]
+        return torch.nn.functional.normalize((blended[..., :3, :3] @ state.normals[None, ..., None])[..., 0], dim=-1)
 
     def run_network(self, name: str, net: nn.Module, x: torch.Tensor, recompute: bool = False,
                     compile: bool = True):
