@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from dynavatar.cameras import imavatar_camera, keypoints_to_pixels, pixels_to_keypoints
+from dynavatar.cameras import imavatar_camera, imavatar_cameras, keypoints_to_pixels, pixels_to_keypoints
 from dynavatar.flame.lbs import axis_angle_to_matrix
 
 
@@ -55,3 +55,20 @@ def test_camera_translation_receives_gradients():
     pixel, _ = imavatar_camera(world_mat, [-3.0, 3.0, 0.5, 0.5], 64, 64).project(torch.tensor([0.1, 0.1, 0.0]))
     pixel.sum().backward()
     assert world_mat.grad[:, 3].abs().sum() > 0
+
+
+def test_a_batch_of_cameras_equals_the_cameras_of_its_frames():
+    gen = torch.Generator().manual_seed(2)
+    rotations = axis_angle_to_matrix(torch.randn(3, 3, generator=gen) * 0.3)
+    world_mats = torch.cat([rotations, torch.randn(3, 3, 1, generator=gen) - torch.tensor([0.0, 0.0, 4.0])[:, None]], 2)
+    intrinsics = torch.tensor([[-3.0, 3.0, 0.5, 0.5], [-2.9, 3.1, 0.49, 0.52], [-3.0072, 2.9471, 0.5106, 0.4946]])
+    batch = imavatar_cameras(world_mats, intrinsics, 64, 48)
+    assert len(batch) == 3
+    for b, camera in enumerate(batch):
+        single = imavatar_camera(world_mats[b], intrinsics[b], 64, 48)
+        assert torch.equal(camera.world_to_camera, single.world_to_camera)
+        assert (camera.fx, camera.fy, camera.cx, camera.cy, camera.width, camera.height) == \
+            (single.fx, single.fy, single.cx, single.cy, single.width, single.height)
+    with pytest.raises(ValueError, match=r"\[B, 4\]"):
+        imavatar_cameras(world_mats, intrinsics[0], 64, 48)
+

@@ -239,6 +239,18 @@ def test_auto_recomputes_only_when_the_estimate_does_not_fit_in_the_free_memory(
     assert unknown.decide(estimate, CPU, 20_001) and not unknown.decide(estimate, CPU, 20_000)
 
 
+def test_auto_reads_the_free_memory_again_only_when_the_step_changes_size():
+    readings = []
+
+    def probe(device):
+        readings.append(device)
+        return 10 ** 6 if len(readings) < 3 else 10 ** 12  # plenty of memory from the third reading on
+    policy = RecomputePolicy("auto", 20_000, probe)
+    assert all(policy.decide(10 ** 9, CPU, 50_000) for _ in range(5)) and len(readings) == 1
+    assert policy.decide(2 * 10 ** 9, CPU, 100_000) and len(readings) == 2  # more points: read again
+    assert not policy.decide(10 ** 9, CPU, 50_000) and len(readings) == 3  # back: read again, it fits now
+
+
 def test_on_and_off_do_not_ask_for_the_free_memory():
     def probe(device):
         raise AssertionError("on and off must not read the free memory")

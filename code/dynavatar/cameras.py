@@ -98,6 +98,19 @@ def imavatar_camera(world_mat: torch.Tensor, intrinsics: Sequence[float] | torch
     return Camera(imavatar_world_to_camera(world_mat), fx, fy, cx, cy, int(width), int(height), near, far)
 
 
+def imavatar_cameras(world_mats: torch.Tensor, intrinsics: torch.Tensor, width: int, height: int,
+                     near: float = DEFAULT_NEAR, far: float = DEFAULT_FAR) -> list[Camera]:
+    """`imavatar_camera` of every frame of a batch (world_mats [B, 3, 4], intrinsics [B, 4] on the
+    host), converted together: a training step's cameras cost the host a few operations, not a few
+    per frame."""
+    if intrinsics.dim() != 2 or intrinsics.shape[-1] != 4:
+        raise ValueError(f"intrinsics must be [B, 4] [fx/W, fy/H, cx/W, cy/H], got {tuple(intrinsics.shape)}")
+    views = imavatar_world_to_camera(world_mats)  # [B, 4, 4]
+    pixels = pixel_intrinsics(intrinsics.detach().to("cpu", torch.float64), width, height).tolist()
+    return [Camera(view, fx, fy, cx, cy, int(width), int(height), near, far)
+            for view, (fx, fy, cx, cy) in zip(views.unbind(0), pixels)]
+
+
 def pixels_to_keypoints(pixels: torch.Tensor, width: int, height: int) -> torch.Tensor:
     """Rasterizer-convention pixel coordinates [..., 2] -> IMavatar `flame_keypoints` ([-1, 1], pixel centres at integers)."""
     size = torch.tensor([width, height], dtype=pixels.dtype, device=pixels.device)

@@ -17,7 +17,7 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
-from ..cameras import Camera, imavatar_camera
+from ..cameras import Camera, imavatar_camera, imavatar_cameras
 from ..config import ModelConf
 from ..data.batch import FrameBatch
 from ..flame import FLAME
@@ -391,7 +391,7 @@ class Avatar(nn.Module):
         with `depth`, the alpha-weighted depth."""
         state = self.canonical_state(with_prior, prior_chunk, frames=len(batch))
         gaussians = self.pose(state, batch.expression, batch.flame_pose)
-        cameras = [self.camera(batch.world_mat[b], batch.intrinsics[b]) for b in range(len(batch))]
+        cameras = imavatar_cameras(batch.world_mat, batch.intrinsics, width=self.img_res[1], height=self.img_res[0])
         rgb, alpha, depth, raster = render_gaussians(gaussians, cameras, self.background_for(gaussians),
                                                      self.rasterizer, depth)
         prior = PriorQuery(state.prior, state.nearest) if with_prior else None

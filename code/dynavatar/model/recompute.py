@@ -99,11 +99,21 @@ class RecomputePolicy:
             raise ValueError(f"model.recompute must be one of {', '.join(MODES)}, got {mode!r}")
         self.mode, self.chunk, self.probe = mode, int(chunk), probe
         self._unknown_logged = False
+        self._last: tuple[tuple[int, torch.device, int], bool] | None = None  # (estimate, device, points), decision
 
     def decide(self, estimate: int, device: torch.device, n_points: int) -> bool:
-        """Whether a training step whose activations take about `estimate` bytes recomputes them."""
+        """Whether a training step whose activations take about `estimate` bytes recomputes them.
+        The free memory is read again only when the step's size changes (points, frames, priors):
+        steps of one size take the same memory, and reading the allocator's figures every step cost
+        the host about as much as launching a dozen kernels."""
         if self.mode != "auto":
             return self.mode == "on"
+        key = (estimate, device, n_points)
+        if self._last is None or self._last[0] != key:
+            self._last = (key, self._decide_now(estimate, device, n_points))
+        return self._last[1]
+
+    def _decide_now(self, estimate: int, device: torch.device, n_points: int) -> bool:
         free = self.probe(device)
         if free is None:  # unreadable: recompute once the points exceed one chunk
             if not self._unknown_logged:
