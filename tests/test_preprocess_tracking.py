@@ -178,11 +178,15 @@ def test_silhouette_of_the_true_mattes_improves_detector_tracking(detector_pair)
 
 def test_silhouette_weight_reaches_the_tracking():
     from dynavatar.cli.preprocess import build_parser, options_from_args
+    from dynavatar.preprocess.pipeline import PreprocessOptions
 
     args = ["--subject", "s", "--video", "talk.mp4"]
-    assert options_from_args(build_parser().parse_args(args)).tracking.silhouette_weight == 0.0
-    assert options_from_args(build_parser().parse_args([*args, "--silhouette-weight", "10"])
-                             ).tracking.silhouette_weight == 10.0
+    assert options_from_args(build_parser().parse_args(args)).tracking.silhouette_weight == 10.0  # the default
+    assert options_from_args(build_parser().parse_args([*args, "--silhouette-weight", "0"])
+                             ).tracking.silhouette_weight == 0.0
+    assert options_from_args(build_parser().parse_args([*args, "--silhouette-weight", "3"])
+                             ).tracking.silhouette_weight == 3.0
+    assert PreprocessOptions("s", []).tracking.silhouette_weight == 10.0  # the Python API's default too
 
 
 def test_preprocess_tracks_again_with_the_background_models_masks(tmp_path):

@@ -13,8 +13,8 @@ from ..preprocess.crop import DEFAULT_CROP_SCALE
 from ..preprocess.errors import PreprocessError
 from ..preprocess.frames import FrameSelection
 from ..preprocess.masks import MaskOptions
-from ..preprocess.pipeline import (DEFAULT_FLAME, FOLDER_NAME, PreprocessOptions, VideoSpec, preprocess_subject,
-                                   video_name)
+from ..preprocess.pipeline import (DEFAULT_FLAME, FOLDER_NAME, SILHOUETTE_WEIGHT, PreprocessOptions, VideoSpec,
+                                   preprocess_subject, video_name)
 from ..preprocess.tracking import DEFAULT_FOCAL, TrackingOptions
 from .common import main_with_errors, setup_logging
 
@@ -66,10 +66,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="tracking weight of the jaw contour beside the chin (default 0: a face-mesh detector's "
                              "contour follows the silhouette; up to 1 for landmarks fixed on the face)")
     parser.add_argument("--silhouette_weight", "--silhouette-weight", type=float,
-                        default=TrackingOptions.silhouette_weight, metavar="W",
-                        help="tracking weight of the silhouette term, the projected FLAME head kept inside the "
-                             "masks (default 0: landmarks only; 10 measured best on generated heads, see "
-                             "docs/PREPROCESSING.md); without --masks, tracking runs again once the masks exist")
+                        default=SILHOUETTE_WEIGHT, metavar="W",
+                        help=f"tracking weight of the silhouette term, the projected FLAME head kept inside the "
+                             f"masks (default {SILHOUETTE_WEIGHT:g}, measured best on generated heads, see "
+                             f"docs/PREPROCESSING.md; 0: landmarks only); without --masks, tracking runs again "
+                             f"once the masks exist")
     parser.add_argument("--workers", type=int, default=0,
                         help="threads segmenting frames for the masks at once (default 0: one per CPU core)")
     parser.add_argument("--no_contact_sheet", "--no-contact-sheet", action="store_true", help="skip the contact sheet")

@@ -11,8 +11,10 @@ test video:
 - generator: the generator's own images, masks and tracking (read at the avatar's size);
 - exact: the preprocessed images and masks with the generator's exact tracking re-expressed for the
   crop (`exact_tracking_in_crop`), so that it differs from "preprocessed" only in its tracking;
-- preprocessed: preprocessing as a user runs it (the detector's landmarks, default options);
-- silhouette: the same with `--silhouette_weight 10` (the same detected landmarks);
+- preprocessed: preprocessing with the detector's landmarks alone (`--silhouette_weight 0`, the
+  default before the silhouette term was; otherwise default options);
+- silhouette: the same with `--silhouette_weight 10` (the same detected landmarks): preprocessing as
+  a user runs it with the default options;
 - true_focal: "silhouette" tracked with the generator's true focal length (`true_focal`) instead of
   the default `--focal` 3.0, so that the focal's share of the silhouette variant's gap is measured;
 - refined: "preprocessed" trained with per-frame input refinement (expression and pose; the camera
@@ -351,7 +353,7 @@ def measure_seed(seed: int, work: Path, variants: Sequence[str], setup: Setup, t
     results = {"backdrop": backdrop_of(seed), "true_yaw": true_yaw_range(videos), "preprocessing": {}, "variants": {}}
     pre = None
     if set(PREPROCESSING_OF) & set(variants):
-        pre = preprocess(videos_dir, data, "pre", setup)
+        pre = preprocess(videos_dir, data, "pre", setup, ["--silhouette_weight", "0"])
         results["report"] = _report_summary(pre)
         results["true_focal"] = round(true_focal(videos, _crops(pre)), 4)
     for variant in (v for v in RUN_ORDER if v in variants):
