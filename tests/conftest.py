@@ -8,6 +8,9 @@ import os
 import pytest
 import torch
 
+from dynavatar.flame import synthetic_flame_files
+from tiny_experiment import write_tiny_subject
+
 
 def _share_the_cores() -> None:
     """With pytest-xdist, give each worker (and the commands it starts) cores / workers threads.
@@ -22,9 +25,6 @@ def _share_the_cores() -> None:
 
 
 _share_the_cores()
-
-from dynavatar.flame import synthetic_flame_files
-from tiny_experiment import write_tiny_subject
 
 
 @pytest.fixture(scope="session")

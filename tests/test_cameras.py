@@ -60,7 +60,8 @@ def test_camera_translation_receives_gradients():
 def test_a_batch_of_cameras_equals_the_cameras_of_its_frames():
     gen = torch.Generator().manual_seed(2)
     rotations = axis_angle_to_matrix(torch.randn(3, 3, generator=gen) * 0.3)
-    world_mats = torch.cat([rotations, torch.randn(3, 3, 1, generator=gen) - torch.tensor([0.0, 0.0, 4.0])[:, None]], 2)
+    translations = torch.randn(3, 3, 1, generator=gen) - torch.tensor([0.0, 0.0, 4.0])[:, None]
+    world_mats = torch.cat([rotations, translations], 2)
     intrinsics = torch.tensor([[-3.0, 3.0, 0.5, 0.5], [-2.9, 3.1, 0.49, 0.52], [-3.0072, 2.9471, 0.5106, 0.4946]])
     batch = imavatar_cameras(world_mats, intrinsics, 64, 48)
     assert len(batch) == 3
@@ -71,4 +72,3 @@ def test_a_batch_of_cameras_equals_the_cameras_of_its_frames():
             (single.fx, single.fy, single.cx, single.cy, single.width, single.height)
     with pytest.raises(ValueError, match=r"\[B, 4\]"):
         imavatar_cameras(world_mats, intrinsics[0], 64, 48)
-

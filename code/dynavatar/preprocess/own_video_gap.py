@@ -12,7 +12,7 @@ test video:
 - exact: the preprocessed images and masks with the generator's exact tracking re-expressed for the
   crop (`exact_tracking_in_crop`), so that it differs from "preprocessed" only in its tracking;
 - preprocessed: preprocessing with the detector's landmarks alone (`--silhouette_weight 0`, the
-  default before the silhouette term was; otherwise default options);
+  landmarks-only fit that was preprocessing's default before the silhouette term; else defaults);
 - silhouette: the same with `--silhouette_weight 10` (the same detected landmarks): preprocessing as
   a user runs it with the default options;
 - true_focal: "silhouette" tracked with the generator's true focal length (`true_focal`) instead of
