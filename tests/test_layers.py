@@ -13,7 +13,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "code" / "dynavatar"
 # Lowest first. Subpackages (or top-level modules) of one layer may not import each other.
 LAYERS = [
     {"errors"},
-    {"config", "runtime", "files"},
+    {"config", "runtime", "files", "progress"},
     {"cameras"},
     {"flame", "render", "data", "metrics", "experiment", "export"},
     {"model", "subject_generator"},

@@ -9,6 +9,7 @@ import sys
 from typing import Callable, Sequence
 
 from ..errors import DynAvatarError
+from ..progress import set_quiet
 
 # What the machine refuses, not a bug: a full disk or quota, a file-size limit, a read-only or
 # forbidden place. Raised where no more specific message catches it, these are one line too.
@@ -32,8 +33,10 @@ def add_checkpoint_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def setup_logging(quiet: bool = False) -> None:
+    """Info messages and progress bars, or with `quiet` warnings and errors only."""
     logging.basicConfig(level=logging.WARNING if quiet else logging.INFO,
                         format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    set_quiet(quiet)
 
 
 def main_with_errors(run: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None = None) -> None:

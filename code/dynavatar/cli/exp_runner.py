@@ -32,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="evaluation without ground-truth images: render the test split from its json")
     parser.add_argument("--drive", default="", help="a flame_params.json whose expressions and poses to reenact")
     parser.add_argument("--no_videos", action="store_true", help="skip writing mp4 videos at evaluation")
-    parser.add_argument("--quiet", action="store_true", help="log warnings only")
+    parser.add_argument("--quiet", action="store_true", help="log warnings only, no progress bars")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="conf overrides, e.g. train.max_batch=4")
     return parser
 

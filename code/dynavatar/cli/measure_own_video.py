@@ -67,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
     parser.add_argument("--csv", type=Path, default=None, help="write one line per seed and variant here")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="conf overrides for every training run")
-    parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
+    parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only, no progress bars")
     return parser
 
 

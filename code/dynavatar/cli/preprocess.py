@@ -75,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="threads segmenting frames for the masks at once (default 0: one per CPU core)")
     parser.add_argument("--no_contact_sheet", "--no-contact-sheet", action="store_true", help="skip the contact sheet")
     parser.add_argument("--overwrite", action="store_true", help="replace a subject written earlier by preprocess.py")
-    parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
+    parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only, no progress bars")
     return parser
 
 

@@ -44,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="weight of the silhouette term, with the generator's true mattes as masks (default 0: "
                              "landmarks only; preprocess.py --silhouette_weight)")
     parser.add_argument("--json", action="store_true", help="print one json object per subject")
-    parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
+    parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only, no progress bars")
     return parser
 
 

@@ -13,10 +13,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from tqdm import tqdm
 
 from ..config import Conf, load_conf
 from ..errors import ConfigError, DatasetError
+from ..progress import progress
 from .flame_params import flame_params_problems, frame_id_of, load_json
 from .images import read_labels, read_mask, read_rgb, size_mismatch
 from .problems import Problem, frame_label
@@ -144,7 +144,7 @@ def check_sub_dir(instance_dir: str | Path, json_name: str = DEFAULT_JSON_NAME) 
     report.problems += problems
     check_semantic = (instance_dir / "semantic").is_dir()
     first_size = None
-    for image_path, where in tqdm(listed, desc=f"checking {instance_dir.name}", unit="frame", leave=False):
+    for image_path, where in progress(listed, desc=f"checking {instance_dir.name}", unit="frame", leave=False):
         if image_path.parent in missing:
             continue
         check_mask = sibling_path(image_path, "mask").parent not in missing

@@ -14,10 +14,10 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from ..config import Conf
 from ..errors import ConfigError, DatasetError
+from ..progress import progress
 from .batch import FrameBatch
 from .flame_params import N_EXPRESSION, read_flame_params
 from .images import check_header, read_labels, read_mask, read_rgb, resize, resize_labels, size_mismatch, to_uint8
@@ -160,7 +160,7 @@ class FaceDataset(torch.utils.data.Dataset):
             self.has_semantic = self._semantic_present(sub_dirs)
             if load_images:
                 arrays = [load_frame_arrays(r, self.img_res, self.has_semantic)
-                          for r in tqdm(self.frames, desc=f"loading {subject_name} images", unit="frame")]
+                          for r in progress(self.frames, desc=f"loading {subject_name} images", unit="frame")]
                 self._cache = _stack_frames(arrays)
 
     def _check_files_exist(self) -> None:

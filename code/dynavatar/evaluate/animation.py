@@ -13,7 +13,6 @@ from typing import Iterator, Sequence
 import imageio.v2 as imageio
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from ..data.batch import FrameBatch
 from ..data.flame_params import FlameParams, read_flame_params
@@ -22,6 +21,7 @@ from ..export.ply import save_gaussians_ply
 from ..export.video import write_mp4
 from ..flame.lbs import axis_angle_to_matrix
 from ..model.avatar import Avatar, Gaussians
+from ..progress import progress
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +111,7 @@ def reenact(avatar: Avatar, drive_json: str | Path, folder: Path, batch_size: in
     device = avatar.canonical_expression.device
     written = []
     n_batches = math.ceil(len(params) / batch_size)
-    for batch in tqdm(drive_batches(params, sequence_name(drive_json), batch_size), total=n_batches,
+    for batch in progress(drive_batches(params, sequence_name(drive_json), batch_size), total=n_batches,
                       desc="reenacting", dynamic_ncols=True):
         out = avatar(batch.to(device))
         for b, frame_id in enumerate(batch.frame_id):

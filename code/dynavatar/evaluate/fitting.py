@@ -12,7 +12,6 @@ from typing import Iterable
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from ..config import Conf
 from ..data.batch import FrameBatch, batches, frames_per_step
@@ -21,6 +20,7 @@ from ..experiment import checkpoints as ckpt
 from ..losses import AvatarLoss
 from ..model.avatar import Avatar
 from ..model.frame_inputs import FrameInputs
+from ..progress import progress
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ def fit_frame_inputs(avatar: Avatar, inputs: FrameInputs, batches: Iterable[Fram
     avatar.eval()
     losses: list[tuple[float, float]] = []
     try:
-        for batch in tqdm(batches, total=n_batches, desc="fitting test frames", dynamic_ncols=True):
+        for batch in progress(batches, total=n_batches, desc="fitting test frames", dynamic_ncols=True):
             batch = batch.to(device)
             first = None
             for _ in range(steps):

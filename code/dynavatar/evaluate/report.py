@@ -16,7 +16,6 @@ from typing import Any, Iterator
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from ..config import Conf
 from ..data.batch import FrameBatch, batches
@@ -25,6 +24,7 @@ from ..export.images import erode_dilate, error_heatmap, save_png
 from ..metrics import LPIPS, Unavailable, image_metrics, load_lpips, lpips_metric
 from ..model.avatar import Avatar, AvatarOutput
 from ..model.frame_inputs import FrameInputs
+from ..progress import progress
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +97,7 @@ def render_and_score(avatar: Avatar, data: FaceDataset, inputs: FrameInputs | No
     """Render the test split (or the frames `order` [N] names), write each frame's images under the
     folder of its video, and return one row of metrics per frame (none without ground truth)."""
     rows: list[dict[str, Any]] = []
-    bar = tqdm(total=len(data) if order is None else len(order), desc="evaluating", dynamic_ncols=True)
+    bar = progress(total=len(data) if order is None else len(order), desc="evaluating", dynamic_ncols=True)
     for batch, out in render_test_split(avatar, data, inputs, batch_size, device, order):
         for b in range(len(batch)):
             rendering = out.rgb[b].clamp(0, 1)

@@ -26,12 +26,12 @@ from typing import Iterator, Sequence
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from ..data.images import read_mask, read_rgb, write_mask, write_rgb
 from ..flame import synthetic_flame_files
 from ..flame.model_file import FLAME_HELP, LANDMARK_HELP
 from . import consistency
+from ..progress import progress
 from .contact_sheet import TILE, annotate, sheet_frames, write_contact_sheet
 from .crop import DEFAULT_CROP_SCALE, Crop, square_crop
 from .errors import PreprocessError
@@ -180,7 +180,7 @@ class _Video:
 def _detect_landmarks(spec: VideoSpec, info: VideoInfo, selection: FrameSelection, detector) -> VideoLandmarks:
     """Steps 1-3 on the source frames: decode, detect the face, 68 points and irises per frame."""
     indices, points = [], []
-    for index, frame in tqdm(iter_frames(info, selection), desc=f"landmarks {spec.name}", unit="frame"):
+    for index, frame in progress(iter_frames(info, selection), desc=f"landmarks {spec.name}", unit="frame"):
         found = detector.landmarks(frame)
         indices.append(index)
         points.append(with_irises(mesh_to_ibug68(found[0]), found[1]) if found is not None
@@ -201,7 +201,7 @@ def _detect_landmarks(spec: VideoSpec, info: VideoInfo, selection: FrameSelectio
 
 def _file_landmarks(spec: VideoSpec, info: VideoInfo, selection: FrameSelection, path: Path) -> VideoLandmarks:
     """Steps 1 and 3 with a landmark file: the selected frames' source indices, and their landmarks."""
-    indices = [index for index, _ in tqdm(iter_frames(info, selection), desc=f"frames {spec.name}", unit="frame")]
+    indices = [index for index, _ in progress(iter_frames(info, selection), desc=f"frames {spec.name}", unit="frame")]
     if not indices:
         raise PreprocessError(f"{info.path}: no frame selected (check --start, --end and --fps against the video's "
                               f"{info.duration:.1f} s)")
@@ -216,7 +216,7 @@ def _write_frames(video: _Video, video_dir: Path, options: PreprocessOptions) ->
     wanted = set(np.linspace(0, count - 1, min(options.masks.samples, count)).round().astype(int).tolist())
     written = 0
     frames = iter_frames(video.info, options.selection)
-    for k, (index, frame) in enumerate(tqdm(frames, total=count, desc=f"frames {video.spec.name}", unit="frame")):
+    for k, (index, frame) in enumerate(progress(frames, total=count, desc=f"frames {video.spec.name}", unit="frame")):
         if k >= count or index != video.landmarks.source_indices[k]:
             raise PreprocessError(f"{video.info.path}: the video decoded differently the second time (frame {index}); "
                                   f"re-encode it with ffmpeg")
@@ -282,7 +282,7 @@ def _write_masks(video: _Video, video_dir: Path, fitted: np.ndarray, model, opti
         write_mask(video_dir / "mask" / f"{k + 1}.png", segment(frame, fitted[k, :N_LANDMARKS], model, options.masks))
 
     count = len(video.landmarks.source_indices)
-    for _ in tqdm(map_frames(write, range(count), options.masks.threads()), total=count,
+    for _ in progress(map_frames(write, range(count), options.masks.threads()), total=count,
                   desc=f"masks {video.spec.name}", unit="frame"):
         pass  # each result is a frame written
 

@@ -31,10 +31,10 @@ from typing import Sequence
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from ..cameras import PIXEL_CENTRE_OFFSET, imavatar_world_to_camera, pixel_intrinsics, pixels_to_keypoints
 from . import silhouette
+from ..progress import progress
 from .flame_landmarks import JAW, NECK, FlameLandmarks
 
 log = logging.getLogger(__name__)
@@ -259,7 +259,7 @@ def _run_adam(problem: _Problem, params: list[torch.Tensor], steps: int, lr: flo
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * s / steps))
                                                  * 0.99 + 0.01)
     value = float("nan")
-    for _ in tqdm(range(steps), desc=desc, unit="step", leave=False):
+    for _ in progress(range(steps), desc=desc, unit="step", leave=False):
         optimizer.zero_grad(set_to_none=True)
         loss = problem.loss()
         loss.backward()

@@ -25,6 +25,7 @@ from ..cameras import imavatar_camera, pixels_to_keypoints
 from ..config import Conf
 from ..errors import DatasetError
 from ..files import waiting_lock
+from ..progress import progress
 from ..runtime import resolve_device
 from ..flame import FLAME, synthetic_flame_files
 from ..flame.synthetic_head import HeadVariant, head_variant
@@ -131,7 +132,7 @@ def _world_mat(translation: torch.Tensor) -> torch.Tensor:
     return torch.cat([torch.eye(3), translation.reshape(3, 1)], dim=1)
 
 
-def _render_video(subject: _Subject, video_dir: Path, motion: Motion, res: int, supersample: int, progress: tqdm
+def _render_video(subject: _Subject, video_dir: Path, motion: Motion, res: int, supersample: int, bar: tqdm
                   ) -> None:
     """Render one video of `motion` into video_dir/{image,mask,semantic} and write its flame_params.json."""
     for folder in ("image", "mask", "semantic"):
@@ -163,7 +164,7 @@ def _render_video(subject: _Subject, video_dir: Path, motion: Motion, res: int, 
             "bbox": [*keypoints.min(0).values.tolist(), *keypoints.max(0).values.tolist()],
             "flame_keypoints": keypoints.tolist(),
         })
-        progress.update(1)
+        bar.update(1)
     params = {"frames": frames, "intrinsics": subject.intrinsics, "shape_params": subject.shape_params.tolist()}
     with open(video_dir / JSON_NAME, "w", encoding="utf-8") as handle:
         json.dump(params, handle)
@@ -253,11 +254,11 @@ def generate_subject(out_dir: str | Path, subject: str, res: int = 512, frames: 
         cache = staging / HEAD_MODEL_DIR if custom_head else tmp / "flame"
         model_path, lmk_path = _flame_files(flame_model_path, landmark_path, cache, variant)
         built = _build_subject(model_path, lmk_path, res, seed, variant.height_factor).to(torch.device(device))
-        with tqdm(total=frames * len(videos), desc=f"rendering {subject}", unit="frame") as progress:
+        with progress(total=frames * len(videos), desc=f"rendering {subject}", unit="frame") as bar:
             motions = subject_motions(test_motion, frames, seed, built.base_translation, len(train_videos),
                                       len(test_videos))
             for (name, _), motion in zip(videos, motions):
-                _render_video(built, staging / subject / name, motion, res, supersample, progress)
+                _render_video(built, staging / subject / name, motion, res, supersample, bar)
         settings = {"res": res, "frames": frames, "seed": seed, "test_motion": test_motion,
                     "flame_model": str(flame_model_path or "synthetic")}
         if custom_head:

@@ -15,7 +15,6 @@ from typing import Callable
 
 import torch
 from torch.utils.tensorboard import SummaryWriter
-from tqdm import tqdm
 
 from ..config import Conf
 from ..data.batch import FrameBatch, batches, frames_per_step
@@ -29,6 +28,7 @@ from ..metrics import psnr
 from ..model.avatar import Avatar
 from ..model.build import avatar_from_conf, flame_paths
 from ..model.frame_inputs import FrameInputs
+from ..progress import progress
 from ..render.backends import resolve_backend
 from ..runtime import configure_device, epoch_generator, resolve_device, seed_everything
 from . import checkpointing, schedule
@@ -216,7 +216,7 @@ class Trainer:
         counted = torch.zeros((), dtype=torch.float64, device=self.device)  # frames of the finite steps
         self.guard.start_epoch()
         self.avatar.train()
-        bar = tqdm(batches(self.train_data, batch_size, order), total=n_batches, desc=f"epoch {epoch}",
+        bar = progress(batches(self.train_data, batch_size, order), total=n_batches, desc=f"epoch {epoch}",
                    leave=False, dynamic_ncols=True)
         shown = time.perf_counter()
         # During the warm-up the rate rises at every step: Adam's first full-size steps could carry
@@ -292,7 +292,7 @@ class Trainer:
         if self.start_epoch >= nepoch:
             log.info("nothing to train: checkpoint is at epoch %d, --nepoch is %d", self.start_epoch, nepoch)
         try:
-            for epoch in tqdm(range(self.start_epoch, nepoch), desc="training", initial=self.start_epoch,
+            for epoch in progress(range(self.start_epoch, nepoch), desc="training", initial=self.start_epoch,
                               total=nepoch, dynamic_ncols=True):
                 started = time.perf_counter()
                 stats = self.train_epoch(epoch)
