@@ -170,5 +170,7 @@ def test_cli_exit_codes(data):
     (data / "mask" / "1.png").unlink()
     found = _cli("--path", data.parents[1], "-q")
     assert found.returncode == 1 and "mask" in found.stderr and "frame 1" in found.stderr
+    assert "checking " not in found.stderr  # -q: no progress bars
+    assert "checking " in _cli("--path", data.parents[1]).stderr
     assert _cli().returncode == 2  # neither --conf nor --path
     assert _cli("--conf", "confs/no_such.conf").returncode == 2

@@ -11,6 +11,7 @@ import argparse
 import logging
 
 from ..data.checker import check_command
+from ..progress import set_quiet
 
 
 def main(argv=None) -> int:
@@ -21,7 +22,7 @@ def main(argv=None) -> int:
                              "(.../<sub_dir>); repeatable")
     parser.add_argument("--json_name", default=None,
                         help="flame params file name (default: the conf's, or flame_params.json)")
-    parser.add_argument("-q", "--quiet", action="store_true", help="print problems only, no summary")
+    parser.add_argument("-q", "--quiet", action="store_true", help="print problems only, no summary, no progress bars")
     parser.add_argument("overrides", nargs="*",
                         help="conf overrides key=value, e.g. dataset.data_folder=./data/datasets")
     args = parser.parse_intermixed_args(argv)  # key=value overrides anywhere among the options
@@ -30,5 +31,6 @@ def main(argv=None) -> int:
     if args.overrides and not args.conf:
         parser.error("conf overrides need --conf")
     logging.basicConfig(level=logging.ERROR if args.quiet else logging.INFO, format="%(levelname)s: %(message)s")
+    set_quiet(args.quiet)
     return check_command(args.conf, args.path, args.overrides, args.json_name)
 
