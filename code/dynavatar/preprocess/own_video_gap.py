@@ -54,7 +54,7 @@ RUN_ORDER = ("exact", "preprocessed", "refined", "silhouette", "true_focal", "ge
 VIDEOS = ("train1", "train2", "test1")
 TRAIN, TEST = ("train1", "train2"), ("test1",)
 DEMO_CONF = Path(__file__).resolve().parents[3] / "confs" / "demo.conf"
-SILHOUETTE_WEIGHT = 10.0
+SILHOUETTE_WEIGHT = 10.0  # the "silhouette" variant's weight, as measured (preprocess.py's default too)
 METRICS = ("psnr", "ssim", "l1")
 # The preprocessing run whose images and masks each variant trains on ("generator": none, the
 # generator's own folder).

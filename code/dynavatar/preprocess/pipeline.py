@@ -30,8 +30,8 @@ import torch
 from ..data.images import read_mask, read_rgb, write_mask, write_rgb
 from ..flame import synthetic_flame_files
 from ..flame.model_file import FLAME_HELP, LANDMARK_HELP
-from . import consistency
 from ..progress import progress
+from . import consistency
 from .contact_sheet import TILE, annotate, sheet_frames, write_contact_sheet
 from .crop import DEFAULT_CROP_SCALE, Crop, square_crop
 from .errors import PreprocessError

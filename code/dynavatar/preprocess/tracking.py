@@ -33,8 +33,8 @@ import numpy as np
 import torch
 
 from ..cameras import PIXEL_CENTRE_OFFSET, imavatar_world_to_camera, pixel_intrinsics, pixels_to_keypoints
-from . import silhouette
 from ..progress import progress
+from . import silhouette
 from .flame_landmarks import JAW, NECK, FlameLandmarks
 
 log = logging.getLogger(__name__)
