@@ -297,18 +297,25 @@ def test_the_avatar_recomputes_as_the_policy_decides(synthetic_flame_paths):
     assert len(runs) == 1
 
 
-def step_gradients(avatar: Avatar, policy: RecomputePolicy, frames: int = 3) -> dict[str, torch.Tensor]:
+def step_gradients(avatar: Avatar, policy: RecomputePolicy, frames: int = 3,
+                   refine_inputs: bool = False) -> dict[str, torch.Tensor]:
+    """The parameters' gradients of a step's loss; with `refine_inputs`, also the frames' expression
+    and pose gradients (as per-frame input refinement takes them)."""
     avatar.recompute = policy
     gen = torch.Generator().manual_seed(4)
     expression, pose = torch.randn(frames, 50, generator=gen), (torch.rand(frames, 15, generator=gen) - 0.5) * 0.6
-    expression, pose = expression.to(avatar.points.device), pose.to(avatar.points.device)
+    expression = expression.to(avatar.points.device).requires_grad_(refine_inputs)
+    pose = pose.to(avatar.points.device).requires_grad_(refine_inputs)
     state = avatar.canonical_state(with_prior=True, frames=frames)
     g = avatar.pose(state, expression, pose)
     loss = (g.means.square().sum() + g.scales.sum() + g.colors.square().sum() + g.quats[..., 1].sum()
             + g.opacities.sum() + state.prior.lbs_weights.square().sum() + state.prior.shapedirs.square().sum())
     avatar.zero_grad(set_to_none=True)
     loss.backward()
-    return {name: p.grad.clone() for name, p in avatar.named_parameters() if p.grad is not None}
+    grads = {name: p.grad.clone() for name, p in avatar.named_parameters() if p.grad is not None}
+    if refine_inputs:
+        grads.update(expression=expression.grad, flame_pose=pose.grad)
+    return grads
 
 
 def test_recomputed_gradients_equal_kept_ones(synthetic_flame_paths):

@@ -1,6 +1,7 @@
-"""The per-point networks of a training step replayed from CUDA graphs (`model.training_graphs`):
-the launched step's gradients, a recording per network kept while its input and parameters stay,
-recorded again when they change, and never used off the GPU, without gradients or when recomputing."""
+"""The per-point networks and the posing of a training step replayed from CUDA graphs
+(`model.training_graphs`): the launched step's gradients, a recording per network and for the
+posing kept while their inputs and parameters stay, recorded again when they change, and never
+used off the GPU or without gradients; the networks are launched when recomputing."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ NETWORKS = ("canonical_net", "deformer", "gaussian_net")
 
 class FakeRecorder:
     """Stands in for `torch.cuda.make_graphed_callables` on the CPU: the recorded function is the
-    network's call itself; counts the recordings and the replays."""
+    call itself; records the first input's shape of each recording and counts the replays."""
 
     def __init__(self) -> None:
         self.recorded, self.replays = [], 0
@@ -28,9 +29,9 @@ class FakeRecorder:
         self.recorded.append(tuple(sample_args[0].shape))
         flat(*sample_args)  # as the real one does while warming up: learns the output type
 
-        def replay(x):
+        def replay(*inputs):
             self.replays += 1
-            return flat(x)
+            return flat(*inputs)
         return replay
 
 
@@ -41,9 +42,10 @@ def relative_errors(got: dict, want: dict) -> dict[str, float]:
 
 def test_the_step_replays_each_network_and_records_again_when_the_points_change(synthetic_flame_paths,
                                                                                  monkeypatch):
-    """The dispatch on the CPU, with a recorder that calls the network: the launched step's very
-    gradients, one recording per network for a point count and batch, new ones for new points or
-    frames; nothing recorded without gradients, for a frozen avatar, or with recomputation."""
+    """The dispatch on the CPU, with a recorder that calls the recorded function: the launched step's
+    very gradients (the frames' inputs' too), one recording per network and one of the posing for a
+    point count and batch, new ones for new points, frames or inputs that take a gradient; nothing
+    recorded without gradients or for a frozen avatar, the networks launched with recomputation."""
     recorder = FakeRecorder()
     monkeypatch.setattr(network_graphs, "can_record_training", lambda device: torch.is_grad_enabled())
     monkeypatch.setattr(torch.cuda, "make_graphed_callables", recorder)
@@ -58,22 +60,26 @@ def test_the_step_replays_each_network_and_records_again_when_the_points_change(
     got = step_gradients(avatar, RecomputePolicy("off", 128), frames=3)
     assert all(torch.equal(got[name], grad) for name, grad in want.items())
     n = avatar.n_points
-    assert recorder.recorded == [(n, 3), (2 * n, 3), (3, n, 3)]  # canonical, deformer (with the prior rows), gaussian
+    assert recorder.recorded == [(n, 3), (2 * n, 3), (3, 50)]  # canonical, deformer (with the prior rows), posing
     step_gradients(avatar, RecomputePolicy("off", 128), frames=3)  # the same sizes: replayed only
     assert len(recorder.recorded) == 3 and recorder.replays == 6
-    step_gradients(avatar, RecomputePolicy("off", 128), frames=2)  # fewer frames: the gaussian network again
-    assert recorder.recorded[3:] == [(2, n, 3)]
+    step_gradients(avatar, RecomputePolicy("off", 128), frames=2)  # fewer frames: the posing again
+    assert recorder.recorded[3:] == [(2, 50)]
+    want = step_gradients(launched, RecomputePolicy("off", 128), frames=2, refine_inputs=True)
+    got = step_gradients(avatar, RecomputePolicy("off", 128), frames=2, refine_inputs=True)
+    assert "expression" in got and all(torch.equal(got[name], grad) for name, grad in want.items())
+    assert recorder.recorded[4:] == [(2, 50)]  # the inputs take a gradient now: the posing again
 
     avatar.set_points(avatar.points.detach()[: n - 10])  # pruned: every network again
     launched.set_points(launched.points.detach()[: n - 10])
     errors = relative_errors(step_gradients(avatar, RecomputePolicy("off", 128), frames=2),
                              step_gradients(launched, RecomputePolicy("off", 128), frames=2))
     assert max(errors.values()) == 0.0, errors
-    assert recorder.recorded[4:] == [(n - 10, 3), (2 * (n - 10), 3), (2, n - 10, 3)]
+    assert recorder.recorded[5:] == [(n - 10, 3), (2 * (n - 10), 3), (2, 50)]
 
     before = (len(recorder.recorded), recorder.replays)
-    step_gradients(avatar, RecomputePolicy("on", 128), frames=2)  # recomputed in chunks: launched
-    assert (len(recorder.recorded), recorder.replays) == (before[0], before[1] + 1)  # the gaussian network's replay
+    step_gradients(avatar, RecomputePolicy("on", 128), frames=2)  # networks recomputed in chunks: launched
+    assert (len(recorder.recorded), recorder.replays) == (before[0], before[1] + 1)  # the posing's replay
     with torch.no_grad():
         avatar.deform(torch.zeros(2, 50), torch.zeros(2, 15))
     for p in avatar.parameters():
@@ -92,17 +98,19 @@ def test_the_cpu_launches_the_networks(synthetic_flame_paths):
 @pytest.mark.gpu
 @pytest.mark.parametrize("overrides", [(), ("model.shading=true", "model.rotate_gaussians=true",
                                             "model.network_precision=bfloat16")], ids=["paper", "shaded_bf16"])
-def test_replayed_networks_give_the_launched_gradients(synthetic_flame_paths, overrides):
+def test_replayed_networks_and_posing_give_the_launched_gradients(synthetic_flame_paths, overrides):
     device = torch.device("cuda")
     torch.manual_seed(0)
     launched = make_avatar(synthetic_flame_paths, "model.training_graphs=false", *overrides).to(device)
     torch.manual_seed(0)
     avatar = make_avatar(synthetic_flame_paths, *overrides).to(device)
-    for frames in (3, 3, 2):
-        errors = relative_errors(step_gradients(avatar, RecomputePolicy("off", 128), frames),
-                                 step_gradients(launched, RecomputePolicy("off", 128), frames))
+    for frames, refine_inputs in ((3, False), (3, False), (2, False), (2, True)):
+        errors = relative_errors(step_gradients(avatar, RecomputePolicy("off", 128), frames, refine_inputs),
+                                 step_gradients(launched, RecomputePolicy("off", 128), frames, refine_inputs))
         assert max(errors.values()) <= 1e-4, errors
-    assert avatar.training_graphs.recordings == 4  # three networks, then the gaussian network for 2 frames
+        assert ("expression" in errors) == refine_inputs
+    # two networks and the posing, the posing again for 2 frames and for inputs that take a gradient
+    assert avatar.training_graphs.recordings == 5
 
     for each in (avatar, launched):  # an optimizer moves the weights in place: the recordings stay valid
         optimizer = torch.optim.SGD(each.parameters(), lr=1e-3)
@@ -112,4 +120,4 @@ def test_replayed_networks_give_the_launched_gradients(synthetic_flame_paths, ov
     errors = relative_errors(step_gradients(avatar, RecomputePolicy("off", 128), 2),
                              step_gradients(launched, RecomputePolicy("off", 128), 2))
     assert max(errors.values()) <= 1e-4, errors
-    assert avatar.training_graphs.recordings == 7
+    assert avatar.training_graphs.recordings == 9  # the posing without input gradients, then all three anew

@@ -11,7 +11,7 @@ What does not depend on the frame (the canonical FLAME frame, the canonical stat
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Callable, Sequence
 
 import torch
@@ -81,6 +81,11 @@ class AvatarOutput:
     prior: PriorQuery | None = None
     raster: RasterStats | None = None  # [B, N, ...] the rasterizer's per-Gaussian statistics (means2d's .grad
     #                                    after backward: dL/d(pixel position), for densification)
+
+
+def _tensors(out) -> tuple[torch.Tensor, ...]:
+    """The fields of a dataclass of tensors, in order (not `astuple`, which copies them)."""
+    return tuple(getattr(out, f.name) for f in fields(out))
 
 
 def initial_points(n: int, radius: float, generator: torch.Generator) -> torch.Tensor:
@@ -284,13 +289,45 @@ class Avatar(nn.Module):
 
     def pose(self, state: CanonicalState, expression: torch.Tensor, flame_pose: torch.Tensor) -> Gaussians:
         """Gaussians [B, N, ...] of the frames given by expression [B, E] and FLAME pose [B, 15]
-        (compiled with `model.compile` while training; replayed from CUDA graphs of the cached state
-        with `model.cuda_graphs` when rendering without gradients on a GPU)."""
-        if self.cuda_graphs and state.reused and can_record(expression.device):
+        (compiled with `model.compile` while training; replayed from CUDA graphs while training on a
+        GPU with `model.training_graphs`, and from CUDA graphs of the cached state with
+        `model.cuda_graphs` when rendering without gradients on a GPU)."""
+        device = expression.device
+        if self.cuda_graphs and state.reused and can_record(device):
             graphs = self.canonical_cache.get("pose_graphs", (self._built_on(), id(state)),
                                               lambda: PoseGraphs(self._pose, state))
             return graphs(expression, flame_pose)
-        return self.compiled("pose", self._pose, expression.device)(state, expression, flame_pose)
+        if self.replays_training(device):
+            return self._replayed_pose(state, expression, flame_pose)
+        return self.compiled("pose", self._pose, device)(state, expression, flame_pose)
+
+    def replays_training(self, device: torch.device) -> bool:
+        """Whether this step's networks and posing are replayed from CUDA graphs (`model.training_graphs`):
+        on a GPU, with gradients, the avatar not frozen, without `model.compile`."""
+        return (self.training_graphs is not None and self.training_graphs.applies(device)
+                and not self.compiler.enabled(device) and not self.is_frozen())
+
+    def _replayed_pose(self, state: CanonicalState, expression: torch.Tensor, flame_pose: torch.Tensor
+                       ) -> Gaussians:
+        """`_pose` replayed from the training step's CUDA graphs. What the posing reads of the state
+        becomes the recording's inputs; the Gaussian network and the shading are its parameters;
+        the point radius it reads in place (`set_point_radius` fills it)."""
+        logits, deformer = state.logits, state.deformer
+        optional = tuple(name for name in ("rotation", "nearest", "normals") if getattr(state, name) is not None)
+        inputs = (expression, flame_pose, *_tensors(logits), *_tensors(deformer), state.shifted, state.unposed,
+                  *(getattr(state, name) for name in optional))
+        n_logits, n_deformer = len(fields(logits)), len(fields(deformer))
+
+        def posing(expression: torch.Tensor, flame_pose: torch.Tensor, *tensors: torch.Tensor) -> Gaussians:
+            rebuilt = CanonicalState(
+                type(logits)(*tensors[:n_logits]), type(deformer)(*tensors[n_logits:n_logits + n_deformer]),
+                *tensors[n_logits + n_deformer:n_logits + n_deformer + 2],
+                **dict(zip(optional, tensors[n_logits + n_deformer + 2:])))
+            return self._pose(rebuilt, expression, flame_pose)
+
+        holder = nn.ModuleList([self.gaussian_net] + ([self.shading] if self.shading is not None else []))
+        return self.training_graphs.replay("pose", holder, posing, inputs,
+                                           read_in_place=(self.point_radius.data_ptr(),))
 
     def _pose(self, state: CanonicalState, expression: torch.Tensor, flame_pose: torch.Tensor) -> Gaussians:
         pose_feature, transforms = self.flame.transforms_only(expression, flame_pose)
@@ -305,7 +342,8 @@ class Avatar(nn.Module):
         # beyond the training range is also an input beyond it. "nonrigid" gives it only the
         # expression's and the pose correctives' offsets in the canonical frame.
         motion = posed - state.shifted[None] if self.gaussian_input == "posed" else shaped - state.unposed[None]
-        offsets = self.run_network("gaussian_net", self.gaussian_net, motion.detach(), compile=False)  # [B, N, ...]
+        # Launched here: compiled with the whole posing (`model.compile`), or recorded with it.
+        offsets = self.precision(self.gaussian_net, motion.detach())  # [B, N, ...]
         quats = torch.nn.functional.normalize(logits.rotation[None] + offsets.rotation, dim=-1)
         colors = torch.sigmoid(logits.color[None] + offsets.color)
         if state.rotation is not None:  # turn = R(frame) R(canonical)^T, applied on the left: q_turn * q
@@ -334,17 +372,15 @@ class Avatar(nn.Module):
             return vertex_normals(vertices, self.flame.faces, self.canonical_winding())[:, state.nearest]
         return torch.nn.functional.normalize((blended[..., :3, :3] @ state.normals[None, ..., None])[..., 0], dim=-1)
 
-    def run_network(self, name: str, net: nn.Module, x: torch.Tensor, recompute: bool = False,
-                    compile: bool = True):
+    def run_network(self, name: str, net: nn.Module, x: torch.Tensor, recompute: bool = False):
         """A per-point network `name` on x in the avatar's precision: with its activations recomputed in
-        the backward pass (`recompute`), compiled (`model.compile`; `compile=False` where its caller is
-        compiled whole), replayed from CUDA graphs while training on a GPU (`model.training_graphs`),
-        or launched."""
+        the backward pass (`recompute`), compiled (`model.compile`), replayed from CUDA graphs while
+        training on a GPU (`model.training_graphs`), or launched."""
         if recompute:
             return self.recompute.run(self.precision.bind(self.compiled(name, net, x.device)), x, True)
         if self.compiler.enabled(x.device):
-            return self.precision(self.compiled(name, net, x.device) if compile else net, x)
-        if self.training_graphs is not None and self.training_graphs.applies(x.device) and not self.is_frozen():
+            return self.precision(self.compiled(name, net, x.device), x)
+        if self.replays_training(x.device):
             return self.training_graphs(name, net, x)
         return self.precision(net, x)
 
