@@ -30,7 +30,7 @@ from ..runtime import constant
 from .canonical_cache import CanonicalCache
 from .compiled import StepCompiler
 from .gaussians import Gaussians
-from .network_graphs import NetworkGraphs
+from .step_graphs import StepGraphs
 from .networks import CanonicalAttributes, CanonicalNetwork, DeformerNetwork, DeformerOutput, GaussianNetwork
 from .pose_graph import PoseGraphs, can_record
 from .precision import NetworkPrecision
@@ -122,7 +122,7 @@ class Avatar(nn.Module):
         self.precision = NetworkPrecision(model_conf.network_precision)
         self.compiler = StepCompiler(model_conf.compile)
         self.cuda_graphs = model_conf.cuda_graphs
-        self.training_graphs = NetworkGraphs(self.precision) if model_conf.training_graphs else None
+        self.training_graphs = StepGraphs(self.precision) if model_conf.training_graphs else None
         self.shading = Shading() if model_conf.shading else None
         self.shading_normals = model_conf.shading_normals  # "skinned" | "flame"
         self.canonical_net = CanonicalNetwork(**asdict(model_conf.geometry_network))

@@ -5,9 +5,10 @@ points the host's launches still stretch the step beyond the GPU's work. Two par
 recorded: the canonical and deformer networks (weight normalisation, matrix products, activations
 and their gradients), and the posing of the frames (FLAME's joint transforms, blendshapes,
 correctives and skinning, the Gaussian network, the activations and the shading): together several
-hundred launches a step. `torch.cuda.make_graphed_callables` records a call's forward and backward
-once and replays each with one launch; autograd sees one node per call, through which the gradients
-reach the parameters and the inputs as before.
+hundred launches a step.
+`torch.cuda.make_graphed_callables` records a call's forward and backward once and replays each
+with one launch; autograd sees one node per call, through which the gradients reach the parameters
+and the inputs as before.
 
 A recording is made for one set of inputs: their shapes, dtypes, devices and whether they take a
 gradient, and for the parameters' storage (and whatever else the caller names that the graph reads
@@ -19,9 +20,9 @@ kept, where a launched step would have allocated them anyway.
 A recording's outputs are its own buffers, overwritten by its next replay: a step replays each once
 before its backward pass, as training does.
 
-Where it does not apply the work is launched as before: on a CPU, with activation recomputation (a
-loop of chunks of its own; the posing is still replayed), with `model.compile`, and without
-gradients.
+Where it does not apply the work is launched as before: on a CPU, with `model.compile`, without
+gradients, and for the networks whose activations are recomputed (a loop of chunks of its own; the
+posing is still replayed then).
 """
 
 from __future__ import annotations
@@ -65,13 +66,14 @@ def _key(holder: nn.Module, inputs: Sequence[torch.Tensor], read_in_place: tuple
     return tuple((tuple(x.shape), x.dtype, x.device, x.requires_grad) for x in inputs), params, read_in_place
 
 
-class NetworkGraphs:
-    """Replays of the training step's per-point work from CUDA graphs, one recording per name.
+class StepGraphs:
+    """Replays of the training step's work from CUDA graphs, one recording per name.
 
     `graphs(name, net, x)`: `call(net, x)` (a dataclass of tensors) for a per-point network;
-    `graphs.replay(name, holder, fn, inputs)`: `fn(*inputs)` for any call whose parameters are
-    `holder`'s. `call` is the avatar's precision (`NetworkPrecision.__call__`); `recordings` counts
-    the recordings made (for the logs and the tests)."""
+    `graphs.replay(name, holder, fn, inputs)`: `fn(*inputs)` (a dataclass of tensors) for any call
+    whose parameters are `holder`'s. `call` is the avatar's precision
+    (`NetworkPrecision.__call__`); `recordings` counts the recordings made (for the logs and the
+    tests)."""
 
     def __init__(self, call: Callable[[nn.Module, torch.Tensor], object]) -> None:
         self.call = call

@@ -8,14 +8,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dynavatar.model import network_graphs
-from dynavatar.model.network_graphs import NetworkGraphs
+from dynavatar.model import step_graphs
+from dynavatar.model.step_graphs import StepGraphs
 from dynavatar.model.recompute import RecomputePolicy
 
 from test_model import make_avatar, step_gradients
 from test_pose_graph import cuda
-
-NETWORKS = ("canonical_net", "deformer", "gaussian_net")
 
 
 class FakeRecorder:
@@ -47,13 +45,13 @@ def test_the_step_replays_each_network_and_records_again_when_the_points_change(
     point count and batch, new ones for new points, frames or inputs that take a gradient; nothing
     recorded without gradients or for a frozen avatar, the networks launched with recomputation."""
     recorder = FakeRecorder()
-    monkeypatch.setattr(network_graphs, "can_record_training", lambda device: torch.is_grad_enabled())
+    monkeypatch.setattr(step_graphs, "can_record_training", lambda device: torch.is_grad_enabled())
     monkeypatch.setattr(torch.cuda, "make_graphed_callables", recorder)
     torch.manual_seed(0)
     launched = make_avatar(synthetic_flame_paths, "model.training_graphs=false")
     torch.manual_seed(0)
     avatar = make_avatar(synthetic_flame_paths)
-    assert isinstance(avatar.training_graphs, NetworkGraphs) and launched.training_graphs is None
+    assert isinstance(avatar.training_graphs, StepGraphs) and launched.training_graphs is None
     assert avatar.state_dict().keys() == launched.state_dict().keys()  # checkpoints unchanged
 
     want = step_gradients(launched, RecomputePolicy("off", 128), frames=3)
