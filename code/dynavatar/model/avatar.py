@@ -30,13 +30,13 @@ from ..runtime import constant
 from .canonical_cache import CanonicalCache
 from .compiled import StepCompiler
 from .gaussians import Gaussians
-from .step_graphs import StepGraphs
 from .networks import CanonicalAttributes, CanonicalNetwork, DeformerNetwork, DeformerOutput, GaussianNetwork
 from .pose_graph import PoseGraphs, can_record
 from .precision import NetworkPrecision
 from .recompute import RecomputePolicy, activation_bytes
 from .rendering import render_gaussians
 from .shading import Shading
+from .step_graphs import StepGraphs
 
 
 @dataclass
