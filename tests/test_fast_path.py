@@ -14,7 +14,7 @@ import torch
 from dynavatar.config import load_conf
 from dynavatar.flame.lbs import with_ghost_bone
 from dynavatar.flame.mesh import outward_winding, vertex_normals
-from dynavatar.model.avatar import nearest_vertex
+from dynavatar.model.nearest import nearest_vertex
 from dynavatar.model.recompute import RecomputePolicy
 from dynavatar.model.shading import sh_basis
 from dynavatar.render import rasterize

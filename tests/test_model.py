@@ -13,7 +13,7 @@ from dynavatar.data.batch import FrameBatch
 from dynavatar.errors import ConfigError
 from dynavatar.flame import FLAME
 from dynavatar.model import recompute as recompute_module
-from dynavatar.model.avatar import Avatar, nearest_vertex
+from dynavatar.model.avatar import Avatar
 from dynavatar.model.linear import Linear, linear
 from dynavatar.model.networks import CanonicalNetwork, DeformerNetwork, DeformerOutput, GaussianNetwork
 from dynavatar.model.recompute import RecomputePolicy, activation_bytes, activation_floats, free_memory
@@ -384,13 +384,6 @@ def test_the_gaussian_network_sees_the_head_turn_only_with_its_posed_input(synth
 def test_an_unknown_gaussian_network_input_is_one_conf_error():
     with pytest.raises(ConfigError, match="input"):
         load_conf(REPO / "confs" / "subject1.conf", ["model.gaussian_network.input=view"])
-
-
-def test_nearest_vertex_matches_brute_force():
-    gen = torch.Generator().manual_seed(0)
-    points, vertices = torch.randn(1000, 3, generator=gen), torch.randn(300, 3, generator=gen)
-    brute = ((points[:, None] - vertices[None]) ** 2).sum(-1).argmin(1)
-    assert torch.equal(nearest_vertex(points, vertices, chunk=128), brute)
 
 
 class TestSchedule:

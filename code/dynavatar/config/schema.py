@@ -106,7 +106,8 @@ class LossConf(Section):
                                              "units, FLAME x4: a head is about 1 wide)", POSITIVE)
     smoothness_points: int = setting(2048, "points sampled for the smoothness term each step", AT_LEAST_ONE)
     flame_distance_chunk: int = setting(4096, "points per chunk of the nearest-FLAME-vertex search (256 is faster "
-                                              "on a CPU, 4096 on a GPU)", AT_LEAST_ONE)
+                                              "on a CPU; a GPU with Triton searches in one fused kernel instead)",
+                                        AT_LEAST_ONE)
 
 
 # ---- dataset -------------------------------------------------------------------------------------

@@ -30,6 +30,7 @@ from ..runtime import constant
 from .canonical_cache import CanonicalCache
 from .compiled import StepCompiler
 from .gaussians import Gaussians
+from .nearest import nearest_vertex
 from .networks import CanonicalAttributes, CanonicalNetwork, DeformerNetwork, DeformerOutput, GaussianNetwork
 from .pose_graph import PoseGraphs, can_record
 from .precision import NetworkPrecision
@@ -394,8 +395,8 @@ class Avatar(nn.Module):
         return self.precision(self.deformer, points)
 
     def nearest_flame_vertex(self, shifted: torch.Tensor, chunk: int | None = None) -> torch.Tensor:
-        """The nearest canonical FLAME vertex [N] of each x' [N, 3] (searched in chunks of `chunk`
-        points, default the avatar's `nearest_chunk`)."""
+        """The nearest canonical FLAME vertex [N] of each x' [N, 3] (`model.nearest.nearest_vertex`: on a
+        CPU searched in chunks of `chunk` points, default the avatar's `nearest_chunk`)."""
         vertices, _, _ = self.canonical_flame()
         return nearest_vertex(shifted.detach(), vertices, chunk or self.nearest_chunk)
 
@@ -432,16 +433,3 @@ class Avatar(nn.Module):
                                                      self.rasterizer, depth)
         prior = PriorQuery(state.prior, state.nearest) if with_prior else None
         return AvatarOutput(rgb, alpha, depth, gaussians, prior, raster)
-
-
-def nearest_vertex(points: torch.Tensor, vertices: torch.Tensor, chunk: int) -> torch.Tensor:
-    """Index [N] of the nearest of vertices [V, 3] for each of points [N, 3], in chunks of points
-    so that memory stays at chunk x V. The squared distance |p|^2 - 2 p.v + |v|^2 is ranked without
-    its |p|^2 term: one matrix product and an argmin per chunk."""
-    out = []
-    with torch.no_grad():
-        norms = (vertices * vertices).sum(dim=1)  # [V]
-        for start in range(0, points.shape[0], chunk):
-            ranking = torch.addmm(norms, points[start:start + chunk], vertices.T, alpha=-2.0)  # [chunk, V]
-            out.append(ranking.argmin(dim=1))
-    return torch.cat(out) if out else torch.zeros(0, dtype=torch.long, device=points.device)
