@@ -318,10 +318,12 @@ class Avatar(nn.Module):
         inputs = (expression, flame_pose, *_tensors(logits), *_tensors(deformer), state.shifted, state.unposed,
                   *(getattr(state, name) for name in optional))
         n_logits, n_deformer = len(fields(logits)), len(fields(deformer))
+        # Types only: the recording keeps this function, and the state's tensors would hold their step's graph.
+        logits_type, deformer_type = type(logits), type(deformer)
 
         def posing(expression: torch.Tensor, flame_pose: torch.Tensor, *tensors: torch.Tensor) -> Gaussians:
             rebuilt = CanonicalState(
-                type(logits)(*tensors[:n_logits]), type(deformer)(*tensors[n_logits:n_logits + n_deformer]),
+                logits_type(*tensors[:n_logits]), deformer_type(*tensors[n_logits:n_logits + n_deformer]),
                 *tensors[n_logits + n_deformer:n_logits + n_deformer + 2],
                 **dict(zip(optional, tensors[n_logits + n_deformer + 2:])))
             return self._pose(rebuilt, expression, flame_pose)

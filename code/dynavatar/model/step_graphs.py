@@ -5,10 +5,9 @@ points the host's launches still stretch the step beyond the GPU's work. Two par
 recorded: the canonical and deformer networks (weight normalisation, matrix products, activations
 and their gradients), and the posing of the frames (FLAME's joint transforms, blendshapes,
 correctives and skinning, the Gaussian network, the activations and the shading): together several
-hundred launches a step.
-`torch.cuda.make_graphed_callables` records a call's forward and backward once and replays each
-with one launch; autograd sees one node per call, through which the gradients reach the parameters
-and the inputs as before.
+hundred launches a step. `torch.cuda.make_graphed_callables` records a call's forward and backward
+once and replays each with one launch; autograd sees one node per call, through which the gradients
+reach the parameters and the inputs as before.
 
 A recording is made for one set of inputs: their shapes, dtypes, devices and whether they take a
 gradient, and for the parameters' storage (and whatever else the caller names that the graph reads
