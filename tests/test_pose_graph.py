@@ -11,6 +11,10 @@ from test_model import make_avatar
 
 FIELDS = ("means", "quats", "scales", "opacities", "colors")
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (torch.cuda.is_available() is False)")
+# The paper's recipe, and one with every option that changes the posing (shading, turned Gaussians,
+# bfloat16 networks): what the replayed-graph tests run.
+recipes = pytest.mark.parametrize("overrides", [(), ("model.shading=true", "model.rotate_gaussians=true",
+                                                     "model.network_precision=bfloat16")], ids=["paper", "shaded_bf16"])
 
 
 def frames(n: int, seed: int, device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -42,8 +46,7 @@ def test_the_cpu_and_a_step_with_gradients_launch_their_kernels(synthetic_flame_
 
 @cuda
 @pytest.mark.gpu
-@pytest.mark.parametrize("overrides", [(), ("model.shading=true", "model.rotate_gaussians=true",
-                                            "model.network_precision=bfloat16")], ids=["paper", "shaded_bf16"])
+@recipes
 def test_replayed_posing_equals_launched_posing(synthetic_flame_paths, overrides):
     device = torch.device("cuda")
     avatar = make_avatar(synthetic_flame_paths, *overrides).to(device)

@@ -13,7 +13,7 @@ from dynavatar.model.step_graphs import StepGraphs
 from dynavatar.model.recompute import RecomputePolicy
 
 from test_model import make_avatar, step_gradients
-from test_pose_graph import cuda
+from test_pose_graph import cuda, recipes
 
 
 class FakeRecorder:
@@ -94,8 +94,7 @@ def test_the_cpu_launches_the_networks(synthetic_flame_paths):
 
 @cuda
 @pytest.mark.gpu
-@pytest.mark.parametrize("overrides", [(), ("model.shading=true", "model.rotate_gaussians=true",
-                                            "model.network_precision=bfloat16")], ids=["paper", "shaded_bf16"])
+@recipes
 def test_replayed_networks_and_posing_give_the_launched_gradients(synthetic_flame_paths, overrides):
     device = torch.device("cuda")
     torch.manual_seed(0)
