@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-
 from ..config import Conf, load_conf
 from ..errors import ConfigError, DatasetError
 from ..progress import progress

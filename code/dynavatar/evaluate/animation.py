@@ -112,7 +112,7 @@ def reenact(avatar: Avatar, drive_json: str | Path, folder: Path, batch_size: in
     written = []
     n_batches = math.ceil(len(params) / batch_size)
     for batch in progress(drive_batches(params, sequence_name(drive_json), batch_size), total=n_batches,
-                      desc="reenacting", dynamic_ncols=True):
+                          desc="reenacting", dynamic_ncols=True):
         out = avatar(batch.to(device))
         for b, frame_id in enumerate(batch.frame_id):
             written.append(save_png(folder / "rgb" / f"{frame_id}.png", out.rgb[b].clamp(0, 1)))

@@ -46,6 +46,8 @@ from typing import Sequence
 
 import numpy as np
 
+from .pipeline import SILHOUETTE_WEIGHT
+
 log = logging.getLogger(__name__)
 
 VARIANTS = ("generator", "exact", "preprocessed", "silhouette", "true_focal", "refined")
@@ -54,7 +56,6 @@ RUN_ORDER = ("exact", "preprocessed", "refined", "silhouette", "true_focal", "ge
 VIDEOS = ("train1", "train2", "test1")
 TRAIN, TEST = ("train1", "train2"), ("test1",)
 DEMO_CONF = Path(__file__).resolve().parents[3] / "confs" / "demo.conf"
-SILHOUETTE_WEIGHT = 10.0  # the "silhouette" variant's weight, as measured (preprocess.py's default too)
 METRICS = ("psnr", "ssim", "l1")
 # The preprocessing run whose images and masks each variant trains on ("generator": none, the
 # generator's own folder).
@@ -388,7 +389,7 @@ def _variant_inputs(variant: str, seed: int, work: Path, videos: dict, pre: Path
         # The landmarks the detector found for "pre": "silhouette" differs from it only in the silhouette
         # term, "true_focal" from "silhouette" only in `--focal` (the camera's true one).
         extra = ["--landmarks", str(pre / "preprocess" / "landmarks.json"),
-                 "--silhouette_weight", str(SILHOUETTE_WEIGHT)]
+                 "--silhouette_weight", str(SILHOUETTE_WEIGHT)]  # preprocessing's default, written out
         if variant == "true_focal":
             extra += ["--focal", repr(true_focal(videos, _crops(pre)))]
         preprocess(work / "videos", data, variant, setup, extra)

@@ -283,7 +283,7 @@ def _write_masks(video: _Video, video_dir: Path, fitted: np.ndarray, model, opti
 
     count = len(video.landmarks.source_indices)
     for _ in progress(map_frames(write, range(count), options.masks.threads()), total=count,
-                  desc=f"masks {video.spec.name}", unit="frame"):
+                      desc=f"masks {video.spec.name}", unit="frame"):
         pass  # each result is a frame written
 
 

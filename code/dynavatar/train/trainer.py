@@ -217,7 +217,7 @@ class Trainer:
         self.guard.start_epoch()
         self.avatar.train()
         bar = progress(batches(self.train_data, batch_size, order), total=n_batches, desc=f"epoch {epoch}",
-                   leave=False, dynamic_ncols=True)
+                       leave=False, dynamic_ncols=True)
         shown = time.perf_counter()
         # During the warm-up the rate rises at every step: Adam's first full-size steps could carry
         # the opacity all initial points share below the rasterizer's 1/255 cut (docs/RECIPES.md).
@@ -293,7 +293,7 @@ class Trainer:
             log.info("nothing to train: checkpoint is at epoch %d, --nepoch is %d", self.start_epoch, nepoch)
         try:
             for epoch in progress(range(self.start_epoch, nepoch), desc="training", initial=self.start_epoch,
-                              total=nepoch, dynamic_ncols=True):
+                                  total=nepoch, dynamic_ncols=True):
                 started = time.perf_counter()
                 stats = self.train_epoch(epoch)
                 stats["epoch_time_s"] = time.perf_counter() - started
