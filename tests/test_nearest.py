@@ -23,8 +23,19 @@ SIZES = [(1000, 300), (5, 70), (1, 1), (130, 64)]
 
 
 def cases() -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The SIZES, then a vertex set listed twice (every minimum a tie, whose first index must win; 64
+    apart, so that both copies meet in one lane of the kernel's block of vertices too)."""
     gen = torch.Generator().manual_seed(0)
-    return [(torch.randn(n, 3, generator=gen), torch.randn(v, 3, generator=gen)) for n, v in SIZES]
+    listed = [(torch.randn(n, 3, generator=gen), torch.randn(v, 3, generator=gen)) for n, v in SIZES]
+    twice = torch.randn(64, 3, generator=gen)
+    return listed + [(torch.randn(300, 3, generator=gen), torch.cat([twice, twice]))]
+
+
+def check_first_of_ties(vertices: torch.Tensor, found: torch.Tensor) -> None:
+    """With the vertex set listed twice, the first copy is named (torch's argmin names the first minimum)."""
+    half = vertices.shape[0] // 2
+    if half and torch.equal(vertices[:half], vertices[half:]):
+        assert int(found.max()) < half
 
 
 def check_nearest(points: torch.Tensor, vertices: torch.Tensor, found: torch.Tensor) -> None:
@@ -37,8 +48,9 @@ def check_nearest(points: torch.Tensor, vertices: torch.Tensor, found: torch.Ten
 
 def test_the_chunked_search_matches_brute_force():
     for points, vertices in cases():
-        brute = ((points[:, None] - vertices[None]) ** 2).sum(-1).argmin(1)
-        assert torch.equal(nearest_vertex(points, vertices, chunk=128), brute)
+        found = nearest_vertex(points, vertices, chunk=128)
+        check_nearest(points, vertices, found)
+        check_first_of_ties(vertices, found)
     assert nearest_vertex(torch.zeros(0, 3), torch.randn(4, 3), chunk=8).shape == (0,)
     assert not nearest.fused_available(torch.device("cpu"))
 
@@ -47,23 +59,22 @@ def test_the_chunked_search_matches_brute_force():
 INTERPRETED = """
 import json, sys, torch
 from dynavatar.model import nearest
-results = []
-gen = torch.Generator().manual_seed(0)
-for n, v in json.loads(sys.argv[1]):
-    points, vertices = torch.randn(n, 3, generator=gen), torch.randn(v, 3, generator=gen)
-    results.append(nearest._fused(points, vertices).tolist())
-print(json.dumps(results))
+sys.path.insert(0, sys.argv[1])
+from test_nearest import cases
+print(json.dumps([nearest._fused(points, vertices).tolist() for points, vertices in cases()]))
 """
 
 
 @pytest.mark.skipif(nearest.triton is None, reason="Triton is not installed (its CPU interpreter runs the kernel here)")
 def test_the_interpreted_kernel_finds_the_nearest_vertex():
     env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=os.pathsep.join([str(REPO / "code"), *sys.path]))
-    done = subprocess.run([sys.executable, "-c", INTERPRETED, json.dumps(SIZES)], env=env, capture_output=True,
+    done = subprocess.run([sys.executable, "-c", INTERPRETED, str(Path(__file__).parent)], env=env, capture_output=True,
                           text=True, check=False)
     assert done.returncode == 0, done.stderr[-2000:]
-    for (points, vertices), found in zip(cases(), json.loads(done.stdout.strip().splitlines()[-1])):
-        check_nearest(points, vertices, torch.tensor(found, dtype=torch.long))
+    for (points, vertices), found in zip(cases(), json.loads(done.stdout.strip().splitlines()[-1]), strict=True):
+        found = torch.tensor(found, dtype=torch.long)
+        check_nearest(points, vertices, found)
+        check_first_of_ties(vertices, found)
 
 
 @cuda
@@ -74,3 +85,4 @@ def test_on_a_gpu_the_fused_kernel_finds_the_nearest_vertex():
     for points, vertices in cases() + [(torch.randn(20_000, 3), torch.randn(5023, 3) * 0.1)]:
         found = nearest_vertex(points.to(device), vertices.to(device), chunk=4096)
         check_nearest(points, vertices, found)
+        check_first_of_ties(vertices, found)
