@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from dynavatar.preprocess.errors import PreprocessError
 from dynavatar.preprocess.fdlite_adapter import detector_available
 from dynavatar.preprocess.flame_landmarks import FlameLandmarks
 from dynavatar.preprocess.tracking import TrackingOptions, fit_flame, intrinsics_for, project
@@ -71,6 +72,23 @@ def test_tracking_recovers_large_head_turns_from_a_silhouette_contour(turned_hea
     previous = _rotation_errors(model, observed, TrackingOptions(contour_weight=0.5, brow_weight=1.0), pose)
     assert errors.mean() < 1.0 and errors.max() < 2.0, errors
     assert previous.mean() > errors.mean() + 1.0, (previous, errors)
+
+
+def test_head_and_jaw_smoothness_are_separate_weights(turned_head):
+    """The frames of `turned_head` as one video: a very smooth head keeps one turn for all of them while
+    the jaw still follows the landmarks, and a very smooth jaw keeps one opening while the head turns."""
+    model, pixels, _ = turned_head
+
+    def spreads(**weights) -> tuple[float, float]:
+        fit = fit_flame(model, [pixels], RES, TrackingOptions(steps=300, **weights))
+        pose = fit.videos[0].pose
+        yaw = np.degrees(np.ptp(head_rotation(pose)[:, 0, 2]))  # the turn's sine, as a spread in degrees
+        return float(yaw), float(np.degrees(np.ptp(pose[:, 6])))
+
+    head_yaw, head_jaw = spreads(smooth_head=1e6, smooth_pose=0.0)
+    jaw_yaw, jaw_jaw = spreads(smooth_head=0.0, smooth_pose=1e6)
+    assert head_yaw < 1.0 < 5.0 < head_jaw, (head_yaw, head_jaw)
+    assert jaw_jaw < 1.0 and jaw_yaw > 20.0, (jaw_yaw, jaw_jaw)
 
 
 @pytest.fixture(scope="module")
@@ -176,7 +194,7 @@ def test_silhouette_of_the_true_mattes_improves_detector_tracking(detector_pair)
         (landmarks_only, with_silhouette)
 
 
-def test_silhouette_weight_reaches_the_tracking():
+def test_silhouette_weight_and_head_smoothness_reach_the_tracking():
     from dynavatar.cli.preprocess import build_parser, options_from_args
     from dynavatar.preprocess.pipeline import PreprocessOptions
 
@@ -187,6 +205,10 @@ def test_silhouette_weight_reaches_the_tracking():
     assert options_from_args(build_parser().parse_args([*args, "--silhouette-weight", "3"])
                              ).tracking.silhouette_weight == 3.0
     assert PreprocessOptions("s", []).tracking.silhouette_weight == 10.0  # the Python API's default too
+    assert options_from_args(build_parser().parse_args(args)).tracking.smooth_head == 100.0
+    assert options_from_args(build_parser().parse_args([*args, "--smooth-head", "20"])).tracking.smooth_head == 20.0
+    with pytest.raises(PreprocessError, match="--smooth_head"):
+        options_from_args(build_parser().parse_args([*args, "--smooth_head", "-1"]))
 
 
 def test_preprocess_tracks_again_with_the_background_models_masks(tmp_path):

@@ -65,6 +65,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--contour_weight", "--contour-weight", type=float, default=TrackingOptions.contour_weight,
                         help="tracking weight of the jaw contour beside the chin (default 0: a face-mesh detector's "
                              "contour follows the silhouette; up to 1 for landmarks fixed on the face)")
+    parser.add_argument("--smooth_head", "--smooth-head", type=float, default=TrackingOptions.smooth_head,
+                        metavar="W", help=f"tracking weight of the head turn's change between consecutive frames "
+                                          f"(default {TrackingOptions.smooth_head:g}; lower it for a head that "
+                                          f"turns more than about 5 degrees from one frame to the next)")
     parser.add_argument("--silhouette_weight", "--silhouette-weight", type=float,
                         default=SILHOUETTE_WEIGHT, metavar="W",
                         help=f"tracking weight of the silhouette term, the projected FLAME head kept inside the "
@@ -84,6 +88,8 @@ def options_from_args(args: argparse.Namespace) -> PreprocessOptions:
         raise PreprocessError(f"--steps must be >= 1, got {args.steps}")
     if not args.contour_weight >= 0:
         raise PreprocessError(f"--contour_weight must be >= 0, got {args.contour_weight}")
+    if not args.smooth_head >= 0:
+        raise PreprocessError(f"--smooth_head must be >= 0, got {args.smooth_head}")
     if not args.silhouette_weight >= 0:
         raise PreprocessError(f"--silhouette_weight must be >= 0, got {args.silhouette_weight}")
     if args.workers < 0:
@@ -97,6 +103,7 @@ def options_from_args(args: argparse.Namespace) -> PreprocessOptions:
         device=args.device, overwrite=args.overwrite, masks=MaskOptions(workers=args.workers),
         contact_sheet=not args.no_contact_sheet, tracking=TrackingOptions(focal=args.focal, steps=args.steps,
                                                                     contour_weight=args.contour_weight,
+                                                                    smooth_head=args.smooth_head,
                                                                     silhouette_weight=args.silhouette_weight))
 
 

@@ -15,7 +15,9 @@ The fit minimises, over all frames at once (batched, on the device of the model)
   defined), irises where known;
 - priors: small shape and expression coefficients, a neck that stays near rest (the global rotation
   turns the head), a jaw that only opens, eyes at rest unless an iris says otherwise;
-- temporal smoothness of expression, pose and translation between consecutive frames of a video.
+- temporal smoothness of expression, pose and translation between consecutive frames of a video,
+  the head's turn (global and neck) weighted apart from the jaw and eyes: a detector's points jitter
+  from frame to frame more than a head turns (docs/PREPROCESSING.md, Head pose).
 
 A rigid stage (global rotation and translation) starts it, from a translation that puts the rest
 head's landmarks at the observed position and size; then everything is fitted with Adam.
@@ -35,7 +37,7 @@ import torch
 from ..cameras import PIXEL_CENTRE_OFFSET, imavatar_world_to_camera, pixel_intrinsics, pixels_to_keypoints
 from ..progress import progress
 from . import silhouette
-from .flame_landmarks import JAW, NECK, FlameLandmarks
+from .flame_landmarks import GLOBAL, JAW, NECK, FlameLandmarks
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +67,8 @@ class TrackingOptions:
     jaw_prior: float = 1e-2  # opening (x); sideways and twist get 100 times more
     eye_prior: float = 1.0
     smooth_expression: float = 1e-2
-    smooth_pose: float = 10.0
+    smooth_head: float = 100.0  # the head's turn (global and neck rotations)
+    smooth_pose: float = 10.0  # the jaw and the eyes
     smooth_translation: float = 10.0
     # The silhouette term (`silhouette`: the projected mesh inside the mask), used where masks are
     # given; 0 leaves it out.
@@ -247,8 +250,10 @@ class _Problem:
         loss = data + prior
         if len(self.pairs):
             a, b = self.pairs, self.pairs + 1
+            step = (pose[b] - pose[a]).square()  # [pairs, 15]
             loss = loss + (o.smooth_expression * (self.expression[b] - self.expression[a]).square().sum()
-                           + o.smooth_pose * (pose[b] - pose[a]).square().sum()
+                           + o.smooth_head * step[:, GLOBAL.start:NECK.stop].sum()
+                           + o.smooth_pose * step[:, NECK.stop:].sum()
                            + o.smooth_translation * (self.translation[b] - self.translation[a]).square().sum()
                            ) / len(self.pairs)
         return loss
