@@ -16,8 +16,8 @@ The fit minimises, over all frames at once (batched, on the device of the model)
 - priors: small shape and expression coefficients, a neck that stays near rest (the global rotation
   turns the head), a jaw that only opens, eyes at rest unless an iris says otherwise;
 - temporal smoothness of expression, pose and translation between consecutive frames of a video,
-  the head's turn (global and neck) weighted apart from the jaw and eyes: a detector's points jitter
-  from frame to frame more than a head turns (docs/PREPROCESSING.md, Head pose).
+  the head's turn (global and neck) weighted apart from the jaw and eyes, and more strongly (measured
+  better on generated videos: docs/PREPROCESSING.md, Head pose).
 
 A rigid stage (global rotation and translation) starts it, from a translation that puts the rest
 head's landmarks at the observed position and size; then everything is fitted with Adam.
