@@ -14,8 +14,8 @@ from dynavatar.errors import ConfigError
 from dynavatar.flame import FLAME
 from dynavatar.model import recompute as recompute_module
 from dynavatar.model.avatar import Avatar
-from dynavatar.model.linear import Linear, linear
-from dynavatar.model.networks import CanonicalNetwork, DeformerNetwork, DeformerOutput, GaussianNetwork
+from dynavatar.model.linear import Linear, fused_linear
+from dynavatar.model.networks import CanonicalNetwork, DeformerNetwork, DeformerOutput, GaussianNetwork, heads_together
 from dynavatar.model.recompute import RecomputePolicy, activation_bytes, activation_floats, free_memory
 from dynavatar.train.strategy import CoarseToFine, prune_and_grow
 from dynavatar.train.strategy.coarse_to_fine import initial_radius, noise_size, radius_factor_at, target_points
@@ -101,8 +101,40 @@ def test_the_linear_layer_is_torchs_with_its_bias_gradient_as_a_product(rows):
     x = torch.randn(*rows, 4, dtype=torch.float64, requires_grad=True)
     assert torch.equal(ours(x), torchs(x))  # on the CPU, torch's own layer
     weights = (x, torchs.weight, torchs.bias)
-    grads = [torch.autograd.grad((f(*weights) ** 2).sum(), weights) for f in (linear, torch.nn.functional.linear)]
-    for a, b in zip(*grads):  # the GPU's function, run here: torch's gradients
+    for relu in (False, True):  # the GPU's function, run here: torch's values and gradients
+        ours_y = fused_linear(*weights, relu=relu)
+        torchs_y = torch.nn.functional.linear(*weights)
+        torchs_y = torch.relu(torchs_y) if relu else torchs_y
+        assert (torchs_y == 0).any() == relu and torch.allclose(ours_y, torchs_y, rtol=1e-12, atol=1e-12)
+        # weighted, so that the ReLU's gradient mask shows in every input's gradient
+        target = torch.linspace(-1, 2, ours_y.numel(), dtype=torch.float64).reshape(ours_y.shape)
+        grads = [torch.autograd.grad((y * target).sum(), weights) for y in (ours_y, torchs_y)]
+        for a, b in zip(*grads):
+            assert torch.allclose(a, b, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("network", [CanonicalNetwork, GaussianNetwork])
+def test_the_heads_run_together_compute_each_heads_output(network):
+    """The heads' first layers stacked into one product (and the Gaussian network's last layers into
+    one block-diagonal product) give each head's own outputs and gradients."""
+    torch.manual_seed(0)
+    net = network().double()
+    heads = [m for m in net.children() if isinstance(m, torch.nn.Sequential)]
+    assert len(heads) == 4
+    with torch.no_grad():  # biases off zero, so that a bias in the wrong place shows
+        for head in heads:
+            for layer in head:
+                if isinstance(layer, torch.nn.Linear):
+                    layer.bias.normal_()
+    features = torch.randn(2, 9, heads[0][0].in_features, dtype=torch.float64, requires_grad=True)
+    params = [features] + [p for head in heads for p in head.parameters()]
+    together, apart = heads_together(features, heads), [head(features) for head in heads]
+    target = [torch.randn(out.shape, dtype=torch.float64) for out in apart]
+    grads = [torch.autograd.grad(sum((o * t).sum() for o, t in zip(outs, target)), params)
+             for outs in (together, apart)]
+    for a, b in zip(together, apart):
+        assert a.shape == b.shape and torch.allclose(a, b, rtol=1e-12, atol=1e-12)
+    for a, b in zip(*grads):
         assert torch.allclose(a, b, rtol=1e-12, atol=1e-12)
 
 

@@ -1,12 +1,15 @@
-"""The per-point networks' linear layer: `nn.Linear` whose bias gradient is a matrix-vector product.
+"""The per-point networks' linear layer: `nn.Linear` whose bias gradient is a matrix-vector product,
+and which can apply its ReLU in the same kernel as its matrix product.
 
 Autograd forms a linear layer's bias gradient as a column sum of the output's gradient, a reduction
 kernel over every row. At 100k points (800k rows in the Gaussian network with 8 frames a step) these
 sums were 2.3-3.1 ms of a training step's GPU work on an H200, a few times what reading the
 gradients costs; `ones @ grad` does the same sum as one matrix-vector product (cuBLAS), which reads
-them at the memory's speed. On a CPU (where it was no faster) and under autocast
-(`model.network_precision = bfloat16`, so that autocast's casts and what it keeps for the backward
-pass stay as they are) the layer is PyTorch's own.
+them at the memory's speed. A ReLU after the layer is cuBLASLt's epilogue of the product
+(`torch._addmm_activation`) rather than a kernel of its own that reads and writes every activation
+once more. On a CPU (where neither was faster) and under autocast (`model.network_precision =
+bfloat16`, so that autocast's casts and what it keeps for the backward pass stay as they are) the
+layer is PyTorch's own, followed by `torch.relu`.
 """
 
 from __future__ import annotations
@@ -17,26 +20,45 @@ from torch.nn import functional as F
 
 
 class _LinearFunction(torch.autograd.Function):
-    """y = x W^T + b for x [..., in], W [out, in], b [out]."""
+    """y = x W^T + b, or relu(x W^T + b), for x [..., in], W [out, in], b [out]."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-        ctx.save_for_backward(x, weight)
-        return F.linear(x, weight, bias)
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, relu: bool) -> torch.Tensor:
+        if relu:
+            rows = torch._addmm_activation(bias, x.reshape(-1, x.shape[-1]), weight.t())  # [M, out]
+            y = rows.reshape(*x.shape[:-1], weight.shape[0])
+            ctx.save_for_backward(x, weight, y)  # the ReLU's gradient is read from its output
+        else:
+            y = F.linear(x, weight, bias)
+            ctx.save_for_backward(x, weight)
+        ctx.relu = relu
+        return y
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        x, weight = ctx.saved_tensors
+        x, weight = ctx.saved_tensors[:2]
+        if ctx.relu:
+            grad = torch.ops.aten.threshold_backward(grad, ctx.saved_tensors[2], 0)  # relu's own gradient
         rows = grad.reshape(-1, grad.shape[-1])  # [M, out]
         grad_x = grad @ weight if ctx.needs_input_grad[0] else None
         grad_weight = rows.t() @ x.reshape(-1, x.shape[-1]) if ctx.needs_input_grad[1] else None
         grad_bias = rows.new_ones(rows.shape[0]) @ rows if ctx.needs_input_grad[2] else None
-        return grad_x, grad_weight, grad_bias
+        return grad_x, grad_weight, grad_bias, None
 
 
-def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-    """`F.linear(x, weight, bias)` whose bias gradient is `ones @ grad`."""
-    return _LinearFunction.apply(x, weight, bias)
+def fused_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, relu: bool = False) -> torch.Tensor:
+    """`F.linear(x, weight, bias)`, then `torch.relu` when `relu`, as one autograd node whose bias
+    gradient is `ones @ grad` (any device; `linear` chooses it where it is faster)."""
+    return _LinearFunction.apply(x, weight, bias, relu)
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, relu: bool = False) -> torch.Tensor:
+    """`F.linear(x, weight, bias)`, then `torch.relu` when `relu`: on a GPU without autocast by
+    `fused_linear`, elsewhere by PyTorch's own operations."""
+    if x.device.type != "cuda" or torch.is_autocast_enabled(x.device.type):
+        y = F.linear(x, weight, bias)
+        return torch.relu(y) if relu else y
+    return fused_linear(x, weight, bias, relu)
 
 
 class Linear(nn.Linear):
@@ -44,6 +66,6 @@ class Linear(nn.Linear):
     on a GPU."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.bias is None or x.device.type != "cuda" or torch.is_autocast_enabled(x.device.type):
+        if self.bias is None:
             return super().forward(x)
         return linear(x, self.weight, self.bias)
