@@ -91,6 +91,27 @@ def test_head_and_jaw_smoothness_are_separate_weights(turned_head):
     assert jaw_jaw < 1.0 and jaw_yaw > 20.0, (jaw_yaw, jaw_jaw)
 
 
+def test_the_head_acceleration_term_keeps_a_steady_turn_and_flattens_a_zigzag(turned_head):
+    """The frames of `turned_head` as one video: their yaw turns at a steady 8-12 degrees a frame, their
+    pitch zigzags. A strong weight on the head's change of speed keeps the turn and straightens the
+    zigzag (measured: 63.6 of the true 63.8 degrees of yaw; the zigzag 0.3 against 14.8 degrees
+    free); a weight on its change between frames (`smooth_head`) stops the turn (2.8 degrees)."""
+    model, pixels, pose = turned_head
+
+    def fitted(**weights) -> np.ndarray:
+        fit = fit_flame(model, [pixels], RES, TrackingOptions(steps=300, **weights))
+        return head_rotation(fit.videos[0].pose)
+
+    steady = fitted(smooth_head=0.0, smooth_head_acceleration=1e3)
+    held = fitted(smooth_head=1e4, smooth_head_acceleration=0.0)
+    free = fitted(smooth_head=0.0, smooth_head_acceleration=0.0)
+    yaw = lambda r: np.degrees(np.ptp(np.arcsin(r[:, 0, 2])))  # noqa: E731 the turn's spread
+    zigzag = lambda r: np.degrees(np.abs(np.diff(np.arcsin(-r[:, 1, 2]), 2)).mean())  # noqa: E731 pitch's second difference
+    true = head_rotation(pose)
+    assert yaw(steady) > 0.95 * yaw(true) and yaw(held) < 5.0, (yaw(true), yaw(steady), yaw(held))
+    assert zigzag(free) > 10.0 and zigzag(steady) < 0.1 * zigzag(free), (zigzag(free), zigzag(steady))
+
+
 @pytest.fixture(scope="module")
 def detector_pair(tmp_path_factory):
     """(a generated 128 px video pair whose test video turns the head beyond 20 degrees both ways,
@@ -209,6 +230,10 @@ def test_silhouette_weight_and_head_smoothness_reach_the_tracking():
     assert options_from_args(build_parser().parse_args([*args, "--smooth-head", "20"])).tracking.smooth_head == 20.0
     with pytest.raises(PreprocessError, match="--smooth_head"):
         options_from_args(build_parser().parse_args([*args, "--smooth_head", "-1"]))
+    assert options_from_args(build_parser().parse_args(
+        [*args, "--smooth-head-acceleration", "50"])).tracking.smooth_head_acceleration == 50.0
+    with pytest.raises(PreprocessError, match="--smooth_head_acceleration"):
+        options_from_args(build_parser().parse_args([*args, "--smooth_head_acceleration", "nan"]))
 
 
 def test_preprocess_tracks_again_with_the_background_models_masks(tmp_path):

@@ -69,6 +69,11 @@ def build_parser() -> argparse.ArgumentParser:
                         metavar="W", help=f"tracking weight of the head turn's change between consecutive frames "
                                           f"(default {TrackingOptions.smooth_head:g}; lower it for a head that "
                                           f"turns more than about 5 degrees from one frame to the next)")
+    parser.add_argument("--smooth_head_acceleration", "--smooth-head-acceleration", type=float,
+                        default=TrackingOptions.smooth_head_acceleration, metavar="W",
+                        help=f"tracking weight of the head turn's change of speed over three consecutive frames "
+                             f"(default {TrackingOptions.smooth_head_acceleration:g}): smooths jitter without holding "
+                             f"a steady turn back")
     parser.add_argument("--silhouette_weight", "--silhouette-weight", type=float,
                         default=SILHOUETTE_WEIGHT, metavar="W",
                         help=f"tracking weight of the silhouette term, the projected FLAME head kept inside the "
@@ -86,12 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
 def options_from_args(args: argparse.Namespace) -> PreprocessOptions:
     if args.steps < 1:
         raise PreprocessError(f"--steps must be >= 1, got {args.steps}")
-    if not args.contour_weight >= 0:
-        raise PreprocessError(f"--contour_weight must be >= 0, got {args.contour_weight}")
-    if not args.smooth_head >= 0:
-        raise PreprocessError(f"--smooth_head must be >= 0, got {args.smooth_head}")
-    if not args.silhouette_weight >= 0:
-        raise PreprocessError(f"--silhouette_weight must be >= 0, got {args.silhouette_weight}")
+    for weight in ("contour_weight", "smooth_head", "smooth_head_acceleration", "silhouette_weight"):
+        if not getattr(args, weight) >= 0:  # NaN too
+            raise PreprocessError(f"--{weight} must be >= 0, got {getattr(args, weight)}")
     if args.workers < 0:
         raise PreprocessError(f"--workers must be >= 0 (0: one per CPU core), got {args.workers}")
     videos = [video_spec(v, False) for v in args.video] + [video_spec(v, True) for v in args.test_video]
@@ -104,6 +106,7 @@ def options_from_args(args: argparse.Namespace) -> PreprocessOptions:
         contact_sheet=not args.no_contact_sheet, tracking=TrackingOptions(focal=args.focal, steps=args.steps,
                                                                     contour_weight=args.contour_weight,
                                                                     smooth_head=args.smooth_head,
+                                                                    smooth_head_acceleration=args.smooth_head_acceleration,
                                                                     silhouette_weight=args.silhouette_weight))
 
 

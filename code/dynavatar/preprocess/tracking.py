@@ -70,6 +70,9 @@ class TrackingOptions:
     smooth_head: float = 100.0  # the head's turn (global and neck rotations)
     smooth_pose: float = 10.0  # the jaw and the eyes
     smooth_translation: float = 10.0
+    # The head's turn's change of speed over three consecutive frames (0 leaves it out): smooths
+    # jitter without pulling a steady turn back toward the previous frame's pose.
+    smooth_head_acceleration: float = 0.0
     # The silhouette term (`silhouette`: the projected mesh inside the mask), used where masks are
     # given; 0 leaves it out.
     silhouette_weight: float = 0.0
@@ -186,10 +189,12 @@ class _Problem:
         self.weight = torch.tensor(known * point_weight, dtype=torch.float32, device=device)  # [N, 70]
         self.observed = torch.tensor(np.nan_to_num(obs), dtype=torch.float32, device=device)
         self.n_weighted = float(max(self.weight[:, :N_LANDMARKS].gt(0).sum().item(), 1))
-        # Pairs of consecutive frames of one video, for smoothness.
+        # Pairs and triples of consecutive frames of one video (their first frames), for smoothness.
         starts = np.cumsum([0] + self.lengths[:-1])
         pairs = [k for s, n in zip(starts, self.lengths) for k in range(s, s + n - 1)]
         self.pairs = torch.tensor(pairs, dtype=torch.long, device=device)
+        triples = [k for s, n in zip(starts, self.lengths) for k in range(s, s + n - 2)]
+        self.triples = torch.tensor(triples, dtype=torch.long, device=device)
         n = obs.shape[0]
         with torch.no_grad():
             rest, _ = model(torch.zeros(model.n_shape, device=device), torch.zeros(1, model.n_exp, device=device),
@@ -256,6 +261,11 @@ class _Problem:
                            + o.smooth_pose * step[:, NECK.stop:].sum()
                            + o.smooth_translation * (self.translation[b] - self.translation[a]).square().sum()
                            ) / len(self.pairs)
+        if o.smooth_head_acceleration > 0 and len(self.triples):
+            head = pose[:, GLOBAL.start:NECK.stop]
+            t = self.triples
+            loss = loss + (o.smooth_head_acceleration * (head[t + 2] - 2 * head[t + 1] + head[t]).square().sum()
+                           / len(self.triples))
         return loss
 
 
