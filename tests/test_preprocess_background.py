@@ -40,6 +40,20 @@ def test_short_clip_keeps_its_hair_with_the_subjects_background(short_clip):
     assert min(ious["plate"].values()) >= 0.95, ious
 
 
+def test_masks_for_a_small_output_are_made_at_128_px(short_clip, monkeypatch):
+    """At 64 px the masks are made at 128 px of the crop's source and area-averaged: every video's
+    IoU at least 0.97 and above that of masks made at 64 px (measured 0.976 / 0.979 / 0.988 against
+    0.965 / 0.971 / 0.979; on 27 videos of three backdrops every one gained)."""
+    from dynavatar.preprocess import masks
+    from dynavatar.preprocess.mask_accuracy import video_ious
+
+    made_at_128 = video_ious(short_clip, NAMES, 64, kinds=("subject",))["subject"]
+    monkeypatch.setattr(masks, "MASK_MIN_RES", 0)  # masks made at the output size
+    made_at_64 = video_ious(short_clip, NAMES, 64, kinds=("subject",))["subject"]
+    assert min(made_at_128.values()) >= 0.97, made_at_128
+    assert all(made_at_128[name] > made_at_64[name] for name in NAMES), (made_at_128, made_at_64)
+
+
 def sampled_videos(folder, dimmed: str | None = None) -> list:
     """Every 4th frame of each video as the background step samples it (64 px crops); the video
     `dimmed` lit at 60 %."""

@@ -22,7 +22,7 @@ import numpy as np
 from .background import VideoSample, read_clean_plate, subject_backgrounds
 from .crop import square_crop
 from .frames import FrameSelection, iter_frames, probe_video
-from .masks import MaskOptions, read_external_matte, segment
+from .masks import MaskOptions, mask_crop, read_external_matte, segment, to_size
 from .synthetic_video import BACKDROPS
 
 log = logging.getLogger(__name__)
@@ -50,9 +50,10 @@ def video_ious(folder: Path, names: Sequence[str], res: int, kinds: Sequence[str
         crop = square_crop(source, info.width, info.height, res, name=name)
         wanted = np.linspace(0, len(decoded) - 1, min(options.samples, len(decoded))).round().astype(int)
         wanted = sorted(set(wanted.tolist()))
-        points[name] = crop.points_to_crop(source)
+        work = mask_crop(crop)  # as preprocessing makes them
+        points[name] = work.points_to_crop(source)
         frames[name] = (crop, decoded)
-        samples.append(VideoSample(name, crop, (info.width, info.height),
+        samples.append(VideoSample(name, work, (info.width, info.height),
                                    np.stack([crop.window(decoded[k]) for k in wanted]), points[name][wanted]))
     plate = read_clean_plate(folder / "background.png", samples[0].source_size)
     out = {}
@@ -63,7 +64,8 @@ def video_ious(folder: Path, names: Sequence[str], res: int, kinds: Sequence[str
         for sample, model in zip(samples, background.models):
             crop, decoded = frames[sample.name]
             scores = [iou(crop.apply(read_external_matte(folder / "masks", sample.name, k)),
-                          segment(crop.apply(frame).astype(np.float32) / 255.0, points[sample.name][k], model, options))
+                          to_size(segment(sample.crop.apply(frame).astype(np.float32) / 255.0, points[sample.name][k],
+                                          model, options), res))
                       for k, frame in enumerate(decoded)]
             out[kind][sample.name] = float(np.mean(scores))
     return out

@@ -40,7 +40,7 @@ from .frames import FrameSelection, VideoInfo, iter_frames, probe_video
 from .landmarks import N_LANDMARKS, N_WITH_IRIS, VideoLandmarks, landmark_file_content, mesh_to_ibug68, \
     read_landmark_file, with_irises
 from .background import SubjectBackground, VideoSample, read_clean_plate, subject_backgrounds
-from .masks import MaskOptions, map_frames, read_external_matte, segment
+from .masks import MaskOptions, map_frames, mask_crop, points_at, read_external_matte, segment, to_size
 from .tracking import SubjectFit, TrackingOptions, fit_flame, pixels_to_imavatar_keypoints, video_focals
 
 log = logging.getLogger(__name__)
@@ -175,6 +175,7 @@ class _Video:
     crop_points: np.ndarray | None = None  # [N, 70, 2] output pixels
     sample: list[np.ndarray] = field(default_factory=list)  # the crop's window of source pixels, for the background
     sample_index: list[int] = field(default_factory=list)
+    mask_frames: Path | None = None  # the frames at the size masks are made at, where it is not the output's
 
 
 def _detect_landmarks(spec: VideoSpec, info: VideoInfo, selection: FrameSelection, detector) -> VideoLandmarks:
@@ -222,6 +223,8 @@ def _write_frames(video: _Video, video_dir: Path, options: PreprocessOptions) ->
                                   f"re-encode it with ffmpeg")
         cropped = video.crop.apply(frame)
         write_rgb(video_dir / "image" / f"{k + 1}.png", cropped.astype(np.float32) / 255.0)
+        if video.mask_frames is not None:
+            write_rgb(video.mask_frames / f"{k + 1}.png", mask_crop(video.crop).apply(frame).astype(np.float32) / 255.0)
         if options.masks_dir is not None:
             matte = read_external_matte(Path(options.masks_dir), video.spec.name, index)
             if matte.shape != frame.shape[:2]:
@@ -246,9 +249,10 @@ def _backgrounds(videos: list[_Video], fit: SubjectFit, options: PreprocessOptio
             if (video.info.width, video.info.height) != (plate.shape[1], plate.shape[0]):
                 raise PreprocessError(f"{video.info.path}: {video.info.width}x{video.info.height}, the clean plate "
                                       f"{plate.shape[1]}x{plate.shape[0]} (--background needs videos of one camera)")
-    samples = [VideoSample(v.spec.name, v.crop, (v.info.width, v.info.height),
+    samples = [VideoSample(v.spec.name, mask_crop(v.crop), (v.info.width, v.info.height),
                            np.stack(v.sample) if v.sample else np.zeros((0, v.crop.size, v.crop.size, 3), np.uint8),
-                           track.pixels[v.sample_index, :N_LANDMARKS])
+                           points_at(track.pixels[v.sample_index, :N_LANDMARKS], options.res,
+                                     mask_crop(v.crop).res))
                for v, track in zip(videos, fit.videos)]
     return subject_backgrounds(samples, options.masks, plate=plate)
 
@@ -275,11 +279,16 @@ def _track(videos: list[_Video], model_path: Path, landmark_path: Path, options:
 
 
 def _write_masks(video: _Video, video_dir: Path, fitted: np.ndarray, model, options: PreprocessOptions) -> None:
-    """Step 5 with a background model: mask/<k>.png for every frame (`options.masks.workers` at once)."""
+    """Step 5 with a background model (at the size masks are made at): mask/<k>.png for every frame
+    (`options.masks.workers` at once)."""
+    size = mask_crop(video.crop).res
+    frames = video.mask_frames or video_dir / "image"
+
     def write(k: int) -> None:
-        frame = read_rgb(video_dir / "image" / f"{k + 1}.png")
+        frame = read_rgb(frames / f"{k + 1}.png")
         frame = ((frame * 255 + 0.5).astype(np.uint8)).astype(np.float32) / 255.0  # the 8-bit frame as written
-        write_mask(video_dir / "mask" / f"{k + 1}.png", segment(frame, fitted[k, :N_LANDMARKS], model, options.masks))
+        alpha = segment(frame, points_at(fitted[k, :N_LANDMARKS], options.res, size), model, options.masks)
+        write_mask(video_dir / "mask" / f"{k + 1}.png", to_size(alpha, options.res))
 
     count = len(video.landmarks.source_indices)
     for _ in progress(map_frames(write, range(count), options.masks.threads()), total=count,
@@ -393,7 +402,7 @@ def preprocess_subject(options: PreprocessOptions) -> Path:
         staging = Path(tmp) / options.subject
         subject_dir = staging / options.subject
         with _timed(seconds, "frames"):  # decoding, landmarks, crop and the cropped frames written
-            videos = _read_videos(options, infos, detector, subject_dir)
+            videos = _read_videos(options, infos, detector, subject_dir, Path(tmp) / "mask_frames")
 
         tracking = TrackingOptions(**{**asdict(options.tracking), "device": device})
         silhouette = tracking.silhouette_weight > 0
@@ -438,8 +447,10 @@ def preprocess_subject(options: PreprocessOptions) -> Path:
     return target
 
 
-def _read_videos(options: PreprocessOptions, infos: Sequence, detector, subject_dir: Path) -> list[_Video]:
-    """Steps 1-3 for each video: its landmarks on the source frames, its crop, the cropped frames written."""
+def _read_videos(options: PreprocessOptions, infos: Sequence, detector, subject_dir: Path, work: Path
+                 ) -> list[_Video]:
+    """Steps 1-3 for each video: its landmarks on the source frames, its crop, the cropped frames written
+    (and, in `work`, at the size masks are made at where that is larger)."""
     videos = []
     for spec, info in zip(options.videos, infos):
         if detector is not None:
@@ -451,6 +462,9 @@ def _read_videos(options: PreprocessOptions, infos: Sequence, detector, subject_
                                  options.crop_scale, spec.name)
         video.crop_points = video.crop.points_to_crop(marks.points)
         log.info("%s: %d frames, crop %s", spec.name, len(marks.source_indices), video.crop)
+        if options.masks_dir is None and mask_crop(video.crop).res != video.crop.res:
+            video.mask_frames = work / spec.name
+            video.mask_frames.mkdir(parents=True)
         _write_frames(video, subject_dir / spec.name, options)
         videos.append(video)
     return videos
