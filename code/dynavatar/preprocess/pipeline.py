@@ -216,6 +216,7 @@ def _write_frames(video: _Video, video_dir: Path, options: PreprocessOptions) ->
     count = len(video.landmarks.source_indices)
     wanted = set(np.linspace(0, count - 1, min(options.masks.samples, count)).round().astype(int).tolist())
     written = 0
+    masks_crop = mask_crop(video.crop)
     frames = iter_frames(video.info, options.selection)
     for k, (index, frame) in enumerate(progress(frames, total=count, desc=f"frames {video.spec.name}", unit="frame")):
         if k >= count or index != video.landmarks.source_indices[k]:
@@ -224,7 +225,7 @@ def _write_frames(video: _Video, video_dir: Path, options: PreprocessOptions) ->
         cropped = video.crop.apply(frame)
         write_rgb(video_dir / "image" / f"{k + 1}.png", cropped.astype(np.float32) / 255.0)
         if video.mask_frames is not None:
-            write_rgb(video.mask_frames / f"{k + 1}.png", mask_crop(video.crop).apply(frame).astype(np.float32) / 255.0)
+            write_rgb(video.mask_frames / f"{k + 1}.png", masks_crop.apply(frame).astype(np.float32) / 255.0)
         if options.masks_dir is not None:
             matte = read_external_matte(Path(options.masks_dir), video.spec.name, index)
             if matte.shape != frame.shape[:2]:
@@ -249,11 +250,10 @@ def _backgrounds(videos: list[_Video], fit: SubjectFit, options: PreprocessOptio
             if (video.info.width, video.info.height) != (plate.shape[1], plate.shape[0]):
                 raise PreprocessError(f"{video.info.path}: {video.info.width}x{video.info.height}, the clean plate "
                                       f"{plate.shape[1]}x{plate.shape[0]} (--background needs videos of one camera)")
-    samples = [VideoSample(v.spec.name, mask_crop(v.crop), (v.info.width, v.info.height),
+    samples = [VideoSample(v.spec.name, crop, (v.info.width, v.info.height),
                            np.stack(v.sample) if v.sample else np.zeros((0, v.crop.size, v.crop.size, 3), np.uint8),
-                           points_at(track.pixels[v.sample_index, :N_LANDMARKS], options.res,
-                                     mask_crop(v.crop).res))
-               for v, track in zip(videos, fit.videos)]
+                           points_at(track.pixels[v.sample_index, :N_LANDMARKS], options.res, crop.res))
+               for v, track, crop in zip(videos, fit.videos, [mask_crop(v.crop) for v in videos])]
     return subject_backgrounds(samples, options.masks, plate=plate)
 
 
