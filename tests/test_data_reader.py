@@ -253,6 +253,21 @@ def test_preloaded_equals_lazy_batches_and_collate(data):
     assert torch.equal(reordered.rgb, batch.rgb[[3, 0]]) and reordered.frame_id == [4, 1]
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (torch.cuda.is_available() is False)")
+def test_a_batch_on_the_gpu_is_gathered_without_waiting_for_the_gpu(data):
+    """A wait per step would leave the GPU idle while the step after it is launched."""
+    loaded = dataset(data, load_images=True).to(torch.device("cuda"))
+    expected = loaded.batch(torch.tensor([2, 0, 5]))
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")  # any wait for the device raises
+    try:
+        batch = loaded.batch(torch.tensor([2, 0, 5]))
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    assert batch.idx.is_cuda and batch.idx.tolist() == [2, 0, 5] and torch.equal(batch.rgb, expected.rgb)
+    assert batch.frame_id == expected.frame_id and torch.equal(batch.expression, expected.expression)
+
+
 def test_dataset_from_conf(data):
     conf = load_conf(REPO / "confs" / "subject1.conf",
                      [f"dataset.data_folder={data}", "dataset.subject_name=subj", "dataset.train.sub_dir=[A]",

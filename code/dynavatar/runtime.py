@@ -91,3 +91,12 @@ def constant(values: tuple, dtype: torch.dtype, device: torch.device) -> torch.T
 @functools.lru_cache(maxsize=256)
 def _cached_constant(values: tuple, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     return torch.tensor(values, dtype=dtype, device=device)
+
+
+def to_device_unblocked(host: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """`host` (a CPU tensor) on `device`, without the host waiting for the device: a plain copy to a
+    GPU first waits for all queued work, which leaves the GPU idle while the next step is launched.
+    The copy goes through page-locked memory, which the allocator keeps until the copy is done."""
+    if device.type != "cuda":
+        return host.to(device)
+    return host.pin_memory().to(device, non_blocking=True)

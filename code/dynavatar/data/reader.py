@@ -18,6 +18,7 @@ import torch
 from ..config import Conf
 from ..errors import ConfigError, DatasetError
 from ..progress import progress
+from ..runtime import to_device_unblocked
 from .batch import FrameBatch
 from .flame_params import N_EXPRESSION, read_flame_params
 from .images import check_header, read_labels, read_mask, read_rgb, resize, resize_labels, size_mismatch, to_uint8
@@ -234,7 +235,7 @@ class FaceDataset(torch.utils.data.Dataset):
         """The frames at `indices` [B] (positions in this dataset)."""
         host_idx = torch.as_tensor(indices, dtype=torch.long).cpu().reshape(-1)
         records = [self.frames[i] for i in host_idx.tolist()]
-        idx = host_idx.to(self.device)
+        idx = to_device_unblocked(host_idx, self.device)
         batch = FrameBatch(idx=idx, frame_id=[r.frame_id for r in records], sub_dir=[r.sub_dir for r in records],
                            expression=self.expressions[idx], flame_pose=self.flame_poses[idx],
                            world_mat=self.world_mats[idx], intrinsics=self.frame_intrinsics[host_idx])
