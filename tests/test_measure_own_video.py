@@ -71,7 +71,8 @@ def test_table_rows_and_differences_per_seed():
 
     results = {"seeds": {
         "0": {"variants": {"generator": run(28.0), "exact": run(26.0), "preprocessed": run(21.0),
-                           "silhouette": run(22.0), "true_focal": run(22.5), "refined": run(21.5)}},
+                           "silhouette": run(22.0), "photometric": run(22.8), "true_focal": run(22.5),
+                           "refined": run(21.5)}},
         "1": {"variants": {"exact": run(27.0), "preprocessed": run(23.0), "silhouette": run(23.0),
                            "refined": run(23.5)}}}}
     by_name = {r["variant"]: r for r in rows(results)}

@@ -4,6 +4,7 @@ beyond 20 degrees (`dynavatar.preprocess.tracking_accuracy`)."""
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import replace
 
@@ -175,11 +176,50 @@ def test_mesh_vertices_leave_the_landmarks_unchanged(synthetic_flame_paths):
     expression = torch.randn(2, plain.n_exp, generator=torch.Generator().manual_seed(0))
     shape = torch.randn(plain.n_shape, generator=torch.Generator().manual_seed(1)) * 0.5
     landmarks, irises = plain(shape, expression, pose)
-    landmarks_m, irises_m, mesh = with_mesh.with_mesh(shape, expression, pose)
+    landmarks_m, irises_m, mesh, normals = with_mesh.with_mesh(shape, expression, pose)
     torch.testing.assert_close(landmarks_m, landmarks, atol=1e-5, rtol=0)
     torch.testing.assert_close(irises_m, irises, atol=1e-5, rtol=0)
     assert 500 <= mesh.shape[1] <= 600 and mesh.shape[0] == 2, mesh.shape
     assert not set(with_mesh.mesh_index.tolist()) & set(with_mesh.iris_index.tolist())
+    # The normals point outward, and turn with the head (frame 1 is turned by 0.4 rad about y).
+    assert normals.shape == mesh.shape and torch.allclose(normals.norm(dim=-1), torch.ones(2, mesh.shape[1]))
+    centre = mesh.mean(dim=1, keepdim=True)
+    assert float(((mesh - centre) * normals).sum(-1).gt(0).float().mean()) > 0.8
+    front = normals[0, :, 2].argmax()  # the vertex facing +z (FLAME's forward) at rest
+    assert abs(float(normals[1, front, 0]) - math.sin(0.4)) < 0.1, normals[1, front]
+
+
+def test_the_photometric_term_costs_nothing_for_steady_colours_and_pulls_a_shifted_frame_back():
+    """The photometric term: vertices that sample the same colour in every frame cost nothing; in a
+    frame where they sit 2 px aside of the others, the gradient moves them back; vertices facing
+    away from the camera or hidden count for nothing."""
+    from dynavatar.preprocess import photometric
+
+    y, x = np.mgrid[0:64, 0:64].astype(np.float32)
+    pattern = np.stack([np.sin(x / 5.0), np.cos(y / 7.0), np.sin((x + y) / 9.0)], -1) * 0.4 + 0.5  # [64, 64, 3]
+    frames = np.repeat((pattern * 255 + 0.5).astype(np.uint8)[None], 3, axis=0)  # [3, 64, 64, 3]
+    images = photometric.prepare_frames(frames, 64)
+    assert images.shape == (3, 3, 64, 64)
+    points = torch.tensor([[20.0, 30.0], [40.0, 12.0], [33.0, 47.0]])  # [V, 2]
+    pixels = points.expand(3, 3, 2).clone()
+    weights = torch.ones(3, 3)
+    assert float(photometric.consistency_loss(photometric.sample(images, pixels), weights)) < 1e-10
+    shifted = pixels.clone()
+    shifted[2] += torch.tensor([2.0, 0.0])
+    shifted.requires_grad_(True)
+    loss = photometric.consistency_loss(photometric.sample(images, shifted), weights)
+    loss.backward()
+    assert float(loss.detach()) > 0 and float(shifted.grad[2, :, 0].sum()) > 0  # descending moves them back (-x)
+    unseen = weights.clone()
+    unseen[2] = 0.0
+    assert float(photometric.consistency_loss(photometric.sample(images, shifted), unseen)) < 1e-10
+    # Facing the camera (at the origin) counts fully; edge-on or facing away, not at all.
+    camera_points = torch.tensor([[[0.0, 0.0, 4.0], [0.0, 0.0, 4.0], [0.0, 0.0, 4.0]]])
+    normals = torch.tensor([[[0.0, 0.0, -1.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]]])
+    assert photometric.visibility(normals, camera_points).tolist() == [[1.0, 0.0, 0.0]]
+    # A 512 px fit samples its frames at 256 px: the same place in the image.
+    half = photometric.to_sampling_pixels(torch.tensor([[0.0, 511.0]]), 512, 256)
+    assert torch.allclose(half, torch.tensor([[-0.25, 255.25]]))
 
 
 def test_inside_loss_is_zero_inside_the_mask_and_pulls_points_in():
@@ -215,6 +255,19 @@ def test_silhouette_of_the_true_mattes_improves_detector_tracking(detector_pair)
         (landmarks_only, with_silhouette)
 
 
+def test_the_photometric_term_improves_detector_tracking(detector_pair):
+    """The same pair tracked from the face detector's landmarks with the photometric term on its own
+    frames (--photometric_weight 1e4, no masks): the head rotation within 4 degrees on average and a
+    quarter closer than from the landmarks alone (measured 2.7 against 5.3 degrees)."""
+    from dynavatar.preprocess.tracking_accuracy import evaluate, summary
+
+    subject, landmarks_only = detector_pair
+    with_colours = summary(evaluate(subject, TrackingOptions(steps=600, photometric_weight=1.0e4)))
+    assert with_colours["rotation_error_mean"] < 4.0, with_colours
+    assert with_colours["rotation_error_mean"] < 0.75 * landmarks_only["rotation_error_mean"], \
+        (landmarks_only, with_colours)
+
+
 def test_silhouette_weight_and_head_smoothness_reach_the_tracking():
     from dynavatar.cli.preprocess import build_parser, options_from_args
     from dynavatar.preprocess.pipeline import PreprocessOptions
@@ -232,6 +285,12 @@ def test_silhouette_weight_and_head_smoothness_reach_the_tracking():
         options_from_args(build_parser().parse_args([*args, "--smooth_head", "-1"]))
     assert options_from_args(build_parser().parse_args(
         [*args, "--smooth-head-acceleration", "50"])).tracking.smooth_head_acceleration == 50.0
+    assert options_from_args(build_parser().parse_args(args)).tracking.photometric_weight == 0.0  # off
+    assert PreprocessOptions("s", []).tracking.photometric_weight == 0.0
+    assert options_from_args(build_parser().parse_args([*args, "--photometric-weight", "1e4"])
+                             ).tracking.photometric_weight == 1.0e4
+    with pytest.raises(PreprocessError, match="--photometric_weight"):
+        options_from_args(build_parser().parse_args([*args, "--photometric_weight", "-2"]))
     with pytest.raises(PreprocessError, match="--smooth_head_acceleration"):
         options_from_args(build_parser().parse_args([*args, "--smooth_head_acceleration", "nan"]))
 
@@ -251,3 +310,11 @@ def test_preprocess_tracks_again_with_the_background_models_masks(tmp_path):
                         "--silhouette_weight", "10", "--no_contact_sheet", cwd=tmp_path)
     assert result.stderr.count("with the masks' silhouette") == 2, result.stderr[-3000:]
     check_dataset(tmp_path / "datasets" / "sil")
+
+
+@pytest.mark.parametrize("option", ["--silhouette", "--photometric"])
+def test_tracking_accuracy_refuses_a_negative_weight(option):
+    from dynavatar.cli.tracking_accuracy import run
+
+    with pytest.raises(PreprocessError, match=option):
+        run([option, "-1"])

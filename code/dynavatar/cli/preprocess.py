@@ -80,6 +80,12 @@ def build_parser() -> argparse.ArgumentParser:
                              f"masks (default {SILHOUETTE_WEIGHT:g}, measured best on generated heads, see "
                              f"docs/PREPROCESSING.md; 0: landmarks only); without --masks, tracking runs again "
                              f"once the masks exist")
+    parser.add_argument("--photometric_weight", "--photometric-weight", type=float,
+                        default=TrackingOptions.photometric_weight, metavar="W",
+                        help=f"tracking weight of the photometric term, each FLAME vertex facing the camera "
+                             f"keeping its colour from frame to frame (default {TrackingOptions.photometric_weight:g}: "
+                             f"off; 1e4 tracked head turns best on generated heads, but trained worse avatars there, "
+                             f"see docs/PREPROCESSING.md)")
     parser.add_argument("--workers", type=int, default=0,
                         help="threads segmenting frames for the masks at once (default 0: one per CPU core)")
     parser.add_argument("--no_contact_sheet", "--no-contact-sheet", action="store_true", help="skip the contact sheet")
@@ -91,7 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
 def options_from_args(args: argparse.Namespace) -> PreprocessOptions:
     if args.steps < 1:
         raise PreprocessError(f"--steps must be >= 1, got {args.steps}")
-    for weight in ("contour_weight", "smooth_head", "smooth_head_acceleration", "silhouette_weight"):
+    for weight in ("contour_weight", "smooth_head", "smooth_head_acceleration", "silhouette_weight",
+                   "photometric_weight"):
         if not getattr(args, weight) >= 0:  # NaN too
             raise PreprocessError(f"--{weight} must be >= 0, got {getattr(args, weight)}")
     if args.workers < 0:
@@ -107,7 +114,8 @@ def options_from_args(args: argparse.Namespace) -> PreprocessOptions:
                                                                     contour_weight=args.contour_weight,
                                                                     smooth_head=args.smooth_head,
                                                                     smooth_head_acceleration=args.smooth_head_acceleration,
-                                                                    silhouette_weight=args.silhouette_weight))
+                                                                    silhouette_weight=args.silhouette_weight,
+                                                                    photometric_weight=args.photometric_weight))
 
 
 def run(argv: Sequence[str] | None = None) -> int:

@@ -43,6 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--silhouette", type=float, default=TrackingOptions.silhouette_weight, metavar="W",
                         help="weight of the silhouette term, with the generator's true mattes as masks (default 0: "
                              "landmarks only; preprocess.py --silhouette_weight)")
+    parser.add_argument("--photometric", type=float, default=TrackingOptions.photometric_weight, metavar="W",
+                        help=f"weight of the photometric term on the videos' frames (default "
+                             f"{TrackingOptions.photometric_weight:g}; preprocess.py --photometric_weight)")
     parser.add_argument("--json", action="store_true", help="print one json object per subject")
     parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only, no progress bars")
     return parser
@@ -60,10 +63,11 @@ def _subject(text: str) -> tuple[int, str | None, str]:
 def run(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(quiet=args.quiet)
-    if not args.silhouette >= 0:
-        raise PreprocessError(f"--silhouette must be >= 0, got {args.silhouette}")
+    for name in ("silhouette", "photometric"):
+        if not getattr(args, name) >= 0:  # NaN too
+            raise PreprocessError(f"--{name} must be >= 0, got {getattr(args, name)}")
     options = replace(TrackingOptions(), **PREVIOUS_WEIGHTS) if args.previous else TrackingOptions()
-    options = replace(options, silhouette_weight=args.silhouette)
+    options = replace(options, silhouette_weight=args.silhouette, photometric_weight=args.photometric)
     rows = []
     for text in args.subject or DEFAULT_SUBJECTS:
         seed, head, backdrop = _subject(text)

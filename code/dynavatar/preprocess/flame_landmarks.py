@@ -86,6 +86,8 @@ class FlameLandmarks(nn.Module):
         self.register_buffer("lmk_bary", f32(embedding.bary_coords))  # [68, 3]
         iris_index = torch.as_tensor(inverse[lmk_vertices.size:lmk_vertices.size + 2])  # [2] for EYE_JOINTS
         self.register_buffer("mesh_index", torch.as_tensor(inverse[lmk_vertices.size + 2:]))  # [M]
+        # The mesh vertices' outward normals at rest, turned with their skinning (the photometric term).
+        self.register_buffer("mesh_normals", f32(template_normals(template, faces)[mesh]))  # [M, 3]
         # Order the irises like the landmark eyes: the eye nearer landmarks 36-41 first.
         lmk_rest = (template[lmk_vertices] * np.asarray(embedding.bary_coords)[..., None]).sum(1)
         first_eye = lmk_rest[36:42].mean(0)
@@ -97,21 +99,26 @@ class FlameLandmarks(nn.Module):
 
     def forward(self, shape: torch.Tensor, expression: torch.Tensor, pose: torch.Tensor
                 ) -> tuple[torch.Tensor, torch.Tensor]:
-        return self._landmarks_and_irises(self._vertices(shape, expression, pose))
+        return self._landmarks_and_irises(self._vertices(shape, expression, pose)[0])
 
     def with_mesh(self, shape: torch.Tensor, expression: torch.Tensor, pose: torch.Tensor
-                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """As forward, and the `mesh_vertices` mesh vertices [B, M, 3] of the constructor."""
-        vertices = self._vertices(shape, expression, pose)
-        return (*self._landmarks_and_irises(vertices), vertices[:, self.mesh_index])
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """As forward, and the `mesh_vertices` mesh vertices [B, M, 3] of the constructor with their
+        outward normals [B, M, 3] (the rest normals turned by the skinning: close enough to tell
+        which face the camera)."""
+        vertices, blended = self._vertices(shape, expression, pose, with_skinning=True)
+        turns = blended[:, self.mesh_index, :, :3]  # [B, M, 3, 3]
+        normals = torch.nn.functional.normalize((turns @ self.mesh_normals[None, :, :, None])[..., 0], dim=-1)
+        return (*self._landmarks_and_irises(vertices), vertices[:, self.mesh_index], normals)
 
     def _landmarks_and_irises(self, vertices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Posed used vertices [B, U, 3] -> (landmarks [B, 68, 3], irises [B, 2, 3])."""
         landmarks = (vertices[:, self.lmk_index] * self.lmk_bary[None, :, :, None]).sum(dim=2)
         return landmarks, vertices[:, self.iris_index]
 
-    def _vertices(self, shape: torch.Tensor, expression: torch.Tensor, pose: torch.Tensor) -> torch.Tensor:
-        """The used vertices posed [B, U, 3]."""
+    def _vertices(self, shape: torch.Tensor, expression: torch.Tensor, pose: torch.Tensor,
+                  with_skinning: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The used vertices posed [B, U, 3], and with `with_skinning` their blended transforms [B, U, 3, 4]."""
         batch = expression.shape[0]
         shaped = self.template + torch.einsum("ucs,s->uc", self.shape_dirs, shape)  # [U, 3]
         shaped = shaped + torch.einsum("be,uce->buc", expression, self.exp_dirs)  # [B, U, 3]
@@ -124,7 +131,20 @@ class FlameLandmarks(nn.Module):
         # applied to homogeneous points (cheaper than per-vertex 3x3 matmuls for thousands of frames).
         blended = torch.matmul(self.weights, transforms.reshape(batch, -1, 12)).reshape(batch, -1, 3, 4)
         homogeneous = torch.cat([posed, torch.ones_like(posed[..., :1])], dim=-1)  # [B, U, 4]
-        return (blended * homogeneous[:, :, None, :]).sum(-1)  # [B, U, 3]
+        return (blended * homogeneous[:, :, None, :]).sum(-1), blended if with_skinning else None
+
+
+def template_normals(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
+    """Outward unit vertex normals [V, 3] of a mesh (vertices [V, 3], faces [F, 3]): area-weighted
+    face normals summed at the vertices, flipped as a whole if the faces wind inward."""
+    face_normals = np.cross(vertices[faces[:, 1]] - vertices[faces[:, 0]], vertices[faces[:, 2]] - vertices[faces[:, 0]])
+    outward = np.einsum("fc,fc->f", face_normals, vertices[faces].mean(1) - vertices.mean(0))
+    if (outward > 0).mean() < 0.5:
+        face_normals = -face_normals
+    normals = np.zeros_like(vertices)
+    for k in range(3):
+        np.add.at(normals, faces[:, k], face_normals)
+    return normals / np.maximum(np.linalg.norm(normals, axis=1, keepdims=True), 1e-12)
 
 
 def _mesh_subset(weights: np.ndarray, count: int) -> np.ndarray:

@@ -11,10 +11,12 @@ test video:
 - generator: the generator's own images, masks and tracking (read at the avatar's size);
 - exact: the preprocessed images and masks with the generator's exact tracking re-expressed for the
   crop (`exact_tracking_in_crop`), so that it differs from "preprocessed" only in its tracking;
-- preprocessed: preprocessing with the detector's landmarks alone (`--silhouette_weight 0`, the
-  landmarks-only fit that was preprocessing's default before the silhouette term; else defaults);
+- preprocessed: preprocessing with the detector's landmarks alone (`--silhouette_weight 0
+  --photometric_weight 0`, the landmarks-only fit that was preprocessing's default before the
+  silhouette term; else defaults);
 - silhouette: the same with `--silhouette_weight 10` (the same detected landmarks): preprocessing as
   a user runs it with the default options;
+- photometric: "silhouette" with the photometric term (`--photometric_weight`, PHOTOMETRIC_WEIGHT);
 - true_focal: "silhouette" tracked with the generator's true focal length (`true_focal`) instead of
   the default `--focal` 3.0, so that the focal's share of the silhouette variant's gap is measured;
 - refined: "preprocessed" trained with per-frame input refinement (expression and pose; the camera
@@ -50,9 +52,9 @@ from .pipeline import SILHOUETTE_WEIGHT
 
 log = logging.getLogger(__name__)
 
-VARIANTS = ("generator", "exact", "preprocessed", "silhouette", "true_focal", "refined")
+VARIANTS = ("generator", "exact", "preprocessed", "silhouette", "photometric", "true_focal", "refined")
 # Training order: the comparison that matters first, "refined" right after the run it continues.
-RUN_ORDER = ("exact", "preprocessed", "refined", "silhouette", "true_focal", "generator")
+RUN_ORDER = ("exact", "preprocessed", "refined", "silhouette", "photometric", "true_focal", "generator")
 VIDEOS = ("train1", "train2", "test1")
 TRAIN, TEST = ("train1", "train2"), ("test1",)
 DEMO_CONF = Path(__file__).resolve().parents[3] / "confs" / "demo.conf"
@@ -60,7 +62,8 @@ METRICS = ("psnr", "ssim", "l1")
 # The preprocessing run whose images and masks each variant trains on ("generator": none, the
 # generator's own folder).
 PREPROCESSING_OF = {"exact": "pre", "preprocessed": "pre", "refined": "pre", "silhouette": "silhouette",
-                    "true_focal": "true_focal"}
+                    "photometric": "photometric", "true_focal": "true_focal"}
+PHOTOMETRIC_WEIGHT = 1.0e4  # the "photometric" variant's --photometric_weight (off in preprocessing)
 GENERATOR_RES = 128  # the smallest generated frame, the one the 64 px measurements used
 # The crop preprocessing places is 0.88-0.96 of the generated frame's side (seeds 0-2, head turns
 # of the extrapolating test video included), so a frame this many times the avatar's size gives
@@ -354,7 +357,7 @@ def measure_seed(seed: int, work: Path, variants: Sequence[str], setup: Setup, t
     results = {"backdrop": backdrop_of(seed), "true_yaw": true_yaw_range(videos), "preprocessing": {}, "variants": {}}
     pre = None
     if set(PREPROCESSING_OF) & set(variants):
-        pre = preprocess(videos_dir, data, "pre", setup, ["--silhouette_weight", "0"])
+        pre = preprocess(videos_dir, data, "pre", setup, ["--silhouette_weight", "0", "--photometric_weight", "0"])
         results["report"] = _report_summary(pre)
         results["true_focal"] = round(true_focal(videos, _crops(pre)), 4)
     for variant in (v for v in RUN_ORDER if v in variants):
@@ -385,11 +388,13 @@ def _variant_inputs(variant: str, seed: int, work: Path, videos: dict, pre: Path
     if variant == "exact":
         exact_subject(pre, videos, data)
         return write_conf(work / "exact.conf", data, "exact", setup.res, setup.recipe), [], None
-    if variant in ("silhouette", "true_focal"):
+    if variant in ("silhouette", "photometric", "true_focal"):
         # The landmarks the detector found for "pre": "silhouette" differs from it only in the silhouette
-        # term, "true_focal" from "silhouette" only in `--focal` (the camera's true one).
+        # term, "photometric" and "true_focal" from "silhouette" only in the photometric term and in
+        # `--focal` (the camera's true one). The weights written out.
         extra = ["--landmarks", str(pre / "preprocess" / "landmarks.json"),
-                 "--silhouette_weight", str(SILHOUETTE_WEIGHT)]  # preprocessing's default, written out
+                 "--silhouette_weight", str(SILHOUETTE_WEIGHT),
+                 "--photometric_weight", str(PHOTOMETRIC_WEIGHT if variant == "photometric" else 0.0)]
         if variant == "true_focal":
             extra += ["--focal", repr(true_focal(videos, _crops(pre)))]
         preprocess(work / "videos", data, variant, setup, extra)

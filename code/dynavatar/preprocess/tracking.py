@@ -29,14 +29,14 @@ import logging
 import math
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 import torch
 
 from ..cameras import PIXEL_CENTRE_OFFSET, imavatar_world_to_camera, pixel_intrinsics, pixels_to_keypoints
 from ..progress import progress
-from . import silhouette
+from . import photometric, silhouette
 from .flame_landmarks import GLOBAL, JAW, NECK, FlameLandmarks
 
 log = logging.getLogger(__name__)
@@ -76,7 +76,10 @@ class TrackingOptions:
     # The silhouette term (`silhouette`: the projected mesh inside the mask), used where masks are
     # given; 0 leaves it out.
     silhouette_weight: float = 0.0
-    mesh_vertices: int = 1500  # mesh vertices the silhouette is measured with
+    # The photometric term (`photometric`: each mesh vertex keeps its colour from frame to frame),
+    # used where frames are given; 0 leaves it out.
+    photometric_weight: float = 0.0
+    mesh_vertices: int = 1500  # mesh vertices the silhouette and the photometric term are measured with
     device: str = "cpu"
 
 
@@ -170,7 +173,8 @@ class _Problem:
     """The tensors of one fit: observations, weights and the free parameters."""
 
     def __init__(self, model: FlameLandmarks, observed: list[np.ndarray], res: int, options: TrackingOptions,
-                 focals: Sequence[float], masks: list[np.ndarray] | None = None):
+                 focals: Sequence[float], masks: list[np.ndarray] | None = None,
+                 frames: Sequence[Iterable[np.ndarray]] | None = None):
         device = torch.device(options.device)
         self.model, self.res, self.options = model, res, options
         self.lengths = [len(o) for o in observed]
@@ -210,6 +214,11 @@ class _Problem:
         if masks is not None and options.silhouette_weight > 0:
             # [N, res, res] each pixel's distance to the mask
             self.silhouette = torch.tensor(silhouette.outside_distance(np.concatenate(masks)), device=device)
+        self.images = None
+        if frames is not None and options.photometric_weight > 0:
+            self.images = photometric.prepare_frames((f for video in frames for f in video), res).to(device)
+            if self.images.shape[0] != n:
+                raise ValueError(f"{self.images.shape[0]} frames for {n} frames of landmarks")
 
     @property
     def pose(self) -> torch.Tensor:
@@ -222,13 +231,14 @@ class _Problem:
         return project(torch.cat([landmarks, irises], dim=1), self.translation, self.intrinsics, self.res)
 
     def _data(self) -> torch.Tensor:
-        """The landmark term, plus the silhouette term where there are masks."""
+        """The landmark term, plus the silhouette term where there are masks and the photometric term
+        where there are frames."""
         o = self.options
         scale = REFERENCE_RES / self.res
-        if self.silhouette is None:
+        if self.silhouette is None and self.images is None:
             pixels = self.pixels()
         else:
-            landmarks, irises, mesh = self.model.with_mesh(self.shape, self.expression, self.pose)
+            landmarks, irises, mesh, normals = self.model.with_mesh(self.shape, self.expression, self.pose)
             projected = project(torch.cat([landmarks, irises, mesh], dim=1), self.translation, self.intrinsics,
                                 self.res)
             pixels, mesh_pixels = projected[:, :N_LANDMARKS + 2], projected[:, N_LANDMARKS + 2:]
@@ -237,7 +247,20 @@ class _Problem:
         if self.silhouette is not None:
             term = silhouette.inside_loss(self.silhouette, mesh_pixels, scale, o.huber_px)  # [N]
             data = data + o.silhouette_weight * term.mean()
+        if self.images is not None:
+            data = data + o.photometric_weight * self._photometric(mesh, normals, mesh_pixels)
         return data
+
+    def _photometric(self, mesh: torch.Tensor, normals: torch.Tensor, mesh_pixels: torch.Tensor) -> torch.Tensor:
+        """The photometric term of mesh vertices [N, M, 3] with normals [N, M, 3] seen at mesh_pixels [N, M, 2]."""
+        with torch.no_grad():
+            # world_mat is [I | t]: a vertex's offset from the camera is the vertex plus t.
+            weights = photometric.visibility(normals, mesh + self.translation[:, None])  # [N, M]
+            if self.silhouette is not None:  # a vertex outside the mask would sample the backdrop
+                weights = weights * (silhouette.sample_image(self.silhouette, mesh_pixels) < 0.5)
+        size = self.images.shape[-1]
+        colours = photometric.sample(self.images, photometric.to_sampling_pixels(mesh_pixels, self.res, size))
+        return photometric.consistency_loss(colours, weights)
 
     def loss(self) -> torch.Tensor:
         o = self.options
@@ -299,27 +322,32 @@ def _cpu_threads(device: str, frames: int):
 
 def fit_flame(model: FlameLandmarks, observed: list[np.ndarray], res: int,
               options: TrackingOptions | None = None, focals: Sequence[float] | None = None,
-              masks: list[np.ndarray] | None = None) -> SubjectFit:
+              masks: list[np.ndarray] | None = None, frames: Sequence[Iterable[np.ndarray]] | None = None
+              ) -> SubjectFit:
     """Fit FLAME to the landmarks of a subject's videos.
 
     observed: per video, landmarks [N_v, 70, 2] in output pixels (centres at integers; 68 iBUG points
     then the two irises, NaN where unknown). focals: per video, the normalised focal of its crop
     (`video_focals`; default `options.focal` for all). masks: per video, foreground masks [N_v, res, res]
     in [0, 1] for the silhouette term (used when `options.silhouette_weight` > 0; the model must then
-    evaluate mesh vertices, `FlameLandmarks(mesh_vertices=...)`). Returns the shape and per-video fits.
+    evaluate mesh vertices, `FlameLandmarks(mesh_vertices=...)`). frames: per video, the crops
+    [N_v, res, res, 3] uint8 for the photometric term (used when `options.photometric_weight` > 0;
+    mesh vertices as for masks; any iterable of [res, res, 3] frames per video, read once). Returns
+    the shape and per-video fits.
     """
     options = options or TrackingOptions()
     focals = [options.focal] * len(observed) if focals is None else list(focals)
     if len(focals) != len(observed):
         raise ValueError(f"{len(focals)} focals for {len(observed)} videos")
     with _cpu_threads(options.device, sum(len(o) for o in observed)):
-        return _fit(model, observed, res, options, focals, masks)
+        return _fit(model, observed, res, options, focals, masks, frames)
 
 
 def _fit(model: FlameLandmarks, observed: list[np.ndarray], res: int, options: TrackingOptions,
-         focals: list[float], masks: list[np.ndarray] | None) -> SubjectFit:
+         focals: list[float], masks: list[np.ndarray] | None, frames: Sequence[Iterable[np.ndarray]] | None
+         ) -> SubjectFit:
     model = model.to(torch.device(options.device))
-    problem = _Problem(model, observed, res, options, focals, masks)
+    problem = _Problem(model, observed, res, options, focals, masks, frames)
     _run_adam(problem, [problem.global_rotation, problem.translation], options.rigid_steps,
               options.learning_rate, "tracking (rigid)")
     final = _run_adam(problem, [problem.shape, problem.expression, problem.global_rotation, problem.joints,

@@ -148,16 +148,27 @@ def true_masks(subject: PreparedSubject) -> list[np.ndarray]:
     return out
 
 
+def video_frames(subject: PreparedSubject) -> list[np.ndarray]:
+    """Per video the decoded frames in the crop [N, res, res, 3] uint8, as tracking sees them."""
+    out = []
+    for path, crop, points in zip(subject.video_paths, subject.crops, subject.points):
+        frames = [crop.apply(frame) for _, frame in iter_frames(probe_video(path), FrameSelection())]
+        out.append(np.stack(frames[:len(points)]))
+    return out
+
+
 def evaluate(subject: PreparedSubject, options: TrackingOptions | None = None,
              masks: list[np.ndarray] | None = None) -> list[VideoAccuracy]:
     """Track a prepared subject's videos together with each video's true focal length (with the
-    silhouette of `masks` [N, res, res] per video, where `options.silhouette_weight` > 0); compare
-    with the answers."""
+    silhouette of `masks` [N, res, res] per video, where `options.silhouette_weight` > 0, and the
+    photometric term of its frames where `options.photometric_weight` > 0); compare with the answers."""
     res = subject.res
     options = options or TrackingOptions()
-    mesh = options.mesh_vertices if masks is not None and options.silhouette_weight > 0 else 0
+    silhouette = masks is not None and options.silhouette_weight > 0
+    frames = video_frames(subject) if options.photometric_weight > 0 else None
+    mesh = options.mesh_vertices if silhouette or frames is not None else 0
     fit = fit_flame(FlameLandmarks(subject.model_path, subject.landmark_path, mesh_vertices=mesh), subject.points,
-                    res, options, [float(t["intrinsics"][1]) for t in subject.truths], masks)
+                    res, options, [float(t["intrinsics"][1]) for t in subject.truths], masks, frames)
     results = []
     for name, observed, truth, track in zip(subject.names, subject.points, subject.truths, fit.videos):
         true_pose = np.array([f["pose"] for f in truth["frames"]])

@@ -1,0 +1,84 @@
+"""A photometric term for FLAME tracking: each mesh point keeps its colour from frame to frame.
+
+Landmarks and the silhouette leave the head's turn and the jaw partly free: a face detector places
+a human face's points on whatever head it sees, and the outline hardly changes when the jaw opens.
+The frames themselves do not: the skin, the lips and the eyes each have their colour, and a mesh
+point that follows the head samples the same colour in every frame. Every mesh vertex that faces
+the camera samples the (slightly blurred) frame at its projection, bilinearly, so the term is
+differentiable in the fitted parameters; its cost is a robust distance to the vertex's mean colour
+over the frames that see it. No rasterizer is needed: back-facing vertices are left out by their
+normal (a cheek hidden behind the nose is the rare exception the robust distance absorbs), and
+where masks are given, vertices outside the mask too. Lighting that changes with the head's turn
+changes a vertex's colour a little; the robust distance keeps such changes from dominating.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy import ndimage
+
+# The frames are sampled at this size at most: finer brings nothing to a blurred comparison and
+# would cost memory for long videos (a 256 px frame is 0.8 MB in float32).
+MAX_RES = 256
+BLUR_PX = 1.0  # Gaussian blur of the frames at MAX_RES: gradients reach a pixel or two further
+HUBER = 0.05  # pseudo-Huber scale of a colour difference (RGB in [0, 1])
+MIN_FACING = 0.2  # cosine between a vertex's normal and its ray to the camera, below which it is left out
+
+
+def sampling_size(res: int) -> int:
+    """The size the frames of a `res` px fit are sampled at."""
+    return min(res, MAX_RES)
+
+
+def prepare_frames(frames: Iterable[np.ndarray], res: int) -> torch.Tensor:
+    """Frames [res, res, 3] uint8 (the crops tracking fits), one at a time so that a long video is
+    never held at full size -> float [N, 3, S, S] in [0, 1] at the sampling size S, area-averaged
+    when smaller and blurred by BLUR_PX (scaled to S)."""
+    size = sampling_size(res)
+    sigma = BLUR_PX * size / MAX_RES
+    out = []
+    for frame in frames:
+        image = torch.as_tensor(np.ascontiguousarray(frame)).permute(2, 0, 1)[None].float() / 255.0  # [1, 3, res, res]
+        if size != res:
+            image = F.interpolate(image, size=(size, size), mode="area")
+        out.append(torch.from_numpy(ndimage.gaussian_filter(image[0].numpy(), (0, sigma, sigma))))
+    return torch.stack(out)
+
+
+def to_sampling_pixels(pixels: torch.Tensor, res: int, size: int) -> torch.Tensor:
+    """Pixels of a `res` px image (centres at integers) -> pixels of the same image at `size` px."""
+    return (pixels + 0.5) * (size / res) - 0.5
+
+
+def sample(images: torch.Tensor, pixels: torch.Tensor) -> torch.Tensor:
+    """Bilinear colours [N, V, C] of images [N, C, H, W] at pixels [N, V, 2] (x, y; centres at integers)."""
+    _, _, h, w = images.shape
+    grid = torch.stack([(2 * pixels[..., 0] + 1) / w - 1, (2 * pixels[..., 1] + 1) / h - 1], dim=-1)
+    return F.grid_sample(images, grid[:, None], mode="bilinear", padding_mode="border",
+                         align_corners=False)[:, :, 0].permute(0, 2, 1)
+
+
+def facing(normals: torch.Tensor, camera_points: torch.Tensor) -> torch.Tensor:
+    """Cosine [N, V] between outward normals [N, V, 3] and the ray from each point to the camera,
+    for points [N, V, 3] in a frame whose origin is the camera (any axes)."""
+    return (normals * -camera_points).sum(-1) / camera_points.norm(dim=-1).clamp_min(1e-9)
+
+
+def consistency_loss(colours: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Mean pseudo-Huber distance of sampled colours [N, V, C] to each vertex's weighted mean over the
+    frames, weighted by `weights` [N, V] (0: not seen). The mean is held fixed: the gradient moves
+    each frame's samples toward the others', not the others toward an outlier."""
+    with torch.no_grad():
+        mean = (colours * weights[..., None]).sum(0) / weights.sum(0).clamp_min(1e-9)[:, None]  # [V, C]
+    distance = (colours - mean).norm(dim=-1)
+    cost = HUBER ** 2 * (torch.sqrt(1.0 + (distance / HUBER) ** 2) - 1.0)
+    return (cost * weights).sum() / weights.sum().clamp_min(1e-9)
+
+
+def visibility(normals: torch.Tensor, camera_points: torch.Tensor) -> torch.Tensor:
+    """Weights [N, V] in [0, 1]: 0 for vertices facing away or seen edge-on, rising with the cosine."""
+    return ((facing(normals, camera_points) - MIN_FACING) / (1.0 - MIN_FACING)).clamp(0.0, 1.0)
