@@ -194,6 +194,7 @@ def test_the_photometric_term_costs_nothing_for_steady_colours_and_pulls_a_shift
     frame where they sit 2 px aside of the others, the gradient moves them back; vertices facing
     away from the camera or hidden count for nothing."""
     from dynavatar.preprocess import photometric
+    from dynavatar.preprocess.silhouette import sample_channels
 
     y, x = np.mgrid[0:64, 0:64].astype(np.float32)
     pattern = np.stack([np.sin(x / 5.0), np.cos(y / 7.0), np.sin((x + y) / 9.0)], -1) * 0.4 + 0.5  # [64, 64, 3]
@@ -203,16 +204,16 @@ def test_the_photometric_term_costs_nothing_for_steady_colours_and_pulls_a_shift
     points = torch.tensor([[20.0, 30.0], [40.0, 12.0], [33.0, 47.0]])  # [V, 2]
     pixels = points.expand(3, 3, 2).clone()
     weights = torch.ones(3, 3)
-    assert float(photometric.consistency_loss(photometric.sample(images, pixels), weights)) < 1e-10
+    assert float(photometric.consistency_loss(sample_channels(images, pixels), weights)) < 1e-10
     shifted = pixels.clone()
     shifted[2] += torch.tensor([2.0, 0.0])
     shifted.requires_grad_(True)
-    loss = photometric.consistency_loss(photometric.sample(images, shifted), weights)
+    loss = photometric.consistency_loss(sample_channels(images, shifted), weights)
     loss.backward()
     assert float(loss.detach()) > 0 and float(shifted.grad[2, :, 0].sum()) > 0  # descending moves them back (-x)
     unseen = weights.clone()
     unseen[2] = 0.0
-    assert float(photometric.consistency_loss(photometric.sample(images, shifted), unseen)) < 1e-10
+    assert float(photometric.consistency_loss(sample_channels(images, shifted.detach()), unseen)) < 1e-10
     # Facing the camera (at the origin) counts fully; edge-on or facing away, not at all.
     camera_points = torch.tensor([[[0.0, 0.0, 4.0], [0.0, 0.0, 4.0], [0.0, 0.0, 4.0]]])
     normals = torch.tensor([[[0.0, 0.0, -1.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]]])

@@ -54,14 +54,6 @@ def to_sampling_pixels(pixels: torch.Tensor, res: int, size: int) -> torch.Tenso
     return (pixels + 0.5) * (size / res) - 0.5
 
 
-def sample(images: torch.Tensor, pixels: torch.Tensor) -> torch.Tensor:
-    """Bilinear colours [N, V, C] of images [N, C, H, W] at pixels [N, V, 2] (x, y; centres at integers)."""
-    _, _, h, w = images.shape
-    grid = torch.stack([(2 * pixels[..., 0] + 1) / w - 1, (2 * pixels[..., 1] + 1) / h - 1], dim=-1)
-    return F.grid_sample(images, grid[:, None], mode="bilinear", padding_mode="border",
-                         align_corners=False)[:, :, 0].permute(0, 2, 1)
-
-
 def facing(normals: torch.Tensor, camera_points: torch.Tensor) -> torch.Tensor:
     """Cosine [N, V] between outward normals [N, V, 3] and the ray from each point to the camera,
     for points [N, V, 3] in a frame whose origin is the camera (any axes)."""

@@ -24,13 +24,18 @@ def outside_distance(masks: np.ndarray) -> np.ndarray:
     return np.stack([ndimage.distance_transform_edt(m < MASK_THRESHOLD) for m in masks]).astype(np.float32)
 
 
-def sample_image(images: torch.Tensor, pixels: torch.Tensor) -> torch.Tensor:
-    """Bilinear samples of images [N, H, W] at pixels [N, V, 2] (x, y; centres at integers) -> [N, V];
-    outside the image the border value."""
-    n, h, w = images.shape
+def sample_channels(images: torch.Tensor, pixels: torch.Tensor) -> torch.Tensor:
+    """Bilinear samples of images [N, C, H, W] at pixels [N, V, 2] (x, y; centres at integers) ->
+    [N, V, C]; outside the image the border value."""
+    _, _, h, w = images.shape
     grid = torch.stack([(2 * pixels[..., 0] + 1) / w - 1, (2 * pixels[..., 1] + 1) / h - 1], dim=-1)
-    return F.grid_sample(images[:, None], grid[:, None], mode="bilinear", padding_mode="border",
-                         align_corners=False)[:, 0, 0]
+    return F.grid_sample(images, grid[:, None], mode="bilinear", padding_mode="border",
+                         align_corners=False)[:, :, 0].permute(0, 2, 1)
+
+
+def sample_image(images: torch.Tensor, pixels: torch.Tensor) -> torch.Tensor:
+    """Bilinear samples of images [N, H, W] at pixels [N, V, 2] -> [N, V] (`sample_channels`)."""
+    return sample_channels(images[:, None], pixels)[..., 0]
 
 
 def inside_loss(distance: torch.Tensor, projected: torch.Tensor, scale: float, huber_px: float) -> torch.Tensor:

@@ -259,7 +259,7 @@ class _Problem:
             if self.silhouette is not None:  # a vertex outside the mask would sample the backdrop
                 weights = weights * (silhouette.sample_image(self.silhouette, mesh_pixels) < 0.5)
         size = self.images.shape[-1]
-        colours = photometric.sample(self.images, photometric.to_sampling_pixels(mesh_pixels, self.res, size))
+        colours = silhouette.sample_channels(self.images, photometric.to_sampling_pixels(mesh_pixels, self.res, size))
         return photometric.consistency_loss(colours, weights)
 
     def loss(self) -> torch.Tensor:
