@@ -176,7 +176,8 @@ def test_mesh_vertices_leave_the_landmarks_unchanged(synthetic_flame_paths):
     expression = torch.randn(2, plain.n_exp, generator=torch.Generator().manual_seed(0))
     shape = torch.randn(plain.n_shape, generator=torch.Generator().manual_seed(1)) * 0.5
     landmarks, irises = plain(shape, expression, pose)
-    landmarks_m, irises_m, mesh, normals = with_mesh.with_mesh(shape, expression, pose)
+    landmarks_m, irises_m, mesh, normals = with_mesh.with_mesh(shape, expression, pose, normals=True)
+    assert with_mesh.with_mesh(shape, expression, pose)[3] is None  # the silhouette alone needs none
     torch.testing.assert_close(landmarks_m, landmarks, atol=1e-5, rtol=0)
     torch.testing.assert_close(irises_m, irises, atol=1e-5, rtol=0)
     assert 500 <= mesh.shape[1] <= 600 and mesh.shape[0] == 2, mesh.shape
@@ -194,6 +195,7 @@ def test_the_photometric_term_costs_nothing_for_steady_colours_and_pulls_a_shift
     frame where they sit 2 px aside of the others, the gradient moves them back; vertices facing
     away from the camera or hidden count for nothing."""
     from dynavatar.preprocess import photometric
+    from dynavatar.preprocess.masks import points_at
     from dynavatar.preprocess.silhouette import sample_channels
 
     y, x = np.mgrid[0:64, 0:64].astype(np.float32)
@@ -219,7 +221,7 @@ def test_the_photometric_term_costs_nothing_for_steady_colours_and_pulls_a_shift
     normals = torch.tensor([[[0.0, 0.0, -1.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]]])
     assert photometric.visibility(normals, camera_points).tolist() == [[1.0, 0.0, 0.0]]
     # A 512 px fit samples its frames at 256 px: the same place in the image.
-    half = photometric.to_sampling_pixels(torch.tensor([[0.0, 511.0]]), 512, 256)
+    half = points_at(torch.tensor([[0.0, 511.0]]), 512, photometric.sampling_size(512))
     assert torch.allclose(half, torch.tensor([[-0.25, 255.25]]))
 
 

@@ -101,15 +101,17 @@ class FlameLandmarks(nn.Module):
                 ) -> tuple[torch.Tensor, torch.Tensor]:
         return self._landmarks_and_irises(self._vertices(shape, expression, pose)[0])
 
-    def with_mesh(self, shape: torch.Tensor, expression: torch.Tensor, pose: torch.Tensor
-                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """As forward, and the `mesh_vertices` mesh vertices [B, M, 3] of the constructor with their
-        outward normals [B, M, 3] (the rest normals turned by the skinning: close enough to tell
-        which face the camera)."""
-        vertices, blended = self._vertices(shape, expression, pose, with_skinning=True)
-        turns = blended[:, self.mesh_index, :, :3]  # [B, M, 3, 3]
-        normals = torch.nn.functional.normalize((turns @ self.mesh_normals[None, :, :, None])[..., 0], dim=-1)
-        return (*self._landmarks_and_irises(vertices), vertices[:, self.mesh_index], normals)
+    def with_mesh(self, shape: torch.Tensor, expression: torch.Tensor, pose: torch.Tensor, normals: bool = False
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """As forward, and the `mesh_vertices` mesh vertices [B, M, 3] of the constructor, with
+        `normals` their outward normals [B, M, 3] (the rest normals turned by the skinning: close
+        enough to tell which face the camera), else None."""
+        vertices, blended = self._vertices(shape, expression, pose, with_skinning=normals)
+        turned = None
+        if normals:
+            turns = blended[:, self.mesh_index, :, :3]  # [B, M, 3, 3]
+            turned = torch.nn.functional.normalize((turns @ self.mesh_normals[None, :, :, None])[..., 0], dim=-1)
+        return (*self._landmarks_and_irises(vertices), vertices[:, self.mesh_index], turned)
 
     def _landmarks_and_irises(self, vertices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Posed used vertices [B, U, 3] -> (landmarks [B, 68, 3], irises [B, 2, 3])."""

@@ -78,7 +78,8 @@ def mask_crop(crop: Crop) -> Crop:
 
 
 def points_at(points: np.ndarray, res: int, other: int) -> np.ndarray:
-    """Pixel coordinates [..., 2] of a `res` x `res` image -> those of the same square at `other` x `other`."""
+    """Pixel coordinates [..., 2] (an array or a tensor; centres at integers) of a `res` x `res` image ->
+    those of the same square at `other` x `other`."""
     return (points + 0.5) * (other / res) - 0.5
 
 

@@ -49,11 +49,6 @@ def prepare_frames(frames: Iterable[np.ndarray], res: int) -> torch.Tensor:
     return torch.stack(out)
 
 
-def to_sampling_pixels(pixels: torch.Tensor, res: int, size: int) -> torch.Tensor:
-    """Pixels of a `res` px image (centres at integers) -> pixels of the same image at `size` px."""
-    return (pixels + 0.5) * (size / res) - 0.5
-
-
 def facing(normals: torch.Tensor, camera_points: torch.Tensor) -> torch.Tensor:
     """Cosine [N, V] between outward normals [N, V, 3] and the ray from each point to the camera,
     for points [N, V, 3] in a frame whose origin is the camera (any axes)."""

@@ -38,6 +38,7 @@ from ..cameras import PIXEL_CENTRE_OFFSET, imavatar_world_to_camera, pixel_intri
 from ..progress import progress
 from . import photometric, silhouette
 from .flame_landmarks import GLOBAL, JAW, NECK, FlameLandmarks
+from .masks import points_at
 
 log = logging.getLogger(__name__)
 
@@ -238,7 +239,8 @@ class _Problem:
         if self.silhouette is None and self.images is None:
             pixels = self.pixels()
         else:
-            landmarks, irises, mesh, normals = self.model.with_mesh(self.shape, self.expression, self.pose)
+            landmarks, irises, mesh, normals = self.model.with_mesh(self.shape, self.expression, self.pose,
+                                                                    normals=self.images is not None)
             projected = project(torch.cat([landmarks, irises, mesh], dim=1), self.translation, self.intrinsics,
                                 self.res)
             pixels, mesh_pixels = projected[:, :N_LANDMARKS + 2], projected[:, N_LANDMARKS + 2:]
@@ -259,7 +261,7 @@ class _Problem:
             if self.silhouette is not None:  # a vertex outside the mask would sample the backdrop
                 weights = weights * (silhouette.sample_image(self.silhouette, mesh_pixels) < 0.5)
         size = self.images.shape[-1]
-        colours = silhouette.sample_channels(self.images, photometric.to_sampling_pixels(mesh_pixels, self.res, size))
+        colours = silhouette.sample_channels(self.images, points_at(mesh_pixels, self.res, size))
         return photometric.consistency_loss(colours, weights)
 
     def loss(self) -> torch.Tensor:
