@@ -71,6 +71,25 @@ class Timer:
                 times.append((time.perf_counter() - t0) * 1e3)
         return statistics.median(times)
 
+    def back_to_back(self, fn, warmup: int, repeat: int) -> float:
+        """Mean milliseconds of `repeat` calls of fn run one after the other, as a training loop runs
+        its steps: the host queues the next call while the device runs this one (one wait at the end)."""
+        for _ in range(warmup):
+            fn()
+        if self.cuda:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            torch.cuda.synchronize()
+            start.record()
+            for _ in range(repeat):
+                fn()
+            end.record()
+            torch.cuda.synchronize()
+            return start.elapsed_time(end) / repeat
+        t0 = time.perf_counter()
+        for _ in range(repeat):
+            fn()
+        return (time.perf_counter() - t0) * 1e3 / repeat
+
 
 def _vm_kib(field: str) -> int | None:
     try:
