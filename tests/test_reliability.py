@@ -78,6 +78,34 @@ def test_a_non_finite_gradient_is_not_applied_and_poisons_no_statistic(data_fold
     assert all(np.isfinite(v) for k, v in stats.items() if isinstance(v, float)), stats
 
 
+def test_row_sparse_adam_updates_as_sparse_adam_does():
+    """Three tables of different widths stepped together, rows repeated within a batch: the same
+    weights and moments as torch.optim.SparseAdam, with the same state layout."""
+    def run(optimizer_type):
+        torch.manual_seed(0)
+        tables = [torch.nn.Embedding.from_pretrained(torch.randn(6, width), freeze=False, sparse=True)
+                  for width in (5, 3, 1)]
+        initial = [t.weight.detach().clone() for t in tables]
+        optimizer = optimizer_type([t.weight for t in tables], lr=0.05)
+        for rows in ([0, 2, 2, 5], [1, 2], [5, 5, 0], [3]):
+            optimizer.zero_grad()
+            index = torch.tensor(rows)
+            sum((t(index) ** 3).sum() * (k + 1) for k, t in enumerate(tables)).backward()
+            optimizer.step()
+        return initial, [t.weight.detach() for t in tables], [optimizer.state[t.weight] for t in tables]
+
+    initial, rows_weights, rows_states = run(RowSparseAdam)
+    _, sparse_weights, sparse_states = run(torch.optim.SparseAdam)
+    for ours, theirs in zip(rows_weights, sparse_weights):
+        assert torch.allclose(ours, theirs, rtol=1e-5, atol=1e-6)
+    for ours, theirs in zip(rows_states, sparse_states):
+        assert set(ours) == set(theirs) and int(ours["step"]) == int(theirs["step"]) == 4
+        assert torch.allclose(ours["exp_avg"], theirs["exp_avg"], rtol=1e-5, atol=1e-7)
+        assert torch.allclose(ours["exp_avg_sq"], theirs["exp_avg_sq"], rtol=1e-5, atol=1e-9)
+    for before, after in zip(initial, rows_weights):  # row 4 never in a batch: unchanged; the others moved
+        assert torch.equal(after[4], before[4]) and not torch.equal(after[[0, 1, 2, 3, 5]], before[[0, 1, 2, 3, 5]])
+
+
 def test_row_sparse_adam_honours_found_inf_as_fused_adam_does():
     def run(found_infs):
         table = torch.nn.Embedding.from_pretrained(torch.arange(12.0).reshape(4, 3), freeze=False, sparse=True)

@@ -6,8 +6,9 @@ step and the per-frame input refinement) and the rendering of one frame without 
 way an animation renders it (frame-independent state computed once). Medians of CUDA events on a
 GPU, of a wall clock on the CPU, each call starting on an idle device; the training step is also
 timed back to back, `--repeat` steps in a row, as the training loop runs them (it reads the device
-once a second, so the host queues a step while the device runs the one before). Peak memory is the allocator's peak during the training steps: what
-its tensors took, and what it held on the card (its memory pools, those of CUDA graphs included).
+once a second, so the host queues a step while the device runs the one before). Peak memory is the
+allocator's peak during the training steps: what its tensors took, and what it held on the card
+(its memory pools, those of CUDA graphs included).
 With --project it also projects the paper's schedule (conf's point schedule and batch rule over
 --project-frames frames per epoch) from the measured per-frame times of steps back to back.
 
@@ -166,7 +167,8 @@ def project_schedule(rows: Sequence[Row], schedule, epochs: int, frames: int) ->
 def markdown(rows: Sequence[Row]) -> str:
     lines = ["| Gaussians | batch | train step (ms), alone / back to back | train frames/s, alone / back to back "
              "| peak memory (GiB), tensors / held "
-             f"| render (ms) | render FPS | sequence FPS ({RENDER_BATCH}/call) |", "|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             f"| render (ms) | render FPS | sequence FPS ({RENDER_BATCH}/call) |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         peak = "n/a" if r.peak_gib is None else f"{r.peak_gib:.2f} / {r.reserved_gib:.2f}"
         lines.append(f"| {r.gaussians:,} | {r.batch} | {r.train_ms:.1f} / {r.loop_ms:.1f} | "

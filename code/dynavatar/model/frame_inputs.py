@@ -97,7 +97,8 @@ class RowSparseAdam(torch.optim.Optimizer):
             grad = -param.grad if group["maximize"] else param.grad
             rows = grad._indices()[0]  # [nnz], possibly repeated
             dense.append(torch.zeros_like(param).index_add_(0, rows, grad._values()))  # summed as coalesce does
-            touched.append(torch.zeros(param.shape[0], 1, dtype=torch.bool, device=param.device).index_fill_(0, rows, True))
+            rows_mask = torch.zeros(param.shape[0], 1, dtype=torch.bool, device=param.device)
+            touched.append(rows_mask.index_fill_(0, rows, True))
         states = [self.state[param] for param in params]
         for param, state in zip(params, states):
             if not state:
