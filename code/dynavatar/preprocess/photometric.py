@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
+from .robust import pseudo_huber
+
 # The frames are sampled at this size at most: finer brings nothing to a blurred comparison and
 # would cost memory for long videos (a 256 px frame is 0.8 MB in float32).
 MAX_RES = 256
@@ -62,8 +64,7 @@ def consistency_loss(colours: torch.Tensor, weights: torch.Tensor) -> torch.Tens
     with torch.no_grad():
         mean = (colours * weights[..., None]).sum(0) / weights.sum(0).clamp_min(1e-9)[:, None]  # [V, C]
     distance = (colours - mean).norm(dim=-1)
-    cost = HUBER ** 2 * (torch.sqrt(1.0 + (distance / HUBER) ** 2) - 1.0)
-    return (cost * weights).sum() / weights.sum().clamp_min(1e-9)
+    return (pseudo_huber(distance, HUBER) * weights).sum() / weights.sum().clamp_min(1e-9)
 
 
 def visibility(normals: torch.Tensor, camera_points: torch.Tensor) -> torch.Tensor:

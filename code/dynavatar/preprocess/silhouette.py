@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
+from .robust import pseudo_huber
+
 MASK_THRESHOLD = 0.5
 
 
@@ -42,4 +44,4 @@ def inside_loss(distance: torch.Tensor, projected: torch.Tensor, scale: float, h
     """[N] mean over vertices of a pseudo-Huber loss of the outside distance (pixels x scale) of
     projected vertices [N, V, 2] in the distance maps [N, H, W] (a mask's error costs linearly)."""
     d = sample_image(distance, projected) * scale
-    return (huber_px ** 2 * (torch.sqrt(1 + (d / huber_px) ** 2) - 1)).mean(dim=1)
+    return pseudo_huber(d, huber_px).mean(dim=1)

@@ -39,6 +39,7 @@ from ..progress import progress
 from . import photometric, silhouette
 from .flame_landmarks import GLOBAL, JAW, NECK, FlameLandmarks
 from .masks import points_at
+from .robust import pseudo_huber
 
 log = logging.getLogger(__name__)
 
@@ -166,10 +167,6 @@ def _initial_translation(rest: np.ndarray, observed: np.ndarray, focal: np.ndarr
     return out
 
 
-def _pseudo_huber(distance: torch.Tensor, scale: float) -> torch.Tensor:
-    return scale * scale * (torch.sqrt(1.0 + (distance / scale) ** 2) - 1.0)
-
-
 class _Problem:
     """The tensors of one fit: observations, weights and the free parameters."""
 
@@ -245,7 +242,7 @@ class _Problem:
                                 self.res)
             pixels, mesh_pixels = projected[:, :N_LANDMARKS + 2], projected[:, N_LANDMARKS + 2:]
         distance = (pixels - self.observed).norm(dim=-1) * scale  # [N, 70] at 512 px scale
-        data = (self.weight * _pseudo_huber(distance, o.huber_px)).sum() / self.n_weighted
+        data = (self.weight * pseudo_huber(distance, o.huber_px)).sum() / self.n_weighted
         if self.silhouette is not None:
             term = silhouette.inside_loss(self.silhouette, mesh_pixels, scale, o.huber_px)  # [N]
             data = data + o.silhouette_weight * term.mean()

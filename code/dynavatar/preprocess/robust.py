@@ -1,0 +1,11 @@
+"""The robust distance that tracking's terms share."""
+
+from __future__ import annotations
+
+import torch
+
+
+def pseudo_huber(distance: torch.Tensor, scale: float) -> torch.Tensor:
+    """scale^2 (sqrt(1 + (d / scale)^2) - 1), elementwise: quadratic below `scale`, linear beyond,
+    so that a few wrong observations do not dominate a fit."""
+    return scale * scale * (torch.sqrt(1.0 + (distance / scale) ** 2) - 1.0)
