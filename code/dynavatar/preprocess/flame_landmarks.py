@@ -19,6 +19,7 @@ from torch import nn
 
 from ..flame import FLAME_SCALE, load_flame_model, load_landmark_embedding
 from ..flame.lbs import axis_angle_to_matrix, pose_feature
+from ..flame.mesh import outward_winding, vertex_normals
 
 N_SHAPE = 100
 N_EXPRESSION = 50
@@ -87,7 +88,9 @@ class FlameLandmarks(nn.Module):
         iris_index = torch.as_tensor(inverse[lmk_vertices.size:lmk_vertices.size + 2])  # [2] for EYE_JOINTS
         self.register_buffer("mesh_index", torch.as_tensor(inverse[lmk_vertices.size + 2:]))  # [M]
         # The mesh vertices' outward normals at rest, turned with their skinning (the photometric term).
-        self.register_buffer("mesh_normals", f32(template_normals(template, faces)[mesh]))  # [M, 3]
+        rest, face_index = torch.as_tensor(template, dtype=torch.float32), torch.as_tensor(faces, dtype=torch.long)
+        normals = vertex_normals(rest, face_index, outward_winding(rest, face_index))  # [V, 3]
+        self.register_buffer("mesh_normals", normals[torch.as_tensor(mesh, dtype=torch.long)])  # [M, 3]
         # Order the irises like the landmark eyes: the eye nearer landmarks 36-41 first.
         lmk_rest = (template[lmk_vertices] * np.asarray(embedding.bary_coords)[..., None]).sum(1)
         first_eye = lmk_rest[36:42].mean(0)
@@ -134,19 +137,6 @@ class FlameLandmarks(nn.Module):
         blended = torch.matmul(self.weights, transforms.reshape(batch, -1, 12)).reshape(batch, -1, 3, 4)
         homogeneous = torch.cat([posed, torch.ones_like(posed[..., :1])], dim=-1)  # [B, U, 4]
         return (blended * homogeneous[:, :, None, :]).sum(-1), blended if with_skinning else None
-
-
-def template_normals(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
-    """Outward unit vertex normals [V, 3] of a mesh (vertices [V, 3], faces [F, 3]): area-weighted
-    face normals summed at the vertices, flipped as a whole if the faces wind inward."""
-    face_normals = np.cross(vertices[faces[:, 1]] - vertices[faces[:, 0]], vertices[faces[:, 2]] - vertices[faces[:, 0]])
-    outward = np.einsum("fc,fc->f", face_normals, vertices[faces].mean(1) - vertices.mean(0))
-    if (outward > 0).mean() < 0.5:
-        face_normals = -face_normals
-    normals = np.zeros_like(vertices)
-    for k in range(3):
-        np.add.at(normals, faces[:, k], face_normals)
-    return normals / np.maximum(np.linalg.norm(normals, axis=1, keepdims=True), 1e-12)
 
 
 def _mesh_subset(weights: np.ndarray, count: int) -> np.ndarray:
