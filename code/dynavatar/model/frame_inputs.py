@@ -114,8 +114,9 @@ class RowSparseAdam(torch.optim.Optimizer):
             applied = found_inf.to(params[0].device) == 0
             for mask in touched:
                 mask &= applied
+            # A list of `applied` (not the tensor itself): foreach_add with one tensor reads it on the host.
             steps = torch._foreach_add([torch.as_tensor(state["step"], dtype=torch.float64, device=param.device)
-                                        for state, param in zip(states, params)], applied)
+                                        for state, param in zip(states, params)], [applied] * len(params))
             for state, step in zip(states, steps):
                 state["step"] = step
             steps = torch._foreach_clamp_min(steps, 1)  # no division by zero before the first applied step
