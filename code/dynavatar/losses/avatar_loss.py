@@ -17,7 +17,7 @@ from ..data.batch import FrameBatch
 from ..metrics import fused_ssim
 from ..metrics.image import ssim_loss
 from ..flame import FLAME
-from ..model.avatar import Avatar, AvatarOutput, PriorQuery
+from ..model.avatar import Avatar, AvatarOutput
 from ..model.compiled import StepCompiler
 from ..model.networks import DeformerOutput
 from .vgg import VGGPerceptualLoss
@@ -76,14 +76,9 @@ class AvatarLoss:
         terms = self.photometric(out.rgb, batch.rgb)
         if self.mask_weight > 0 and batch.mask is not None:
             terms["mask_loss"] = (out.alpha - batch.mask).abs().mean()
-        terms.update(self.prior_terms(out.prior, flame))
+        if out.prior is not None and flame is not None:
+            terms.update(self.flame_prior(out.prior.deformer, out.prior.nearest, flame))
         return terms
-
-    def prior_terms(self, prior: PriorQuery | None, flame: FLAME | None) -> dict[str, torch.Tensor]:
-        """The FLAME priors' terms of what `prior` carries; none without it or without FLAME."""
-        if prior is None or flame is None:
-            return {}
-        return self.flame_prior(prior.deformer, prior.nearest, flame)
 
     def photometric(self, rgb: torch.Tensor, gt: torch.Tensor) -> dict[str, torch.Tensor]:
         """rgb, gt [B, H, W, 3] -> weighted terms."""

@@ -41,15 +41,6 @@ from .step_graphs import StepGraphs
 
 
 @dataclass
-class PriorQuery:
-    """What the FLAME priors compare: deformer outputs (no gradient to the points) and each point's
-    nearest canonical FLAME vertex."""
-
-    deformer: DeformerOutput  # [N, ...]
-    nearest: torch.Tensor  # [N] long
-
-
-@dataclass
 class CanonicalState:
     """What the avatar's frames share: the canonical Gaussians' logits and their deformation bases."""
 
@@ -63,10 +54,6 @@ class CanonicalState:
     normals: torch.Tensor | None = None  # [N, 3] nearest vertex's normal, canonical turn undone (with shading)
     reused: bool = False  # kept in the avatar's cache and shared by the frames posed from it (`for_reuse`)
 
-    def prior_query(self) -> PriorQuery | None:
-        """What the FLAME priors compare, when this state was computed for them."""
-        return PriorQuery(self.prior, self.nearest) if self.prior is not None else None
-
     def for_reuse(self) -> "CanonicalState":
         """The same state with its per-point bases laid out for the per-frame products (no copy per frame),
         marked `reused`."""
@@ -75,6 +62,15 @@ class CanonicalState:
                                   d.offset)
         return CanonicalState(self.logits, deformer, self.shifted, self.unposed.contiguous(), self.prior, self.rotation,
                               self.nearest, self.normals, reused=True)
+
+
+@dataclass
+class PriorQuery:
+    """What the FLAME priors compare: deformer outputs (no gradient to the points) and each point's
+    nearest canonical FLAME vertex."""
+
+    deformer: DeformerOutput  # [N, ...]
+    nearest: torch.Tensor  # [N] long
 
 
 @dataclass
@@ -432,13 +428,10 @@ class Avatar(nn.Module):
         the output also carries what the FLAME priors compare (`AvatarOutput.prior`; the nearest
         vertices are searched `prior_chunk` points at a time, default the avatar's `nearest_chunk`);
         with `depth`, the alpha-weighted depth."""
-        return self.draw(self.canonical_state(with_prior, prior_chunk, frames=len(batch)), batch, depth)
-
-    def draw(self, state: CanonicalState, batch: FrameBatch, depth: bool = False) -> AvatarOutput:
-        """The frames of a batch posed from a canonical state (`canonical_state`) and rendered; the
-        output carries what the FLAME priors compare when the state does."""
+        state = self.canonical_state(with_prior, prior_chunk, frames=len(batch))
         gaussians = self.pose(state, batch.expression, batch.flame_pose)
         cameras = imavatar_cameras(batch.world_mat, batch.intrinsics, width=self.img_res[1], height=self.img_res[0])
         rgb, alpha, depth, raster = render_gaussians(gaussians, cameras, self.background_for(gaussians),
                                                      self.rasterizer, depth)
-        return AvatarOutput(rgb, alpha, depth, gaussians, state.prior_query(), raster)
+        prior = PriorQuery(state.prior, state.nearest) if with_prior else None
+        return AvatarOutput(rgb, alpha, depth, gaussians, prior, raster)

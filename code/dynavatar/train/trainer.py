@@ -184,20 +184,14 @@ class Trainer:
         PSNR as 0-dim device tensors: nothing here waits for the device."""
         if step_inputs:
             batch = self.inputs.apply(batch)
-        self.optimizer.zero_grad(set_to_none=True)
-        if step_inputs:
-            self.input_optimizer.zero_grad(set_to_none=True)
-        state = self.avatar.canonical_state(self.loss.uses_priors, self.conf.loss.flame_distance_chunk, len(batch))
-        # The priors' terms are queued before the frames are drawn: the rasterizer waits for the device
-        # once a step (it sizes its tile lists), and whatever the host does between that wait and the
-        # backward pass, the device waits for. The terms keep their order (the total's sum is the same).
-        priors = self.loss.prior_terms(state.prior_query(), self.avatar.flame)
-        out = self.avatar.draw(state, batch)
-        terms = self.loss.terms(out, batch)
-        terms.update(priors)
+        out = self.avatar(batch, with_prior=self.loss.uses_priors, prior_chunk=self.conf.loss.flame_distance_chunk)
+        terms = self.loss.terms(out, batch, self.avatar.flame)
         if self.loss.smoothness_weight > 0:
             terms.update(self.loss.smoothness(self.avatar))
         loss = self.loss.total(terms)
+        self.optimizer.zero_grad(set_to_none=True)
+        if step_inputs:
+            self.input_optimizer.zero_grad(set_to_none=True)
         self.strategy.before_backward(self.avatar, out)
         loss.backward()
         # A non-finite loss or gradient is never applied (see train/guard.py).
