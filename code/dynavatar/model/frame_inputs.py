@@ -66,9 +66,6 @@ class RowSparseAdam(torch.optim.Optimizer):
     rows named by the gradient (the batch's frames) are found and summed with index operations,
     and only those rows of the moments and the parameter change, with SparseAdam's arithmetic and
     state layout (`step`, `exp_avg`, `exp_avg_sq`), so its checkpoints load here and vice versa.
-    The arithmetic that is the same for every parameter of a group runs as one `torch._foreach_*`
-    call over all of them: a training step's refinement was a hundred small kernels, each launched
-    from the host, where a GPU step at a few thousand points waits for the host.
     """
 
     def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
@@ -83,66 +80,38 @@ class RowSparseAdam(torch.optim.Optimizer):
         # device tensor (float64, so the bias corrections equal the Python ones).
         found_inf = getattr(self, "found_inf", None)
         for group in self.param_groups:
-            params = [param for param in group["params"] if param.grad is not None]
-            if params:
-                self._update(group, params, found_inf)
+            beta1, beta2 = group["betas"]
+            for param in group["params"]:
+                if param.grad is None:
+                    continue
+                if not param.grad.is_sparse:
+                    raise RuntimeError("RowSparseAdam takes the sparse gradients of nn.Embedding(sparse=True)")
+                grad = -param.grad if group["maximize"] else param.grad
+                rows = grad._indices()[0]  # [nnz], possibly repeated
+                dense = torch.zeros_like(param).index_add_(0, rows, grad._values())  # summed as coalesce does
+                touched = torch.zeros(param.shape[0], 1, dtype=torch.bool, device=param.device)
+                touched.index_fill_(0, rows, True)
+                state = self.state[param]
+                if not state:
+                    state["step"] = 0
+                    state["exp_avg"] = torch.zeros_like(param)
+                    state["exp_avg_sq"] = torch.zeros_like(param)
+                if found_inf is None:
+                    state["step"] = int(state["step"]) + 1
+                    step = state["step"]
+                    step_size = group["lr"] * math.sqrt(1 - beta2 ** step) / (1 - beta1 ** step)
+                else:
+                    applied = found_inf.to(param.device) == 0
+                    touched &= applied
+                    state["step"] = torch.as_tensor(state["step"], dtype=torch.float64, device=param.device) + applied
+                    step = state["step"].clamp(min=1)  # no division by zero before the first applied step
+                    step_size = group["lr"] * (1 - beta2 ** step).sqrt() / (1 - beta1 ** step)
+                exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
+                avg_update = (dense - exp_avg) * (1 - beta1)
+                sq_update = (dense * dense - exp_avg_sq) * (1 - beta2)
+                numer = avg_update + exp_avg
+                denom = (sq_update + exp_avg_sq).sqrt() + group["eps"]
+                exp_avg.copy_(torch.where(touched, numer, exp_avg))
+                exp_avg_sq.copy_(torch.where(touched, sq_update + exp_avg_sq, exp_avg_sq))
+                param.add_(torch.where(touched, -step_size * (numer / denom), torch.zeros_like(param)))
         return loss
-
-    def _update(self, group: dict, params: list[torch.Tensor], found_inf: torch.Tensor | None) -> None:
-        beta1, beta2 = group["betas"]
-        dense, touched = [], []
-        for param in params:
-            if not param.grad.is_sparse:
-                raise RuntimeError("RowSparseAdam takes the sparse gradients of nn.Embedding(sparse=True)")
-            grad = -param.grad if group["maximize"] else param.grad
-            rows = grad._indices()[0]  # [nnz], possibly repeated
-            dense.append(torch.zeros_like(param).index_add_(0, rows, grad._values()))  # summed as coalesce does
-            rows_mask = torch.zeros(param.shape[0], 1, dtype=torch.bool, device=param.device)
-            touched.append(rows_mask.index_fill_(0, rows, True))
-        states = [self.state[param] for param in params]
-        for param, state in zip(params, states):
-            if not state:
-                state["step"] = 0
-                state["exp_avg"] = torch.zeros_like(param)
-                state["exp_avg_sq"] = torch.zeros_like(param)
-        if found_inf is None:
-            for state in states:
-                state["step"] = int(state["step"]) + 1
-            step_sizes = [group["lr"] * math.sqrt(1 - beta2 ** state["step"]) / (1 - beta1 ** state["step"])
-                          for state in states]
-        else:
-            applied = found_inf.to(params[0].device) == 0
-            for mask in touched:
-                mask &= applied
-            # A list of `applied` (not the tensor itself): foreach_add with one tensor reads it on the host.
-            steps = torch._foreach_add([torch.as_tensor(state["step"], dtype=torch.float64, device=param.device)
-                                        for state, param in zip(states, params)], [applied] * len(params))
-            for state, step in zip(states, steps):
-                state["step"] = step
-            steps = torch._foreach_clamp_min(steps, 1)  # no division by zero before the first applied step
-            corrected2 = torch._foreach_sqrt(_one_minus(torch._foreach_pow(beta2, steps)))
-            step_sizes = torch._foreach_div(torch._foreach_mul(corrected2, group["lr"]),
-                                            _one_minus(torch._foreach_pow(beta1, steps)))
-        exp_avg = [state["exp_avg"] for state in states]
-        exp_avg_sq = [state["exp_avg_sq"] for state in states]
-        avg_update = torch._foreach_sub(dense, exp_avg)
-        torch._foreach_mul_(avg_update, 1 - beta1)
-        sq_update = torch._foreach_mul(dense, dense)
-        torch._foreach_sub_(sq_update, exp_avg_sq)
-        torch._foreach_mul_(sq_update, 1 - beta2)
-        numer = torch._foreach_add(avg_update, exp_avg)
-        new_sq = torch._foreach_add(sq_update, exp_avg_sq)
-        denom = torch._foreach_sqrt(new_sq)
-        torch._foreach_add_(denom, group["eps"])
-        ratio = torch._foreach_div(numer, denom)
-        torch._foreach_copy_(exp_avg, [torch.where(t, n, m) for t, n, m in zip(touched, numer, exp_avg)])
-        torch._foreach_copy_(exp_avg_sq, [torch.where(t, n, m) for t, n, m in zip(touched, new_sq, exp_avg_sq)])
-        changes = [torch.where(t, -size * r, 0.0) for t, size, r in zip(touched, step_sizes, ratio)]
-        torch._foreach_add_(params, changes)
-
-
-def _one_minus(values: list[torch.Tensor]) -> list[torch.Tensor]:
-    """1 - v for each tensor of a list, in place."""
-    torch._foreach_neg_(values)
-    torch._foreach_add_(values, 1)
-    return values
