@@ -72,7 +72,7 @@ def test_table_rows_and_differences_per_seed():
     results = {"seeds": {
         "0": {"variants": {"generator": run(28.0), "exact": run(26.0), "preprocessed": run(21.0),
                            "silhouette": run(22.0), "photometric": run(22.8), "true_focal": run(22.5),
-                           "refined": run(21.5)}},
+                           "exact_head": run(25.0), "exact_face": run(22.2), "refined": run(21.5)}},
         "1": {"variants": {"exact": run(27.0), "preprocessed": run(23.0), "silhouette": run(23.0),
                            "refined": run(23.5)}}}}
     by_name = {r["variant"]: r for r in rows(results)}
@@ -122,6 +122,58 @@ def test_true_focal_is_the_focal_option_of_the_generators_camera(tmp_path):
     videos["c"] = _generator_video(tmp_path / "other", [-3.5, 3.5, 0.5, 0.5])
     with pytest.raises(ValueError, match="not one camera"):
         true_focal(videos, crops)
+
+
+def test_exact_head_and_face_split_the_tracking(tmp_path):
+    """"exact_head": the generator's camera, shape and head turn with the preprocessed face
+    (expressions, jaw, eyes); "exact_face" the other way round; both on the preprocessed images and
+    masks, the generator's part re-expressed for the video's crop. Trackings of other frames, or an
+    unknown part, are refused."""
+    from dataclasses import asdict
+
+    from dynavatar.preprocess.crop import Crop
+    from dynavatar.preprocess.own_video_gap import exact_subject, hybrid_tracking
+    from dynavatar.preprocess.synthetic_video import exact_tracking_in_crop
+
+    video = _generator_video(tmp_path / "generator" / "train1", [-3.1, 2.9, 0.5, 0.5])
+    generator = json.loads((video.subject_video / "flame_params.json").read_text())
+    generator["shape_params"] = [0.5, -0.5]
+    generator["frames"][0].update(expression=[1.0, 2.0], pose=[float(k) for k in range(15)],
+                                  world_mat=[[1, 0, 0, 0.1], [0, 1, 0, 0.2], [0, 0, 1, -4.0]])
+    (video.subject_video / "flame_params.json").write_text(json.dumps(generator))
+    tracked = {"intrinsics": [-3.0, 3.0, 0.5, 0.5], "shape_params": [0.1, 0.1],
+               "frames": [{"file_path": "./image/1", "expression": [-1.0, -2.0], "pose": [-1.0] * 15,
+                           "world_mat": [[1, 0, 0, 0.0], [0, 1, 0, 0.0], [0, 0, 1, -3.8]],
+                           "flame_keypoints": [[0.1, 0.1]] * 68, "bbox": [0.1, 0.1, 0.1, 0.1]}]}
+    crop = Crop(8, 6, 50, 64)
+    pre = tmp_path / "data" / "silhouette"
+    (pre / "silhouette" / "train1" / "mask").mkdir(parents=True)
+    (pre / "silhouette" / "train1" / "mask" / "1.png").write_bytes(b"the preprocessed mask")
+    (pre / "silhouette" / "train1" / "flame_params.json").write_text(json.dumps(tracked))
+    (pre / "preprocess").mkdir()
+    (pre / "preprocess" / "report.json").write_text(json.dumps({"videos": {"train1": {"crop": asdict(crop)}}}))
+    exact = exact_tracking_in_crop(video, crop)
+
+    for subject, camera, face in (("exact_head", exact, tracked), ("exact_face", tracked, exact)):
+        root = exact_subject(pre, {"train1": video}, tmp_path / "data", subject)
+        assert (root / subject / "train1" / "mask" / "1.png").read_bytes() == b"the preprocessed mask"
+        mixed = json.loads((root / subject / "train1" / "flame_params.json").read_text())
+        frame = mixed["frames"][0]
+        for key in ("intrinsics", "shape_params"):
+            assert mixed[key] == camera[key]
+        assert frame["world_mat"] == camera["frames"][0]["world_mat"]
+        assert frame["flame_keypoints"] == camera["frames"][0]["flame_keypoints"]
+        assert frame["expression"] == face["frames"][0]["expression"]
+        assert frame["pose"] == camera["frames"][0]["pose"][:6] + face["frames"][0]["pose"][6:]
+    assert mixed["intrinsics"] == [-3.0, 3.0, 0.5, 0.5]  # "exact_face" keeps the tracked camera
+    assert tracked["frames"][0]["pose"] == [-1.0] * 15  # the inputs are left as they were
+
+    other = json.loads(json.dumps(tracked))
+    other["frames"][0]["file_path"] = "./image/2"
+    with pytest.raises(ValueError, match="different frames"):
+        hybrid_tracking(other, exact, "head")
+    with pytest.raises(ValueError, match="expected 'head' or 'face'"):
+        hybrid_tracking(tracked, exact, "jaw")
 
 
 # fast.conf made tiny and CPU-runnable: a few frames an epoch instead of 1,000, three epochs (the

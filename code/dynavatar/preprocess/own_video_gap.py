@@ -19,6 +19,11 @@ test video:
 - photometric: "silhouette" with the photometric term (`--photometric_weight`, PHOTOMETRIC_WEIGHT);
 - true_focal: "silhouette" tracked with the generator's true focal length (`true_focal`) instead of
   the default `--focal` 3.0, so that the focal's share of the silhouette variant's gap is measured;
+- exact_head, exact_face: "silhouette" with part of its tracking replaced by the exact one, so that
+  its gap to "exact" is split between the head and the face: exact_head takes the exact camera
+  (intrinsics and world_mats), shape and head turn (global and neck rotations) and keeps the tracked
+  face (expressions, jaw and eyes); exact_face keeps the tracked camera, shape and head turn and takes
+  the exact face (`hybrid_tracking`);
 - refined: "preprocessed" trained with per-frame input refinement (expression and pose; the camera
   translation is only refined where the conf renders with it) after epoch `refine_after`. Until
   then it is the "preprocessed" run itself (resuming is bitwise exact),
@@ -52,9 +57,11 @@ from .pipeline import SILHOUETTE_WEIGHT
 
 log = logging.getLogger(__name__)
 
-VARIANTS = ("generator", "exact", "preprocessed", "silhouette", "photometric", "true_focal", "refined")
+VARIANTS = ("generator", "exact", "preprocessed", "silhouette", "photometric", "true_focal", "exact_head",
+            "exact_face", "refined")
 # Training order: the comparison that matters first, "refined" right after the run it continues.
-RUN_ORDER = ("exact", "preprocessed", "refined", "silhouette", "photometric", "true_focal", "generator")
+RUN_ORDER = ("exact", "preprocessed", "refined", "silhouette", "exact_head", "exact_face", "photometric",
+             "true_focal", "generator")
 VIDEOS = ("train1", "train2", "test1")
 TRAIN, TEST = ("train1", "train2"), ("test1",)
 DEMO_CONF = Path(__file__).resolve().parents[3] / "confs" / "demo.conf"
@@ -62,7 +69,11 @@ METRICS = ("psnr", "ssim", "l1")
 # The preprocessing run whose images and masks each variant trains on ("generator": none, the
 # generator's own folder).
 PREPROCESSING_OF = {"exact": "pre", "preprocessed": "pre", "refined": "pre", "silhouette": "silhouette",
-                    "photometric": "photometric", "true_focal": "true_focal"}
+                    "photometric": "photometric", "true_focal": "true_focal", "exact_head": "silhouette",
+                    "exact_face": "silhouette"}
+# What of the exact tracking each variant built on it takes: all of it, or the head or the face part.
+EXACT_PARTS = {"exact": "all", "exact_head": "head", "exact_face": "face"}
+HEAD_POSE = 6  # FLAME's 15 pose numbers start with the global and the neck rotation (3 each)
 PHOTOMETRIC_WEIGHT = 1.0e4  # the "photometric" variant's --photometric_weight (off in preprocessing)
 GENERATOR_RES = 128  # the smallest generated frame, the one the 64 px measurements used
 # The crop preprocessing places is 0.88-0.96 of the generated frame's side (seeds 0-2, head turns
@@ -230,19 +241,41 @@ def _warn_if_upsampled(subject: Path, setup: Setup) -> None:
 
 
 def exact_subject(preprocessed: Path, videos: dict, data: Path, subject: str = "exact") -> Path:
-    """The preprocessed images and masks with the generator's exact tracking in each video's crop."""
-    from .crop import Crop
+    """The preprocessed images and masks with the generator's exact tracking in each video's crop:
+    all of it (subject "exact"), or its head or face part beside the preprocessed tracking's
+    ("exact_head", "exact_face": `hybrid_tracking`)."""
     from .synthetic_video import exact_tracking_in_crop
 
+    part = EXACT_PARTS[subject]
     root = data / subject
     if root.exists():
         shutil.rmtree(root)
     shutil.copytree(preprocessed / preprocessed.name, root / subject)
-    report = json.loads((preprocessed / "preprocess" / "report.json").read_text(encoding="utf-8"))
+    crops = _crops(preprocessed)
     for name, video in videos.items():
-        params = exact_tracking_in_crop(video, Crop(**report["videos"][name]["crop"]))
-        (root / subject / name / "flame_params.json").write_text(json.dumps(params), encoding="utf-8")
+        path = root / subject / name / "flame_params.json"
+        params = exact_tracking_in_crop(video, crops[name])
+        if part != "all":
+            params = hybrid_tracking(json.loads(path.read_text(encoding="utf-8")), params, part)
+        path.write_text(json.dumps(params), encoding="utf-8")
     return root
+
+
+def hybrid_tracking(tracked: dict, exact: dict, exact_part: str) -> dict:
+    """One video's flame_params.json from two trackings of its frames. `exact_part` "head": the camera
+    (intrinsics and world_mats), the shape and the head's turn (global and neck rotations) of `exact`,
+    the face (expressions, jaw and eye rotations) of `tracked`; "face": the other way round. Keypoints
+    and boxes are those of the camera's tracking."""
+    if exact_part not in ("head", "face"):
+        raise ValueError(f"exact_part {exact_part!r}: expected 'head' or 'face'")
+    head, face = (exact, tracked) if exact_part == "head" else (tracked, exact)
+    if [f["file_path"] for f in head["frames"]] != [f["file_path"] for f in face["frames"]]:
+        raise ValueError("the two trackings are of different frames")
+    mixed = json.loads(json.dumps(head))  # a deep copy
+    for frame, other in zip(mixed["frames"], face["frames"]):
+        frame["expression"] = list(other["expression"])
+        frame["pose"] = list(frame["pose"][:HEAD_POSE]) + list(other["pose"][HEAD_POSE:])
+    return mixed
 
 
 def write_conf(path: Path, data_folder: Path, subject: str, res: int, recipe: str | Path = DEMO_CONF) -> Path:
@@ -388,16 +421,19 @@ def _variant_inputs(variant: str, seed: int, work: Path, videos: dict, pre: Path
     if variant == "exact":
         exact_subject(pre, videos, data)
         return write_conf(work / "exact.conf", data, "exact", setup.res, setup.recipe), [], None
-    if variant in ("silhouette", "photometric", "true_focal"):
+    tracked = PREPROCESSING_OF.get(variant)
+    if tracked in ("silhouette", "photometric", "true_focal"):
         # The landmarks the detector found for "pre": "silhouette" differs from it only in the silhouette
         # term, "photometric" and "true_focal" from "silhouette" only in the photometric term and in
         # `--focal` (the camera's true one). The weights written out.
         extra = ["--landmarks", str(pre / "preprocess" / "landmarks.json"),
                  "--silhouette_weight", str(SILHOUETTE_WEIGHT),
-                 "--photometric_weight", str(PHOTOMETRIC_WEIGHT if variant == "photometric" else 0.0)]
-        if variant == "true_focal":
+                 "--photometric_weight", str(PHOTOMETRIC_WEIGHT if tracked == "photometric" else 0.0)]
+        if tracked == "true_focal":
             extra += ["--focal", repr(true_focal(videos, _crops(pre)))]
-        preprocess(work / "videos", data, variant, setup, extra)
+        subject = preprocess(work / "videos", data, tracked, setup, extra)
+        if variant != tracked:  # exact_head, exact_face: part of that tracking replaced by the exact one
+            exact_subject(subject, videos, data, variant)
         return write_conf(work / f"{variant}.conf", data, variant, setup.res, setup.recipe), [], None
     conf = write_conf(work / "pre.conf", data, "pre", setup.res, setup.recipe)
     if variant == "preprocessed":
