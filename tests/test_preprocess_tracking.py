@@ -315,9 +315,9 @@ def test_preprocess_tracks_again_with_the_background_models_masks(tmp_path):
     check_dataset(tmp_path / "datasets" / "sil")
 
 
-@pytest.mark.parametrize("option", ["--silhouette", "--photometric"])
-def test_tracking_accuracy_refuses_a_negative_weight(option):
+@pytest.mark.parametrize("option, value", [("--silhouette", "-1"), ("--photometric", "-1"), ("--steps", "0")])
+def test_tracking_accuracy_refuses_a_bad_option(option, value):
     from dynavatar.cli.tracking_accuracy import run
 
     with pytest.raises(PreprocessError, match=option):
-        run([option, "-1"])
+        run([option, value])

@@ -46,6 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--photometric", type=float, default=TrackingOptions.photometric_weight, metavar="W",
                         help=f"weight of the photometric term on the videos' frames (default "
                              f"{TrackingOptions.photometric_weight:g}; preprocess.py --photometric_weight)")
+    parser.add_argument("--steps", type=int, default=TrackingOptions.steps, metavar="N",
+                        help=f"tracking optimisation steps (default {TrackingOptions.steps}; preprocess.py --steps)")
     parser.add_argument("--json", action="store_true", help="print one json object per subject")
     parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only, no progress bars")
     return parser
@@ -66,8 +68,11 @@ def run(argv: Sequence[str] | None = None) -> int:
     for name in ("silhouette", "photometric"):
         if not getattr(args, name) >= 0:  # NaN too
             raise PreprocessError(f"--{name} must be >= 0, got {getattr(args, name)}")
+    if args.steps < 1:
+        raise PreprocessError(f"--steps must be at least 1, got {args.steps}")
     options = replace(TrackingOptions(), **PREVIOUS_WEIGHTS) if args.previous else TrackingOptions()
-    options = replace(options, silhouette_weight=args.silhouette, photometric_weight=args.photometric)
+    options = replace(options, silhouette_weight=args.silhouette, photometric_weight=args.photometric,
+                      steps=args.steps)
     rows = []
     for text in args.subject or DEFAULT_SUBJECTS:
         seed, head, backdrop = _subject(text)
