@@ -22,7 +22,8 @@ from dynavatar.evaluate.report import metric_means, nocloth_mask
 from dynavatar.evaluate.training_frames import protocol_inputs, spread_indices
 from dynavatar.data.batch import batches
 from dynavatar.losses import AvatarLoss
-from dynavatar.metrics import Unavailable
+from dynavatar.metrics import Unavailable, psnr
+from dynavatar.export.images import erode_dilate
 from dynavatar.model.build import experiment_checkpoints, load_avatar
 from dynavatar.model.frame_inputs import FrameInputs
 from dynavatar.export.ply import load_gaussians_ply
@@ -78,6 +79,13 @@ def test_evaluation_writes_every_file(experiment):
     pred = torch.from_numpy(imageio.imread(folder / "rgb_erode_dilate" / "1.png")).float() / 255
     first = dict(zip(rows[0].split(","), rows[1].split(",")))
     assert float(first["l1"]) == pytest.approx(float((pred - gt).abs().mean()), abs=2e-3)
+    # Beside them, the rendering without the opening, and the ground truth through it.
+    plain = torch.from_numpy(imageio.imread(folder / "rgb" / "1.png")).float() / 255
+    assert float(first["psnr_unopened"]) == pytest.approx(float(psnr(plain, gt)), abs=0.05)
+    assert float(first["psnr_ground_truth_opened"]) == pytest.approx(float(psnr(erode_dilate(gt), gt)), abs=0.01)  # gt.png: uint8
+    opening = report["opening"]
+    assert opening["psnr_unopened"] != report["metrics"]["all"]["psnr"]
+    assert opening["psnr_ground_truth_opened"] > report["metrics"]["all"]["psnr"]
 
 
 def test_fitted_test_inputs_are_saved_and_reused(experiment, caplog):

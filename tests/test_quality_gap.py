@@ -35,6 +35,8 @@ def test_each_evaluation_scores_training_frames_and_the_gap(data_folder, tmp_pat
         assert 5 < r["train_frames_fitted_psnr"] < 60
         assert r["gap_db"] == r["train_frames_psnr"] - r["test_psnr"]
         assert r["gap_fitted_db"] == r["train_frames_fitted_psnr"] - r["test_psnr"]
+        assert 5 < r["test_psnr_unopened"] < 60 and r["test_psnr_unopened"] != r["test_psnr"]
+        assert r["gap_unopened_db"] == r["train_frames_psnr_unopened"] - r["test_psnr_unopened"]
     assert rows[0]["train_frames_psnr"] != rows[1]["train_frames_psnr"]  # each model scored
     assert document["drop_after_min"] == 2.0 and document["largest_drop"] is None  # nothing after 2 min
     lines = list(csv.DictReader(table.open()))
@@ -42,6 +44,7 @@ def test_each_evaluation_scores_training_frames_and_the_gap(data_folder, tmp_pat
     assert {line["seed"] for line in lines} == {""}
     root = experiment_root(tmp_path / "exps", "demo-quality_vs_time")
     assert "| gap (dB) | gap, fitted |" in (root / "quality_vs_time.md").read_text()
+    assert "| test PSNR unopened | gap unopened | ceiling |" in (root / "quality_vs_time.md").read_text()
     # Three training frames spread over both training videos, their images as the test split's.
     scored = sorted(p.parent.parent.parent.name for p in (root / "eval" / "training_frames").glob("*/epoch_2/gt/*"))
     assert scored == ["MVI_1810", "MVI_1814", "MVI_1814"]  # frames 0, 6 and 11 of 12
@@ -53,7 +56,8 @@ def test_each_evaluation_scores_training_frames_and_the_gap(data_folder, tmp_pat
 
 def test_the_largest_fall_counts_from_the_first_evaluation_after_two_minutes():
     def row(minutes: float, psnr: float) -> BudgetRow:
-        return BudgetRow(minutes, minutes, 1, 100, 30.0, 30.0, 30.0, psnr, 30.0 - psnr, 30.0 - psnr, 0.9, 0.01, [])
+        return BudgetRow(minutes, minutes, 1, 100, 30.0, 30.0, 30.0, psnr, 30.0 - psnr, 30.0 - psnr, 0.9, 0.01, [],
+                         psnr, 30.0, 30.0 - psnr, 35.0)
 
     rows = [row(1, 25.0), row(2.5, 21.0), row(5, 20.5), row(10, 20.9), row(20, 20.6)]
     assert largest_drop(rows, 2.0) == {"drop_db": pytest.approx(0.5), "from": "2.5 min", "to": "5 min"}

@@ -62,8 +62,8 @@ def training_inputs(conf: Conf, checkpoints: Path, tag: str | int, expressions: 
 def score_training_frames(conf: Conf, avatar: Avatar, checkpoints: Path, tag: str | int, count: int,
                           folders: dict[str, Path], batch_size: int, device: torch.device,
                           inputs_from: str = "trained") -> dict[str, Any]:
-    """The metric means ("all" of metrics.json, LPIPS unavailable) of `count` evenly spaced training
-    frames, and how many were scored ("n_frames"); their images go to folders[<train sub_dir>].
+    """The metric means ("all" and "opening" of metrics.json, LPIPS unavailable) of `count` evenly
+    spaced training frames, and how many were scored ("n_frames"); their images go to folders[<train sub_dir>].
     inputs_from: "trained" or "fitted" (the module's docstring)."""
     if inputs_from not in FOLDERS:
         raise ValueError(f"inputs_from {inputs_from!r}: one of {', '.join(FOLDERS)}")
@@ -77,9 +77,10 @@ def score_training_frames(conf: Conf, avatar: Avatar, checkpoints: Path, tag: st
     no_lpips = Unavailable("not computed for training frames")
     rows = report.render_and_score(avatar, data, inputs, folders, no_lpips, batch_size, device, order=order)
     means = report.metric_means(rows, no_lpips)["all"]
-    log.info("training frames (%s inputs): PSNR %.2f, SSIM %.4f, L1 %.4f over %d frames", inputs_from,
-             means["psnr"], means["ssim"], means["l1"], len(rows))
-    return {"n_frames": len(rows), **means}
+    opening = report.opening_means(rows)
+    log.info("training frames (%s inputs): PSNR %.2f, SSIM %.4f, L1 %.4f over %d frames%s", inputs_from,
+             means["psnr"], means["ssim"], means["l1"], len(rows), report.opening_line(opening))
+    return {"n_frames": len(rows), **means, **opening}
 
 
 def protocol_inputs(conf: Conf, avatar: Avatar, data: FaceDataset, order: torch.Tensor, device: torch.device) -> FrameInputs | None:
