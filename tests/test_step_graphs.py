@@ -5,6 +5,9 @@ used off the GPU or without gradients; the networks are launched when recomputin
 
 from __future__ import annotations
 
+import gc
+import weakref
+
 import pytest
 import torch
 
@@ -84,6 +87,42 @@ def test_the_step_replays_each_network_and_records_again_when_the_points_change(
         p.requires_grad_(False)
     avatar.deform(torch.zeros(2, 50), torch.zeros(2, 15))  # frozen (fitting test-frame inputs): launched
     assert (len(recorder.recorded), recorder.replays) == (before[0], before[1] + 1)
+
+
+class CyclicRecorder(FakeRecorder):
+    """A FakeRecorder whose recording is a reference cycle, as torch's is: the module itself comes
+    back, its forward replaced by a function that refers to the module's own; keeps a weak reference
+    to each recording."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.made: list[weakref.ref] = []
+
+    def __call__(self, flat, sample_args, **_):
+        replay = super().__call__(flat.forward, sample_args)  # flat -> its forward -> replay -> flat
+        flat.forward = lambda *inputs: replay(*inputs)
+        self.made.append(weakref.ref(flat))
+        return flat
+
+
+def test_a_replaced_recording_is_freed_before_the_next_is_made(synthetic_flame_paths, monkeypatch):
+    """With Python's automatic collection off, nothing but the explicit collection before each
+    recording frees the recordings replaced: each new batch shape leaves one recording per name alive,
+    never the earlier ones (on a GPU they hold a memory pool and CUDA graphs)."""
+    recorder = CyclicRecorder()
+    monkeypatch.setattr(step_graphs, "can_record_training", lambda device: torch.is_grad_enabled())
+    monkeypatch.setattr(torch.cuda, "make_graphed_callables", recorder)
+    avatar = make_avatar(synthetic_flame_paths)
+    gc.collect()
+    gc.disable()
+    try:
+        for frames in (3, 2, 1):
+            step_gradients(avatar, RecomputePolicy("off", 128), frames=frames)
+            alive = sum(ref() is not None for ref in recorder.made)
+            assert alive == len(avatar.training_graphs._recordings) > 0, (frames, alive)
+        assert len(recorder.made) > alive  # recordings were replaced, and those are gone
+    finally:
+        gc.enable()
 
 
 def test_the_cpu_launches_the_networks(synthetic_flame_paths):

@@ -14,6 +14,7 @@ the avatar poses as it always does.
 
 from __future__ import annotations
 
+import gc
 import logging
 from dataclasses import dataclass, fields
 from typing import Callable
@@ -60,6 +61,7 @@ class PoseGraphs:
         return Gaussians(*(getattr(out, f.name).clone() for f in fields(Gaussians)))
 
     def _record(self, expression: torch.Tensor, flame_pose: torch.Tensor) -> _Recording:
+        collect_dropped_graphs()
         device = expression.device
         inputs = expression.clone(), flame_pose.clone()
         side = torch.cuda.Stream(device)
@@ -74,6 +76,20 @@ class PoseGraphs:
             output = self.pose(self.state, *inputs)
         log.debug("recorded the posing of %d frame(s) as a CUDA graph", expression.shape[0])
         return _Recording(graph, *inputs, output)
+
+
+def collect_dropped_graphs() -> None:
+    """Free the CUDA graphs that were dropped but are still held by reference cycles; call before a
+    capture.
+
+    A recording of `torch.cuda.make_graphed_callables` (`StepGraphs`) is a reference cycle (its
+    autograd Function class; a module whose forward it replaced), so dropping it frees nothing until
+    Python's cycle collector runs, and torch no longer collects before a capture
+    (`torch.compiler.config.force_cudagraph_gc`). Left to chance, the dropped recordings' memory
+    pools pile up with each new recording (training ran out of memory that way), and a collection
+    that happens to run in the middle of a later capture destroys their graphs there, which
+    invalidates that capture (`cudaErrorStreamCaptureInvalidated`)."""
+    gc.collect()
 
 
 def can_record(device: torch.device) -> bool:

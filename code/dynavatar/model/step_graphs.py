@@ -33,6 +33,8 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
+from .pose_graph import collect_dropped_graphs
+
 log = logging.getLogger(__name__)
 
 WARMUP_CALLS = 2  # forward and backward passes on a side stream before recording (lazy initialisation stays out)
@@ -95,13 +97,15 @@ class StepGraphs:
         key = _key(holder, inputs, read_in_place)
         recording = self._recordings.get(name)
         if recording is None or recording.key != key:
-            self._recordings.pop(name, None)  # the old pool goes before the new one is taken
+            recording = None  # no reference to the recording replaced is left, so `_record` frees it
+            self._recordings.pop(name, None)
             recording = self._record(name, holder, fn, inputs, key)
             self._recordings[name] = recording
         return recording.output_type(*recording.replay(*inputs))
 
     def _record(self, name: str, holder: nn.Module, fn: Callable[..., object], inputs: Sequence[torch.Tensor],
                 key: tuple) -> _Recording:
+        collect_dropped_graphs()  # the recording replaced, before its successor takes a pool
         flat = _FlatCall(holder, fn)
         samples = tuple(x.detach().clone().requires_grad_(x.requires_grad) for x in inputs)
         replay = torch.cuda.make_graphed_callables(flat, samples, num_warmup_iters=WARMUP_CALLS,
