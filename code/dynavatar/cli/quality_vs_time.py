@@ -75,7 +75,7 @@ class BudgetRow:
     test_psnr_unopened: float
     train_frames_psnr_unopened: float
     gap_unopened_db: float  # train_frames_psnr_unopened - test_psnr_unopened
-    test_psnr_ground_truth_opened: float  # the most the protocol can score on the test frames
+    test_psnr_ground_truth_opened: float  # what a perfect rendering scores on the test frames
 
 
 @dataclass
@@ -170,7 +170,7 @@ def markdown(rows: Sequence[BudgetRow], title: str, after_min: float) -> str:
 
 OPENING_NOTE = ("PSNR, SSIM and L1 are the paper's protocol: the rendering erode-dilated by a 3x3 kernel. "
                 "'unopened' scores the rendering itself; 'ceiling' is the ground truth put through the same "
-                "opening, the most the protocol can score at this resolution.")
+                "opening, what a perfect rendering scores by the protocol at this resolution.")
 
 
 SUMMARY_COLUMNS = ("train_frames_psnr", "train_frames_fitted_psnr", "test_psnr", "gap_db", "gap_fitted_db",

@@ -5,7 +5,7 @@ metrics.json (the means and where they came from) and the summary line of the lo
 The metric input is the erode-dilated rendering against the ground truth composited on white; the
 "no cloth" metrics leave out the pixels the face parsing labels as necklace or cloth. Beside them,
 what the opening itself costs: the PSNR of the rendering without it, and the PSNR of the ground
-truth put through the same opening (the most the protocol can score). Its 3x3 kernel was made for
+truth put through the same opening (what a perfect rendering scores). Its 3x3 kernel was made for
 512 px; at 64 px it is eight times as wide on the face and dominates the error.
 """
 

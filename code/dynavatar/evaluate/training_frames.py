@@ -63,7 +63,8 @@ def score_training_frames(conf: Conf, avatar: Avatar, checkpoints: Path, tag: st
                           folders: dict[str, Path], batch_size: int, device: torch.device,
                           inputs_from: str = "trained") -> dict[str, Any]:
     """The metric means ("all" and "opening" of metrics.json, LPIPS unavailable) of `count` evenly
-    spaced training frames, and how many were scored ("n_frames"); their images go to folders[<train sub_dir>].
+    spaced training frames, and how many were scored ("n_frames"); their images go to
+    folders[<train sub_dir>].
     inputs_from: "trained" or "fitted" (the module's docstring)."""
     if inputs_from not in FOLDERS:
         raise ValueError(f"inputs_from {inputs_from!r}: one of {', '.join(FOLDERS)}")
