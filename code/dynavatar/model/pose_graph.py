@@ -84,8 +84,8 @@ def collect_dropped_graphs() -> None:
 
     A recording of `torch.cuda.make_graphed_callables` (`StepGraphs`) is a reference cycle (its
     autograd Function class; a module whose forward it replaced), so dropping it frees nothing until
-    Python's cycle collector runs, and torch no longer collects before a capture
-    (`torch.compiler.config.force_cudagraph_gc`). Left to chance, the dropped recordings' memory
+    Python's cycle collector runs, and torch collects before a capture only when
+    `torch.compiler.config.force_cudagraph_gc` is set. Left to chance, the dropped recordings' memory
     pools pile up with each new recording (training ran out of memory that way), and a collection
     that happens to run in the middle of a later capture destroys their graphs there, which
     invalidates that capture (`cudaErrorStreamCaptureInvalidated`)."""
