@@ -157,3 +157,30 @@ def test_replayed_networks_and_posing_give_the_launched_gradients(synthetic_flam
                              step_gradients(launched, RecomputePolicy("off", 128), 2))
     assert max(errors.values()) <= 1e-4, errors
     assert avatar.training_graphs.recordings == 9  # the posing without input gradients, then all three anew
+
+
+@cuda
+@pytest.mark.gpu
+def test_replaced_recordings_free_their_graphs_and_memory(synthetic_flame_paths):
+    """On a GPU, recorded anew for each point count with Python's automatic collection off (torch's
+    recordings are reference cycles): only the recordings in use stay alive, and the memory allocated
+    after a step stays that of one set of recordings."""
+    avatar = make_avatar(synthetic_flame_paths).to(torch.device("cuda"))
+    graphs = avatar.training_graphs
+    made, allocated = [], []
+    gc.collect()
+    gc.disable()
+    try:
+        for _ in range(5):
+            avatar.set_points(avatar.points.detach()[: avatar.n_points - 10])  # pruned: recorded again
+            step_gradients(avatar, RecomputePolicy("off", 128), frames=2)
+            made += [weakref.ref(r.replay) for r in graphs._recordings.values()
+                     if not any(ref() is r.replay for ref in made)]
+            avatar.zero_grad(set_to_none=True)
+            torch.cuda.synchronize()
+            allocated.append(torch.cuda.memory_allocated())
+        alive = sum(ref() is not None for ref in made)
+    finally:
+        gc.enable()
+    assert alive == len(graphs._recordings) and len(made) > alive, (alive, len(made))
+    assert allocated[-1] <= allocated[1] * 1.1 + 2**20, allocated  # not one more pool per recording
