@@ -125,6 +125,25 @@ def test_a_replaced_recording_is_freed_before_the_next_is_made(synthetic_flame_p
         gc.enable()
 
 
+def test_each_recording_releases_the_cublas_workspaces_after_it(synthetic_flame_paths, monkeypatch):
+    """The workspaces of the recording's warm-up stream are freed right after it, once a recording
+    (on a GPU about 65 MiB a stream, kept until PyTorch's 32 streams wrap otherwise)."""
+    events = []
+    recorder = FakeRecorder()
+
+    def record(flat, sample_args, **kw):
+        events.append("record")
+        return recorder(flat, sample_args, **kw)
+
+    monkeypatch.setattr(step_graphs, "can_record_training", lambda device: torch.is_grad_enabled())
+    monkeypatch.setattr(torch.cuda, "make_graphed_callables", record)
+    monkeypatch.setattr(torch._C, "_cuda_clearCublasWorkspaces", lambda: events.append("release"), raising=False)
+    avatar = make_avatar(synthetic_flame_paths)
+    for frames in (3, 3, 2):
+        step_gradients(avatar, RecomputePolicy("off", 128), frames=frames)
+    assert events == ["record", "release"] * avatar.training_graphs.recordings and len(events) > 2, events
+
+
 def test_the_cpu_launches_the_networks(synthetic_flame_paths):
     avatar = make_avatar(synthetic_flame_paths)
     step_gradients(avatar, RecomputePolicy("off", 128), frames=2)
@@ -164,7 +183,8 @@ def test_replayed_networks_and_posing_give_the_launched_gradients(synthetic_flam
 def test_replaced_recordings_free_their_graphs_and_memory(synthetic_flame_paths):
     """On a GPU, recorded anew for each point count with Python's automatic collection off (torch's
     recordings are reference cycles): only the recordings in use stay alive, and the memory allocated
-    after a step stays that of one set of recordings."""
+    after a step stays that of one set of recordings (neither the dropped recordings' pools nor the
+    warm-up streams' cuBLAS workspaces pile up)."""
     avatar = make_avatar(synthetic_flame_paths).to(torch.device("cuda"))
     graphs = avatar.training_graphs
     made, allocated = [], []
