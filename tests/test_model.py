@@ -12,7 +12,7 @@ from dynavatar.config import default_conf, load_conf
 from dynavatar.data.batch import FrameBatch
 from dynavatar.errors import ConfigError
 from dynavatar.flame import FLAME
-from dynavatar.model import recompute as recompute_module
+from dynavatar.model import avatar as avatar_module, networks, recompute as recompute_module
 from dynavatar.model.avatar import Avatar
 from dynavatar.model.linear import Linear, fused_linear
 from dynavatar.model.networks import CanonicalNetwork, DeformerNetwork, DeformerOutput, GaussianNetwork, heads_together
@@ -89,6 +89,31 @@ def test_deformer_starts_with_no_blendshapes_and_uniform_weights():
     assert out.shapedirs.abs().max() == 0 and out.posedirs.abs().max() == 0 and out.offset.abs().max() == 0
     assert torch.allclose(out.lbs_weights, torch.full((50, 6), 1 / 6))
     assert out.shapedirs.shape == (50, 3, 50) and out.posedirs.shape == (50, 36, 3)
+
+
+def test_products_apart_give_the_sliced_products_values_and_gradients(synthetic_flame_paths, monkeypatch):
+    """The GPU's form, run here: the deformer's bases from products of their own (the correctives
+    coordinate-major, every basis contiguous) and its rows for the priors from a call of their own
+    give the values and gradients of one product sliced and one call on both."""
+    torch.manual_seed(0)
+    avatar = make_avatar(synthetic_flame_paths)
+    with torch.no_grad():
+        avatar.deformer.blendshapes.bias.normal_(0.0, 0.05)  # a bias in the wrong place shows
+    points = torch.randn(40, 3) * 0.1
+    sliced, sliced_grads = avatar.deformer(points), step_gradients(avatar, RecomputePolicy("off", 128))
+    monkeypatch.setattr(networks, "products_apart", lambda device: True)
+    monkeypatch.setattr(avatar_module, "products_apart", lambda device: True)
+    apart, apart_grads = avatar.deformer(points), step_gradients(avatar, RecomputePolicy("off", 128))
+    for a, b in zip(_fields(apart), _fields(sliced)):
+        assert a.shape == b.shape and torch.allclose(a, b, rtol=1e-6, atol=1e-7)
+    assert apart.posedirs.transpose(1, 2).is_contiguous() and apart.shapedirs.is_contiguous()
+    assert apart_grads.keys() == sliced_grads.keys() and "points" in sliced_grads
+    for name, grad in sliced_grads.items():
+        assert (apart_grads[name] - grad).norm() <= 1e-5 * grad.norm().clamp_min(1e-12), name
+
+
+def _fields(out) -> list[torch.Tensor]:
+    return [getattr(out, f.name) for f in dataclasses.fields(out)]
 
 
 @pytest.mark.parametrize("rows", [(7,), (2, 5)], ids=["2d", "3d"])
@@ -338,10 +363,9 @@ def step_gradients(avatar: Avatar, policy: RecomputePolicy, frames: int = 3,
     expression, pose = torch.randn(frames, 50, generator=gen), (torch.rand(frames, 15, generator=gen) - 0.5) * 0.6
     expression = expression.to(avatar.points.device).requires_grad_(refine_inputs)
     pose = pose.to(avatar.points.device).requires_grad_(refine_inputs)
-    state = avatar.canonical_state(with_prior=True, frames=frames)
-    g = avatar.pose(state, expression, pose)
+    g, prior = avatar.posed(expression, pose, with_prior=True)
     loss = (g.means.square().sum() + g.scales.sum() + g.colors.square().sum() + g.quats[..., 1].sum()
-            + g.opacities.sum() + state.prior.lbs_weights.square().sum() + state.prior.shapedirs.square().sum())
+            + g.opacities.sum() + prior.deformer.lbs_weights.square().sum() + prior.deformer.shapedirs.square().sum())
     avatar.zero_grad(set_to_none=True)
     loss.backward()
     grads = {name: p.grad.clone() for name, p in avatar.named_parameters() if p.grad is not None}

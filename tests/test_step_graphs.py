@@ -1,7 +1,7 @@
-"""The per-point networks and the posing of a training step replayed from CUDA graphs
-(`model.training_graphs`): the launched step's gradients, a recording per network and for the
-posing kept while their inputs and parameters stay, recorded again when they change, and never
-used off the GPU or without gradients; the networks are launched when recomputing."""
+"""The per-point work of a training step replayed from CUDA graphs (`model.training_graphs`): the
+launched step's gradients, one recording of the networks, the canonical state and the posing kept
+while their inputs and parameters stay, recorded again when they change, and never used off the GPU
+or without gradients; with recomputation the networks are launched and the posing alone replayed."""
 
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ class FakeRecorder:
 
     def __call__(self, flat, sample_args, **_):
         self.recorded.append(tuple(sample_args[0].shape))
-        flat(*sample_args)  # as the real one does while warming up: learns the output type
+        flat(*sample_args)  # as the real one warms up
 
         def replay(*inputs):
             self.replays += 1
@@ -41,12 +41,13 @@ def relative_errors(got: dict, want: dict) -> dict[str, float]:
     return {name: float((got[name] - grad).norm() / grad.norm().clamp_min(1e-12)) for name, grad in want.items()}
 
 
-def test_the_step_replays_each_network_and_records_again_when_the_points_change(synthetic_flame_paths,
-                                                                                 monkeypatch):
+def test_the_step_is_one_recording_made_again_when_its_inputs_or_the_points_change(synthetic_flame_paths,
+                                                                                    monkeypatch):
     """The dispatch on the CPU, with a recorder that calls the recorded function: the launched step's
-    very gradients (the frames' inputs' too), one recording per network and one of the posing for a
-    point count and batch, new ones for new points, frames or inputs that take a gradient; nothing
-    recorded without gradients or for a frozen avatar, the networks launched with recomputation."""
+    very gradients (the frames' inputs' too), one recording of the whole per-point work for a point
+    count and batch, new ones for new points, frames or inputs that take a gradient; with
+    recomputation the networks launched and the posing alone recorded; nothing recorded without
+    gradients or for a frozen avatar."""
     recorder = FakeRecorder()
     monkeypatch.setattr(step_graphs, "can_record_training", lambda device: torch.is_grad_enabled())
     monkeypatch.setattr(torch.cuda, "make_graphed_callables", recorder)
@@ -60,33 +61,38 @@ def test_the_step_replays_each_network_and_records_again_when_the_points_change(
     want = step_gradients(launched, RecomputePolicy("off", 128), frames=3)
     got = step_gradients(avatar, RecomputePolicy("off", 128), frames=3)
     assert all(torch.equal(got[name], grad) for name, grad in want.items())
-    n = avatar.n_points
-    assert recorder.recorded == [(n, 3), (2 * n, 3), (3, 50)]  # canonical, deformer (with the prior rows), posing
+    assert recorder.recorded == [(3, 50)] and set(avatar.training_graphs._recordings) == {"step"}
     step_gradients(avatar, RecomputePolicy("off", 128), frames=3)  # the same sizes: replayed only
-    assert len(recorder.recorded) == 3 and recorder.replays == 6
-    step_gradients(avatar, RecomputePolicy("off", 128), frames=2)  # fewer frames: the posing again
-    assert recorder.recorded[3:] == [(2, 50)]
+    assert len(recorder.recorded) == 1 and recorder.replays == 2
+    step_gradients(avatar, RecomputePolicy("off", 128), frames=2)  # fewer frames: recorded again
+    assert recorder.recorded[1:] == [(2, 50)]
     want = step_gradients(launched, RecomputePolicy("off", 128), frames=2, refine_inputs=True)
     got = step_gradients(avatar, RecomputePolicy("off", 128), frames=2, refine_inputs=True)
     assert "expression" in got and all(torch.equal(got[name], grad) for name, grad in want.items())
-    assert recorder.recorded[4:] == [(2, 50)]  # the inputs take a gradient now: the posing again
+    assert recorder.recorded[2:] == [(2, 50)]  # the inputs take a gradient now: recorded again
 
-    avatar.set_points(avatar.points.detach()[: n - 10])  # pruned: every network again
+    n = avatar.n_points
+    avatar.set_points(avatar.points.detach()[: n - 10])  # pruned: recorded again
     launched.set_points(launched.points.detach()[: n - 10])
     errors = relative_errors(step_gradients(avatar, RecomputePolicy("off", 128), frames=2),
                              step_gradients(launched, RecomputePolicy("off", 128), frames=2))
     assert max(errors.values()) == 0.0, errors
-    assert recorder.recorded[5:] == [(n - 10, 3), (2 * (n - 10), 3), (2, 50)]
+    assert recorder.recorded[3:] == [(2, 50)] and recorder.replays == 5
 
+    # networks recomputed in chunks: launched, the posing recorded on its own, then replayed
+    for _ in range(2):
+        errors = relative_errors(step_gradients(avatar, RecomputePolicy("on", 128), frames=2),
+                                 step_gradients(launched, RecomputePolicy("on", 128), frames=2))
+        assert max(errors.values()) == 0.0, errors
+    assert recorder.recorded[4:] == [(2, 50)] and recorder.replays == 7
+    assert set(avatar.training_graphs._recordings) == {"step", "pose"}
     before = (len(recorder.recorded), recorder.replays)
-    step_gradients(avatar, RecomputePolicy("on", 128), frames=2)  # networks recomputed in chunks: launched
-    assert (len(recorder.recorded), recorder.replays) == (before[0], before[1] + 1)  # the posing's replay
     with torch.no_grad():
         avatar.deform(torch.zeros(2, 50), torch.zeros(2, 15))
     for p in avatar.parameters():
         p.requires_grad_(False)
     avatar.deform(torch.zeros(2, 50), torch.zeros(2, 15))  # frozen (fitting test-frame inputs): launched
-    assert (len(recorder.recorded), recorder.replays) == (before[0], before[1] + 1)
+    assert (len(recorder.recorded), recorder.replays) == before
 
 
 class CyclicRecorder(FakeRecorder):
@@ -164,8 +170,8 @@ def test_replayed_networks_and_posing_give_the_launched_gradients(synthetic_flam
                                  step_gradients(launched, RecomputePolicy("off", 128), frames, refine_inputs))
         assert max(errors.values()) <= 1e-4, errors
         assert ("expression" in errors) == refine_inputs
-    # two networks and the posing, the posing again for 2 frames and for inputs that take a gradient
-    assert avatar.training_graphs.recordings == 5
+    # the step, again for 2 frames and for inputs that take a gradient
+    assert avatar.training_graphs.recordings == 3
 
     for each in (avatar, launched):  # an optimizer moves the weights in place: the recordings stay valid
         optimizer = torch.optim.SGD(each.parameters(), lr=1e-3)
@@ -175,7 +181,7 @@ def test_replayed_networks_and_posing_give_the_launched_gradients(synthetic_flam
     errors = relative_errors(step_gradients(avatar, RecomputePolicy("off", 128), 2),
                              step_gradients(launched, RecomputePolicy("off", 128), 2))
     assert max(errors.values()) <= 1e-4, errors
-    assert avatar.training_graphs.recordings == 9  # the posing without input gradients, then all three anew
+    assert avatar.training_graphs.recordings == 5  # without input gradients, then for the pruned points
 
 
 @cuda

@@ -31,7 +31,8 @@ from .canonical_cache import CanonicalCache
 from .compiled import StepCompiler
 from .gaussians import Gaussians
 from .nearest import nearest_vertex
-from .networks import CanonicalAttributes, CanonicalNetwork, DeformerNetwork, DeformerOutput, GaussianNetwork
+from .networks import (CanonicalAttributes, CanonicalNetwork, DeformerNetwork, DeformerOutput, GaussianNetwork,
+                       products_apart)
 from .pose_graph import PoseGraphs, can_record
 from .precision import NetworkPrecision
 from .recompute import RecomputePolicy, activation_bytes
@@ -123,7 +124,7 @@ class Avatar(nn.Module):
         self.precision = NetworkPrecision(model_conf.network_precision)
         self.compiler = StepCompiler(model_conf.compile)
         self.cuda_graphs = model_conf.cuda_graphs
-        self.training_graphs = StepGraphs(self.precision) if model_conf.training_graphs else None
+        self.training_graphs = StepGraphs() if model_conf.training_graphs else None
         self.shading = Shading() if model_conf.shading else None
         self.shading_normals = model_conf.shading_normals  # "skinned" | "flame"
         self.canonical_net = CanonicalNetwork(**asdict(model_conf.geometry_network))
@@ -249,12 +250,16 @@ class Avatar(nn.Module):
                 return self._compute_canonical_state(True, chunk, recompute=False)
             return self.canonical_cache.get(
                 "state", self._built_on(), lambda: self._compute_canonical_state(False, chunk, False).for_reuse())
+        return self._compute_canonical_state(with_prior, chunk, self._training_recomputes(with_prior, frames))
+
+    def _training_recomputes(self, with_prior: bool, frames: int) -> bool:
+        """Whether a training step of `frames` frames recomputes the networks' activations
+        (`model.recompute`). The kept state is dropped first: an optimizer step may follow."""
         self.canonical_cache.discard("state")
         self.canonical_cache.discard("pose_graphs")  # recorded on the dropped state's tensors
         estimate = activation_bytes(self.n_points, frames, with_prior, self.canonical_net, self.deformer,
                                     self.gaussian_net, self.points.element_size())
-        recompute = self.recompute.decide(estimate, self.points.device, self.n_points)
-        return self._compute_canonical_state(with_prior, chunk, recompute)
+        return self.recompute.decide(estimate, self.points.device, self.n_points)
 
     def _compute_canonical_state(self, with_prior: bool, nearest_chunk: int, recompute: bool) -> CanonicalState:
         _, canonical_feature, canonical_transforms = self.canonical_flame()
@@ -266,7 +271,12 @@ class Avatar(nn.Module):
         logits = run("canonical_net", self.canonical_net, self.points.detach())
         if self.has_point_colors:
             logits = CanonicalAttributes(logits.color + self.point_color, logits.scale, logits.rotation, logits.opacity)
-        if with_prior:  # one deformer call for both: rows [:N] carry gradients to the points, rows [N:] do not
+        if with_prior and products_apart(self.points.device):
+            # Two calls: the gradients of one call on both meet in a concatenation of 2N rows of every
+            # output (0.4 GB of memory traffic a step at 100k points).
+            deformer = run("deformer", self.deformer, self.points)
+            prior = run("deformer_prior", self.deformer, self.points.detach())
+        elif with_prior:  # one call for both: rows [:N] carry gradients to the points, rows [N:] do not
             deformer, prior = run("deformer", self.deformer, torch.cat([self.points, self.points.detach()])).split(n)
         else:
             deformer, prior = run("deformer", self.deformer, self.points), None
@@ -287,6 +297,44 @@ class Avatar(nn.Module):
                 normals = (canonical_blend.transpose(-1, -2) @ self.canonical_normals()[nearest][..., None])[..., 0]
                 normals = torch.nn.functional.normalize(normals, dim=-1)
         return CanonicalState(logits, deformer, shifted, unposed, prior, rotation, nearest, normals)
+
+    def posed(self, expression: torch.Tensor, flame_pose: torch.Tensor, with_prior: bool = False,
+              nearest_chunk: int | None = None) -> tuple[Gaussians, PriorQuery | None]:
+        """Gaussians [B, N, ...] of the frames given by expression [B, E] and FLAME pose [B, 15], and with
+        `with_prior` what the FLAME priors compare (`canonical_state`, then `pose`).
+
+        While training on a GPU with `model.training_graphs` and without recomputation, all of it (the
+        networks, the canonical state, the posing) is replayed from one recording: one launch for
+        several hundred kernels, and no copies between recordings."""
+        chunk = nearest_chunk or self.nearest_chunk
+        frames = expression.shape[0]
+        if self.is_frozen():
+            state = self.canonical_state(with_prior, chunk, frames)
+        else:
+            recompute = self._training_recomputes(with_prior, frames)
+            if not recompute and self.replays_training(expression.device):
+                return self._replayed_step(with_prior, chunk, expression, flame_pose)
+            state = self._compute_canonical_state(with_prior, chunk, recompute)
+        return self.pose(state, expression, flame_pose), PriorQuery(state.prior, state.nearest) if with_prior else None
+
+    def _replayed_step(self, with_prior: bool, nearest_chunk: int, expression: torch.Tensor,
+                       flame_pose: torch.Tensor) -> tuple[Gaussians, PriorQuery | None]:
+        """`posed` replayed from the training step's CUDA graphs: the frames' inputs are the recording's
+        inputs, the avatar's parameters its parameters; the canonical FLAME frame (kept in
+        `canonical_cache`) and the point radius it reads in place, and it is recorded again when they
+        move."""
+        def step(expression: torch.Tensor, flame_pose: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            state = self._compute_canonical_state(with_prior, nearest_chunk, recompute=False)
+            prior = (*_tensors(state.prior), state.nearest) if with_prior else ()
+            return (*_tensors(self._pose(state, expression, flame_pose)), *prior)
+
+        read = (*self.canonical_flame(), *((self.canonical_normals(),) if self.shading is not None else ()))
+        outputs = self.training_graphs.replay(
+            "step", self, step, (expression, flame_pose),
+            read_in_place=(with_prior, nearest_chunk, self.point_radius.data_ptr(), *(t.data_ptr() for t in read)))
+        n_gaussians = len(fields(Gaussians))
+        prior = PriorQuery(DeformerOutput(*outputs[n_gaussians:-1]), outputs[-1]) if with_prior else None
+        return Gaussians(*outputs[:n_gaussians]), prior
 
     def pose(self, state: CanonicalState, expression: torch.Tensor, flame_pose: torch.Tensor) -> Gaussians:
         """Gaussians [B, N, ...] of the frames given by expression [B, E] and FLAME pose [B, 15]
@@ -329,8 +377,8 @@ class Avatar(nn.Module):
             return self._pose(rebuilt, expression, flame_pose)
 
         holder = nn.ModuleList([self.gaussian_net] + ([self.shading] if self.shading is not None else []))
-        return self.training_graphs.replay("pose", holder, posing, inputs,
-                                           read_in_place=(self.point_radius.data_ptr(),))
+        return Gaussians(*self.training_graphs.replay("pose", holder, lambda *x: _tensors(posing(*x)), inputs,
+                                                      read_in_place=(self.point_radius.data_ptr(),)))
 
     def _pose(self, state: CanonicalState, expression: torch.Tensor, flame_pose: torch.Tensor) -> Gaussians:
         pose_feature, transforms = self.flame.transforms_only(expression, flame_pose)
@@ -377,14 +425,11 @@ class Avatar(nn.Module):
 
     def run_network(self, name: str, net: nn.Module, x: torch.Tensor, recompute: bool = False):
         """A per-point network `name` on x in the avatar's precision: with its activations recomputed in
-        the backward pass (`recompute`), compiled (`model.compile`), replayed from CUDA graphs while
-        training on a GPU (`model.training_graphs`), or launched."""
+        the backward pass (`recompute`), compiled (`model.compile`), or launched."""
         if recompute:
             return self.recompute.run(self.precision.bind(self.compiled(name, net, x.device)), x, True)
         if self.compiler.enabled(x.device):
             return self.precision(self.compiled(name, net, x.device), x)
-        if self.replays_training(x.device):
-            return self.training_graphs(name, net, x)
         return self.precision(net, x)
 
     def deform(self, expression: torch.Tensor, flame_pose: torch.Tensor) -> tuple[Gaussians, torch.Tensor]:
@@ -428,10 +473,8 @@ class Avatar(nn.Module):
         the output also carries what the FLAME priors compare (`AvatarOutput.prior`; the nearest
         vertices are searched `prior_chunk` points at a time, default the avatar's `nearest_chunk`);
         with `depth`, the alpha-weighted depth."""
-        state = self.canonical_state(with_prior, prior_chunk, frames=len(batch))
-        gaussians = self.pose(state, batch.expression, batch.flame_pose)
+        gaussians, prior = self.posed(batch.expression, batch.flame_pose, with_prior, prior_chunk)
         cameras = imavatar_cameras(batch.world_mat, batch.intrinsics, width=self.img_res[1], height=self.img_res[0])
         rgb, alpha, depth, raster = render_gaussians(gaussians, cameras, self.background_for(gaussians),
                                                      self.rasterizer, depth)
-        prior = PriorQuery(state.prior, state.nearest) if with_prior else None
         return AvatarOutput(rgb, alpha, depth, gaussians, prior, raster)

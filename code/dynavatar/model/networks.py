@@ -58,6 +58,14 @@ def _head(width: int, d_out: int, activation: nn.Module, extra_linear: bool = Fa
     return nn.Sequential(*layers, Linear(width, d_out))
 
 
+def products_apart(device: torch.device) -> bool:
+    """Whether outputs that a training step reads apart are computed by matrix products of their own
+    rather than sliced from one product over all of them: the deformer's bases, and its rows for the
+    points and for the FLAME priors (`Avatar`). On a GPU, where the slices' gradients cost memory
+    traffic; elsewhere one product (on a CPU the demo's figures stay those of its documented runs)."""
+    return device.type == "cuda"
+
+
 def run_heads(x: torch.Tensor, heads: Sequence[nn.Sequential]) -> list[torch.Tensor]:
     """Each head's output on the features x [..., width] that they all read: on a GPU by
     `heads_together`, elsewhere one head after another (on a CPU together was not faster, and the
@@ -201,15 +209,39 @@ class DeformerNetwork(nn.Module):
         x = self.embed(points)
         for layer in self.layers:
             x = self.activation(layer(x))
-        blend = self.blendshapes(x)
         n = points.shape[0]
-        n_pose = N_POSE_FEATURES * 3
-        posedirs = blend[:, :n_pose].reshape(n, N_POSE_FEATURES, 3)
-        shapedirs = blend[:, n_pose:n_pose + 3 * self.num_exp].reshape(n, 3, self.num_exp)
-        offset = blend[:, -3:] if self.deform_c else torch.zeros_like(points)
+        if products_apart(x.device):
+            posedirs, shapedirs, offset = self._bases_apart(x)
+        else:
+            blend = self.blendshapes(x)
+            n_pose = N_POSE_FEATURES * 3
+            posedirs = blend[:, :n_pose].reshape(n, N_POSE_FEATURES, 3)
+            shapedirs = blend[:, n_pose:n_pose + 3 * self.num_exp].reshape(n, 3, self.num_exp)
+            offset = blend[:, -3:] if self.deform_c else None
+        if offset is None:
+            offset = torch.zeros_like(points)
         logits = self.skinning(self.activation(self.skinning_hidden(x)))
         weights = torch.softmax(SKINNING_TEMPERATURE * logits, dim=-1)
         return DeformerOutput(shapedirs, posedirs, weights, offset)
+
+    def _bases_apart(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """(posedirs [N, 36, 3], shapedirs [N, 3, E], offset [N, 3] or None) of the features x [N, width]
+        from `blendshapes`' rows, one product each, in the layouts the posing contracts without a copy.
+
+        From one product of all rows, each basis is a slice of it: its gradient is a zero-filled
+        buffer of every row's width per basis, summed (at 100k points with the priors' rows about 2 GB
+        of memory traffic a step), and the posing's contractions copy the sliced bases (`_contract`).
+        Here each gradient reaches its own product, and the correctives come out coordinate-major
+        (`coordinate_major`): the pose rows are taken in (coordinate, feature) order."""
+        weight, bias = self.blendshapes.weight, self.blendshapes.bias
+        n, n_pose, n_exp = x.shape[0], N_POSE_FEATURES * 3, 3 * self.num_exp
+        # rows p * 3 + c (feature p, coordinate c) reordered to c * 36 + p
+        pose_weight = weight[:n_pose].reshape(N_POSE_FEATURES, 3, -1).transpose(0, 1).reshape(n_pose, -1)
+        pose_bias = bias[:n_pose].reshape(N_POSE_FEATURES, 3).T.reshape(-1)
+        posedirs = linear(x, pose_weight, pose_bias).reshape(n, 3, N_POSE_FEATURES)
+        shapedirs = linear(x, weight[n_pose:n_pose + n_exp], bias[n_pose:n_pose + n_exp]).reshape(n, 3, self.num_exp)
+        offset = linear(x, weight[-3:], bias[-3:]) if self.deform_c else None
+        return posedirs.transpose(1, 2), shapedirs, offset
 
 
 @dataclass

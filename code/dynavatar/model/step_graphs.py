@@ -1,13 +1,14 @@
 """A training step's per-point work replayed from CUDA graphs (conf `model.training_graphs`).
 
 A training step at a few thousand points is bound by launching kernels from the host, and at 100k
-points the host's launches still stretch the step beyond the GPU's work. Two parts of the step are
-recorded: the canonical and deformer networks (weight normalisation, matrix products, activations
-and their gradients), and the posing of the frames (FLAME's joint transforms, blendshapes,
-correctives and skinning, the Gaussian network, the activations and the shading): together several
-hundred launches a step. `torch.cuda.make_graphed_callables` records a call's forward and backward
-once and replays each with one launch; autograd sees one node per call, through which the gradients
-reach the parameters and the inputs as before.
+points the host's launches still stretch the step beyond the GPU's work. The step's per-point work
+is recorded: the canonical and deformer networks (weight normalisation, matrix products,
+activations), the canonical state (x', x0, the nearest FLAME vertices) and the posing of the frames
+(FLAME's joint transforms, blendshapes, correctives and skinning, the Gaussian network, the
+activations and the shading), forward and backward: several hundred launches a step.
+`torch.cuda.make_graphed_callables` records a call's forward and backward once and replays each
+with one launch; autograd sees one node per call, through which the gradients reach the parameters
+and the inputs as before.
 
 A recording is made for one set of inputs: their shapes, dtypes, devices and whether they take a
 gradient, and for the parameters' storage (and whatever else the caller names that the graph reads
@@ -19,15 +20,15 @@ kept, where a launched step would have allocated them anyway.
 A recording's outputs are its own buffers, overwritten by its next replay: a step replays each once
 before its backward pass, as training does.
 
-Where it does not apply the work is launched as before: on a CPU, with `model.compile`, without
-gradients, and for the networks whose activations are recomputed (a loop of chunks of its own; the
-posing is still replayed then).
+Where it does not apply the work is launched as before: on a CPU, with `model.compile`, and without
+gradients. Where the networks' activations are recomputed (a loop of chunks of their own) they are
+launched and the posing alone is replayed.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import torch
@@ -41,25 +42,21 @@ WARMUP_CALLS = 2  # forward and backward passes on a side stream before recordin
 
 
 class _FlatCall(nn.Module):
-    """`fn(*tensors)` (a dataclass of tensors) as a function of tensors returning a tuple of tensors,
-    what `make_graphed_callables` records. Its parameters are `holder`'s: the parameters `fn` reads."""
+    """`fn(*tensors)`, a function of tensors returning a tuple of tensors, as a module whose parameters
+    are `holder`'s (the parameters `fn` reads): what `make_graphed_callables` records."""
 
-    def __init__(self, holder: nn.Module, fn: Callable[..., object]) -> None:
+    def __init__(self, holder: nn.Module, fn: Callable[..., tuple[torch.Tensor, ...]]) -> None:
         super().__init__()
         self.holder, self.fn = holder, fn
-        self.output_type: type | None = None
 
     def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        out = self.fn(*inputs)
-        self.output_type = type(out)
-        return tuple(getattr(out, f.name) for f in fields(out))
+        return tuple(self.fn(*inputs))
 
 
 @dataclass
 class _Recording:
     key: tuple
     replay: Callable[..., tuple[torch.Tensor, ...]]
-    output_type: type
 
 
 def _key(holder: nn.Module, inputs: Sequence[torch.Tensor], read_in_place: tuple) -> tuple:
@@ -68,16 +65,12 @@ def _key(holder: nn.Module, inputs: Sequence[torch.Tensor], read_in_place: tuple
 
 
 class StepGraphs:
-    """Replays of the training step's work from CUDA graphs, one recording per name.
-
-    `graphs(name, net, x)`: `call(net, x)` (a dataclass of tensors) for a per-point network;
-    `graphs.replay(name, holder, fn, inputs)`: `fn(*inputs)` (a dataclass of tensors) for any call
-    whose parameters are `holder`'s. `call` is the avatar's precision
-    (`NetworkPrecision.__call__`); `recordings` counts the recordings made (for the logs and the
+    """Replays of the training step's work from CUDA graphs, one recording per name:
+    `graphs.replay(name, holder, fn, inputs)` is `fn(*inputs)` (a tuple of tensors) for any call
+    whose parameters are `holder`'s. `recordings` counts the recordings made (for the logs and the
     tests)."""
 
-    def __init__(self, call: Callable[[nn.Module, torch.Tensor], object]) -> None:
-        self.call = call
+    def __init__(self) -> None:
         self._recordings: dict[str, _Recording] = {}
         self.recordings = 0
 
@@ -86,14 +79,11 @@ class StepGraphs:
         """Whether the step's work on `device` is replayed now: on a GPU, with gradients."""
         return can_record_training(device)
 
-    def __call__(self, name: str, net: nn.Module, x: torch.Tensor):
-        return self.replay(name, net, lambda x: self.call(net, x), (x,))
-
-    def replay(self, name: str, holder: nn.Module, fn: Callable[..., object], inputs: Sequence[torch.Tensor],
-               read_in_place: tuple = ()):
+    def replay(self, name: str, holder: nn.Module, fn: Callable[..., tuple[torch.Tensor, ...]],
+               inputs: Sequence[torch.Tensor], read_in_place: tuple = ()) -> tuple[torch.Tensor, ...]:
         """`fn(*inputs)` from the newest recording of `name`, recorded first when the inputs, `holder`'s
-        parameters or `read_in_place` (identities of other tensors the graph reads where they lie)
-        differ from it."""
+        parameters or `read_in_place` (identities of other tensors the graph reads where they lie, and
+        anything else the recorded work depends on) differ from it."""
         key = _key(holder, inputs, read_in_place)
         recording = self._recordings.get(name)
         if recording is None or recording.key != key:
@@ -101,10 +91,10 @@ class StepGraphs:
             self._recordings.pop(name, None)
             recording = self._record(name, holder, fn, inputs, key)
             self._recordings[name] = recording
-        return recording.output_type(*recording.replay(*inputs))
+        return recording.replay(*inputs)
 
-    def _record(self, name: str, holder: nn.Module, fn: Callable[..., object], inputs: Sequence[torch.Tensor],
-                key: tuple) -> _Recording:
+    def _record(self, name: str, holder: nn.Module, fn: Callable[..., tuple[torch.Tensor, ...]],
+                inputs: Sequence[torch.Tensor], key: tuple) -> _Recording:
         collect_dropped_graphs()  # the recording replaced, before its successor takes a pool
         flat = _FlatCall(holder, fn)
         samples = tuple(x.detach().clone().requires_grad_(x.requires_grad) for x in inputs)
@@ -114,7 +104,7 @@ class StepGraphs:
         self.recordings += 1
         log.debug("recorded %s's forward and backward on inputs %s as CUDA graphs", name,
                   [tuple(x.shape) for x in inputs])
-        return _Recording(key, replay, flat.output_type)
+        return _Recording(key, replay)
 
 
 def release_cublas_workspaces() -> None:
