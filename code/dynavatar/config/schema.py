@@ -303,9 +303,10 @@ class ModelConf(Section):
     cuda_graphs: bool = setting(True, "pose the frames of a rendering without gradients on a GPU (animation, "
                                       "evaluation, viewer) by replaying a recorded CUDA graph instead of "
                                       "launching its kernels one by one; docs/PERFORMANCE.md")
-    training_graphs: bool = setting(True, "replay the per-point networks' and the posing's forward and backward "
-                                          "passes of a training step on a GPU from CUDA graphs, recorded again when "
-                                          "the points or the frames change; docs/PERFORMANCE.md")
+    training_graphs: bool = setting(True, "replay a training step's per-point work (the networks, the canonical "
+                                          "state and the posing), forward and backward, on a GPU from CUDA graphs, "
+                                          "recorded again when the points or the frames change; "
+                                          "docs/PERFORMANCE.md")
     geometry_network: CanonicalNetworkConf = subsection(CanonicalNetworkConf, "the canonical network: a point's "
                                                         "colour, scale, rotation and opacity")
     gaussian_network: GaussianNetworkConf = subsection(GaussianNetworkConf, "the Gaussian deformation network: "
