@@ -328,6 +328,7 @@ class Avatar(nn.Module):
             prior = (*_tensors(state.prior), state.nearest) if with_prior else ()
             return (*_tensors(self._pose(state, expression, flame_pose)), *prior)
 
+        self.training_graphs.discard("pose")  # a recomputing step's, with its activations
         read = (*self.canonical_flame(), *((self.canonical_normals(),) if self.shading is not None else ()))
         outputs = self.training_graphs.replay(
             "step", self, step, (expression, flame_pose),
@@ -377,6 +378,7 @@ class Avatar(nn.Module):
             return self._pose(rebuilt, expression, flame_pose)
 
         holder = nn.ModuleList([self.gaussian_net] + ([self.shading] if self.shading is not None else []))
+        self.training_graphs.discard("step")  # the whole step's, whose activations this step recomputes
         return Gaussians(*self.training_graphs.replay("pose", holder, lambda *x: _tensors(posing(*x)), inputs,
                                                       read_in_place=(self.point_radius.data_ptr(),)))
 

@@ -79,6 +79,10 @@ class StepGraphs:
         """Whether the step's work on `device` is replayed now: on a GPU, with gradients."""
         return can_record_training(device)
 
+    def discard(self, name: str) -> None:
+        """Drop the recording of `name`, and the memory its pool holds, if there is one."""
+        self._recordings.pop(name, None)
+
     def replay(self, name: str, holder: nn.Module, fn: Callable[..., tuple[torch.Tensor, ...]],
                inputs: Sequence[torch.Tensor], read_in_place: tuple = ()) -> tuple[torch.Tensor, ...]:
         """`fn(*inputs)` from the newest recording of `name`, recorded first when the inputs, `holder`'s
