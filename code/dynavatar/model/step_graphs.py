@@ -81,7 +81,8 @@ class StepGraphs:
 
     def discard(self, name: str) -> None:
         """Drop the recording of `name`, and the memory its pool holds, if there is one."""
-        self._recordings.pop(name, None)
+        if self._recordings.pop(name, None) is not None:
+            collect_dropped_graphs()
 
     def replay(self, name: str, holder: nn.Module, fn: Callable[..., tuple[torch.Tensor, ...]],
                inputs: Sequence[torch.Tensor], read_in_place: tuple = ()) -> tuple[torch.Tensor, ...]:
