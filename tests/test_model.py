@@ -510,3 +510,32 @@ def test_the_smoothness_term_measures_the_deformer_over_small_displacements(synt
     assert float(loss.total({"smoothness_loss": all_points.detach()})) == pytest.approx(5 * float(all_points.detach()))
     with pytest.raises(ConfigError, match="smoothness_jitter"):
         load_conf(REPO / "confs" / "subject1.conf", ["loss.smoothness_jitter=0"])
+
+
+def test_point_color_size_weighs_only_the_colour_offsets(synthetic_flame_paths):
+    """`loss.point_color_weight`: the per-Gaussian colour offsets' mean squared size, added by
+    `regularisers` only with a weight above 0, its gradient on the offsets alone; a conf that weighs
+    offsets its avatar lacks stops with one line naming both keys."""
+    from dynavatar.losses import AvatarLoss, check_loss_conf
+
+    avatar = make_avatar(synthetic_flame_paths, "model.point_colors=true")
+    with torch.no_grad():
+        avatar.point_color.copy_(torch.randn(avatar.point_color.shape, generator=torch.Generator().manual_seed(3)))
+    conf = load_conf(REPO / "confs" / "subject1.conf", ["loss.vgg_feature_weight=0", "model.point_colors=true",
+                                                        "loss.point_color_weight=2"])
+    check_loss_conf(conf)
+    loss = AvatarLoss(conf.loss, None, None, torch.device("cpu"))
+    terms = loss.regularisers(avatar)
+    assert set(terms) == {"point_color_loss"}
+    want = avatar.point_color.detach().square().sum(-1).mean()
+    assert torch.allclose(terms["point_color_loss"], want)
+    avatar.zero_grad(set_to_none=True)
+    loss.total(terms).backward()
+    assert torch.allclose(avatar.point_color.grad, 2 * 2 * avatar.point_color.detach() / avatar.n_points)
+    assert all(p.grad is None for name, p in avatar.named_parameters() if name != "point_color")
+
+    off = load_conf(REPO / "confs" / "subject1.conf", ["loss.vgg_feature_weight=0"])
+    assert AvatarLoss(off.loss, None, None, torch.device("cpu")).regularisers(avatar) == {}
+    lacking = load_conf(REPO / "confs" / "subject1.conf", ["loss.point_color_weight=1"])
+    with pytest.raises(ConfigError, match="model.point_colors=true.*loss.point_color_weight=0"):
+        check_loss_conf(lacking)

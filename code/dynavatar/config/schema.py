@@ -105,6 +105,8 @@ class LossConf(Section):
     smoothness_jitter: float = setting(0.02, "standard deviation of the smoothness term's displacement (canonical "
                                              "units, FLAME x4: a head is about 1 wide)", POSITIVE)
     smoothness_points: int = setting(2048, "points sampled for the smoothness term each step", AT_LEAST_ONE)
+    point_color_weight: float = setting(0.0, "weight of the per-Gaussian colour offsets' mean squared size "
+                                             "(model.point_colors; 0: off)", NON_NEGATIVE)
     flame_distance_chunk: int = setting(4096, "points per chunk of the nearest-FLAME-vertex search (256 is faster "
                                               "on a CPU; a GPU with Triton searches in one fused kernel instead)",
                                         AT_LEAST_ONE)

@@ -12,8 +12,9 @@ import logging
 
 import torch
 
-from ..config import LossConf
+from ..config import Conf, LossConf
 from ..data.batch import FrameBatch
+from ..errors import ConfigError
 from ..metrics import fused_ssim
 from ..metrics.image import ssim_loss
 from ..flame import FLAME
@@ -33,9 +34,17 @@ VARIANCE_DIVISOR = 50.0
 MIN_VARIANCE = 1e-6  # a component constant over the training frames would divide by zero
 
 
+def check_loss_conf(conf: Conf) -> None:
+    """Stop on a loss term whose parameters the conf's avatar lacks, before anything is loaded."""
+    if conf.loss.point_color_weight > 0 and not conf.model.point_colors:
+        raise ConfigError(f"{conf.source}: loss.point_color_weight > 0 weighs the per-Gaussian colour offsets, "
+                          "which this avatar lacks: set model.point_colors=true, or loss.point_color_weight=0")
+
+
 class AvatarLoss:
-    """L1 + ssim_weight (1 - SSIM) + vgg_feature_weight VGG + lbs_weight x FLAME priors (+ the
-    deformer's smoothness, `smoothness`, which the trainer adds when its weight is above 0).
+    """L1 + ssim_weight (1 - SSIM) + vgg_feature_weight VGG + lbs_weight x FLAME priors (+ the terms
+    on the avatar's own parameters, `regularisers`, which the trainer adds: the deformer's smoothness
+    and the size of the per-Gaussian colour offsets, each when its weight is above 0).
 
     `lbs_weight` is halved at `loss.flame_prior_milestones` by the trainer (`set_epoch`).
     With `perceptual=False` the VGG term is left out whatever the conf says: test-time fitting of
@@ -64,6 +73,7 @@ class AvatarLoss:
         self.smoothness_weight = loss_conf.smoothness_weight
         self.smoothness_jitter = loss_conf.smoothness_jitter
         self.smoothness_points = loss_conf.smoothness_points
+        self.point_color_weight = loss_conf.point_color_weight
 
     def set_epoch(self, epoch: int) -> None:
         """lbs_weight halves at each milestone reached (epoch >= milestone)."""
@@ -97,6 +107,19 @@ class AvatarLoss:
             return fused_ssim.fused_ssim_loss(rgb, gt)
         ssim = ssim_loss if self.compiler is None else self.compiler("ssim_loss", ssim_loss, rgb.device)
         return ssim(rgb, gt)
+
+    def regularisers(self, avatar: Avatar) -> dict[str, torch.Tensor]:
+        """The terms on the avatar's parameters whose weights are above 0 (none by default)."""
+        terms = self.smoothness(avatar) if self.smoothness_weight > 0 else {}
+        if self.point_color_weight > 0:
+            terms.update(self.point_color_size(avatar))
+        return terms
+
+    def point_color_size(self, avatar: Avatar) -> dict[str, torch.Tensor]:
+        """The per-Gaussian colour-logit offsets' mean squared size (`model.point_colors`): an offset
+        that few pixels of the training frames ask for, such as that of a surface they show only at a
+        grazing angle, stays near the colour network's smooth colour."""
+        return {"point_color_loss": avatar.point_color.square().sum(-1).mean()}
 
     def smoothness(self, avatar: Avatar) -> dict[str, torch.Tensor]:
         """The deformer's roughness: its outputs at `smoothness_points` random points (all when there are
@@ -142,6 +165,7 @@ class AvatarLoss:
             "posedirs_loss": self.lbs_weight * DIRS_PRIOR_SCALE,
             "shapedirs_loss": self.lbs_weight * DIRS_PRIOR_SCALE,
             "smoothness_loss": self.smoothness_weight,
+            "point_color_loss": self.point_color_weight,
         }
         return sum(weights[name] * value for name, value in terms.items())
 

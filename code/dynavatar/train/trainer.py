@@ -23,7 +23,7 @@ from ..experiment import ExperimentPaths
 from ..experiment import checkpoints as ckpt
 from ..experiment import lock
 from ..flame import load_flame_model
-from ..losses import AvatarLoss, load_vgg_perceptual
+from ..losses import AvatarLoss, check_loss_conf, load_vgg_perceptual
 from ..metrics import psnr
 from ..model.avatar import Avatar
 from ..model.build import avatar_from_conf, flame_paths
@@ -83,6 +83,7 @@ class Trainer:
         self.device = resolve_device(train.device)
         self.strategy = strategy_from_conf(conf)  # an unknown name stops the run before anything is loaded
         resolve_backend(conf.model.rasterizer, self.device)  # so does a rasterizer that cannot run here
+        check_loss_conf(conf)  # and a loss term on parameters the avatar lacks
         configure_device(self.device, train.tf32)
         self.seed = train.seed
         seed_everything(self.seed)
@@ -186,8 +187,7 @@ class Trainer:
             batch = self.inputs.apply(batch)
         out = self.avatar(batch, with_prior=self.loss.uses_priors, prior_chunk=self.conf.loss.flame_distance_chunk)
         terms = self.loss.terms(out, batch, self.avatar.flame)
-        if self.loss.smoothness_weight > 0:
-            terms.update(self.loss.smoothness(self.avatar))
+        terms.update(self.loss.regularisers(self.avatar))
         loss = self.loss.total(terms)
         self.optimizer.zero_grad(set_to_none=True)
         if step_inputs:
