@@ -176,6 +176,31 @@ def test_exact_head_and_face_split_the_tracking(tmp_path):
         hybrid_tracking(tracked, exact, "jaw")
 
 
+
+def test_tracking_args_reach_the_tracked_variants_preprocessing(tmp_path, monkeypatch):
+    """--tracking_args: the tracked variants' preprocess.py runs get them after their own options (so
+    that they win over the variant's weights); the landmarks-only run "pre" does not."""
+    from dynavatar.cli.measure_own_video import build_parser
+    from dynavatar.preprocess import own_video_gap
+    from dynavatar.preprocess.own_video_gap import Setup, _variant_inputs
+
+    args = build_parser().parse_intermixed_args(["--tracking_args=--photometric_weight 3e3 --expression_prior 0.01"])
+    assert args.tracking_args == "--photometric_weight 3e3 --expression_prior 0.01"
+    calls = {}
+
+    def fake_preprocess(videos, data, subject, setup, extra=()):
+        calls[subject] = list(extra)
+        return data / subject
+
+    monkeypatch.setattr(own_video_gap, "preprocess", fake_preprocess)
+    setup = Setup(tracking_args=["--photometric_weight", "3e3", "--expression_prior", "0.01"])
+    (tmp_path / "datasets").mkdir()
+    _variant_inputs("silhouette", 0, tmp_path, {}, tmp_path / "datasets" / "pre", setup)
+    extra = calls["silhouette"]
+    assert extra[-4:] == ["--photometric_weight", "3e3", "--expression_prior", "0.01"], extra
+    assert extra.index("--photometric_weight") < len(extra) - 4  # the variant's own weight comes first
+    assert own_video_gap.Setup().tracking_args == []
+
 # fast.conf made tiny and CPU-runnable: a few frames an epoch instead of 1,000, three epochs (the
 # run's length as the recipe, overrides included, sets it: no --epochs), no VGG weights to load,
 # no per-epoch plots, a short fit of the test inputs.

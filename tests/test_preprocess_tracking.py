@@ -296,6 +296,12 @@ def test_silhouette_weight_and_head_smoothness_reach_the_tracking():
         options_from_args(build_parser().parse_args([*args, "--photometric_weight", "-2"]))
     with pytest.raises(PreprocessError, match="--smooth_head_acceleration"):
         options_from_args(build_parser().parse_args([*args, "--smooth_head_acceleration", "nan"]))
+    assert (options_from_args(build_parser().parse_args(args)).tracking.expression_prior
+            == TrackingOptions.expression_prior)
+    assert options_from_args(build_parser().parse_args([*args, "--expression-prior", "0.01"])
+                             ).tracking.expression_prior == 0.01
+    with pytest.raises(PreprocessError, match="--expression_prior"):
+        options_from_args(build_parser().parse_args([*args, "--expression_prior", "-1"]))
 
 
 def test_preprocess_tracks_again_with_the_background_models_masks(tmp_path):
@@ -315,7 +321,8 @@ def test_preprocess_tracks_again_with_the_background_models_masks(tmp_path):
     check_dataset(tmp_path / "datasets" / "sil")
 
 
-@pytest.mark.parametrize("option, value", [("--silhouette", "-1"), ("--photometric", "-1"), ("--steps", "0")])
+@pytest.mark.parametrize("option, value", [("--silhouette", "-1"), ("--photometric", "-1"), ("--expression_prior", "-1"),
+                                           ("--steps", "0")])
 def test_tracking_accuracy_refuses_a_bad_option(option, value):
     from dynavatar.cli.tracking_accuracy import run
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shlex
 import tempfile
 from pathlib import Path
 from typing import Sequence
@@ -59,6 +60,10 @@ def build_parser() -> argparse.ArgumentParser:
                              f"to 384 px wide, never down: {scale_64:g} at 64 px, {scale_512:g} at 512 px)")
     parser.add_argument("--hair", action="store_true", help="a volume of hair over the crown in the videos")
     parser.add_argument("--steps", type=int, default=None, help="tracking steps (default: preprocess.py's)")
+    parser.add_argument("--tracking_args", default="", metavar="'OPTIONS'",
+                        help="more preprocess.py options for the tracked variants (silhouette, photometric, "
+                             "true_focal, exact_head, exact_face), e.g. --tracking_args='--expression_prior 0.01'; "
+                             "use a work folder of their own, since datasets found there are not made again")
     parser.add_argument("--device", default="auto",
                         help="tracking device, preprocess.py's --device: auto (the GPU when there is one), cpu or "
                              "cuda (default auto)")
@@ -82,7 +87,7 @@ def run(argv: Sequence[str] | None = None) -> int:
         raise PreprocessError(f"--conf {args.conf}: no such file")
     setup = Setup(res=args.res, frames=args.frames, epochs=args.epochs, refine_after=args.refine_after,
                   generator_res=args.generator_res, scale=args.video_scale, hair=args.hair,
-                  tracking_steps=args.steps, overrides=list(args.overrides), recipe=str(args.conf),
+                  tracking_steps=args.steps, tracking_args=shlex.split(args.tracking_args), overrides=list(args.overrides), recipe=str(args.conf),
                   device=args.device, threads=args.threads)
     variants = default_variants(setup) if args.variants is None else args.variants
     try:

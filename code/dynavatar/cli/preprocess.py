@@ -86,6 +86,11 @@ def build_parser() -> argparse.ArgumentParser:
                              f"keeping its colour from frame to frame (default {TrackingOptions.photometric_weight:g}: "
                              f"off; 1e4 tracked head turns best on generated heads, but trained worse avatars there, "
                              f"see docs/PREPROCESSING.md)")
+    parser.add_argument("--expression_prior", "--expression-prior", type=float,
+                        default=TrackingOptions.expression_prior, metavar="W",
+                        help=f"tracking weight of the expression coefficients' squared size (default "
+                             f"{TrackingOptions.expression_prior:g}); a larger one holds back expressions that "
+                             f"chase a detector's points on a face of other anatomy")
     parser.add_argument("--workers", type=int, default=0,
                         help="threads segmenting frames for the masks at once (default 0: one per CPU core)")
     parser.add_argument("--no_contact_sheet", "--no-contact-sheet", action="store_true", help="skip the contact sheet")
@@ -98,7 +103,7 @@ def options_from_args(args: argparse.Namespace) -> PreprocessOptions:
     if args.steps < 1:
         raise PreprocessError(f"--steps must be >= 1, got {args.steps}")
     for weight in ("contour_weight", "smooth_head", "smooth_head_acceleration", "silhouette_weight",
-                   "photometric_weight"):
+                   "photometric_weight", "expression_prior"):
         if not getattr(args, weight) >= 0:  # NaN too
             raise PreprocessError(f"--{weight} must be >= 0, got {getattr(args, weight)}")
     if args.workers < 0:
@@ -115,7 +120,8 @@ def options_from_args(args: argparse.Namespace) -> PreprocessOptions:
                                                                     smooth_head=args.smooth_head,
                                                                     smooth_head_acceleration=args.smooth_head_acceleration,
                                                                     silhouette_weight=args.silhouette_weight,
-                                                                    photometric_weight=args.photometric_weight))
+                                                                    photometric_weight=args.photometric_weight,
+                                                                    expression_prior=args.expression_prior))
 
 
 def run(argv: Sequence[str] | None = None) -> int:

@@ -46,6 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--photometric", type=float, default=TrackingOptions.photometric_weight, metavar="W",
                         help=f"weight of the photometric term on the videos' frames (default "
                              f"{TrackingOptions.photometric_weight:g}; preprocess.py --photometric_weight)")
+    parser.add_argument("--expression_prior", type=float, default=TrackingOptions.expression_prior, metavar="W",
+                        help=f"weight of the expression coefficients' squared size (default "
+                             f"{TrackingOptions.expression_prior:g}; preprocess.py --expression_prior)")
     parser.add_argument("--steps", type=int, default=TrackingOptions.steps, metavar="N",
                         help=f"tracking optimisation steps (default {TrackingOptions.steps}; preprocess.py --steps)")
     parser.add_argument("--json", action="store_true", help="print one json object per subject")
@@ -65,14 +68,14 @@ def _subject(text: str) -> tuple[int, str | None, str]:
 def run(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(quiet=args.quiet)
-    for name in ("silhouette", "photometric"):
+    for name in ("silhouette", "photometric", "expression_prior"):
         if not getattr(args, name) >= 0:  # NaN too
             raise PreprocessError(f"--{name} must be >= 0, got {getattr(args, name)}")
     if args.steps < 1:
         raise PreprocessError(f"--steps must be at least 1, got {args.steps}")
     options = replace(TrackingOptions(), **PREVIOUS_WEIGHTS) if args.previous else TrackingOptions()
     options = replace(options, silhouette_weight=args.silhouette, photometric_weight=args.photometric,
-                      steps=args.steps)
+                      expression_prior=args.expression_prior, steps=args.steps)
     rows = []
     for text in args.subject or DEFAULT_SUBJECTS:
         seed, head, backdrop = _subject(text)

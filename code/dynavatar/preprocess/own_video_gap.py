@@ -125,6 +125,10 @@ class Setup:
     scale: float | None = None  # None for both: `generator_frame(res)`
     hair: bool = False
     tracking_steps: int | None = None  # preprocess --steps (None: its default)
+    # More preprocess.py options for the tracked variants' runs (silhouette, photometric, true_focal and
+    # the exact_head/exact_face built on "silhouette"), after their own: e.g. a tracking setting that
+    # is not preprocessing's default, measured end to end. Not for "pre" (the detected landmarks).
+    tracking_args: list[str] = field(default_factory=list)
     overrides: list[str] = field(default_factory=list)  # extra conf overrides for every run
     recipe: str = str(DEMO_CONF)  # the conf every variant includes
     device: str = "auto"  # preprocess --device: the tracking's (auto: the GPU when there is one)
@@ -431,6 +435,7 @@ def _variant_inputs(variant: str, seed: int, work: Path, videos: dict, pre: Path
                  "--photometric_weight", str(PHOTOMETRIC_WEIGHT if tracked == "photometric" else 0.0)]
         if tracked == "true_focal":
             extra += ["--focal", repr(true_focal(videos, _crops(pre)))]
+        extra += setup.tracking_args
         subject = preprocess(work / "videos", data, tracked, setup, extra)
         if variant != tracked:  # exact_head, exact_face: part of that tracking replaced by the exact one
             exact_subject(subject, videos, data, variant)
