@@ -178,8 +178,8 @@ def test_exact_head_and_face_split_the_tracking(tmp_path):
 
 
 def test_tracking_args_reach_the_tracked_variants_preprocessing(tmp_path, monkeypatch):
-    """--tracking_args: the tracked variants' preprocess.py runs get them after their own options (so
-    that they win over the variant's weights); the landmarks-only run "pre" does not."""
+    """--tracking_args: the tracked variants' preprocess.py runs get them after their own options, so
+    that they win over the variant's weights."""
     from dynavatar.cli.measure_own_video import build_parser
     from dynavatar.preprocess import own_video_gap
     from dynavatar.preprocess.own_video_gap import Setup, _variant_inputs
@@ -195,10 +195,12 @@ def test_tracking_args_reach_the_tracked_variants_preprocessing(tmp_path, monkey
     monkeypatch.setattr(own_video_gap, "preprocess", fake_preprocess)
     setup = Setup(tracking_args=["--photometric_weight", "3e3", "--expression_prior", "0.01"])
     (tmp_path / "datasets").mkdir()
-    _variant_inputs("silhouette", 0, tmp_path, {}, tmp_path / "datasets" / "pre", setup)
-    extra = calls["silhouette"]
-    assert extra[-4:] == ["--photometric_weight", "3e3", "--expression_prior", "0.01"], extra
-    assert extra.index("--photometric_weight") < len(extra) - 4  # the variant's own weight comes first
+    for variant in ("silhouette", "photometric"):
+        _variant_inputs(variant, 0, tmp_path, {}, tmp_path / "datasets" / "pre", setup)
+        assert calls[variant][-4:] == ["--photometric_weight", "3e3", "--expression_prior", "0.01"], calls
+    # "silhouette" is preprocessing's defaults; "photometric" names its own weight, before the extra ones
+    assert calls["silhouette"][0] == "--landmarks" and len(calls["silhouette"]) == 6, calls
+    assert calls["photometric"][2:4] == ["--photometric_weight", str(own_video_gap.PHOTOMETRIC_VARIANT_WEIGHT)]
     assert own_video_gap.Setup().tracking_args == []
 
 # fast.conf made tiny and CPU-runnable: a few frames an epoch instead of 1,000, three epochs (the

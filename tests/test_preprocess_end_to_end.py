@@ -75,10 +75,11 @@ def test_preprocessed_subject_trains_like_exact_tracking(tmp_path):
     coverage = [v["mask_coverage"] for v in report["videos"].values()]
     assert min(coverage) > 0.5 and max(coverage) < 1.2 * min(coverage) and report["warnings"] == [], report
     assert all(len(v["yaw_deg"]) == 3 for v in report["videos"].values())
-    # The report says which terms the tracking used: by default the silhouette, not the photometric term.
-    from dynavatar.preprocess.pipeline import SILHOUETTE_WEIGHT
+    # The report says which terms the tracking used: by default the silhouette and the photometric term.
+    from dynavatar.preprocess.pipeline import EXPRESSION_PRIOR, PHOTOMETRIC_WEIGHT, SILHOUETTE_WEIGHT
     assert report["tracking"]["silhouette_weight"] == SILHOUETTE_WEIGHT > 0, report["tracking"]
-    assert report["tracking"]["photometric_weight"] == 0.0, report["tracking"]
+    assert report["tracking"]["photometric_weight"] == PHOTOMETRIC_WEIGHT > 0, report["tracking"]
+    assert report["tracking"]["expression_prior"] == EXPRESSION_PRIOR, report["tracking"]
     for name, video in made.items():
         exact = exact_tracking_in_crop(video, Crop(**report["videos"][name]["crop"]))
         (tmp_path / "reference" / "exact" / "exact" / name / "flame_params.json").write_text(json.dumps(exact))

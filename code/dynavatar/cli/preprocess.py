@@ -13,8 +13,9 @@ from ..preprocess.crop import DEFAULT_CROP_SCALE
 from ..preprocess.errors import PreprocessError
 from ..preprocess.frames import FrameSelection
 from ..preprocess.masks import MaskOptions
-from ..preprocess.pipeline import (DEFAULT_FLAME, FOLDER_NAME, SILHOUETTE_WEIGHT, PreprocessOptions, VideoSpec,
-                                   preprocess_subject, video_name)
+from ..preprocess.pipeline import (DEFAULT_FLAME, EXPRESSION_PRIOR, FOLDER_NAME, PHOTOMETRIC_WEIGHT,
+                                   SILHOUETTE_WEIGHT, PreprocessOptions, VideoSpec, preprocess_subject,
+                                   video_name)
 from ..preprocess.tracking import DEFAULT_FOCAL, TrackingOptions
 from .common import main_with_errors, setup_logging
 
@@ -81,16 +82,16 @@ def build_parser() -> argparse.ArgumentParser:
                              f"docs/PREPROCESSING.md; 0: landmarks only); without --masks, tracking runs again "
                              f"once the masks exist")
     parser.add_argument("--photometric_weight", "--photometric-weight", type=float,
-                        default=TrackingOptions.photometric_weight, metavar="W",
+                        default=PHOTOMETRIC_WEIGHT, metavar="W",
                         help=f"tracking weight of the photometric term, each FLAME vertex facing the camera "
-                             f"keeping its colour from frame to frame (default {TrackingOptions.photometric_weight:g}: "
-                             f"off; 1e4 tracked head turns best on generated heads, but trained worse avatars there, "
-                             f"see docs/PREPROCESSING.md)")
+                             f"keeping its colour from frame to frame (default {PHOTOMETRIC_WEIGHT:g}, with "
+                             f"--expression_prior measured best on generated heads, see docs/PREPROCESSING.md; "
+                             f"0: off, about half the tracking's time)")
     parser.add_argument("--expression_prior", "--expression-prior", type=float,
-                        default=TrackingOptions.expression_prior, metavar="W",
+                        default=EXPRESSION_PRIOR, metavar="W",
                         help=f"tracking weight of the expression coefficients' squared size (default "
-                             f"{TrackingOptions.expression_prior:g}); a larger one holds back expressions that "
-                             f"chase a detector's points on a face of other anatomy")
+                             f"{EXPRESSION_PRIOR:g}): holds back expressions that would explain colours or chase "
+                             f"a detector's points on a face of other anatomy")
     parser.add_argument("--workers", type=int, default=0,
                         help="threads segmenting frames for the masks at once (default 0: one per CPU core)")
     parser.add_argument("--no_contact_sheet", "--no-contact-sheet", action="store_true", help="skip the contact sheet")

@@ -12,11 +12,12 @@ test video:
 - exact: the preprocessed images and masks with the generator's exact tracking re-expressed for the
   crop (`exact_tracking_in_crop`), so that it differs from "preprocessed" only in its tracking;
 - preprocessed: preprocessing with the detector's landmarks alone (`--silhouette_weight 0
-  --photometric_weight 0`, the landmarks-only fit that was preprocessing's default before the
-  silhouette term; else defaults);
-- silhouette: the same with `--silhouette_weight 10` (the same detected landmarks): preprocessing as
-  a user runs it with the default options;
-- photometric: "silhouette" with the photometric term (`--photometric_weight`, PHOTOMETRIC_WEIGHT);
+  --photometric_weight 0 --expression_prior 1e-3`, the landmarks-only fit that was preprocessing's
+  default before the silhouette term, so that "exact" keeps the images and masks it always had;
+  else defaults);
+- silhouette: preprocessing as a user runs it with the default options (the silhouette and photometric
+  terms and the stronger expression prior; the same detected landmarks);
+- photometric: "silhouette" with the photometric term at PHOTOMETRIC_VARIANT_WEIGHT (`--photometric_weight`);
 - true_focal: "silhouette" tracked with the generator's true focal length (`true_focal`) instead of
   the default `--focal` 3.0, so that the focal's share of the silhouette variant's gap is measured;
 - exact_head, exact_face: "silhouette" with part of its tracking replaced by the exact one, so that
@@ -53,7 +54,6 @@ from typing import Sequence
 
 import numpy as np
 
-from .pipeline import SILHOUETTE_WEIGHT
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +74,8 @@ PREPROCESSING_OF = {"exact": "pre", "preprocessed": "pre", "refined": "pre", "si
 # What of the exact tracking each variant built on it takes: all of it, or the head or the face part.
 EXACT_PARTS = {"exact": "all", "exact_head": "head", "exact_face": "face"}
 HEAD_POSE = 6  # FLAME's 15 pose numbers start with the global and the neck rotation (3 each)
-PHOTOMETRIC_WEIGHT = 1.0e4  # the "photometric" variant's --photometric_weight (off in preprocessing)
+PHOTOMETRIC_VARIANT_WEIGHT = 1.0e4  # the "photometric" variant's --photometric_weight
+LANDMARKS_ONLY_PRIOR = 1.0e-3  # "pre"'s --expression_prior: the fitter's own, as before the photometric term
 GENERATOR_RES = 128  # the smallest generated frame, the one the 64 px measurements used
 # The crop preprocessing places is 0.88-0.96 of the generated frame's side (seeds 0-2, head turns
 # of the extrapolating test video included), so a frame this many times the avatar's size gives
@@ -394,7 +395,8 @@ def measure_seed(seed: int, work: Path, variants: Sequence[str], setup: Setup, t
     results = {"backdrop": backdrop_of(seed), "true_yaw": true_yaw_range(videos), "preprocessing": {}, "variants": {}}
     pre = None
     if set(PREPROCESSING_OF) & set(variants):
-        pre = preprocess(videos_dir, data, "pre", setup, ["--silhouette_weight", "0", "--photometric_weight", "0"])
+        pre = preprocess(videos_dir, data, "pre", setup, ["--silhouette_weight", "0", "--photometric_weight", "0",
+                                                          "--expression_prior", str(LANDMARKS_ONLY_PRIOR)])
         results["report"] = _report_summary(pre)
         results["true_focal"] = round(true_focal(videos, _crops(pre)), 4)
     for variant in (v for v in RUN_ORDER if v in variants):
@@ -427,12 +429,12 @@ def _variant_inputs(variant: str, seed: int, work: Path, videos: dict, pre: Path
         return write_conf(work / "exact.conf", data, "exact", setup.res, setup.recipe), [], None
     tracked = PREPROCESSING_OF.get(variant)
     if tracked in ("silhouette", "photometric", "true_focal"):
-        # The landmarks the detector found for "pre": "silhouette" differs from it only in the silhouette
-        # term, "photometric" and "true_focal" from "silhouette" only in the photometric term and in
-        # `--focal` (the camera's true one). The weights written out.
-        extra = ["--landmarks", str(pre / "preprocess" / "landmarks.json"),
-                 "--silhouette_weight", str(SILHOUETTE_WEIGHT),
-                 "--photometric_weight", str(PHOTOMETRIC_WEIGHT if tracked == "photometric" else 0.0)]
+        # The landmarks the detector found for "pre": "silhouette" is preprocessing's default tracking of
+        # them, "photometric" and "true_focal" differ from it only in the photometric term's weight and
+        # in `--focal` (the camera's true one).
+        extra = ["--landmarks", str(pre / "preprocess" / "landmarks.json")]
+        if tracked == "photometric":
+            extra += ["--photometric_weight", str(PHOTOMETRIC_VARIANT_WEIGHT)]
         if tracked == "true_focal":
             extra += ["--focal", repr(true_focal(videos, _crops(pre)))]
         extra += setup.tracking_args
