@@ -190,6 +190,18 @@ def test_mesh_vertices_leave_the_landmarks_unchanged(synthetic_flame_paths):
     assert abs(float(normals[1, front, 0]) - math.sin(0.4)) < 0.1, normals[1, front]
 
 
+def test_pseudo_huber_of_squared_distances_is_pseudo_huber_with_a_gradient_at_zero():
+    """The photometric term's robust cost from squared colour distances equals pseudo_huber of the
+    distances, and a colour that equals its mean gets a zero gradient, not NaN."""
+    from dynavatar.preprocess.robust import pseudo_huber, pseudo_huber_of_squared
+
+    vectors = torch.tensor([[0.0, 0.0, 0.0], [0.01, -0.02, 0.0], [0.3, 0.1, -0.2], [2.0, 0.0, 1.0]], requires_grad=True)
+    squared = vectors.square().sum(-1)
+    assert torch.allclose(pseudo_huber_of_squared(squared, 0.05), pseudo_huber(squared.sqrt(), 0.05), rtol=1e-5, atol=1e-9)
+    pseudo_huber_of_squared(squared, 0.05).sum().backward()
+    assert torch.isfinite(vectors.grad).all() and vectors.grad[0].abs().max() == 0.0
+
+
 def test_the_photometric_term_costs_nothing_for_steady_colours_and_pulls_a_shifted_frame_back():
     """The photometric term: vertices that sample the same colour in every frame cost nothing; in a
     frame where they sit 2 px aside of the others, the gradient moves them back; vertices facing

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
-from .robust import pseudo_huber
+from .robust import pseudo_huber_of_squared
 
 # The frames are sampled at this size at most: finer brings nothing to a blurred comparison and
 # would cost memory for long videos (a 256 px frame is 0.8 MB in float32).
@@ -54,7 +54,7 @@ def prepare_frames(frames: Iterable[np.ndarray], res: int) -> torch.Tensor:
 def facing(normals: torch.Tensor, camera_points: torch.Tensor) -> torch.Tensor:
     """Cosine [N, V] between outward normals [N, V, 3] and the ray from each point to the camera,
     for points [N, V, 3] in a frame whose origin is the camera (any axes)."""
-    return (normals * -camera_points).sum(-1) / camera_points.norm(dim=-1).clamp_min(1e-9)
+    return (normals * -camera_points).sum(-1) / camera_points.square().sum(-1).sqrt().clamp_min(1e-9)
 
 
 def consistency_loss(colours: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
@@ -63,8 +63,8 @@ def consistency_loss(colours: torch.Tensor, weights: torch.Tensor) -> torch.Tens
     each frame's samples toward the others', not the others toward an outlier."""
     with torch.no_grad():
         mean = (colours * weights[..., None]).sum(0) / weights.sum(0).clamp_min(1e-9)[:, None]  # [V, C]
-    distance = (colours - mean).norm(dim=-1)
-    return (pseudo_huber(distance, HUBER) * weights).sum() / weights.sum().clamp_min(1e-9)
+    squared = (colours - mean).square().sum(-1)  # [N, V]
+    return (pseudo_huber_of_squared(squared, HUBER) * weights).sum() / weights.sum().clamp_min(1e-9)
 
 
 def visibility(normals: torch.Tensor, camera_points: torch.Tensor) -> torch.Tensor:
