@@ -176,7 +176,6 @@ def test_exact_head_and_face_split_the_tracking(tmp_path):
         hybrid_tracking(tracked, exact, "jaw")
 
 
-
 def test_tracking_args_reach_the_tracked_variants_preprocessing(tmp_path, monkeypatch):
     """--tracking_args: the tracked variants' preprocess.py runs get them after their own options, so
     that they win over the variant's weights."""
@@ -202,6 +201,7 @@ def test_tracking_args_reach_the_tracked_variants_preprocessing(tmp_path, monkey
     assert calls["silhouette"][0] == "--landmarks" and len(calls["silhouette"]) == 6, calls
     assert calls["photometric"][2:4] == ["--photometric_weight", str(own_video_gap.PHOTOMETRIC_VARIANT_WEIGHT)]
     assert own_video_gap.Setup().tracking_args == []
+
 
 # fast.conf made tiny and CPU-runnable: a few frames an epoch instead of 1,000, three epochs (the
 # run's length as the recipe, overrides included, sets it: no --epochs), no VGG weights to load,

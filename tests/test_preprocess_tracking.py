@@ -313,8 +313,8 @@ def test_silhouette_weight_and_head_smoothness_reach_the_tracking():
     assert options_from_args(build_parser().parse_args(args)).tracking.expression_prior == 1.0e-2
     assert PreprocessOptions("s", []).tracking.expression_prior == 1.0e-2
     assert TrackingOptions().expression_prior == 1.0e-3  # the fitter's own, which tracking_accuracy.py starts from
-    assert options_from_args(build_parser().parse_args([*args, "--expression-prior", "0.01"])
-                             ).tracking.expression_prior == 0.01
+    assert options_from_args(build_parser().parse_args([*args, "--expression-prior", "0.05"])
+                             ).tracking.expression_prior == 0.05
     with pytest.raises(PreprocessError, match="--expression_prior"):
         options_from_args(build_parser().parse_args([*args, "--expression_prior", "-1"]))
 

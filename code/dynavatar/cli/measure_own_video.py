@@ -87,8 +87,8 @@ def run(argv: Sequence[str] | None = None) -> int:
         raise PreprocessError(f"--conf {args.conf}: no such file")
     setup = Setup(res=args.res, frames=args.frames, epochs=args.epochs, refine_after=args.refine_after,
                   generator_res=args.generator_res, scale=args.video_scale, hair=args.hair,
-                  tracking_steps=args.steps, tracking_args=shlex.split(args.tracking_args), overrides=list(args.overrides), recipe=str(args.conf),
-                  device=args.device, threads=args.threads)
+                  tracking_steps=args.steps, tracking_args=shlex.split(args.tracking_args),
+                  overrides=list(args.overrides), recipe=str(args.conf), device=args.device, threads=args.threads)
     variants = default_variants(setup) if args.variants is None else args.variants
     try:
         check_variants(variants, setup)

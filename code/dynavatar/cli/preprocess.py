@@ -86,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"tracking weight of the photometric term, each FLAME vertex facing the camera "
                              f"keeping its colour from frame to frame (default {PHOTOMETRIC_WEIGHT:g}, with "
                              f"--expression_prior measured best on generated heads, see docs/PREPROCESSING.md; "
-                             f"0: off, about half the tracking's time)")
+                             f"0: off, tracking 2-3 times faster on a CPU)")
     parser.add_argument("--expression_prior", "--expression-prior", type=float,
                         default=EXPRESSION_PRIOR, metavar="W",
                         help=f"tracking weight of the expression coefficients' squared size (default "

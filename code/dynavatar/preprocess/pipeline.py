@@ -66,10 +66,10 @@ class VideoSpec:
 SILHOUETTE_WEIGHT = 10.0
 # The photometric term's weight and the expression prior in preprocessing's tracking
 # (`--photometric_weight`, `--expression_prior`), taken together: on the same kind of heads the head's
-# rotation error fell from 3.33 to 2.95 degrees on average over four subjects (13.49 to 10.90 at
+# rotation error fell from 3.33 to 2.94 degrees on average over four subjects (13.49 to 10.90 at
 # worst), and test PSNR end to end rose by 0.51 +- 0.80 dB over six seeds, on five of them. The term
 # alone, with the fitter's weaker prior, tracked the head as well but trained worse avatars: it grew
-# the expressions to explain colours (docs/PREPROCESSING.md). It about doubles the tracking's time.
+# the expressions to explain colours (docs/PREPROCESSING.md). Tracking takes 2-3 times as long on a CPU.
 PHOTOMETRIC_WEIGHT = 3.0e3
 EXPRESSION_PRIOR = 1.0e-2
 
