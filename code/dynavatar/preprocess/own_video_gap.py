@@ -75,7 +75,6 @@ PREPROCESSING_OF = {"exact": "pre", "preprocessed": "pre", "refined": "pre", "si
 EXACT_PARTS = {"exact": "all", "exact_head": "head", "exact_face": "face"}
 HEAD_POSE = 6  # FLAME's 15 pose numbers start with the global and the neck rotation (3 each)
 PHOTOMETRIC_VARIANT_WEIGHT = 1.0e4  # the "photometric" variant's --photometric_weight
-LANDMARKS_ONLY_PRIOR = 1.0e-3  # "pre"'s --expression_prior: the fitter's own, as before the photometric term
 GENERATOR_RES = 128  # the smallest generated frame, the one the 64 px measurements used
 # The crop preprocessing places is 0.88-0.96 of the generated frame's side (seeds 0-2, head turns
 # of the extrapolating test video included), so a frame this many times the avatar's size gives
@@ -395,8 +394,11 @@ def measure_seed(seed: int, work: Path, variants: Sequence[str], setup: Setup, t
     results = {"backdrop": backdrop_of(seed), "true_yaw": true_yaw_range(videos), "preprocessing": {}, "variants": {}}
     pre = None
     if set(PREPROCESSING_OF) & set(variants):
+        from .tracking import TrackingOptions
+
+        # The fitter's own expression prior, as preprocessing had it before the photometric term.
         pre = preprocess(videos_dir, data, "pre", setup, ["--silhouette_weight", "0", "--photometric_weight", "0",
-                                                          "--expression_prior", str(LANDMARKS_ONLY_PRIOR)])
+                                                          "--expression_prior", str(TrackingOptions.expression_prior)])
         results["report"] = _report_summary(pre)
         results["true_focal"] = round(true_focal(videos, _crops(pre)), 4)
     for variant in (v for v in RUN_ORDER if v in variants):
