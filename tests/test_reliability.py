@@ -23,7 +23,7 @@ from dynavatar.experiment import checkpoints as ckpt
 from dynavatar.flame import load_flame_model
 from dynavatar.flame.model_file import load_landmark_embedding
 from dynavatar.model.build import load_avatar
-from dynavatar.model.frame_inputs import RowSparseAdam
+from dynavatar.model.row_sparse_adam import RowSparseAdam
 from dynavatar.train.trainer import Trainer, TrainOptions
 from tiny_experiment import DEMO, SPLIT, SUBJECT, experiment_root, rewrite_part, tiny_conf, tiny_overrides
 
