@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 
 import pytest
 
@@ -210,19 +211,22 @@ TINY_FAST = ["train.device=cpu", "model.rasterizer=torch", "train.frames_per_epo
              "loss.vgg_feature_weight=0", "train.plot_freq=100", "evaluation.test_fit_steps=2"]
 
 
-def test_conf_option_trains_with_that_recipe(tmp_path, capsys):
+def test_conf_option_trains_with_that_recipe(tmp_path, capsys, monkeypatch):
     """--conf: the variant's conf includes that recipe, the run is of its method and length, and the
     grid splits as the 512 px measurement splits it: the datasets first (--prepare_only, nothing
-    trained), then the training in another invocation that reads the videos and datasets back."""
+    trained), then the training in another invocation that reads the videos and datasets back. The
+    recipe and the work folder are given relative to the current folder, which is neither the
+    repository nor where preprocessing and training run."""
     needs_opencv()
     needs_detector()
     from dynavatar.cli.measure_own_video import run
     from dynavatar.preprocess.own_video_gap import DEMO_CONF
 
-    fast = DEMO_CONF.parent / "fast.conf"
+    fast = DEMO_CONF.parent.resolve() / "fast.conf"
     work, out_json, out_csv = tmp_path / "work", tmp_path / "fast.json", tmp_path / "fast.csv"
-    common = ["--conf", str(fast), "--seeds", "0", "--variants", "exact", "--frames", "6", "--steps", "150",
-              "--work", str(work), "-q", *TINY_FAST]
+    monkeypatch.chdir(tmp_path)
+    common = ["--conf", os.path.relpath(fast, tmp_path), "--seeds", "0", "--variants", "exact", "--frames", "6",
+              "--steps", "150", "--work", "work", "-q", *TINY_FAST]
     assert run([*common, "--prepare_only"]) == 0
     seed = work / "seed_0"
     assert not (seed / "runs").exists()

@@ -48,7 +48,7 @@ import shutil
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -518,12 +518,15 @@ def measure(seeds: Sequence[int], work: Path, variants: Sequence[str] | None = N
             train: bool = True) -> dict:
     """{"setup": ..., "seeds": {seed: measure_seed(...)}} for every seed, in `work`/seed_<k>
     (variants None: `default_variants`)."""
-    setup = setup or Setup()
+    # Absolute paths: preprocessing and training run in the work folder's subfolders.
+    setup = replace(setup or Setup())
+    setup.recipe = str(Path(setup.recipe).resolve())
+    work = Path(work).resolve()
     variants = default_variants(setup) if variants is None else list(variants)
     check_variants(variants, setup)
     out = {"setup": setup.__dict__, "seeds": {}}
     for seed in seeds:
-        out["seeds"][str(seed)] = measure_seed(seed, Path(work) / f"seed_{seed}", variants, setup, train)
+        out["seeds"][str(seed)] = measure_seed(seed, work / f"seed_{seed}", variants, setup, train)
     return out
 
 
