@@ -8,6 +8,9 @@ and step counts as they were, on the device. The count of consecutive non-finite
 the device too; `check` reads it where the epoch loop waits for the device anyway (the progress
 bar's update, once a second, and the epoch's end). An epoch that ends on non-finite steps is not
 saved, so `latest` is always a state whose last step was finite.
+
+A step whose rendering is incomplete (its tile intersections outgrew their buffer, see
+render/tile_intersections.py) is skipped the same way, on the device, without counting as non-finite.
 """
 
 from __future__ import annotations
@@ -47,29 +50,35 @@ class NonFiniteGuard:
         self.skipped.zero_()
 
     @torch.no_grad()
-    def step(self, loss: torch.Tensor, optimizers: Sequence[torch.optim.Optimizer]) -> torch.Tensor:
-        """Step the optimisers unless the loss or a gradient is non-finite. Returns that flag as a
-        0-dim bool tensor on the device (read only on the CPU)."""
+    def step(self, loss: torch.Tensor, optimizers: Sequence[torch.optim.Optimizer],
+             complete: torch.Tensor | None = None) -> torch.Tensor:
+        """Step the optimisers unless the loss or a gradient is non-finite, or `complete` (0-dim bool,
+        the rendering drew every Gaussian) is False. Returns whether they stepped, a 0-dim bool
+        tensor on the device (read only on the CPU)."""
         grads = _gradients(optimizers)
         if self.device.type == "cuda":
             found_inf = (~torch.isfinite(loss.detach())).float()
             if grads:  # sets found_inf to 1 on any non-finite value; the scale 1 leaves the gradients as they are
                 torch._amp_foreach_non_finite_check_and_unscale_(grads, found_inf, torch.ones_like(found_inf))
+            finite = found_inf == 0
+            if complete is not None:
+                found_inf = torch.maximum(found_inf, (~complete).float())
             for optimizer in optimizers:
                 optimizer.found_inf = found_inf
                 optimizer.step()
-            finite = found_inf == 0
+            stepped = found_inf == 0
         else:
-            ok = bool(torch.isfinite(loss.detach())) and all(bool(torch.isfinite(g).all()) for g in grads)
-            if ok:
+            finite = torch.tensor(bool(torch.isfinite(loss.detach())) and all(bool(torch.isfinite(g).all())
+                                                                             for g in grads))
+            stepped = finite if complete is None else finite & complete.cpu()
+            if stepped:
                 for optimizer in optimizers:
                     optimizer.step()
-            finite = torch.tensor(ok)
         bad = (~finite).to(self.streak.dtype)
         self.streak.add_(1).mul_(bad)  # one more after a non-finite step, back to 0 after a finite one
         torch.maximum(self.longest, self.streak, out=self.longest)
         self.skipped.add_(bad)
-        return finite
+        return stepped
 
     def check(self, epoch: int, learning_rate: float) -> None:
         """Stop the run (TrainingDivergedError) once `limit` consecutive steps were non-finite.

@@ -30,6 +30,7 @@ from ..model.build import avatar_from_conf, flame_paths
 from ..model.frame_inputs import FrameInputs
 from ..progress import progress
 from ..render.backends import resolve_backend
+from ..render.tile_intersections import IntersectionBudget
 from ..runtime import configure_device, epoch_generator, resolve_device, seed_everything
 from . import checkpointing, schedule
 from .collapse import check_rendered
@@ -118,6 +119,9 @@ class Trainer:
         self.optimizer = make_adam(self.avatar, train.learning_rate)
         self.input_optimizer = self.inputs.optimizer(train.learning_rate_cam)
         self.guard = NonFiniteGuard(train.max_nonfinite_steps, self.device)
+        # gsplat's tile intersections go to a buffer sized on the host, so that a step never waits for
+        # the device (render/tile_intersections.py); a step whose intersections outgrew it is skipped.
+        self.intersections = IntersectionBudget()
         self.start_epoch = 0
         saved_average = None
         if options.is_continue:
@@ -185,7 +189,9 @@ class Trainer:
         PSNR as 0-dim device tensors: nothing here waits for the device."""
         if step_inputs:
             batch = self.inputs.apply(batch)
-        out = self.avatar(batch, with_prior=self.loss.uses_priors, prior_chunk=self.conf.loss.flame_distance_chunk)
+        self.intersections.reset()
+        with self.intersections.use():
+            out = self.avatar(batch, with_prior=self.loss.uses_priors, prior_chunk=self.conf.loss.flame_distance_chunk)
         terms = self.loss.terms(out, batch, self.avatar.flame)
         terms.update(self.loss.regularisers(self.avatar))
         loss = self.loss.total(terms)
@@ -194,8 +200,9 @@ class Trainer:
             self.input_optimizer.zero_grad(set_to_none=True)
         self.strategy.before_backward(self.avatar, out)
         loss.backward()
-        # A non-finite loss or gradient is never applied (see train/guard.py).
-        finite = self.guard.step(loss, [self.optimizer] + ([self.input_optimizer] if step_inputs else []))
+        # A non-finite loss or gradient is never applied (see train/guard.py), nor an incomplete rendering.
+        finite = self.guard.step(loss, [self.optimizer] + ([self.input_optimizer] if step_inputs else []),
+                                 complete=self.intersections.complete)
         self.strategy.after_backward(self.avatar, out, finite)
         values = {name: v.detach() for name, v in terms.items()}
         values["loss"] = loss.detach()
@@ -251,8 +258,11 @@ class Trainer:
         skipped = int(self.guard.skipped)
         if skipped:
             log.warning("epoch %d: %d step(s) with a non-finite loss or gradient were skipped", epoch, skipped)
+        overflowed = self.intersections.take_incomplete()
+        if overflowed:  # the Gaussians' screen footprint grew faster than the buffer followed: rare, harmless
+            log.info("epoch %d: %d step(s) skipped whose tile intersections outgrew their buffer", epoch, overflowed)
         stats.update(lr=lr, n_points=self.avatar.n_points, radius=float(self.avatar.point_radius),
-                     skipped_steps=skipped, batch_size=batch_size, lbs_weight=self.loss.lbs_weight,
+                     skipped_steps=skipped, overflow_steps=overflowed, batch_size=batch_size, lbs_weight=self.loss.lbs_weight,
                      **self.strategy.epoch_stats())
         return stats
 
