@@ -9,12 +9,18 @@ check that after the first step nothing in the rendering waits for the device.
 
 from __future__ import annotations
 
+import json
 import math
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from dynavatar.render import tile_intersections
 from dynavatar.render.tile_intersections import IntersectionBudget, intersect_tiles, tile_rectangles
 from dynavatar.train.guard import NonFiniteGuard
 
@@ -80,6 +86,36 @@ def test_intersections_are_gsplats_in_gsplats_order(extra):
     assert int(found.offsets.min()) == extra
 
 
+def run(fused: bool) -> list:
+    """Intersections of a random projection (with NaN means and huge radii) as lists, by either form."""
+    means2d, radii, depths = random_projection(n_images=2, n=90, seed=4)
+    means2d[1, 5] = float("nan")
+    radii[1, 6] = 100000
+    found = intersect_tiles(means2d, radii, depths, 16, 5, 4, capacity=lambda count: int(count) + 37, fused=fused)
+    return [found.offsets.tolist(), found.flatten_ids.tolist(), int(found.count)]
+
+
+# Runs in a fresh interpreter: Triton reads TRITON_INTERPRET when the kernels are defined.
+INTERPRETED = """
+import json, sys
+sys.path.insert(0, sys.argv[1])
+from test_tile_intersections import run
+print(json.dumps(run(True)))
+"""
+
+
+@pytest.mark.skipif(tile_intersections.triton is None, reason="Triton is not installed (its CPU interpreter runs the "
+                                                              "kernels here)")
+def test_the_interpreted_kernels_make_the_same_intersections():
+    repo = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=os.pathsep.join([str(repo / "code"), *sys.path]))
+    done = subprocess.run([sys.executable, "-c", INTERPRETED, str(Path(__file__).parent)], env=env, capture_output=True,
+                          text=True, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    fused = json.loads(done.stdout.strip().splitlines()[-1])
+    assert fused == run(False) and fused[2] > 100
+
+
 def test_a_capacity_from_a_function_of_the_count_and_an_overflow_seen_on_the_device():
     means2d, radii, depths = random_projection(seed=1)
     tw, th = 5, 4
@@ -113,7 +149,7 @@ def test_rectangles_of_gaussians_beyond_the_image_or_not_finite():
     means2d = torch.tensor([[-100.0, -100.0], [1000.0, 10.0], [float("nan"), 8.0], [40.0, 20.0], [40.0, 20.0],
                             [-20.0, 70.0]])
     radii = torch.tensor([[5, 5], [5, 5], [5, 5], [0, 9], [9, 9], [30, 30]], dtype=torch.int32)
-    column, row, width, height = tile_rectangles(means2d, radii, 16, 5, 4)
+    (column, row), (width, height) = (t.unbind(-1) for t in tile_rectangles(means2d, radii, 16, 5, 4))
     # NaN converts to 0 at both ends, as gsplat's conversion to unsigned does; the grid clamps the rest.
     assert (width * height).tolist() == [0, 0, 0, 0, 6, 2]
     assert column.tolist()[4:] == [1, 0] and row.tolist()[4:] == [0, 2]
