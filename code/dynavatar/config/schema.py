@@ -75,10 +75,15 @@ class TrainConf(Section):
     gpu_image_fraction: float = setting(0.25, "preloaded training images go to the GPU when they take at most this "
                                               "fraction of its free memory (0: they stay in host memory)",
                                         NON_NEGATIVE)
+    wait_free_intersections: str = setting("auto", "gsplat's tile intersections in a buffer sized on the host, so "
+                                                   "that a step never waits for the GPU: auto (in steps of one frame) "
+                                                   "| on | off (docs/RENDERING.md)")
 
     def check(self) -> list[tuple[str, str]]:
         if self.frames_per_epoch < 0:
             return [("frames_per_epoch", f"must be 0 (the whole training set) or more, got {self.frames_per_epoch}")]
+        if self.wait_free_intersections not in ("auto", "on", "off"):
+            return [("wait_free_intersections", f"must be auto, on or off, got {self.wait_free_intersections!r}")]
         return []
 
 

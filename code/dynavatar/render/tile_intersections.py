@@ -240,8 +240,11 @@ class IntersectionBudget:
         self.incomplete: Tensor | None = None
 
     @contextlib.contextmanager
-    def use(self) -> Iterator["IntersectionBudget"]:
-        """Renderings inside draw without waiting for their intersection count."""
+    def use(self, enabled: bool = True) -> Iterator["IntersectionBudget"]:
+        """Renderings inside draw without waiting for their intersection count (with `enabled`)."""
+        if not enabled:
+            yield self
+            return
         token = _active.set(self)
         try:
             yield self
