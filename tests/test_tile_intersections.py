@@ -60,8 +60,8 @@ def random_projection(n_images=3, n=60, width=80, height=56, seed=0):
     """Projected Gaussians as gsplat's projection leaves them: some not drawn, some beyond the image,
     equal depths (the sort must keep their order), integer radii per axis."""
     gen = torch.Generator().manual_seed(seed)
-    means2d = torch.rand(n_images, n, 2, generator=gen) * torch.tensor([width * 1.6, height * 1.6]) - 0.3 * torch.tensor(
-        [width, height])
+    size = torch.tensor([float(width), float(height)])
+    means2d = torch.rand(n_images, n, 2, generator=gen) * 1.6 * size - 0.3 * size
     means2d[0, :4] = torch.tensor([[16.0, 16.0], [32.0, 15.999], [0.0, 0.0], [79.5, 55.5]])  # on tile edges
     radii = torch.randint(0, 30, (n_images, n, 2), generator=gen, dtype=torch.int32)
     radii[:, ::7, 1] = 0  # not drawn

@@ -6,10 +6,10 @@ identity (camera-space Gaussians) or, given `view`, the world-to-camera matrices
 then transforms world-space Gaussians in its projection kernel, which saves a dozen small kernels
 per call. Render mode "RGB+D" gives the accumulated depth, "RGB" (without `depth`) skips it.
 
-Inside `IntersectionBudget.use()` (training steps) the tile intersections are made by
-`tile_intersections.intersect_tiles`, into a buffer of a capacity chosen on the host, and gsplat's
-projection and rasterization kernels are called around them: the host never waits for the device's
-intersection count (see tile_intersections.py). The images are the same.
+In training steps inside `IntersectionBudget.use()` (see `train.wait_free_intersections`) the tile
+intersections are made by `tile_intersections.intersect_tiles`, into a buffer of a capacity chosen
+on the host, and gsplat's projection and rasterization kernels are called around them: the host
+never waits for the device's intersection count (see tile_intersections.py). The images are the same.
 
 Differences from the 3DGS kernel that gsplat keeps: alpha is capped at 0.999 (not 0.99), and its
 radius is the opacity-aware bound of the 1/255 contour (at most 3.33 sigma per axis), binned per

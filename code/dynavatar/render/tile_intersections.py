@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import functools
-import logging
 import math
 from dataclasses import dataclass
 from typing import Callable, Iterator
@@ -35,7 +34,6 @@ try:
 except ImportError:  # no Triton: PyTorch's form
     triton = None
 
-log = logging.getLogger(__name__)
 
 UNUSED = -1  # the key of an entry beyond the count: sorts before every real key (which are >= 0)
 

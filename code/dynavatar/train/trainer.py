@@ -270,7 +270,8 @@ class Trainer:
         if overflowed:  # the Gaussians' screen footprint grew faster than the buffer followed: rare, harmless
             log.info("epoch %d: %d step(s) skipped whose tile intersections outgrew their buffer", epoch, overflowed)
         stats.update(lr=lr, n_points=self.avatar.n_points, radius=float(self.avatar.point_radius),
-                     skipped_steps=skipped, overflow_steps=overflowed, batch_size=batch_size, lbs_weight=self.loss.lbs_weight,
+                     skipped_steps=skipped, overflow_steps=overflowed, batch_size=batch_size,
+                     lbs_weight=self.loss.lbs_weight,
                      **self.strategy.epoch_stats())
         return stats
 
