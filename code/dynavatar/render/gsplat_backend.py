@@ -18,6 +18,7 @@ axis. They change pixels only where a Gaussian's alpha exceeds 0.99 or lies near
 
 from __future__ import annotations
 
+import functools
 from typing import Sequence
 
 import torch
@@ -61,7 +62,8 @@ def rasterize_gsplat_frames(means: Tensor, quats: Tensor, scales: Tensor, opacit
                   dtype, device)[:, None]  # [B, 1, 3, 3]
     first = cameras[0]
     backgrounds = background.to(dtype).expand(n_frames, 1, 3)
-    budget = active_budget() if _per_axis_radii(gsplat) else None
+    budget = active_budget()
+    budget = budget if budget is not None and _per_axis_radii(gsplat.__version__) else None
     if budget is None:
         render, alphas, meta = gsplat.rasterization(
             means.to(dtype), quats.to(dtype), scales.to(dtype), opacities.to(dtype), colors.to(dtype),
@@ -82,9 +84,10 @@ def rasterize_gsplat_frames(means: Tensor, quats: Tensor, scales: Tensor, opacit
                         means2d=gradient_leaf([meta["means2d"]], lead + (n, 2)))
 
 
-def _per_axis_radii(gsplat) -> bool:
+@functools.lru_cache(maxsize=4)
+def _per_axis_radii(version: str) -> bool:
     """gsplat >= 1.5: radii per axis and an opacity-aware projection, which `_rasterize_without_wait` follows."""
-    major, minor = (int(part) for part in gsplat.__version__.split(".")[:2])
+    major, minor = (int(part) for part in version.split(".")[:2])
     return (major, minor) >= (1, 5)
 
 

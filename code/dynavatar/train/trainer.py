@@ -209,14 +209,14 @@ class Trainer:
         self.strategy.before_backward(self.avatar, out)
         loss.backward()
         # A non-finite loss or gradient is never applied (see train/guard.py), nor an incomplete rendering.
-        finite = self.guard.step(loss, [self.optimizer] + ([self.input_optimizer] if step_inputs else []),
-                                 complete=self.intersections.complete)
-        self.strategy.after_backward(self.avatar, out, finite)
+        applied = self.guard.step(loss, [self.optimizer] + ([self.input_optimizer] if step_inputs else []),
+                                  complete=self.intersections.complete)
+        self.strategy.after_backward(self.avatar, out, applied)
         values = {name: v.detach() for name, v in terms.items()}
         values["loss"] = loss.detach()
         values["psnr"] = psnr(out.rgb.detach(), batch.rgb).mean()
         values["peak_alpha"] = out.alpha.detach().amax()  # the epoch's last one tells a collapse (train/collapse.py)
-        values["finite"] = finite
+        values["finite"] = applied  # a skipped step (non-finite, or an incomplete rendering) counts in no mean
         return values
 
     def train_epoch(self, epoch: int) -> dict[str, float]:
