@@ -210,3 +210,26 @@ def test_replaced_recordings_free_their_graphs_and_memory(synthetic_flame_paths)
         gc.enable()
     assert alive == len(graphs._recordings) and len(made) > alive, (alive, len(made))
     assert allocated[-1] <= allocated[1] * 1.1 + 2**20, allocated  # not one more pool per recording
+
+
+def test_the_constants_a_step_reads_outlive_the_cameras_of_many_batches(synthetic_flame_paths, monkeypatch):
+    """A recording reads the constants it was recorded with where they lie, at every replay: none of
+    them may be freed while it lives. The cameras of many different batches (their own constants,
+    kept for the 256 used last) never push them out of the cache."""
+    from dynavatar import runtime
+
+    read = {}
+    keep = runtime._kept_constant
+
+    def spy(values, dtype, device):
+        read[(values, dtype, device)] = keep(values, dtype, device)
+        return read[(values, dtype, device)]
+
+    monkeypatch.setattr(runtime, "_kept_constant", spy)
+    step_gradients(make_avatar(synthetic_flame_paths), RecomputePolicy("off", 128), frames=2)
+    assert read  # FLAME's joint parents, the axis flip, ...
+    monkeypatch.setattr(runtime, "_kept_constant", keep)
+    for i in range(600):  # 600 batches of 8 frames whose cameras differ
+        runtime.data_constant(tuple((float(i), float(j), 32.0) for j in range(8)), torch.float32, torch.device("cpu"))
+    for key, tensor in read.items():
+        assert runtime.constant(*key) is tensor, key

@@ -14,7 +14,7 @@ from typing import Sequence
 
 import torch
 
-from .runtime import constant
+from .runtime import constant, data_constant
 
 # Offset from IMavatar's pixel centres (at integers) to the rasterizers' (at half-integers).
 PIXEL_CENTRE_OFFSET = 0.5
@@ -75,7 +75,8 @@ def imavatar_world_to_camera(world_mat: torch.Tensor) -> torch.Tensor:
 def pixel_intrinsics(intrinsics: torch.Tensor, width: int, height: int) -> torch.Tensor:
     """Normalised IMavatar intrinsics [..., 4] ([fx/W (negated), fy/H, cx/W, cy/H]) -> rasterizer
     (fx, fy, cx, cy) in pixels [..., 4]."""
-    scale = constant((-float(width), float(height), float(width), float(height)), intrinsics.dtype, intrinsics.device)
+    scale = data_constant((-float(width), float(height), float(width), float(height)), intrinsics.dtype,
+                          intrinsics.device)
     offset = constant((0.0, 0.0, PIXEL_CENTRE_OFFSET, PIXEL_CENTRE_OFFSET), intrinsics.dtype, intrinsics.device)
     return intrinsics * scale + offset
 

@@ -81,15 +81,33 @@ def set_rng_state(state: dict) -> None:
 
 
 def constant(values: tuple, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """A small constant tensor, made once per (values, dtype, device): no host-to-device copy (and
-    so no wait for the device) per call. Never modify the result in place."""
+    """A small constant tensor, made once per (values, dtype, device) and kept for the life of the
+    process: no host-to-device copy (and so no wait for the device) per call. A CUDA graph recorded
+    with it reads it where it lies at every replay, so it must never be freed: use this for the
+    fixed set of values the code itself names (FLAME's joint parents, a basis, a background colour),
+    and `data_constant` for values that come from the data. Never modify the result in place."""
     if torch.compiler.is_compiling():  # traced by `model.compile`: the graph holds it, no cache needed
         return torch.tensor(values, dtype=dtype, device=device)
-    return _cached_constant(values, dtype, device)
+    return _kept_constant(values, dtype, device)
+
+
+def data_constant(values: tuple, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """`constant` for values that vary with the data (a batch's cameras): the 256 used last are
+    kept, so that a run over many different ones holds no more. Pass the result to a CUDA graph
+    recording as an input, never read it inside one: an entry dropped from the cache is freed, and a
+    recording that read it in place would then read whatever the memory holds next."""
+    if torch.compiler.is_compiling():
+        return torch.tensor(values, dtype=dtype, device=device)
+    return _recent_constant(values, dtype, device)
+
+
+@functools.cache
+def _kept_constant(values: tuple, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    return torch.tensor(values, dtype=dtype, device=device)
 
 
 @functools.lru_cache(maxsize=256)
-def _cached_constant(values: tuple, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+def _recent_constant(values: tuple, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     return torch.tensor(values, dtype=dtype, device=device)
 
 

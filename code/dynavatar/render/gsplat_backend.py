@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 
 from ..cameras import Camera
-from ..runtime import constant
+from ..runtime import constant, data_constant
 from .backends import get_backend
 from .output import RasterOutput, gradient_leaf
 from .projection import LOW_PASS, TILE_SIZE
@@ -58,7 +58,7 @@ def rasterize_gsplat_frames(means: Tensor, quats: Tensor, scales: Tensor, opacit
         viewmats = constant(identity, dtype, device).expand(n_frames, 1, 4, 4)  # [B, 1, 4, 4]
     else:
         viewmats = view.to(dtype)[:, None]  # [B, 1, 4, 4]
-    ks = constant(tuple(((c.fx, 0.0, c.cx), (0.0, c.fy, c.cy), (0.0, 0.0, 1.0)) for c in cameras),
+    ks = data_constant(tuple(((c.fx, 0.0, c.cx), (0.0, c.fy, c.cy), (0.0, 0.0, 1.0)) for c in cameras),
                   dtype, device)[:, None]  # [B, 1, 3, 3]
     first = cameras[0]
     backgrounds = background.to(dtype).expand(n_frames, 1, 3)

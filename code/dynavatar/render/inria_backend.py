@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from ..cameras import Camera
-from ..runtime import constant
+from ..runtime import constant, data_constant
 from .backends import get_backend
 from .output import RasterOutput
 
@@ -34,7 +34,7 @@ def projection_matrix(camera: Camera, device: torch.device | str | None = None) 
     ndc_x = (2 fx / W) x / z + (2 cx / W - 1), so ndc_x = -1 .. 1 spans the pixel edges 0 .. W and
     u = (ndc_x + 1) W / 2 = fx x / z + cx. The depth row maps near -> 0 and far -> 1.
     """
-    return constant(_projection_rows(camera), torch.float32, torch.device(device or "cpu"))
+    return data_constant(_projection_rows(camera), torch.float32, torch.device(device or "cpu"))
 
 
 def _projection_rows(camera: Camera) -> tuple:
@@ -53,7 +53,7 @@ def _settings(dgr, camera: Camera, background: Tensor):
         bg=background.float().contiguous(), scale_modifier=1.0,
         viewmatrix=constant(_IDENTITY, torch.float32, device),
         # The kernel reads matrices column-major (glm): pass the transpose of the row-major P.
-        projmatrix=constant(tuple(zip(*_projection_rows(camera))), torch.float32, device),
+        projmatrix=data_constant(tuple(zip(*_projection_rows(camera))), torch.float32, device),
         sh_degree=0, campos=constant((0.0, 0.0, 0.0), torch.float32, device),
         prefiltered=False, debug=False,
         antialiasing=False,  # only in forks/branches that have it (dropped below otherwise)
@@ -82,7 +82,7 @@ def rasterize_inria(means_cam: Tensor, quats_cam: Tensor, scales: Tensor, opacit
     needs_grad = torch.is_grad_enabled() and any(
         t.requires_grad for t in (means_cam, quats_cam, scales, opacities, colors))
     means2d = pixels.requires_grad_(needs_grad)  # a leaf
-    to_ndc = constant((2.0 / camera.width, 2.0 / camera.height), dtype, device)
+    to_ndc = data_constant((2.0 / camera.width, 2.0 / camera.height), dtype, device)
     screen = torch.cat([means2d * to_ndc, torch.zeros(n, 1, dtype=dtype, device=device)], dim=-1)  # [N, 3]
 
     def run(bg: Tensor, col: Tensor) -> tuple[Tensor, Tensor]:
