@@ -59,7 +59,7 @@ def rasterize_gsplat_frames(means: Tensor, quats: Tensor, scales: Tensor, opacit
     else:
         viewmats = view.to(dtype)[:, None]  # [B, 1, 4, 4]
     ks = data_constant(tuple(((c.fx, 0.0, c.cx), (0.0, c.fy, c.cy), (0.0, 0.0, 1.0)) for c in cameras),
-                  dtype, device)[:, None]  # [B, 1, 3, 3]
+                       dtype, device)[:, None]  # [B, 1, 3, 3]
     first = cameras[0]
     backgrounds = background.to(dtype).expand(n_frames, 1, 3)
     budget = active_budget()
