@@ -62,18 +62,16 @@ def rasterize_gsplat_frames(means: Tensor, quats: Tensor, scales: Tensor, opacit
                        dtype, device)[:, None]  # [B, 1, 3, 3]
     first = cameras[0]
     backgrounds = background.to(dtype).expand(n_frames, 1, 3)
+    gaussians = tuple(t.to(dtype) for t in (means, quats, scales, opacities, colors))
     budget = active_budget()
     budget = budget if budget is not None and _per_axis_radii(gsplat.__version__) else None
     if budget is None:
         render, alphas, meta = gsplat.rasterization(
-            means.to(dtype), quats.to(dtype), scales.to(dtype), opacities.to(dtype), colors.to(dtype),
-            viewmats, ks, first.width, first.height, near_plane=first.near, far_plane=first.far, eps2d=LOW_PASS,
-            packed=False, tile_size=TILE_SIZE, backgrounds=backgrounds,
+            *gaussians, viewmats, ks, first.width, first.height, near_plane=first.near, far_plane=first.far,
+            eps2d=LOW_PASS, packed=False, tile_size=TILE_SIZE, backgrounds=backgrounds,
             render_mode="RGB+D" if depth else "RGB", rasterize_mode="classic")
     else:
-        render, alphas, meta = _rasterize_without_wait(
-            budget, means.to(dtype), quats.to(dtype), scales.to(dtype), opacities.to(dtype), colors.to(dtype),
-            viewmats, ks, first, backgrounds, depth)
+        render, alphas, meta = _rasterize_without_wait(budget, *gaussians, viewmats, ks, first, backgrounds, depth)
     # render [B, 1, H, W, 4], alphas [B, 1, H, W, 1]; radii [B, 1, N, 2] per axis (gsplat >= 1.5) or [B, 1, N].
     radii = meta["radii"].reshape(n_frames, n, -1).max(dim=-1).values.to(torch.int32)
     lead = (n_frames,) if frame_axis else ()
