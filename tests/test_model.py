@@ -14,7 +14,7 @@ from dynavatar.errors import ConfigError
 from dynavatar.flame import FLAME
 from dynavatar.model import avatar as avatar_module, networks, recompute as recompute_module
 from dynavatar.model.avatar import Avatar
-from dynavatar.model.linear import Linear, fused_linear
+from dynavatar.model.linear import Linear, Softplus, fused_linear, linear
 from dynavatar.model.networks import CanonicalNetwork, DeformerNetwork, DeformerOutput, GaussianNetwork, heads_together
 from dynavatar.model.recompute import RecomputePolicy, activation_bytes, activation_floats, free_memory
 from dynavatar.train.strategy import CoarseToFine, prune_and_grow
@@ -136,6 +136,43 @@ def test_the_linear_layer_is_torchs_with_its_bias_gradient_as_a_product(rows):
         grads = [torch.autograd.grad((y * target).sum(), weights) for y in (ours_y, torchs_y)]
         for a, b in zip(*grads):
             assert torch.allclose(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_the_softplus_keeps_its_inputs_type_under_autocast():
+    x = torch.linspace(-0.05, 0.05, 101).reshape(1, -1)
+    assert torch.equal(Softplus(beta=100)(x), torch.nn.Softplus(beta=100)(x))  # outside autocast, torch's own
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = Softplus(beta=100)(x.bfloat16())
+    assert y.dtype == torch.bfloat16
+    assert torch.equal(y, torch.nn.functional.softplus(x.bfloat16(), beta=100))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (torch.cuda.is_available() is False)")
+@pytest.mark.parametrize("relu", [False, True], ids=["plain", "relu"])
+def test_the_linear_layer_under_autocast_computes_autocasts_product_in_its_type(relu):
+    """Under autocast on a GPU the layer's output (and so the next layer's input) is autocast's type;
+    values and gradients are those of autocast's own linear layer, to bfloat16's rounding."""
+    generator = torch.Generator().manual_seed(0)
+    leaves = [(torch.randn(*shape, generator=generator) * scale).cuda().requires_grad_()
+              for shape, scale in (((3000, 64), 1.0), ((48, 64), 0.2), ((48,), 0.2))]
+    target = torch.randn(3000, 48, generator=generator).cuda()
+    results = []
+    for ours in (True, False):
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            if ours:
+                y = linear(*leaves, relu=relu)
+            else:
+                y = torch.nn.functional.linear(*leaves)
+                y = torch.relu(y) if relu else y
+        assert y.dtype == torch.bfloat16
+        results.append((y.float(), torch.autograd.grad((y.float() * target).sum(), leaves)))
+    (ours_y, ours_grads), (torchs_y, torchs_grads) = results
+    assert (ours_y == 0).any() == relu
+    assert (ours_y - torchs_y).abs().max() <= 0.02 * torchs_y.abs().max()
+    for name, a, b in zip(("x", "weight", "bias"), ours_grads, torchs_grads):
+        assert a.dtype == torch.float32, name  # the leaves' own type
+        assert (a - b).norm() <= 0.02 * b.norm(), name
 
 
 @pytest.mark.parametrize("network", [CanonicalNetwork, GaussianNetwork])

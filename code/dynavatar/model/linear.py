@@ -7,9 +7,13 @@ sums were 2.3-3.1 ms of a training step's GPU work on an H200, a few times what 
 gradients costs; `ones @ grad` does the same sum as one matrix-vector product (cuBLAS), which reads
 them at the memory's speed. A ReLU after the layer is cuBLASLt's epilogue of the product
 (`torch._addmm_activation`) rather than a kernel of its own that reads and writes every activation
-once more. On a CPU (where neither was faster) and under autocast (`model.network_precision =
-bfloat16`, so that autocast's casts and what it keeps for the backward pass stay as they are) the
-layer is PyTorch's own, followed by `torch.relu`.
+once more. On a CPU (where neither was faster) the layer is PyTorch's own, followed by `torch.relu`.
+
+Under autocast on a GPU (`model.network_precision = bfloat16`) the layer casts its operands to
+autocast's type itself and hands its output on in that type, and `Softplus` keeps it there: the
+activations between layers are read and written at half the width. Autocast alone would compute
+every softplus in float32 (it is on its list of float32 operations) and cast its output back before
+the next product, three passes over each activation where one does.
 """
 
 from __future__ import annotations
@@ -53,12 +57,29 @@ def fused_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, relu
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, relu: bool = False) -> torch.Tensor:
-    """`F.linear(x, weight, bias)`, then `torch.relu` when `relu`: on a GPU without autocast by
-    `fused_linear`, elsewhere by PyTorch's own operations."""
-    if x.device.type != "cuda" or torch.is_autocast_enabled(x.device.type):
+    """`F.linear(x, weight, bias)`, then `torch.relu` when `relu`: on a GPU by `fused_linear` (under
+    autocast in autocast's type, its output in that type), elsewhere by PyTorch's own operations."""
+    device = x.device.type
+    if device != "cuda":
         y = F.linear(x, weight, bias)
         return torch.relu(y) if relu else y
-    return fused_linear(x, weight, bias, relu)
+    if not torch.is_autocast_enabled(device):
+        return fused_linear(x, weight, bias, relu)
+    dtype = torch.get_autocast_dtype(device)
+    with torch.autocast(device, enabled=False):
+        return fused_linear(x.to(dtype), weight.to(dtype), bias.to(dtype), relu)
+
+
+class Softplus(nn.Softplus):
+    """`nn.Softplus` computed in its input's type even under autocast (which would compute it in float32
+    and write a float32 output): between two of the layers above its input is already autocast's
+    type. Outside autocast it is `nn.Softplus`."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not torch.is_autocast_enabled(x.device.type):
+            return super().forward(x)
+        with torch.autocast(x.device.type, enabled=False):
+            return super().forward(x)
 
 
 class Linear(nn.Linear):

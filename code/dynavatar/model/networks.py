@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from torch.nn.utils.parametrizations import weight_norm as _weight_norm
 
-from .linear import Linear, linear
+from .linear import Linear, Softplus, linear
 
 SKINNING_TEMPERATURE = 20.0  # softmax(20 * logits), as the reference deformer
 N_POSE_FEATURES = 36
@@ -133,13 +133,13 @@ class CanonicalNetwork(nn.Module):
                 self._geometric_init(layer, index, widths[0], d_in, multires > 0)
             layers.append(_weight_norm(layer) if weight_norm else layer)
         self.layers = nn.ModuleList(layers)
-        self.activation = nn.Softplus(beta=100)
+        self.activation = Softplus(beta=100)
         width = widths[-1]
         # The reference's colour head has one more linear layer than the other heads.
-        self.color_head = _head(width, 3, nn.Softplus(beta=100), extra_linear=True)
-        self.scale_head = _head(width, 3, nn.Softplus(beta=100))
-        self.rotation_head = _head(width, 4, nn.Softplus(beta=100))
-        self.opacity_head = _head(width, 1, nn.Softplus(beta=100))
+        self.color_head = _head(width, 3, Softplus(beta=100), extra_linear=True)
+        self.scale_head = _head(width, 3, Softplus(beta=100))
+        self.rotation_head = _head(width, 4, Softplus(beta=100))
+        self.opacity_head = _head(width, 1, Softplus(beta=100))
 
     def _geometric_init(self, layer: Linear, index: int, d_embedded: int, d_in: int, encoded: bool) -> None:
         """IDR's initialisation: the trunk starts as a smooth function of the raw coordinates."""
@@ -203,7 +203,7 @@ class DeformerNetwork(nn.Module):
         self.blendshapes = _linear(width, n_blend, False, "zero")
         self.skinning_hidden = _linear(width, width, weight_norm, "he")
         self.skinning = _linear(width, n_joints + (1 if ghostbone else 0), False, "zero")
-        self.activation = nn.Softplus(beta=100)
+        self.activation = Softplus(beta=100)
 
     def forward(self, points: torch.Tensor) -> DeformerOutput:  # points [N, 3]
         x = self.embed(points)

@@ -1,11 +1,11 @@
 """The arithmetic of the per-point networks (conf `model.network_precision`).
 
-`float32` runs them as declared. `bfloat16` runs their matrix products in bfloat16 under autocast
-(weights and activations are rounded to 8 bits of mantissa, sums kept in float32) and hands their
-outputs back in float32, so that skinning, posing, rasterization and the losses stay in float32.
-At 100k points the networks' matrix products are the largest part of a training step; on a GPU
-with bfloat16 tensor cores this makes them several times faster. The parameters, their gradients
-and Adam's moments stay float32.
+`float32` runs them as declared. `bfloat16` runs them under autocast: their matrix products in
+bfloat16 (weights and activations rounded to 8 bits of mantissa, sums kept in float32), and on a
+GPU the activations between layers stored in bfloat16 as well (`linear.linear`, `linear.Softplus`);
+their outputs are handed back in float32, so that skinning, posing, rasterization and the losses
+stay in float32. At 100k points the networks are the largest part of a training step, and most of
+their time is memory traffic; the parameters, their gradients and Adam's moments stay float32.
 """
 
 from __future__ import annotations
