@@ -301,9 +301,9 @@ class ModelConf(Section):
                                      "| on (always when training) | off (never)")
     recompute_chunk: int = setting(20000, "points per recomputed chunk (at most one chunk's activations exist)",
                                    AT_LEAST_ONE)
-    network_precision: str = setting("float32", "arithmetic of the per-point networks' matrix products: float32 | "
-                                                "bfloat16 (autocast; outputs, parameters and optimizer stay float32; "
-                                                "docs/PERFORMANCE.md)")
+    network_precision: str = setting("float32", "arithmetic of the per-point networks: float32 | bfloat16 (their "
+                                                "products, and on a GPU the activations between layers; outputs, "
+                                                "parameters and optimizer stay float32; fast.conf's; docs/RECIPES.md)")
     compile: str = setting("off", "compile the per-point networks, the posing and the SSIM loss with torch.compile "
                                   "(dynamic sizes: pruning and growing do not compile again): off | on | auto (on "
                                   "a CUDA device with Triton); docs/PERFORMANCE.md")
