@@ -12,7 +12,8 @@ from dynavatar.config import default_conf, load_conf
 from dynavatar.data.batch import FrameBatch
 from dynavatar.errors import ConfigError
 from dynavatar.flame import FLAME
-from dynavatar.model import avatar as avatar_module, networks, recompute as recompute_module
+from dynavatar.model import avatar as avatar_module, networks, precision as precision_module
+from dynavatar.model import recompute as recompute_module
 from dynavatar.model.avatar import Avatar
 from dynavatar.model.linear import Linear, Softplus, fused_linear, linear
 from dynavatar.model.networks import CanonicalNetwork, DeformerNetwork, DeformerOutput, GaussianNetwork, heads_together
@@ -442,6 +443,29 @@ def test_bfloat16_networks_give_float32_outputs_close_to_float32(synthetic_flame
         assert error <= 0.05, (name, error)
         differs |= error > 1e-4
     assert differs  # the bfloat16 arithmetic was really used
+
+
+@pytest.mark.parametrize("capability, native", [((7, 5), False), ((8, 0), True), ((9, 0), True)])
+def test_bfloat16_networks_fall_back_to_float32_on_a_card_without_bfloat16(monkeypatch, caplog, capability, native):
+    """A T4 (7.5) has no bfloat16 arithmetic: the networks run in float32 there, with one warning naming
+    the card; Ampere (8.0) and later run bfloat16. A CPU always does."""
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda index=None: capability)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda index=None: "Tesla T4")
+    monkeypatch.setattr(precision_module, "_has_bfloat16", {})  # nothing known of any device yet
+    with caplog.at_level("WARNING", logger=precision_module.__name__):
+        assert precision_module.has_bfloat16("cuda", 0) is native
+        assert precision_module.has_bfloat16("cuda", 0) is native
+    warnings = [r.getMessage() for r in caplog.records if r.name == precision_module.__name__]
+    assert len(warnings) == (0 if native else 1)
+    assert native or ("Tesla T4 (compute capability 7.5)" in warnings[0] and "float32" in warnings[0])
+    assert precision_module.has_bfloat16("cpu", None)
+    # What the answer does to a network (the CPU standing in for the card): float32 exactly where there
+    # is no bfloat16, bfloat16's rounding where there is.
+    torch.manual_seed(0)
+    net, x = CanonicalNetwork(), torch.randn(64, 3)
+    precision_module._has_bfloat16[("cpu", None)] = native
+    out = precision_module.NetworkPrecision("bfloat16")(net, x)
+    assert torch.equal(out.color, net(x).color) != native and out.color.dtype == torch.float32
 
 
 def test_an_unknown_network_precision_is_one_conf_error():

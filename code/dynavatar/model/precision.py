@@ -6,17 +6,48 @@ GPU the activations between layers stored in bfloat16 as well (`linear.linear`, 
 their outputs are handed back in float32, so that skinning, posing, rasterization and the losses
 stay in float32. At 100k points the networks are the largest part of a training step, and most of
 their time is memory traffic; the parameters, their gradients and Adam's moments stay float32.
+
+A CUDA card older than Ampere (compute capability below 8.0: a T4, a V100) has no bfloat16
+arithmetic of its own; there the networks run in float32, with one warning.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import fields, is_dataclass
 from typing import Callable
 
 import torch
 from torch import nn
 
+log = logging.getLogger(__name__)
+
 PRECISIONS: dict[str, torch.dtype | None] = {"float32": None, "bfloat16": torch.bfloat16}
+BFLOAT16_CAPABILITY = (8, 0)  # Ampere: the first CUDA cards with bfloat16 tensor cores
+
+
+_has_bfloat16: dict[tuple[str, int | None], bool] = {}  # (device type, index) -> has_bfloat16
+
+
+@torch.compiler.assume_constant_result  # a compiled posing reads it as the constant it is
+def has_bfloat16(device_type: str, index: int | None) -> bool:
+    """Whether a device computes in bfloat16 itself: a CUDA card of compute capability 8.0 or later,
+    and a CPU (PyTorch converts where the CPU has no bfloat16 instructions). Warns once per card that
+    does not."""
+    key = (device_type, index)
+    if key not in _has_bfloat16:
+        _has_bfloat16[key] = device_type != "cuda" or _cuda_has_bfloat16(index)
+    return _has_bfloat16[key]
+
+
+def _cuda_has_bfloat16(index: int | None) -> bool:
+    capability = tuple(torch.cuda.get_device_capability(index))
+    if capability >= BFLOAT16_CAPABILITY:
+        return True
+    log.warning("model.network_precision = bfloat16: %s (compute capability %d.%d) has no bfloat16 arithmetic "
+                "of its own; the networks run in float32 (model.network_precision=float32 says so without this "
+                "warning)", torch.cuda.get_device_name(index), *capability)
+    return False
 
 
 def as_float32(out):
@@ -36,7 +67,7 @@ class NetworkPrecision:
 
     def __call__(self, net: nn.Module, x: torch.Tensor):
         """net(x), its matrix products in this precision, its outputs in float32."""
-        if self.dtype is None:
+        if self.dtype is None or not has_bfloat16(x.device.type, x.device.index):
             return net(x)
         with torch.autocast(x.device.type, dtype=self.dtype):
             out = net(x)
