@@ -31,12 +31,25 @@ def test_quick_run_prints_the_table_and_writes_json(tmp_path):
         assert row["train_fps"] == pytest.approx(row["batch"] / row["train_ms"] * 1e3)
         assert row["loop_ms"] > 0 and row["loop_fps"] == pytest.approx(row["batch"] / row["loop_ms"] * 1e3)
     assert report["environment"]["device"] == "cpu" and report["projection"]["minutes"] > 0
+    # the arithmetic the figures were measured with, in the header and the json
+    environment = report["environment"]
+    assert (environment["conf"], environment["network_precision"], environment["tf32"]) == ("subject1.conf", "float32", False)
+    assert "subject1.conf, networks in float32, TF32 off" in result.stdout
     # --profile: one summary per timed call, after the timings; on the CPU the operators' own time
     assert [p["label"] for p in report["profile"]] == ["train 400:4", "render 400:1", "train 2000:2", "render 2000:1"]
     for summary in report["profile"]:
         assert 0 < summary["busy_ms"] and summary["top"] and summary["launches"] == 0
         assert any(name.startswith("aten::") for name, _, _ in summary["top"])
     assert "| call | wall (ms) | busy (ms)" in result.stdout
+
+
+def test_the_header_gives_the_arithmetic_as_it_ran(tmp_path):
+    """fast.conf asks for TF32 and bfloat16 networks: on a CPU TF32 does nothing, bfloat16 runs."""
+    result = subprocess.run([sys.executable, "scripts/benchmark.py", "--quick", "--sizes", "400:1", "--conf",
+                             "confs/fast.conf", "--data", str(tmp_path / "data"), "--warmup", "1", "--repeat", "1"],
+                            cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "fast.conf, networks in bfloat16, TF32 off" in result.stdout
 
 
 def test_projection_follows_the_point_schedule():
