@@ -33,7 +33,7 @@ from typing import Callable, Sequence
 import torch
 
 from ..config import load_conf
-from ..model.precision import has_bfloat16
+from ..model.precision import NetworkPrecision
 from ..runtime import resolve_device
 from ..train.strategy.coarse_to_fine import radius_for, target_points
 from .bench_rasterizer import Timer
@@ -258,9 +258,8 @@ def run(argv: Sequence[str] | None = None) -> int:
     info = environment(device)
     # The arithmetic goes with the figures (the same sizes differ by a sixth between float32 and bfloat16
     # networks): as it ran, so TF32 only on a CUDA device and bfloat16 only where the device has it.
-    precision = conf.model.network_precision
-    if precision == "bfloat16" and not has_bfloat16(device.type, device.index):
-        precision = "float32"
+    ran_in = NetworkPrecision(conf.model.network_precision).dtype_on(device)
+    precision = "float32" if ran_in is None else conf.model.network_precision
     info.update(res=args.res, conf=Path(args.conf).name, backend=args.backend, overrides=list(args.overrides),
                 network_precision=precision, tf32=bool(conf.train.tf32 and device.type == "cuda"))
     print(f"{info['card']}, torch {info['torch']}, {args.res}x{args.res}, {info['date']}; {info['conf']}, networks in "

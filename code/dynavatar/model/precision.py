@@ -26,7 +26,9 @@ PRECISIONS: dict[str, torch.dtype | None] = {"float32": None, "bfloat16": torch.
 BFLOAT16_CAPABILITY = (8, 0)  # Ampere: the first CUDA cards with bfloat16 tensor cores
 
 
-_has_bfloat16: dict[tuple[str, int | None], bool] = {}  # (device type, index) -> has_bfloat16
+# (device type, index) -> has_bfloat16; a dict rather than functools.cache, whose wrapper dynamo
+# would trace through instead of taking the answer as a constant.
+_has_bfloat16: dict[tuple[str, int | None], bool] = {}
 
 
 @torch.compiler.assume_constant_result  # a compiled posing reads it as the constant it is
@@ -65,11 +67,19 @@ class NetworkPrecision:
             raise ValueError(f"model.network_precision must be one of {', '.join(PRECISIONS)}, got {name!r}")
         self.name, self.dtype = name, PRECISIONS[name]
 
+    def dtype_on(self, device: torch.device) -> torch.dtype | None:
+        """The type the networks compute in on `device`: None (float32) for `float32`, and for
+        `bfloat16` where the device has no bfloat16 arithmetic."""
+        if self.dtype is None or not has_bfloat16(device.type, device.index):
+            return None
+        return self.dtype
+
     def __call__(self, net: nn.Module, x: torch.Tensor):
         """net(x), its matrix products in this precision, its outputs in float32."""
-        if self.dtype is None or not has_bfloat16(x.device.type, x.device.index):
+        dtype = self.dtype_on(x.device)
+        if dtype is None:
             return net(x)
-        with torch.autocast(x.device.type, dtype=self.dtype):
+        with torch.autocast(x.device.type, dtype=dtype):
             out = net(x)
         return as_float32(out)
 
