@@ -120,9 +120,10 @@ def test_fast_step_equals_the_straightforward_step(trainer, recompute, monkeypat
     monkeypatch.setattr(trainer.avatar, "recompute", RecomputePolicy("on" if recompute else "off", 128))
     batch = trainer.train_data.batch([0, 3, 5])
     trainer.loss.set_epoch(0)
-    out = trainer.avatar(batch, with_prior=True, prior_chunk=trainer.conf.loss.flame_distance_chunk)
+    out = trainer.avatar(batch, prior_terms=trainer.loss.prior_terms(trainer.avatar.flame),
+                         prior_chunk=trainer.conf.loss.flame_distance_chunk)  # as a training step asks
     fast = trainer.loss.photometric(out.rgb, batch.rgb)
-    fast.update(trainer.loss.flame_prior(out.prior.deformer, out.prior.nearest, trainer.avatar.flame))
+    fast.update(out.prior_terms)
     fast_grads = _gradients(trainer, fast)
     reference = straightforward_loss(trainer, batch)
     reference_grads = _gradients(trainer, reference)

@@ -393,17 +393,24 @@ def test_the_avatar_recomputes_as_the_policy_decides(synthetic_flame_paths):
 
 
 def step_gradients(avatar: Avatar, policy: RecomputePolicy, frames: int = 3,
-                   refine_inputs: bool = False) -> dict[str, torch.Tensor]:
+                   refine_inputs: bool = False, prior_terms=None) -> dict[str, torch.Tensor]:
     """The parameters' gradients of a step's loss; with `refine_inputs`, also the frames' expression
-    and pose gradients (as per-frame input refinement takes them)."""
+    and pose gradients (as per-frame input refinement takes them). The loss's prior part is computed
+    from what the priors compare, or with `prior_terms` (the losses' `FlamePrior`) as training does,
+    inside the step."""
     avatar.recompute = policy
     gen = torch.Generator().manual_seed(4)
     expression, pose = torch.randn(frames, 50, generator=gen), (torch.rand(frames, 15, generator=gen) - 0.5) * 0.6
     expression = expression.to(avatar.points.device).requires_grad_(refine_inputs)
     pose = pose.to(avatar.points.device).requires_grad_(refine_inputs)
-    g, prior = avatar.posed(expression, pose, with_prior=True)
+    if prior_terms is None:
+        g, prior = avatar.posed(expression, pose, with_prior=True)
+        prior_loss = prior.deformer.lbs_weights.square().sum() + prior.deformer.shapedirs.square().sum()
+    else:
+        g, _, terms = avatar._posed(expression, pose, False, None, prior_terms)
+        prior_loss = sum(terms.values())
     loss = (g.means.square().sum() + g.scales.sum() + g.colors.square().sum() + g.quats[..., 1].sum()
-            + g.opacities.sum() + prior.deformer.lbs_weights.square().sum() + prior.deformer.shapedirs.square().sum())
+            + g.opacities.sum() + prior_loss)
     avatar.zero_grad(set_to_none=True)
     loss.backward()
     grads = {name: p.grad.clone() for name, p in avatar.named_parameters() if p.grad is not None}

@@ -100,12 +100,18 @@ def test_every_term_of_a_step_comes_from_its_output_and_the_mask_term_only_with_
     nearest = torch.tensor([0, 5])
     prior = SimpleNamespace(deformer=DeformerOutput(flame.shapedirs[nearest] + 0.01, flame.posedirs[nearest],
                                                     torch.full((2, 6), 1 / 6), torch.zeros(2, 3)), nearest=nearest)
-    out = SimpleNamespace(rgb=rgb, alpha=alpha, prior=prior)
+    out = SimpleNamespace(rgb=rgb, alpha=alpha, prior=prior, prior_terms={})
     batch = SimpleNamespace(rgb=gt, mask=mask)
     plain = AvatarLoss(conf.loss, None, None, torch.device("cpu"))
-    assert list(plain.terms(out, batch, flame)) == ["rgb_loss", "ssim_loss", "lbs_loss", "posedirs_loss",
-                                                     "shapedirs_loss"]  # the paper's: no mask term
+    terms = plain.terms(out, batch, flame)
+    assert list(terms) == ["rgb_loss", "ssim_loss", "lbs_loss", "posedirs_loss",
+                           "shapedirs_loss"]  # the paper's: no mask term
     assert list(plain.terms(out, batch)) == ["rgb_loss", "ssim_loss"]  # no FLAME, no priors
+    # the priors' terms as a training step computes them (inside its recording): taken as they are
+    in_step = plain.prior_terms(flame)(prior.deformer, nearest)
+    step_out = SimpleNamespace(rgb=rgb, alpha=alpha, prior=None, prior_terms=dict(zip(plain.prior_terms(flame).names,
+                                                                                      in_step)))
+    assert plain.terms(step_out, batch) == terms
     masked = load_conf(REPO / "confs" / "subject1.conf", ["loss.vgg_feature_weight=0", "loss.mask_weight=0.5"])
     loss = AvatarLoss(masked.loss, None, None, torch.device("cpu"))
     terms = loss.terms(out, batch, flame)

@@ -11,6 +11,7 @@ import weakref
 import pytest
 import torch
 
+from dynavatar.losses.flame_prior import FlamePrior
 from dynavatar.model import step_graphs
 from dynavatar.model.step_graphs import StepGraphs
 from dynavatar.model.recompute import RecomputePolicy
@@ -70,6 +71,18 @@ def test_the_step_is_one_recording_made_again_when_its_inputs_or_the_points_chan
     got = step_gradients(avatar, RecomputePolicy("off", 128), frames=2, refine_inputs=True)
     assert "expression" in got and all(torch.equal(got[name], grad) for name, grad in want.items())
     assert recorder.recorded[2:] == [(2, 50)]  # the inputs take a gradient now: recorded again
+
+    # the FLAME priors' terms computed inside the step, as training asks: recorded again once, the
+    # launched step's very gradients, replayed while the prior's tensors stay where they are
+    prior = FlamePrior(avatar.flame, torch.rand(50) + 0.5)
+    for _ in range(2):
+        got = step_gradients(avatar, RecomputePolicy("off", 128), frames=2, prior_terms=prior)
+        want = step_gradients(launched, RecomputePolicy("off", 128), frames=2,
+                              prior_terms=FlamePrior(launched.flame, prior.var_expression))
+        assert all(torch.equal(got[name], grad) for name, grad in want.items()), relative_errors(got, want)
+    assert recorder.recorded[3:] == [(2, 50)] and recorder.replays == 6
+    del recorder.recorded[3:]  # the counts below are those of the steps without the priors' terms
+    recorder.replays -= 2
 
     n = avatar.n_points
     avatar.set_points(avatar.points.detach()[: n - 10])  # pruned: recorded again
@@ -182,6 +195,15 @@ def test_replayed_networks_and_posing_give_the_launched_gradients(synthetic_flam
                              step_gradients(launched, RecomputePolicy("off", 128), 2))
     assert max(errors.values()) <= 1e-4, errors
     assert avatar.training_graphs.recordings == 5  # without input gradients, then for the pruned points
+
+    # the FLAME priors' terms inside the recording, as training asks for them
+    var = torch.rand(50, device=device) + 0.5
+    priors = FlamePrior(avatar.flame, var), FlamePrior(launched.flame, var)
+    for _ in range(2):
+        errors = relative_errors(step_gradients(avatar, RecomputePolicy("off", 128), 2, prior_terms=priors[0]),
+                                 step_gradients(launched, RecomputePolicy("off", 128), 2, prior_terms=priors[1]))
+        assert max(errors.values()) <= 1e-4, errors
+    assert avatar.training_graphs.recordings == 6  # recorded once, then replayed
 
 
 @cuda

@@ -21,17 +21,11 @@ from ..flame import FLAME
 from ..model.avatar import Avatar, AvatarOutput
 from ..model.compiled import StepCompiler
 from ..model.networks import DeformerOutput
+from ..runtime import constant
+from .flame_prior import DIRS_PRIOR_SCALE, DIRS_VALUE_SCALE, LBS_PRIOR_SCALE, FlamePrior
 from .vgg import VGGPerceptualLoss
 
 log = logging.getLogger(__name__)
-
-# Inner weights of the FLAME priors (the paper's): skinning x0.1, correctives and blendshapes x10
-# on 10x-scaled values, blendshapes additionally divided by 50 x the expression variance.
-LBS_PRIOR_SCALE = 0.1
-DIRS_PRIOR_SCALE = 10.0
-DIRS_VALUE_SCALE = 10.0
-VARIANCE_DIVISOR = 50.0
-MIN_VARIANCE = 1e-6  # a component constant over the training frames would divide by zero
 
 
 def check_loss_conf(conf: Conf) -> None:
@@ -64,8 +58,8 @@ class AvatarLoss:
         self.lbs_weight = self.base_lbs_weight
         self.lbs_milestones = loss_conf.flame_prior_milestones
         self.lbs_factor = loss_conf.flame_prior_factor
-        self.var_expression = (None if var_expression is None
-                               else var_expression.to(device).clamp_min(MIN_VARIANCE))  # [E]
+        self.var_expression = None if var_expression is None else var_expression.to(device)  # [E]
+        self._prior: FlamePrior | None = None
         if self.vgg_weight > 0 and vgg is None:
             raise ValueError("vgg_feature_weight > 0 needs the VGG perceptual network")  # never train without it
         self.vgg = vgg if self.vgg_weight > 0 else None
@@ -82,10 +76,12 @@ class AvatarLoss:
 
     def terms(self, out: AvatarOutput, batch: FrameBatch, flame: FLAME | None = None) -> dict[str, torch.Tensor]:
         """Every term of a step, unweighted: the photometric ones, the mask term (with a weight and
-        masks), and the FLAME priors when the output carries what they compare (`out.prior`)."""
+        masks), and the FLAME priors: those the avatar computed in its step (`out.prior_terms`), or
+        from what the output carries to compare (`out.prior`)."""
         terms = self.photometric(out.rgb, batch.rgb)
         if self.mask_weight > 0 and batch.mask is not None:
             terms["mask_loss"] = (out.alpha - batch.mask).abs().mean()
+        terms.update(out.prior_terms)
         if out.prior is not None and flame is not None:
             terms.update(self.flame_prior(out.prior.deformer, out.prior.nearest, flame))
         return terms
@@ -136,26 +132,23 @@ class AvatarLoss:
                 + DIRS_PRIOR_SCALE * ((DIRS_VALUE_SCALE * (here.posedirs - there.posedirs)) ** 2).mean()
                 + DIRS_PRIOR_SCALE * ((DIRS_VALUE_SCALE * (here.shapedirs - there.shapedirs)) ** 2).mean()}
 
+    def prior_terms(self, flame: FLAME) -> FlamePrior:
+        """The FLAME priors on `flame` as a function of tensors (`FlamePrior`), one object for as long as
+        `flame` is the same: a training step computes them inside its recording (`Avatar.forward`'s
+        `prior_terms`)."""
+        if self._prior is None or self._prior.flame is not flame:
+            self._prior = FlamePrior(flame, self.var_expression)
+        return self._prior
+
     def flame_prior(self, deformer: DeformerOutput, nearest: torch.Tensor, flame: FLAME) -> dict[str, torch.Tensor]:
         """Deformer outputs vs FLAME's at each point's nearest canonical FLAME vertex `nearest` [N]."""
-        weights_gt = flame.lbs_weights[nearest]  # [N, J]
-        if deformer.lbs_weights.shape[1] == weights_gt.shape[1] + 1:  # ghost bone: target weight 0
-            weights_gt = torch.cat([torch.zeros_like(weights_gt[:, :1]), weights_gt], dim=1)
-        n = nearest.shape[0]
-        posedirs_gt = flame.posedirs[nearest]  # [N, 36, 3]
-        num_exp = deformer.shapedirs.shape[2]
-        shapedirs_gt = flame.shapedirs[nearest][:, :, :num_exp]  # [N, 3, E]
-        shapedirs_err = (DIRS_VALUE_SCALE * (deformer.shapedirs - shapedirs_gt)) ** 2
-        if self.var_expression is not None:
-            shapedirs_err = shapedirs_err / (self.var_expression[:num_exp] * VARIANCE_DIVISOR)
-        return {
-            "lbs_loss": ((deformer.lbs_weights - weights_gt) ** 2).mean(),
-            "posedirs_loss": ((DIRS_VALUE_SCALE * (deformer.posedirs - posedirs_gt)) ** 2).reshape(n, -1).mean(),
-            "shapedirs_loss": shapedirs_err.mean(),
-        }
+        prior = self.prior_terms(flame)
+        return dict(zip(prior.names, prior(deformer, nearest)))
 
     def total(self, terms: dict[str, torch.Tensor]) -> torch.Tensor:
-        """The weighted sum of whichever terms were computed."""
+        """The weighted sum of whichever terms were computed (0-dim tensors), as one product: a sum of
+        products term by term would be twice as many operations, forward and backward, in a step
+        whose host launches set its pace at a few thousand points."""
         weights = {
             "rgb_loss": self.rgb_weight,
             "ssim_loss": self.ssim_weight,
@@ -167,7 +160,8 @@ class AvatarLoss:
             "smoothness_loss": self.smoothness_weight,
             "point_color_loss": self.point_color_weight,
         }
-        return sum(weights[name] * value for name, value in terms.items())
+        values = torch.stack([value.float() for value in terms.values()])  # [T]
+        return (values * constant(tuple(float(weights[name]) for name in terms), values.dtype, values.device)).sum()
 
     @property
     def uses_priors(self) -> bool:

@@ -11,8 +11,8 @@ What does not depend on the frame (the canonical FLAME frame, the canonical stat
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
-from typing import Callable, Sequence
+from dataclasses import asdict, dataclass, field, fields
+from typing import Callable, Protocol, Sequence
 
 import torch
 from torch import nn
@@ -74,6 +74,19 @@ class PriorQuery:
     nearest: torch.Tensor  # [N] long
 
 
+class PriorTerms(Protocol):
+    """Loss terms on what the FLAME priors compare, as a function of tensors (the losses' `FlamePrior`):
+    `terms(deformer [N, ...], nearest [N]) -> one 0-dim tensor per name`. A training step replayed
+    from CUDA graphs computes them inside its recording; `reads()` identifies the tensors they read
+    in place (a change records the step again)."""
+
+    names: tuple[str, ...]
+
+    def __call__(self, deformer: DeformerOutput, nearest: torch.Tensor) -> tuple[torch.Tensor, ...]: ...
+
+    def reads(self) -> tuple: ...
+
+
 @dataclass
 class AvatarOutput:
     rgb: torch.Tensor  # [B, H, W, 3]
@@ -83,6 +96,7 @@ class AvatarOutput:
     prior: PriorQuery | None = None
     raster: RasterStats | None = None  # [B, N, ...] the rasterizer's per-Gaussian statistics (means2d's .grad
     #                                    after backward: dL/d(pixel position), for densification)
+    prior_terms: dict[str, torch.Tensor] = field(default_factory=dict)  # `PriorTerms`' values, by name
 
 
 def _tensors(out) -> tuple[torch.Tensor, ...]:
@@ -301,41 +315,67 @@ class Avatar(nn.Module):
     def posed(self, expression: torch.Tensor, flame_pose: torch.Tensor, with_prior: bool = False,
               nearest_chunk: int | None = None) -> tuple[Gaussians, PriorQuery | None]:
         """Gaussians [B, N, ...] of the frames given by expression [B, E] and FLAME pose [B, 15], and with
-        `with_prior` what the FLAME priors compare (`canonical_state`, then `pose`).
+        `with_prior` what the FLAME priors compare (`canonical_state`, then `pose`)."""
+        gaussians, prior, _ = self._posed(expression, flame_pose, with_prior, nearest_chunk, None)
+        return gaussians, prior
+
+    def _posed(self, expression: torch.Tensor, flame_pose: torch.Tensor, with_prior: bool,
+               nearest_chunk: int | None, prior_terms: PriorTerms | None
+               ) -> tuple[Gaussians, PriorQuery | None, dict[str, torch.Tensor]]:
+        """`posed`, and with `prior_terms` (which implies `with_prior`) their values instead of what
+        they compare.
 
         While training on a GPU with `model.training_graphs` and without recomputation, all of it (the
-        networks, the canonical state, the posing) is replayed from one recording: one launch for
-        several hundred kernels, and no copies between recordings."""
+        networks, the canonical state, the posing, the prior terms) is replayed from one recording:
+        one launch for several hundred kernels, and no copies between recordings."""
         chunk = nearest_chunk or self.nearest_chunk
+        with_prior = with_prior or prior_terms is not None
         frames = expression.shape[0]
         if self.is_frozen():
             state = self.canonical_state(with_prior, chunk, frames)
         else:
             recompute = self._training_recomputes(with_prior, frames)
             if not recompute and self.replays_training(expression.device):
-                return self._replayed_step(with_prior, chunk, expression, flame_pose)
+                return self._replayed_step(with_prior, chunk, expression, flame_pose, prior_terms)
             state = self._compute_canonical_state(with_prior, chunk, recompute)
-        return self.pose(state, expression, flame_pose), PriorQuery(state.prior, state.nearest) if with_prior else None
+        gaussians = self.pose(state, expression, flame_pose)
+        if not with_prior:
+            return gaussians, None, {}
+        if prior_terms is None:
+            return gaussians, PriorQuery(state.prior, state.nearest), {}
+        return gaussians, None, dict(zip(prior_terms.names, prior_terms(state.prior, state.nearest)))
 
     def _replayed_step(self, with_prior: bool, nearest_chunk: int, expression: torch.Tensor,
-                       flame_pose: torch.Tensor) -> tuple[Gaussians, PriorQuery | None]:
-        """`posed` replayed from the training step's CUDA graphs: the frames' inputs are the recording's
+                       flame_pose: torch.Tensor, prior_terms: PriorTerms | None
+                       ) -> tuple[Gaussians, PriorQuery | None, dict[str, torch.Tensor]]:
+        """`_posed` replayed from the training step's CUDA graphs: the frames' inputs are the recording's
         inputs, the avatar's parameters its parameters; the canonical FLAME frame (kept in
-        `canonical_cache`) and the point radius it reads in place, and it is recorded again when they
-        move."""
+        `canonical_cache`), the point radius and the prior terms' tensors it reads in place, and it is
+        recorded again when they move."""
         def step(expression: torch.Tensor, flame_pose: torch.Tensor) -> tuple[torch.Tensor, ...]:
             state = self._compute_canonical_state(with_prior, nearest_chunk, recompute=False)
-            prior = (*_tensors(state.prior), state.nearest) if with_prior else ()
+            if not with_prior:
+                prior = ()
+            elif prior_terms is None:
+                prior = (*_tensors(state.prior), state.nearest)
+            else:
+                prior = tuple(prior_terms(state.prior, state.nearest))
             return (*_tensors(self._pose(state, expression, flame_pose)), *prior)
 
         self.training_graphs.discard("pose")  # a recomputing step's, with its activations
         read = (*self.canonical_flame(), *((self.canonical_normals(),) if self.shading is not None else ()))
+        terms_read = None if prior_terms is None else (prior_terms.names, prior_terms.reads())
         outputs = self.training_graphs.replay(
             "step", self, step, (expression, flame_pose),
-            read_in_place=(with_prior, nearest_chunk, self.point_radius.data_ptr(), *(t.data_ptr() for t in read)))
+            read_in_place=(with_prior, nearest_chunk, terms_read, self.point_radius.data_ptr(),
+                           *(t.data_ptr() for t in read)))
         n_gaussians = len(fields(Gaussians))
-        prior = PriorQuery(DeformerOutput(*outputs[n_gaussians:-1]), outputs[-1]) if with_prior else None
-        return Gaussians(*outputs[:n_gaussians]), prior
+        gaussians, prior = Gaussians(*outputs[:n_gaussians]), outputs[n_gaussians:]
+        if not with_prior:
+            return gaussians, None, {}
+        if prior_terms is None:
+            return gaussians, PriorQuery(DeformerOutput(*prior[:-1]), prior[-1]), {}
+        return gaussians, None, dict(zip(prior_terms.names, prior))
 
     def pose(self, state: CanonicalState, expression: torch.Tensor, flame_pose: torch.Tensor) -> Gaussians:
         """Gaussians [B, N, ...] of the frames given by expression [B, E] and FLAME pose [B, 15]
@@ -470,13 +510,14 @@ class Avatar(nn.Module):
         return rgb, alpha, depth
 
     def forward(self, batch: FrameBatch, with_prior: bool = False, prior_chunk: int | None = None,
-                depth: bool = False) -> AvatarOutput:
+                depth: bool = False, prior_terms: PriorTerms | None = None) -> AvatarOutput:
         """Render the frames of a batch (its expressions, FLAME poses and cameras). With `with_prior`,
         the output also carries what the FLAME priors compare (`AvatarOutput.prior`; the nearest
         vertices are searched `prior_chunk` points at a time, default the avatar's `nearest_chunk`);
-        with `depth`, the alpha-weighted depth."""
-        gaussians, prior = self.posed(batch.expression, batch.flame_pose, with_prior, prior_chunk)
+        with `prior_terms`, their values instead (`AvatarOutput.prior_terms`, computed inside a
+        replayed training step); with `depth`, the alpha-weighted depth."""
+        gaussians, prior, terms = self._posed(batch.expression, batch.flame_pose, with_prior, prior_chunk, prior_terms)
         cameras = imavatar_cameras(batch.world_mat, batch.intrinsics, width=self.img_res[1], height=self.img_res[0])
         rgb, alpha, depth, raster = render_gaussians(gaussians, cameras, self.background_for(gaussians),
                                                      self.rasterizer, depth)
-        return AvatarOutput(rgb, alpha, depth, gaussians, prior, raster)
+        return AvatarOutput(rgb, alpha, depth, gaussians, prior, raster, terms)

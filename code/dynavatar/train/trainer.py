@@ -199,7 +199,8 @@ class Trainer:
             batch = self.inputs.apply(batch)
         self.intersections.reset()
         with self.intersections.use(self.draws_without_wait(len(batch))):
-            out = self.avatar(batch, with_prior=self.loss.uses_priors, prior_chunk=self.conf.loss.flame_distance_chunk)
+            prior = self.loss.prior_terms(self.avatar.flame) if self.loss.uses_priors else None
+            out = self.avatar(batch, prior_terms=prior, prior_chunk=self.conf.loss.flame_distance_chunk)
         terms = self.loss.terms(out, batch, self.avatar.flame)
         terms.update(self.loss.regularisers(self.avatar))
         loss = self.loss.total(terms)
@@ -227,7 +228,7 @@ class Trainer:
         order = self.epoch_order(epoch)
         n_batches = (len(order) + batch_size - 1) // batch_size
         decay = decay_for(self.conf.train.weight_average_epochs, n_batches)
-        sums: dict[str, torch.Tensor] = {}
+        sums: dict[tuple[str, ...], torch.Tensor] = {}  # the frame-weighted sums of the values named, [T]
         counted = torch.zeros((), dtype=torch.float64, device=self.device)  # frames of the finite steps
         self.guard.start_epoch()
         self.avatar.train()
@@ -248,8 +249,12 @@ class Trainer:
             # A skipped (non-finite) step tells nothing of what the avatar renders: the guard's business.
             peak_alpha = torch.where(finite, values.pop("peak_alpha"), torch.inf)
             counted += finite * len(batch)
-            for name, v in values.items():  # the means are over finite steps: a skipped one poisons nothing
-                sums[name] = sums.get(name, 0.0) + torch.where(finite, v.double(), 0.0) * len(batch)
+            # The means are over finite steps (a skipped one poisons nothing), summed as one vector: a
+            # few launches a step instead of a few per value.
+            names = tuple(values)
+            stacked = torch.stack([v.float() for v in values.values()]).double()
+            step_sums = torch.where(finite, stacked, 0.0) * len(batch)
+            sums[names] = sums[names] + step_sums if names in sums else step_sums
             throttled = time.perf_counter() - shown > 1.0  # reading a value waits for the device: once a second
             if throttled or self.device.type != "cuda":  # (the CPU waits for nothing: checked at every step)
                 self.guard.check(epoch, lr)
@@ -262,7 +267,11 @@ class Trainer:
                                  **{f"inputs.{k}": p for k, p in self.inputs.named_parameters()}}, epoch, lr)
         check_rendered(peak_alpha, epoch, self.conf.train)
         frames = float(counted)
-        stats = {name: float(total) / frames if frames else float("nan") for name, total in sums.items()}
+        totals: dict[str, float] = {}
+        for names, values_sum in sums.items():
+            for name, total in zip(names, values_sum.tolist()):
+                totals[name] = totals.get(name, 0.0) + total
+        stats = {name: total / frames if frames else float("nan") for name, total in totals.items()}
         skipped = int(self.guard.skipped)
         if skipped:
             log.warning("epoch %d: %d step(s) with a non-finite loss or gradient were skipped", epoch, skipped)
