@@ -104,6 +104,26 @@ def _tensors(out) -> tuple[torch.Tensor, ...]:
     return tuple(getattr(out, f.name) for f in fields(out))
 
 
+def _prior_values(state: CanonicalState, with_prior: bool, prior_terms: PriorTerms | None) -> tuple[torch.Tensor, ...]:
+    """What a step gives beside the Gaussians, as tensors (a recording's outputs): nothing, what the
+    FLAME priors compare (the deformer's outputs, then the nearest vertices), or `prior_terms`' values."""
+    if not with_prior:
+        return ()
+    if prior_terms is None:
+        return (*_tensors(state.prior), state.nearest)
+    return tuple(prior_terms(state.prior, state.nearest))
+
+
+def _prior_outputs(values: Sequence[torch.Tensor], with_prior: bool, prior_terms: PriorTerms | None
+                   ) -> tuple[PriorQuery | None, dict[str, torch.Tensor]]:
+    """`_prior_values`' tensors as the output's `prior` and `prior_terms`."""
+    if not with_prior:
+        return None, {}
+    if prior_terms is None:
+        return PriorQuery(DeformerOutput(*values[:-1]), values[-1]), {}
+    return None, dict(zip(prior_terms.names, values))
+
+
 def initial_points(n: int, radius: float, generator: torch.Generator) -> torch.Tensor:
     """n points [n, 3] on a sphere: a uniform cube sample pushed onto the sphere."""
     cube = torch.rand(n, 3, generator=generator) * 2.0 - 1.0
@@ -339,11 +359,7 @@ class Avatar(nn.Module):
                 return self._replayed_step(with_prior, chunk, expression, flame_pose, prior_terms)
             state = self._compute_canonical_state(with_prior, chunk, recompute)
         gaussians = self.pose(state, expression, flame_pose)
-        if not with_prior:
-            return gaussians, None, {}
-        if prior_terms is None:
-            return gaussians, PriorQuery(state.prior, state.nearest), {}
-        return gaussians, None, dict(zip(prior_terms.names, prior_terms(state.prior, state.nearest)))
+        return gaussians, *_prior_outputs(_prior_values(state, with_prior, prior_terms), with_prior, prior_terms)
 
     def _replayed_step(self, with_prior: bool, nearest_chunk: int, expression: torch.Tensor,
                        flame_pose: torch.Tensor, prior_terms: PriorTerms | None
@@ -354,13 +370,8 @@ class Avatar(nn.Module):
         recorded again when they move."""
         def step(expression: torch.Tensor, flame_pose: torch.Tensor) -> tuple[torch.Tensor, ...]:
             state = self._compute_canonical_state(with_prior, nearest_chunk, recompute=False)
-            if not with_prior:
-                prior = ()
-            elif prior_terms is None:
-                prior = (*_tensors(state.prior), state.nearest)
-            else:
-                prior = tuple(prior_terms(state.prior, state.nearest))
-            return (*_tensors(self._pose(state, expression, flame_pose)), *prior)
+            return (*_tensors(self._pose(state, expression, flame_pose)),
+                    *_prior_values(state, with_prior, prior_terms))
 
         self.training_graphs.discard("pose")  # a recomputing step's, with its activations
         read = (*self.canonical_flame(), *((self.canonical_normals(),) if self.shading is not None else ()))
@@ -370,12 +381,8 @@ class Avatar(nn.Module):
             read_in_place=(with_prior, nearest_chunk, terms_read, self.point_radius.data_ptr(),
                            *(t.data_ptr() for t in read)))
         n_gaussians = len(fields(Gaussians))
-        gaussians, prior = Gaussians(*outputs[:n_gaussians]), outputs[n_gaussians:]
-        if not with_prior:
-            return gaussians, None, {}
-        if prior_terms is None:
-            return gaussians, PriorQuery(DeformerOutput(*prior[:-1]), prior[-1]), {}
-        return gaussians, None, dict(zip(prior_terms.names, prior))
+        return (Gaussians(*outputs[:n_gaussians]),
+                *_prior_outputs(outputs[n_gaussians:], with_prior, prior_terms))
 
     def pose(self, state: CanonicalState, expression: torch.Tensor, flame_pose: torch.Tensor) -> Gaussians:
         """Gaussians [B, N, ...] of the frames given by expression [B, E] and FLAME pose [B, 15]
