@@ -272,3 +272,39 @@ def test_recipe_sets_the_length_the_refinement_and_the_generated_frame():
     assert 0.88 * at_512.generator_res >= 512  # the smallest crop seen, 0.88 of the frame, holds 512 px
     with pytest.raises(PreprocessError, match="refines the per-frame inputs"):
         run(["--conf", str(fast), "--variants", "refined", "--res", "512"])
+
+
+@pytest.mark.parametrize("saved_epoch", [2, None])
+def test_an_interrupted_run_is_continued_from_its_latest_checkpoint(tmp_path, monkeypatch, saved_epoch):
+    """A run killed after a checkpoint (a time limit, a crash) continues from it; one killed before
+    any save starts afresh. The training child is stood in for: what is checked is what it is asked."""
+    from dynavatar.preprocess import own_video_gap as gap
+
+    exps = tmp_path / "runs" / "exact"
+    checkpoints = exps / "exact" / "fast" / "train1+train2" / "train" / "checkpoints"
+    checkpoints.mkdir(parents=True)
+    stale = exps / "exact" / "fast" / "train1+train2" / "train" / "runconf.conf"
+    stale.write_text("from the interrupted run\n")
+    if saved_epoch is not None:
+        (checkpoints / "latest.json").write_text(json.dumps({"epoch": saved_epoch, "parts": ["ModelParameters"]}))
+    asked = []
+
+    def child(module, args, cwd, timeout, threads=1):
+        asked.append(list(args))
+        metrics = exps / "exact" / "fast" / "train1+train2" / "eval" / "test1" / "epoch_4" / "metrics.json"
+        metrics.parent.mkdir(parents=True, exist_ok=True)
+        metrics.write_text(json.dumps({"metrics": {"all": {"psnr": 21.5, "ssim": 0.9, "l1": 0.02}}}))
+        return gap.subprocess.CompletedProcess(args, 0, "", "")
+
+    monkeypatch.setattr(gap, "_python", child)
+    setup = gap.Setup(res=64, frames=6, epochs=4)
+    result = gap.train_and_evaluate(tmp_path / "exact.conf", exps, setup)
+
+    assert len(asked) == 1 and result["psnr"] == 21.5
+    if saved_epoch is None:  # nothing to continue: the folder was cleared and the run started afresh
+        assert "--is_continue" not in asked[0] and not stale.exists()
+        assert result["resumed_from"] is None
+    else:  # its own latest checkpoint, not another run's (no --load_path)
+        assert "--is_continue" in asked[0] and "--load_path" not in asked[0] and stale.exists()
+        assert result["resumed_from"] == saved_epoch
+    assert json.loads((exps / "result.json").read_text())["psnr"] == 21.5

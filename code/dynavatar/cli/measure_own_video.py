@@ -37,9 +37,10 @@ def build_parser() -> argparse.ArgumentParser:
                              f"that refines the per-frame inputs itself, as fast.conf does)")
     parser.add_argument("--work", type=Path, default=None,
                         help="folder that keeps videos, datasets and runs; what is found there is read, not made "
-                             "or trained again, so that processes for different seeds, or for different variants "
-                             "of a seed once --prepare_only has made its datasets, can share it (default: a "
-                             "temporary folder, deleted)")
+                             "or trained again (a run interrupted after a checkpoint is continued from it), so "
+                             "that processes for different seeds, or for different variants of a seed once "
+                             "--prepare_only has made its datasets, can share it (default: a temporary folder, "
+                             "deleted)")
     parser.add_argument("--prepare_only", action="store_true",
                         help="make the videos, datasets and confs the variants need, train nothing")
     parser.add_argument("--epochs", type=int, default=None,

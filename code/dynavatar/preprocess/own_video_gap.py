@@ -329,17 +329,23 @@ def train_and_evaluate(conf: Path, exps: Path, setup: Setup, overrides: Sequence
                        resume_from: tuple[Path, int] | None = None) -> dict:
     """Train the conf to `setup.epochs` and evaluate on the test video -> {psnr, ssim, l1, seconds,
     resumed_from, epochs, recipe}. `resume_from` (train folder, epoch): continue that run's numbered
-    checkpoint."""
+    checkpoint. An earlier attempt interrupted after a checkpoint (a time limit, a crash) is continued
+    from its latest one, since resuming is exact; one without any is started afresh."""
     done = finished_result(exps, setup)
     if done is not None:
         return done
     record = exps / "result.json"
-    if exps.exists():  # an interrupted earlier attempt: start it afresh
+    interrupted_at = _latest_saved_epoch(exps)
+    if exps.exists() and interrupted_at is None:
         shutil.rmtree(exps)
     # Every checkpoint kept as a numbered one, so that "refined" can start from the epoch it names.
     args = ["--conf", str(conf), "--nepoch", str(setup.epochs), "--no_videos", "--quiet",
             f"train.exps_folder={exps.as_posix()}", "train.numbered_save_every=1", *setup.overrides, *overrides]
-    if resume_from is not None:
+    if interrupted_at is not None:
+        log.info("%s: continuing the interrupted earlier run from its epoch %d", exps, interrupted_at)
+        args += ["--is_continue"]
+        resume_from = (exps, interrupted_at)  # recorded as where this training started
+    elif resume_from is not None:
         args += ["--is_continue", "--load_path", str(resume_from[0]), "--checkpoint", str(resume_from[1])]
     start = time.perf_counter()
     _checked(_python("dynavatar.cli.exp_runner", args, cwd=conf.parent, timeout=4 * 3600, threads=setup.threads),
@@ -353,6 +359,16 @@ def train_and_evaluate(conf: Path, exps: Path, setup: Setup, overrides: Sequence
               "resumed_from": resume_from[1] if resume_from else None, "epochs": setup.epochs, "recipe": setup.recipe}
     record.write_text(json.dumps(result), encoding="utf-8")
     return result
+
+
+def _latest_saved_epoch(exps: Path) -> int | None:
+    """The epoch of the latest checkpoint a run under `exps` completed, or None (no run, or none saved)."""
+    from ..experiment import checkpoints as ckpt
+
+    try:
+        return ckpt.latest_epoch(train_folder(exps) / "checkpoints")
+    except RuntimeError:  # no experiment there, or more than one
+        return None
 
 
 def _refine_start(work: Path, setup: Setup) -> tuple[Path, int] | None:
