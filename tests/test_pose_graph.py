@@ -46,6 +46,35 @@ def test_the_cpu_and_a_step_with_gradients_launch_their_kernels(synthetic_flame_
 
 @cuda
 @pytest.mark.gpu
+def test_the_posing_is_recorded_with_cublas_workspaces_of_its_own(synthetic_flame_paths, monkeypatch):
+    """The cuBLAS workspaces are freed after the warm-up, right before the capture, and after it
+    (`dynavatar.model.capture` says why), and the replay still equals the launched posing."""
+    events = []
+    clear = torch._C._cuda_clearCublasWorkspaces
+
+    def release():
+        events.append("release")
+        clear()
+
+    class Graph(torch.cuda.graph):
+        def __enter__(self):
+            events.append("capture")
+            return super().__enter__()
+
+    monkeypatch.setattr(torch._C, "_cuda_clearCublasWorkspaces", release)
+    monkeypatch.setattr(torch.cuda, "graph", Graph)
+    device = torch.device("cuda")
+    avatar = make_avatar(synthetic_flame_paths).to(device)
+    with torch.no_grad():
+        state = avatar.canonical_state()
+        inputs = frames(2, 1, device)
+        replayed = avatar.pose(state, *inputs)
+        assert events == ["release", "capture", "release"], events
+        assert_same(replayed, launched(avatar, state, *inputs))
+
+
+@cuda
+@pytest.mark.gpu
 @recipes
 def test_replayed_posing_equals_launched_posing(synthetic_flame_paths, overrides):
     device = torch.device("cuda")

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from dynavatar.losses.flame_prior import FlamePrior
-from dynavatar.model import step_graphs
+from dynavatar.model import capture, step_graphs
 from dynavatar.model.step_graphs import StepGraphs
 from dynavatar.model.recompute import RecomputePolicy
 
@@ -144,23 +144,35 @@ def test_a_replaced_recording_is_freed_before_the_next_is_made(synthetic_flame_p
         gc.enable()
 
 
-def test_each_recording_releases_the_cublas_workspaces_after_it(synthetic_flame_paths, monkeypatch):
-    """The workspaces of the recording's warm-up stream are freed right after it, once a recording
-    (on a GPU about 65 MiB a stream, kept until PyTorch's 32 streams wrap otherwise)."""
+def test_each_recording_has_cublas_workspaces_of_its_own(synthetic_flame_paths, monkeypatch):
+    """Each recording is warmed up, then the cuBLAS workspaces are freed, then it is captured (with no
+    warm-up of make_graphed_callables' own, whose side stream can be the capture stream itself), then
+    they are freed again: the capture allocates its workspace in its own pool, and leaves none for the
+    next (on a GPU about 65 MiB a stream, kept until PyTorch's 32 streams wrap otherwise)."""
     events = []
     recorder = FakeRecorder()
+    real_warm_up = step_graphs.warm_up
+
+    def warm_up(fn, inputs, parameters=(), backward=False):
+        events.append("warm-up")
+        calls = []
+        real_warm_up(lambda *x: calls.append(1) or fn(*x), inputs, parameters, backward)
+        assert backward and len(calls) == capture.WARMUP_CALLS
 
     def record(flat, sample_args, **kw):
+        assert kw["num_warmup_iters"] == 0
         events.append("record")
         return recorder(flat, sample_args, **kw)
 
     monkeypatch.setattr(step_graphs, "can_record_training", lambda device: torch.is_grad_enabled())
+    monkeypatch.setattr(step_graphs, "warm_up", warm_up)
     monkeypatch.setattr(torch.cuda, "make_graphed_callables", record)
     monkeypatch.setattr(torch._C, "_cuda_clearCublasWorkspaces", lambda: events.append("release"), raising=False)
     avatar = make_avatar(synthetic_flame_paths)
     for frames in (3, 3, 2):
         step_gradients(avatar, RecomputePolicy("off", 128), frames=frames)
-    assert events == ["record", "release"] * avatar.training_graphs.recordings and len(events) > 2, events
+    assert avatar.training_graphs.recordings == 2
+    assert events == ["warm-up", "release", "record", "release"] * 2, events
 
 
 def test_the_cpu_launches_the_networks(synthetic_flame_paths):

@@ -14,19 +14,16 @@ the avatar poses as it always does.
 
 from __future__ import annotations
 
-import gc
 import logging
 from dataclasses import dataclass, fields
 from typing import Callable
 
 import torch
 
+from .capture import collect_dropped_graphs, own_cublas_workspaces, warm_up
 from .gaussians import Gaussians
 
 log = logging.getLogger(__name__)
-
-WARMUP_CALLS = 2  # calls on a side stream before recording (lazy initialisation stays out of the graph)
-
 
 @dataclass
 class _Recording:
@@ -62,34 +59,14 @@ class PoseGraphs:
 
     def _record(self, expression: torch.Tensor, flame_pose: torch.Tensor) -> _Recording:
         collect_dropped_graphs()
-        device = expression.device
         inputs = expression.clone(), flame_pose.clone()
-        side = torch.cuda.Stream(device)
-        side.wait_stream(torch.cuda.current_stream(device))
-        with torch.cuda.stream(side):
-            for _ in range(WARMUP_CALLS):
-                self.pose(self.state, *inputs)
-        torch.cuda.current_stream(device).wait_stream(side)
+        warm_up(lambda *x: self.pose(self.state, *x), inputs)
         graph = torch.cuda.CUDAGraph()
         # thread_local: the viewer's other threads may use CUDA while its render thread records
-        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
+        with own_cublas_workspaces(), torch.cuda.graph(graph, capture_error_mode="thread_local"):
             output = self.pose(self.state, *inputs)
         log.debug("recorded the posing of %d frame(s) as a CUDA graph", expression.shape[0])
         return _Recording(graph, *inputs, output)
-
-
-def collect_dropped_graphs() -> None:
-    """Free the CUDA graphs that were dropped but are still held by reference cycles; call before a
-    capture.
-
-    A recording of `torch.cuda.make_graphed_callables` (`StepGraphs`) is a reference cycle (its
-    autograd Function class; a module whose forward it replaced), so dropping it frees nothing until
-    Python's cycle collector runs, and torch collects before a capture only when
-    `torch.compiler.config.force_cudagraph_gc` is set. Left to chance, the dropped recordings' memory
-    pools pile up with each new recording (training ran out of memory that way), and a collection
-    that happens to run in the middle of a later capture destroys their graphs there, which
-    invalidates that capture (`cudaErrorStreamCaptureInvalidated`)."""
-    gc.collect()
 
 
 def can_record(device: torch.device) -> bool:

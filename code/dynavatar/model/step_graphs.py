@@ -34,12 +34,9 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
-from .pose_graph import collect_dropped_graphs
+from .capture import collect_dropped_graphs, own_cublas_workspaces, warm_up
 
 log = logging.getLogger(__name__)
-
-WARMUP_CALLS = 2  # forward and backward passes on a side stream before recording (lazy initialisation stays out)
-
 
 class _FlatCall(nn.Module):
     """`fn(*tensors)`, a function of tensors returning a tuple of tensors, as a module whose parameters
@@ -103,31 +100,15 @@ class StepGraphs:
         collect_dropped_graphs()  # the recording replaced, before its successor takes a pool
         flat = _FlatCall(holder, fn)
         samples = tuple(x.detach().clone().requires_grad_(x.requires_grad) for x in inputs)
-        replay = torch.cuda.make_graphed_callables(flat, samples, num_warmup_iters=WARMUP_CALLS,
-                                                   allow_unused_input=True)
-        release_cublas_workspaces()
+        # Warmed up here rather than by make_graphed_callables, so that the workspaces are cleared
+        # between the warm-up and the capture (`capture`'s text says why).
+        warm_up(flat, samples, tuple(holder.parameters()), backward=True)
+        with own_cublas_workspaces():
+            replay = torch.cuda.make_graphed_callables(flat, samples, num_warmup_iters=0, allow_unused_input=True)
         self.recordings += 1
         log.debug("recorded %s's forward and backward on inputs %s as CUDA graphs", name,
                   [tuple(x.shape) for x in inputs])
         return _Recording(key, replay)
-
-
-def release_cublas_workspaces() -> None:
-    """Free the cuBLAS workspaces PyTorch keeps for every CUDA stream that ran a matrix product; call
-    after a recording.
-
-    `make_graphed_callables` warms up on a new side stream each time, and each such stream keeps its
-    workspaces (about 65 MiB on an H100 or H200) until PyTorch's pool of 32 streams wraps: 2 GiB held
-    for nothing after 32 recordings (one a prune/grow step). The capture stream's workspace lies in
-    the pool of the recording that first used it and keeps that pool alive after the recording is
-    dropped. The streams in use make theirs again at their next product; the graphs keep the memory
-    they captured with (their own pools). PyTorch's compiler clears them before its captures too.
-    Training records from one thread; the posing's recordings (`PoseGraphs`), which the viewer
-    makes beside other threads' CUDA work, are few and kept, and leave theirs. A no-op where the
-    build has no CUDA."""
-    clear = getattr(torch._C, "_cuda_clearCublasWorkspaces", None)
-    if clear is not None:
-        clear()
 
 
 def can_record_training(device: torch.device) -> bool:
