@@ -6,6 +6,7 @@ the previous state of the experiment is whole afterwards. On the tiny experiment
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import hashlib
 import json
@@ -194,6 +195,14 @@ def test_resuming_from_an_earlier_checkpoint_never_replaces_the_later_ones(data_
     # Another experiment's checkpoint would replace this one's too.
     with pytest.raises(CheckpointError, match=r"--load_path .*: this run's own experiment .* holds checkpoints"):
         Trainer(conf, TrainOptions(nepoch=3, is_continue=True, load_path=str(aside / "train")))
+    # Resumed with the same conf given by another path: nothing to keep aside, no warning.
+    earlier = (root / "train" / "runconf.conf").read_text()
+    same = tiny_conf(data_folder, tmp_path, "train.save_freq=1", "train.numbered_save_every=1")
+    same = dataclasses.replace(same, source=f"./{same.source}")
+    caplog.clear()
+    Trainer(same, TrainOptions(nepoch=2, is_continue=True)).run()
+    assert not list((root / "train").glob("runconf.until-*")) and "another conf" not in caplog.text
+    assert (root / "train" / "runconf.conf").read_text() != earlier  # the header names the path given
     # Resumed with another conf, the experiment keeps the conf its earlier epochs were trained with.
     earlier = (root / "train" / "runconf.conf").read_text()
     Trainer(tiny_conf(data_folder, tmp_path, "train.save_freq=1", "train.numbered_save_every=1", "train.plot_n_images=1"),

@@ -118,7 +118,7 @@ def write_runconf(paths: ExperimentPaths, conf: Conf, start_epoch: int = 0) -> N
     tmp = paths.runconf.with_name(paths.runconf.name + ".tmp")
     try:
         paths.train_dir.mkdir(parents=True, exist_ok=True)
-        if start_epoch > 0 and paths.runconf.is_file() and paths.runconf.read_text() != text:
+        if start_epoch > 0 and paths.runconf.is_file() and _settings(paths.runconf.read_text()) != _settings(text):
             kept, n = paths.train_dir / f"runconf.until-epoch-{start_epoch}.conf", 1
             while kept.exists():
                 kept, n = paths.train_dir / f"runconf.until-epoch-{start_epoch}-{n}.conf", n + 1
@@ -130,6 +130,12 @@ def write_runconf(paths: ExperimentPaths, conf: Conf, start_epoch: int = 0) -> N
         tmp.unlink(missing_ok=True)
         raise OutputError(f"cannot write {paths.runconf} ({exc.strerror or exc}): free disk space or make "
                           f"{paths.train_dir} writable") from None
+
+
+def _settings(runconf: str) -> list[str]:
+    """A runconf's lines less its comments: its header names the conf file as it was given, which
+    differs for one file given by another path."""
+    return [line for line in runconf.splitlines() if not line.lstrip().startswith("#")]
 
 
 def is_numbered(done: int, nepoch: int, train: TrainConf) -> bool:
