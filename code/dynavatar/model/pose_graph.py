@@ -25,6 +25,7 @@ from .gaussians import Gaussians
 
 log = logging.getLogger(__name__)
 
+
 @dataclass
 class _Recording:
     graph: torch.cuda.CUDAGraph

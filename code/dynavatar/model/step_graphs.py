@@ -38,6 +38,7 @@ from .capture import collect_dropped_graphs, own_cublas_workspaces, warm_up
 
 log = logging.getLogger(__name__)
 
+
 class _FlatCall(nn.Module):
     """`fn(*tensors)`, a function of tensors returning a tuple of tensors, as a module whose parameters
     are `holder`'s (the parameters `fn` reads): what `make_graphed_callables` records."""
