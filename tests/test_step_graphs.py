@@ -175,6 +175,18 @@ def test_each_recording_has_cublas_workspaces_of_its_own(synthetic_flame_paths, 
     assert events == ["warm-up", "release", "record", "release"] * 2, events
 
 
+def test_training_graphs_turn_off_the_accumulator_stream_warning(synthetic_flame_paths, monkeypatch):
+    """The warning every replayed step would raise once (a cost measured as none) is turned off
+    where the step is recorded, and only there."""
+    calls = []
+    monkeypatch.setattr(torch.autograd.graph, "set_warn_on_accumulate_grad_stream_mismatch", calls.append,
+                        raising=False)
+    make_avatar(synthetic_flame_paths, "model.training_graphs=false")
+    assert calls == []
+    make_avatar(synthetic_flame_paths)
+    assert calls == [False]
+
+
 def test_the_cpu_launches_the_networks(synthetic_flame_paths):
     avatar = make_avatar(synthetic_flame_paths)
     step_gradients(avatar, RecomputePolicy("off", 128), frames=2)

@@ -71,6 +71,7 @@ class StepGraphs:
     def __init__(self) -> None:
         self._recordings: dict[str, _Recording] = {}
         self.recordings = 0
+        quiet_accumulator_streams()
 
     @staticmethod
     def applies(device: torch.device) -> bool:
@@ -110,6 +111,17 @@ class StepGraphs:
         log.debug("recorded %s's forward and backward on inputs %s as CUDA graphs", name,
                   [tuple(x.shape) for x in inputs])
         return _Recording(key, replay)
+
+
+def quiet_accumulator_streams() -> None:
+    """Turn off PyTorch's warning that a parameter's gradient accumulator was made on another stream
+    than the gradient that reaches it. The recordings' backward passes are captured on their own
+    stream, so every replayed step would raise it once a process; the wait it stands for measured as
+    no cost (docs/PERFORMANCE.md), and making the accumulators on the training stream instead breaks
+    the capture. A no-op on a PyTorch without the setting."""
+    quiet = getattr(torch.autograd.graph, "set_warn_on_accumulate_grad_stream_mismatch", None)
+    if quiet is not None:
+        quiet(False)
 
 
 def can_record_training(device: torch.device) -> bool:
