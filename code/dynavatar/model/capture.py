@@ -8,9 +8,11 @@ or in memory the caching allocator owns when the warm-up's side stream was the c
 (PyTorch hands out its 32 streams in turn, so every 32nd new stream is). Once that memory is freed
 (by `release_cublas_workspaces`, or with the earlier recording's pool), the recording's matrix
 products write where other tensors now live or where nothing is mapped any more: wrong values, or
-`CUDA error: unspecified launch failure` some steps later. `own_cublas_workspaces` clears them
-before a capture, so that the capture allocates its workspace in its own pool, which lives as long
-as the recording, and after it, so that no later capture finds it.
+`CUDA error: unspecified launch failure` some steps later. (PyTorch's issue 193402 reports the same
+failure for a training graph and an evaluation graph captured on one stream: destroying the second
+freed the workspace the first still used.) `own_cublas_workspaces` clears them before a capture, so
+that the capture allocates its workspace in its own pool, which lives as long as the recording, and
+after it, so that no later capture finds it and nothing else frees it.
 """
 
 from __future__ import annotations
