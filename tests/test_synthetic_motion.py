@@ -1,5 +1,6 @@
-"""The synthetic subjects' test motions: near (the default, unchanged) and extrapolate (beyond the
-training videos in amplitude, in combinations and in pose), checked on the motions themselves."""
+"""The synthetic subjects' test motions: near (the default, unchanged), extrapolate (beyond the
+training videos in amplitude, in combinations and in pose) and expressions (beyond them in
+expression only), checked on the motions themselves."""
 
 import json
 from pathlib import Path
@@ -18,23 +19,32 @@ REPO = Path(__file__).resolve().parents[1]
 BASE = np.array([0.0, -0.1, -4.0])
 
 
-def split(seed: int, frames: int = 100) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(training expressions, training poses, test expressions, test poses) of an extrapolating subject."""
-    motions = subject_motions("extrapolate", frames, seed, BASE, n_train=2, n_test=1)
+def split(seed: int, frames: int = 100, kind: str = "extrapolate") -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(training expressions, training poses, test expressions, test poses) of a subject of test motion `kind`."""
+    motions = subject_motions(kind, frames, seed, BASE, n_train=2, n_test=1)
     train, test = motions[:2], motions[2:]
     return (np.concatenate([m.expressions.numpy() for m in train]), np.concatenate([m.poses.numpy() for m in train]),
             np.concatenate([m.expressions.numpy() for m in test]), np.concatenate([m.poses.numpy() for m in test]))
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_an_extrapolating_test_goes_beyond_the_training_videos(seed):
-    train_e, train_p, test_e, test_p = split(seed)
+@pytest.mark.parametrize("kind", ["extrapolate", "expressions"])
+def test_an_extrapolating_test_goes_beyond_the_training_videos(seed, kind):
+    train_e, train_p, test_e, test_p = split(seed, kind=kind)
     # Leading expression components, head pitch and yaw, and the jaw: 1.5 times the training extremes.
     train_peak, test_peak = np.abs(train_e).max(0), np.abs(test_e).max(0)
     assert np.allclose(test_peak[list(LEADING)], EXTRAPOLATION * train_peak[list(LEADING)], rtol=1e-5)
-    assert test_peak[0] > train_peak[0]  # mouth open follows the wider jaw
-    for axis in (*HEAD, JAW):
-        assert np.abs(test_p[:, axis]).max() == pytest.approx(EXTRAPOLATION * np.abs(train_p[:, axis]).max(), rel=1e-5)
+    if kind == "extrapolate":
+        assert test_peak[0] > train_peak[0]  # mouth open follows the wider jaw
+        for axis in (*HEAD, JAW):
+            assert np.abs(test_p[:, axis]).max() == pytest.approx(EXTRAPOLATION * np.abs(train_p[:, axis]).max(), rel=1e-5)
+    else:
+        # The head, jaw and eyes (and the mouth-open component that follows the jaw) are the near
+        # test video's, and the training videos are those of an extrapolating subject.
+        near = subject_motions("near", 100, seed, BASE, n_train=2, n_test=1)[2]
+        assert np.array_equal(test_p, near.poses.numpy())
+        assert np.array_equal(test_e[:, 0], near.expressions[:, 0].numpy())
+        assert np.array_equal(train_e, split(seed)[0]) and np.array_equal(train_p, split(seed)[1])
     for a, b in NEVER_TOGETHER:
         # Training never moves both of a pair at once (a component at rest is exactly neutral) ...
         assert not np.any((train_e[:, a] != 0) & (train_e[:, b] != 0))
@@ -55,10 +65,11 @@ def test_motions_are_deterministic_and_the_near_default_is_unchanged():
     assert np.array_equal(near[2].expressions.numpy(), same.expressions.numpy())
     assert near[0].expressions[0, :3].tolist() == pytest.approx([-0.27956295, -1.42172360, -1.69044840], rel=1e-6)
     assert near[2].poses[5, [0, 1, 6]].tolist() == pytest.approx([-0.16338614, -0.32456201, 0.10521475], rel=1e-6)
-    with pytest.raises(DatasetError, match="near, extrapolate"):
+    with pytest.raises(DatasetError, match="near, extrapolate, expressions"):
         subject_motions("far", 30, 0, BASE, n_train=2, n_test=1)
-    with pytest.raises(DatasetError, match="at least one"):
-        subject_motions("extrapolate", 30, 0, BASE, n_train=0, n_test=1)
+    for kind in ("extrapolate", "expressions"):
+        with pytest.raises(DatasetError, match="at least one"):
+            subject_motions(kind, 30, 0, BASE, n_train=0, n_test=1)
 
 
 def test_a_conf_asks_for_an_extrapolating_subject_and_never_reuses_a_near_one(tmp_path, caplog):
@@ -83,7 +94,8 @@ def test_a_conf_asks_for_an_extrapolating_subject_and_never_reuses_a_near_one(tm
         load_conf(REPO / "confs" / "demo.conf", [*base, "dataset.synthetic_test_motion=far"])
 
 
-def test_the_command_line_writes_an_extrapolating_subject(tmp_path):
-    args = ["--out", str(tmp_path), "--subject", "x", "--res", "16", "--frames", "2", "--test_motion", "extrapolate"]
+@pytest.mark.parametrize("kind", ["extrapolate", "expressions"])
+def test_the_command_line_writes_an_extrapolating_subject(tmp_path, kind):
+    args = ["--out", str(tmp_path), "--subject", "x", "--res", "16", "--frames", "2", "--test_motion", kind]
     assert make_synthetic_subject.main(args) == 0
-    assert json.loads((tmp_path / "x" / SYNTHETIC_MARKER).read_text())["test_motion"] == "extrapolate"
+    assert json.loads((tmp_path / "x" / SYNTHETIC_MARKER).read_text())["test_motion"] == kind

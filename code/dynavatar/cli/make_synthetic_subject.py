@@ -10,7 +10,8 @@
 Writes <out>/<subject>/<subject>/<video>/{image,mask,semantic}/<k>.png and flame_params.json for two
 training videos and one test video (the names of confs/subject1.conf unless given). Deterministic for a seed.
 --test_motion extrapolate makes test videos beyond the training videos (larger expressions, pairs of
-expressions that training never shows together, wider head turns and jaw openings; docs/DATA_FORMAT.md).
+expressions that training never shows together, wider head turns and jaw openings; docs/DATA_FORMAT.md);
+--test_motion expressions takes only the expressions beyond them (head turns and jaw as near ones).
 A --head variant other than the default also writes its head model to <out>/<subject>/flame_model/ (train
 with model.flame_model_path and model.flame_landmark_path pointing there).
 """
@@ -43,8 +44,9 @@ def main(argv=None) -> int:
     parser.add_argument("--train-videos", nargs="+", default=list(DEFAULT_TRAIN_VIDEOS), help="training video names")
     parser.add_argument("--test-videos", nargs="+", default=list(DEFAULT_TEST_VIDEOS), help="test video names")
     parser.add_argument("--test_motion", "--test-motion", choices=TEST_MOTIONS, default="near",
-                        help="test videos: near (default: unseen combinations, a bit beyond training) or "
-                             "extrapolate (beyond the training range, see docs/DATA_FORMAT.md)")
+                        help="test videos: near (default: unseen combinations, a bit beyond training), "
+                             "extrapolate (beyond the training range) or expressions (only the expressions "
+                             "beyond it), see docs/DATA_FORMAT.md")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing subject of that name")
     parser.add_argument("--device", default="cpu",
                         help="where to render: cpu (default), cuda, cuda:N or auto; a GPU renders a 512-pixel "

@@ -119,7 +119,7 @@ class LossConf(Section):
 
 # ---- dataset -------------------------------------------------------------------------------------
 
-SYNTHETIC_TEST_MOTIONS = ("near", "extrapolate")  # the test videos' kinds (subject_generator/motion.py)
+SYNTHETIC_TEST_MOTIONS = ("near", "extrapolate", "expressions")  # the test videos' kinds (subject_generator/motion.py)
 
 @dataclass(frozen=True)
 class SplitConf(Section):
@@ -149,7 +149,8 @@ class DatasetConf(Section):
     synthetic_frames: int = setting(30, "frames per video of a generated synthetic subject", AT_LEAST_ONE)
     synthetic_seed: int = setting(0, "seed of a generated synthetic subject", NON_NEGATIVE)
     synthetic_test_motion: str = setting("near", "test videos of a generated synthetic subject: near (unseen "
-                                                 "combinations, a bit beyond training) | extrapolate (docs/DATA_FORMAT.md)")
+                                                 "combinations, a bit beyond training) | extrapolate | expressions "
+                                                 "(docs/DATA_FORMAT.md)")
     train: SplitConf = subsection(SplitConf, "the training videos")
     test: SplitConf = subsection(SplitConf, "the test videos")
 

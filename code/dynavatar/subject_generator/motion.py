@@ -1,14 +1,16 @@
 """Smooth talking-like FLAME parameter sequences for synthetic videos.
 
 Every curve is a sum of a few sinusoids with random frequencies and phases (smooth from frame to
-frame); the jaw follows a syllable rhythm. Test videos come in two kinds (`subject_motions`):
+frame); the jaw follows a syllable rhythm. Test videos come in three kinds (`subject_motions`):
 
 - near (the default): other combinations and somewhat larger amplitudes of the same components,
   so the test expressions are unseen but within reach of a model;
 - extrapolate: beyond what training shows. The subject's training videos drive the expression
   pairs of NEVER_TOGETHER in alternation (never both at once); its test videos drive each pair
   together, the leading expression components, head pitch and yaw and the jaw to EXTRAPOLATION
-  times the training videos' extremes.
+  times the training videos' extremes;
+- expressions: the expressions of extrapolate (training videos alike), with the head, jaw and eyes
+  of a near test video: new expressions seen from the training videos' range of views.
 """
 
 from __future__ import annotations
@@ -120,11 +122,12 @@ def _scaled(curve: np.ndarray, peak: float) -> np.ndarray:
     return curve * (peak / max(float(np.abs(curve).max()), 1e-12))
 
 
-def _extrapolated(motion: Motion, train: list[Motion]) -> Motion:
-    """A near test video taken beyond the training videos `train`: each leading component, head pitch
-    and yaw scaled to EXTRAPOLATION times its largest training magnitude, the jaw opening to that
-    multiple of its widest training opening, and each NEVER_TOGETHER pair on one shared curve, so
-    that both reach their extremes in the same frame."""
+def _extrapolated(motion: Motion, train: list[Motion], poses_too: bool = True) -> Motion:
+    """A near test video taken beyond the training videos `train`: each leading component scaled to
+    EXTRAPOLATION times its largest training magnitude and each NEVER_TOGETHER pair on one shared
+    curve, so that both reach their extremes in the same frame; with `poses_too`, head pitch and
+    yaw scaled to that multiple of their largest training magnitudes and the jaw opening to that
+    multiple of its widest training opening (else the near video's head and jaw)."""
     expressions, poses, translations = motion.arrays()
     train_expressions = np.concatenate([m.arrays()[0] for m in train])
     train_poses = np.concatenate([m.arrays()[1] for m in train])
@@ -133,6 +136,8 @@ def _extrapolated(motion: Motion, train: list[Motion]) -> Motion:
     near = expressions.copy()
     for k in LEADING:
         expressions[:, k] = _scaled(near[:, shared.get(k, k)], peak[k])
+    if not poses_too:
+        return _motion(expressions, poses, translations)
     for axis in HEAD:
         poses[:, axis] = _scaled(poses[:, axis], EXTRAPOLATION * np.abs(train_poses[:, axis]).max())
     jaw = poses[:, JAW]
@@ -150,11 +155,11 @@ def subject_motions(kind: str, n_frames: int, seed: int, base_translation: np.nd
     seeded [seed, 100 + i], so a near subject is the one generated before test kinds existed."""
     if kind not in TEST_MOTIONS:
         raise DatasetError(f"unknown test motion {kind!r}: expected one of {', '.join(TEST_MOTIONS)}")
-    if kind == "extrapolate" and n_test and not n_train:
-        raise DatasetError("an extrapolating test motion goes beyond the training videos: name at least one")
+    if kind != "near" and n_test and not n_train:
+        raise DatasetError(f"the {kind!r} test motion goes beyond the training videos: name at least one")
     rngs = [np.random.default_rng([seed, 100 + index]) for index in range(n_train + n_test)]
     motions = [video_motion(n_frames, rng, base_translation, test=index >= n_train) for index, rng in enumerate(rngs)]
     if kind == "near":
         return motions
     train = [_alternating(m, rng) for m, rng in zip(motions[:n_train], rngs)]
-    return train + [_extrapolated(m, train) for m in motions[n_train:]]
+    return train + [_extrapolated(m, train, poses_too=kind == "extrapolate") for m in motions[n_train:]]

@@ -216,8 +216,8 @@ def generate_subject(out_dir: str | Path, subject: str, res: int = 512, frames: 
     The subject is built in a temporary folder and moved into place at the end, so an interrupted run
     leaves nothing that looks like a dataset. Deterministic for a seed.
     test_motion: the kind of the test videos (motion.TEST_MOTIONS): "near" (unseen combinations, a
-    bit beyond the training amplitudes) or "extrapolate" (see motion.py; its training videos then
-    never show the pairs of expressions that its test videos combine).
+    bit beyond the training amplitudes), "extrapolate" or "expressions" (see motion.py; the training
+    videos of both never show the pairs of expressions that their test videos combine).
     device: where the frames are rendered. A GPU renders a 512-pixel subject many times faster than
     a CPU thread; its images can differ from the CPU's by rounding (deterministic on each).
     """
