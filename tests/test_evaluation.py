@@ -113,6 +113,20 @@ def test_saved_test_inputs_are_not_reused_by_an_evaluation_that_fits_otherwise(e
     assert "using the test inputs fitted before" in caplog.text
 
 
+def test_saved_test_inputs_are_not_reused_for_another_subjects_frames(experiment, tmp_path, caplog):
+    """The checkpoint evaluated on another subject whose test video has the same name and length: the
+    inputs fitted to the first subject's frames would be applied to the other's, so it fits again."""
+    overrides, folder = experiment
+    other = tmp_path / "datasets"
+    generate_subject(other, SUBJECT, res=32, frames=N_FRAMES, seed=6)
+    train_folder = folder.parents[2]
+    args = ["--conf", str(REPO / "confs" / "demo.conf"), "--is_eval", "--no_videos", *overrides]
+    caplog.set_level("INFO")
+    assert exp_runner.run([*args, f"dataset.data_folder={other}", "--load_path", str(train_folder / "train")]) == 0
+    assert "using the test inputs fitted before" not in caplog.text
+    assert "other test frames or another fitting protocol; fitting again" in caplog.text
+
+
 def test_an_evaluation_of_its_own_takes_the_confs_arithmetic(experiment, monkeypatch):
     """`--is_eval` sets `train.tf32` as training does, so it fits and renders as the evaluation that
     followed training in the same process did."""

@@ -5,6 +5,7 @@ reused by later evaluations of the same model and test frames."""
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 from pathlib import Path
@@ -61,13 +62,24 @@ def points_fingerprint(avatar: Avatar) -> float:
         return float(avatar.points.double().abs().sum()) + avatar.n_points
 
 
-def inputs_fingerprint(avatar: Avatar, inputs: FrameInputs, n_frames: int, sub_dirs: list[str],
+def tracked_digest(data: FaceDataset) -> str:
+    """A digest of the frames' tracked expressions, poses and cameras: it tells the test frames of one
+    video from another's of the same name and length (another subject, the same video tracked again)."""
+    digest = hashlib.sha256()
+    for values in (data.expressions, data.flame_poses, data.world_mats):
+        digest.update(values.detach().to("cpu", torch.float64).contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def inputs_fingerprint(avatar: Avatar, inputs: FrameInputs, data: FaceDataset, sub_dirs: list[str],
                        protocol: dict) -> dict:
-    """What saved test inputs must match to be reused: the test frames, the model, the inputs fitted and
-    how they were fitted (`protocol`: steps, rate, frames a step, loss weights), so that an evaluation
-    asking for another fit never reports the metrics of an earlier one."""
-    return {"n_frames": n_frames, "sub_dirs": sub_dirs, "model": points_fingerprint(avatar),
-            "keys": sorted(inputs.state_dict()), "fitted": inputs.refined, "protocol": protocol}
+    """What saved test inputs must match to be reused: the test frames (their count, videos and tracked
+    inputs), the model, the inputs fitted and how they were fitted (`protocol`: steps, rate, frames a
+    step, loss weights), so that an evaluation asking for another fit, or of other frames, never
+    reports the metrics of an earlier one."""
+    return {"n_frames": len(data), "sub_dirs": sub_dirs, "tracked": tracked_digest(data),
+            "model": points_fingerprint(avatar), "keys": sorted(inputs.state_dict()), "fitted": inputs.refined,
+            "protocol": protocol}
 
 
 def load_fitted_inputs(inputs: FrameInputs, checkpoints: Path, epoch: int, fingerprint: dict,
@@ -125,7 +137,7 @@ def fitted_test_inputs(conf: Conf, avatar: Avatar, data: FaceDataset, checkpoint
                          train.optimize_camera, evaluation.fit_camera_translation).to(device)
     if not inputs.enabled or data.only_json or evaluation.test_fit_steps == 0:
         return None
-    fingerprint = inputs_fingerprint(avatar, inputs, len(data), list(conf.dataset.test.sub_dir),
+    fingerprint = inputs_fingerprint(avatar, inputs, data, list(conf.dataset.test.sub_dir),
                                      fitting_protocol(conf, avatar.n_points))
     if load_fitted_inputs(inputs, checkpoints, epoch, fingerprint, device):
         return inputs
