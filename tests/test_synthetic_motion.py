@@ -39,11 +39,14 @@ def test_an_extrapolating_test_goes_beyond_the_training_videos(seed, kind):
         for axis in (*HEAD, JAW):
             assert np.abs(test_p[:, axis]).max() == pytest.approx(EXTRAPOLATION * np.abs(train_p[:, axis]).max(), rel=1e-5)
     else:
-        # The head, jaw and eyes (and the mouth-open component that follows the jaw) are the near
-        # test video's, and the training videos are those of an extrapolating subject.
-        near = subject_motions("near", 100, seed, BASE, n_train=2, n_test=1)[2]
-        assert np.array_equal(test_p, near.poses.numpy())
-        assert np.array_equal(test_e[:, 0], near.expressions[:, 0].numpy())
+        # The head's turns and the jaw stay within the training extremes (a near test video's random
+        # turns reach 2.1 times them on seed 2), the eyes are the near test video's, and the training
+        # videos are those of an extrapolating subject.
+        near = subject_motions("near", 100, seed, BASE, n_train=2, n_test=1)[2].poses.numpy()
+        for axis in (*HEAD, JAW):
+            assert np.abs(test_p[:, axis]).max() <= np.abs(train_p[:, axis]).max() * (1 + 1e-6)
+            assert np.corrcoef(test_p[:, axis], near[:, axis])[0, 1] > 0.999  # the near curve, scaled at most
+        assert np.array_equal(test_p[:, 9:], near[:, 9:])
         assert np.array_equal(train_e, split(seed)[0]) and np.array_equal(train_p, split(seed)[1])
     for a, b in NEVER_TOGETHER:
         # Training never moves both of a pair at once (a component at rest is exactly neutral) ...

@@ -10,7 +10,8 @@ frame); the jaw follows a syllable rhythm. Test videos come in three kinds (`sub
   together, the leading expression components, head pitch and yaw and the jaw to EXTRAPOLATION
   times the training videos' extremes;
 - expressions: the expressions of extrapolate (training videos alike), with the head, jaw and eyes
-  of a near test video: new expressions seen from the training videos' range of views.
+  of a near test video held within the training extremes: new expressions, seen from the training
+  videos' range of views.
 """
 
 from __future__ import annotations
@@ -122,12 +123,13 @@ def _scaled(curve: np.ndarray, peak: float) -> np.ndarray:
     return curve * (peak / max(float(np.abs(curve).max()), 1e-12))
 
 
-def _extrapolated(motion: Motion, train: list[Motion], poses_too: bool = True) -> Motion:
+def _extrapolated(motion: Motion, train: list[Motion], views_beyond: bool = True) -> Motion:
     """A near test video taken beyond the training videos `train`: each leading component scaled to
     EXTRAPOLATION times its largest training magnitude and each NEVER_TOGETHER pair on one shared
-    curve, so that both reach their extremes in the same frame; with `poses_too`, head pitch and
-    yaw scaled to that multiple of their largest training magnitudes and the jaw opening to that
-    multiple of its widest training opening (else the near video's head and jaw)."""
+    curve, so that both reach their extremes in the same frame. With `views_beyond`, head pitch and
+    yaw are scaled to that multiple of their largest training magnitudes and the jaw opening to that
+    multiple of its widest training opening; without, they keep the near video's curves, scaled down
+    where those reach beyond the training extremes (a near video's random turns can)."""
     expressions, poses, translations = motion.arrays()
     train_expressions = np.concatenate([m.arrays()[0] for m in train])
     train_poses = np.concatenate([m.arrays()[1] for m in train])
@@ -136,15 +138,17 @@ def _extrapolated(motion: Motion, train: list[Motion], poses_too: bool = True) -
     near = expressions.copy()
     for k in LEADING:
         expressions[:, k] = _scaled(near[:, shared.get(k, k)], peak[k])
-    if not poses_too:
-        return _motion(expressions, poses, translations)
+    reach = EXTRAPOLATION if views_beyond else 1.0
     for axis in HEAD:
-        poses[:, axis] = _scaled(poses[:, axis], EXTRAPOLATION * np.abs(train_poses[:, axis]).max())
+        extreme = reach * np.abs(train_poses[:, axis]).max()
+        if views_beyond or np.abs(poses[:, axis]).max() > extreme:
+            poses[:, axis] = _scaled(poses[:, axis], extreme)
     jaw = poses[:, JAW]
-    widest = EXTRAPOLATION * train_poses[:, JAW].max()
-    opened = jaw.min() + _scaled(jaw - jaw.min(), widest - jaw.min())
-    expressions[:, 0] += _mouth_open(opened) - _mouth_open(jaw)
-    poses[:, JAW] = opened
+    widest = reach * train_poses[:, JAW].max()
+    if views_beyond or jaw.max() > widest:
+        opened = jaw.min() + _scaled(jaw - jaw.min(), widest - jaw.min())
+        expressions[:, 0] += _mouth_open(opened) - _mouth_open(jaw)
+        poses[:, JAW] = opened
     return _motion(expressions, poses, translations)
 
 
@@ -162,4 +166,4 @@ def subject_motions(kind: str, n_frames: int, seed: int, base_translation: np.nd
     if kind == "near":
         return motions
     train = [_alternating(m, rng) for m, rng in zip(motions[:n_train], rngs)]
-    return train + [_extrapolated(m, train, poses_too=kind == "extrapolate") for m in motions[n_train:]]
+    return train + [_extrapolated(m, train, views_beyond=kind == "extrapolate") for m in motions[n_train:]]
