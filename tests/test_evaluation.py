@@ -113,18 +113,26 @@ def test_saved_test_inputs_are_not_reused_by_an_evaluation_that_fits_otherwise(e
     assert "using the test inputs fitted before" in caplog.text
 
 
-def test_saved_test_inputs_are_not_reused_for_another_subjects_frames(experiment, tmp_path, caplog):
-    """The checkpoint evaluated on another subject whose test video has the same name and length: the
-    inputs fitted to the first subject's frames would be applied to the other's, so it fits again."""
+@pytest.mark.parametrize("other, seed", [(SUBJECT, 6), ("othersubject", 7)])
+def test_another_subjects_test_video_is_fitted_anew_and_kept_apart(experiment, tmp_path, caplog, other, seed):
+    """The checkpoint evaluated on another subject's test video of the same name and length (in another
+    data folder, under the trained subject's name or its own): the inputs fitted to the trained
+    subject's frames are not applied to the other's, and another subject's results go under
+    eval/<subject>/, never over the trained subject's."""
     overrides, folder = experiment
-    other = tmp_path / "datasets"
-    generate_subject(other, SUBJECT, res=32, frames=N_FRAMES, seed=6)
-    train_folder = folder.parents[2]
-    args = ["--conf", str(REPO / "confs" / "demo.conf"), "--is_eval", "--no_videos", *overrides]
+    generate_subject(tmp_path / "datasets", other, res=32, frames=N_FRAMES, seed=seed)
+    before = (folder / "metrics.json").read_text()
+    args = ["--conf", str(REPO / "confs" / "demo.conf"), "--is_eval", "--no_videos", *overrides,
+            f"dataset.data_folder={tmp_path / 'datasets'}", f"dataset.subject_name={other}",
+            "--load_path", str(folder.parents[2] / "train")]
     caplog.set_level("INFO")
-    assert exp_runner.run([*args, f"dataset.data_folder={other}", "--load_path", str(train_folder / "train")]) == 0
+    assert exp_runner.run(args) == 0
     assert "using the test inputs fitted before" not in caplog.text
     assert "other test frames or another fitting protocol; fitting again" in caplog.text
+    if other != SUBJECT:
+        apart = folder.parents[1] / other / "MVI_1812" / "epoch_2" / "metrics.json"
+        assert apart.is_file() and (folder / "metrics.json").read_text() == before
+        assert json.loads(apart.read_text())["metrics"] != json.loads(before)["metrics"]
 
 
 def test_an_evaluation_of_its_own_takes_the_confs_arithmetic(experiment, monkeypatch):

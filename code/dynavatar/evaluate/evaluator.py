@@ -2,7 +2,8 @@
 and composes test-input fitting (`fitting`), the metrics report (`report`) and the videos and
 export (`animation`).
 
-Writes under <experiment>/eval/<test sub_dir>/epoch_<N>/ (and, for `score_training_frames`, the
+Writes under <experiment>/eval/<test sub_dir>/epoch_<N>/ (eval/<subject>/<test sub_dir>/epoch_<N>/ for
+the test videos of another subject than the one trained on; and, for `score_training_frames`, the
 images of the training frames scored under eval/training_frames[_fitted]/<train sub_dir>/epoch_<N>/):
   rgb/ rgb_erode_dilate/ gt/ alpha/ error/   one PNG per frame, named by frame id
   metrics.csv (one row per frame), metrics.json (means, and the conf/checkpoint they came from)
@@ -53,6 +54,13 @@ class Evaluator:
             # Results of another experiment's checkpoint go under that experiment, never over the conf's own.
             self.paths = ExperimentPaths.owning(self.checkpoints)
             log.info("results of %s go under the experiment that owns it: %s", self.checkpoints, self.paths.root)
+        # Another subject's test videos can bear the trained subject's video names: their results get
+        # a folder of their own instead of replacing the trained subject's.
+        trained = self.paths.trained_subject()
+        self.test_subject = None if trained in (None, conf.dataset.subject_name) else conf.dataset.subject_name
+        if self.test_subject is not None:
+            log.info("the test videos are subject %s's, the avatar was trained on %s: results go under %s",
+                     self.test_subject, trained, self.paths.eval_dir / self.test_subject)
         self.avatar, self.epoch = load_avatar(conf, self.checkpoints, options.checkpoint,
                                               conf.dataset.test.img_res, self.device)
         log.info("evaluating %s checkpoint %s (epoch %d, %d points)", self.checkpoints, options.checkpoint,
@@ -82,7 +90,7 @@ class Evaluator:
                                  use_mean_expression=False, use_var_expression=False)
         inputs = fitted_test_inputs(conf, self.avatar, data, self.checkpoints, self.epoch, self.device)
         lpips = report.lpips_model(conf, options.only_json, self.device)
-        folders = {s: self.paths.eval_epoch_dir(s, self.epoch) for s in conf.dataset.test.sub_dir}
+        folders = {s: self.paths.eval_epoch_dir(s, self.epoch, self.test_subject) for s in conf.dataset.test.sub_dir}
         rows = report.render_and_score(self.avatar, data, inputs, folders, lpips, self.render_batch_size(),
                                        self.device)
         for sub_dir, folder in folders.items():

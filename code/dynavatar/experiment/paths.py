@@ -5,6 +5,7 @@
     train/checkpoints/<part>/{latest, N}.pth
     train/tensorboard/
     eval/<test sub_dir>/epoch_<N>/
+    eval/<other subject>/<test sub_dir>/epoch_<N>/   the checkpoint evaluated on another subject's videos
 <exps_folder>/<subject>/<methodname>/<split>.lock   while a run writes the experiment (lock.py)
 """
 
@@ -13,7 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..config import Conf
+from ..config import Conf, load_conf
+from ..errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -53,5 +55,17 @@ class ExperimentPaths:
     def tensorboard(self) -> Path:
         return self.train_dir / "tensorboard"
 
-    def eval_epoch_dir(self, sub_dir: str, epoch: int) -> Path:
-        return self.eval_dir / sub_dir / f"epoch_{epoch}"
+    def eval_epoch_dir(self, sub_dir: str, epoch: int, subject: str | None = None) -> Path:
+        """Where the evaluation of test video `sub_dir` at `epoch` goes; `subject` names another
+        subject than the one trained on, whose videos may share the trained subject's names."""
+        return (self.eval_dir if subject is None else self.eval_dir / subject) / sub_dir / f"epoch_{epoch}"
+
+    def trained_subject(self) -> str | None:
+        """The subject the experiment was trained on (its runconf's dataset.subject_name), or None
+        without a readable runconf."""
+        if not self.runconf.is_file():
+            return None
+        try:
+            return load_conf(self.runconf).dataset.subject_name
+        except ConfigError:
+            return None
