@@ -18,6 +18,7 @@ from dynavatar.data.reader import dataset_from_conf
 from dynavatar.evaluate import evaluator
 from dynavatar.evaluate.animation import orbit_world_mat, posed_gaussians, save_posed_ply
 from dynavatar.evaluate.fitting import fit_frame_inputs, fitted_test_inputs
+from dynavatar.evaluate.novelty import frame_novelty
 from dynavatar.evaluate.report import metric_means, nocloth_mask
 from dynavatar.evaluate.training_frames import protocol_inputs, spread_indices
 from dynavatar.data.batch import batches
@@ -86,6 +87,12 @@ def test_evaluation_writes_every_file(experiment):
     opening = report["opening"]
     assert opening["psnr_unopened"] != report["metrics"]["all"]["psnr"]
     assert opening["psnr_ground_truth_opened"] > report["metrics"]["all"]["psnr"]
+    # Each frame's distances to the training frames (the synthetic test video's head turns and
+    # expressions are not the training videos'), and their summary.
+    assert rows[0].endswith("head_novelty_deg,jaw_novelty_deg,expression_novelty")
+    assert float(first["head_novelty_deg"]) > 0 and float(first["expression_novelty"]) > 0
+    head = report["novelty"]["head_novelty_deg"]
+    assert head["max"] >= head["mean"] > 0 and -1.0 <= head["correlation_with_psnr"] <= 1.0
 
 
 def test_fitted_test_inputs_are_saved_and_reused(experiment, caplog):
@@ -133,6 +140,22 @@ def test_another_subjects_test_video_is_fitted_anew_and_kept_apart(experiment, t
         apart = folder.parents[1] / other / "MVI_1812" / "epoch_2" / "metrics.json"
         assert apart.is_file() and (folder / "metrics.json").read_text() == before
         assert json.loads(apart.read_text())["metrics"] != json.loads(before)["metrics"]
+        # Its frames are measured against the frames the avatar was trained on (the runconf's).
+        trained = dataset_from_conf(load_conf(folder.parents[2] / "train" / "runconf.conf"), "train", only_json=True)
+        tested = dataset_from_conf(load_conf(REPO / "confs" / "demo.conf", args[4:-2]), "test", is_eval=True,
+                                   only_json=True)
+        expected = frame_novelty(tested, trained)["head_novelty_deg"].mean()
+        assert json.loads(apart.read_text())["novelty"]["head_novelty_deg"]["mean"] == pytest.approx(float(expected))
+
+
+def test_without_the_training_videos_tracking_the_distances_say_why(experiment):
+    """The test frames' distances to the training frames need the training videos' flame_params.json;
+    without them the reason names what is missing (metrics.json records it; the metrics are written)."""
+    overrides, folder = experiment
+    conf = load_conf(REPO / "confs" / "demo.conf", [*overrides, "dataset.train.sub_dir=[MVI_gone]"])
+    options = evaluator.EvalOptions(load_path=str(folder.parents[2] / "train"), videos=False)
+    trained_on = evaluator.Evaluator(conf, options).training_frames()
+    assert isinstance(trained_on, Unavailable) and "MVI_gone" in trained_on.reason
 
 
 def test_an_evaluation_of_its_own_takes_the_confs_arithmetic(experiment, monkeypatch):

@@ -134,6 +134,13 @@ def _run_in_order(commands: list[str], cwd: Path) -> list[str]:
     return failures
 
 
+def _trains_what_is_loaded(command: str, chain: list[str]) -> bool:
+    """Whether `command` is a quality_vs_time run whose experiments a command of `chain` loads."""
+    subject = re.search(r"dataset\.subject_name=(\S+)", command)
+    return ("scripts/quality_vs_time.py" in command and subject is not None
+            and any(f"/{subject.group(1)}-seed" in c for c in chain))
+
+
 def test_every_readme_command_runs(project):
     """Every bash command of README.md and docs/*.md, once, at test size."""
     commands = _commands()
@@ -150,6 +157,9 @@ def test_every_readme_command_runs(project):
     first.append(next(c for c in handled if "exp_runner" in c))
     rest = [c for c in handled if c not in first]
     chain = [c for c in rest if "scripts/exp_runner.py" in c or "scripts/export_ply.py" in c]
+    # A quality_vs_time command whose experiments (<subject>-seed<N>) a chained command loads runs in
+    # the chain too, before it (document order), never beside it.
+    chain = [c for c in rest if c in chain or _trains_what_is_loaded(c, chain)]
     failures = _run_in_order(first, project)
     assert not failures, failures
     with ThreadPoolExecutor(2) as pool:

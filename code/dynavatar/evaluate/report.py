@@ -1,6 +1,8 @@
 """The metrics report of the test split: render every test frame, write its images
 (rgb, rgb_erode_dilate, alpha, gt, error), score it, and write metrics.csv (one row per frame),
-metrics.json (the means and where they came from) and the summary line of the log.
+metrics.json (the means and where they came from) and the summary lines of the log. Each test
+frame's row also holds its distances to the training frames (novelty.py), and metrics.json their
+summary.
 
 The metric input is the erode-dilated rendering against the ground truth composited on white; the
 "no cloth" metrics leave out the pixels the face parsing labels as necklace or cloth. Beside them,
@@ -28,6 +30,7 @@ from ..metrics import LPIPS, Unavailable, image_metrics, load_lpips, lpips_metri
 from ..model.avatar import Avatar, AvatarOutput
 from ..model.frame_inputs import FrameInputs
 from ..progress import progress
+from . import novelty
 
 log = logging.getLogger(__name__)
 
@@ -157,8 +160,10 @@ def write_metrics_csv(path: Path, rows: list[dict[str, Any]]) -> None:
 
 
 def write_metrics(folder: Path, rows: list[dict[str, Any]], lpips: LPIPS | Unavailable, epoch: int,
-                  checkpoint: Path, conf_source: str, fitted: list[str]) -> dict[str, Any]:
-    """metrics.csv and metrics.json of one video's frames, and the summary line; returns the report."""
+                  checkpoint: Path, conf_source: str, fitted: list[str],
+                  no_novelty: Unavailable | None = None) -> dict[str, Any]:
+    """metrics.csv and metrics.json of one video's frames, and the summary lines; returns the report.
+    The rows carry their distances to the training frames (novelty.py) unless `no_novelty` says why not."""
     folder.mkdir(parents=True, exist_ok=True)
     write_metrics_csv(folder / "metrics.csv", rows)
     summary = metric_means(rows, lpips)
@@ -174,10 +179,16 @@ def write_metrics(folder: Path, rows: list[dict[str, Any]], lpips: LPIPS | Unava
         # what the erode-dilation costs: PSNR without it, and of the ground truth through it (the
         # protocol's ceiling); not part of the paper's protocol
         "opening": opening_means(rows),
+        "novelty": ({"unavailable": no_novelty.reason} if no_novelty is not None
+                    else novelty.novelty_summary(rows)),
     }
     (folder / "metrics.json").write_text(json.dumps(report, indent=2))
     log.info("%s: PSNR %.2f, SSIM %.4f, L1 %.4f over %d frames%s", folder, summary["all"]["psnr"],
              summary["all"]["ssim"], summary["all"]["l1"], len(rows), opening_line(report["opening"]))
+    if no_novelty is None:
+        log.info("%s: %s", folder.name, novelty.novelty_line(report["novelty"]))
+    else:
+        log.info("%s: no distances to the training frames: %s", folder.name, no_novelty.reason)
     return report
 
 

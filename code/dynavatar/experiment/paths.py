@@ -60,12 +60,17 @@ class ExperimentPaths:
         subject than the one trained on, whose videos may share the trained subject's names."""
         return (self.eval_dir if subject is None else self.eval_dir / subject) / sub_dir / f"epoch_{epoch}"
 
-    def trained_subject(self) -> str | None:
-        """The subject the experiment was trained on (its runconf's dataset.subject_name), or None
-        without a readable runconf."""
+    def trained_conf(self) -> Conf | None:
+        """The conf the experiment was trained with (its runconf), or None without a readable one."""
         if not self.runconf.is_file():
             return None
         try:
-            return load_conf(self.runconf).dataset.subject_name
+            return load_conf(self.runconf)
         except ConfigError:
             return None
+
+    def trained_subject(self) -> str | None:
+        """The subject the experiment was trained on (its runconf's dataset.subject_name), or None
+        without a readable runconf."""
+        conf = self.trained_conf()
+        return None if conf is None else conf.dataset.subject_name

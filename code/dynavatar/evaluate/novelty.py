@@ -1,0 +1,96 @@
+"""How far each test frame lies from the frames the avatar was trained on, beside its metrics.
+
+A test frame whose head view, jaw or expression no training frame came near is where an avatar is
+expected to lose; these distances say which frames those are, and their correlation with PSNR how
+much of a test video's loss they explain. Each is the distance to the nearest training frame in that
+quantity alone (the nearest head view and the nearest expression can be different frames):
+
+- head_novelty_deg: the angle from the frame's head orientation as its camera sees it (the camera's
+  rotation, then FLAME's global and neck rotations) to the nearest training frame's. A head turn
+  and a tilt each within the training range can still make a view that no training frame shows.
+- jaw_novelty_deg: the angle from the frame's jaw rotation to the nearest training frame's.
+- expression_novelty: the Euclidean distance from the frame's expression coefficients to the
+  nearest training frame's, in the coefficients' own units (FLAME's have unit variance over its
+  training scans).
+
+The tracked inputs are compared (those of the dataset's flame_params.json), not the ones the test
+protocol fits: the distances describe the data, whatever the avatar.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Hashable
+
+import numpy as np
+import torch
+
+from ..data.reader import FaceDataset
+from ..flame.lbs import axis_angle_to_matrix
+
+NOVELTY_COLUMNS = ("head_novelty_deg", "jaw_novelty_deg", "expression_novelty")
+CORRELATED_WITH = ("psnr", "psnr_unopened")  # the per-frame metrics the summary correlates them with
+GLOBAL, NECK, JAW = slice(0, 3), slice(3, 6), slice(6, 9)  # FLAME pose vector [15]: axis-angle per joint
+
+
+def head_rotations(world_mats: torch.Tensor, flame_poses: torch.Tensor) -> torch.Tensor:
+    """The head's orientation in each frame's camera [N, 3, 3]: world_mats [N, 3, 4] (world to
+    camera), flame_poses [N, 15]."""
+    return (world_mats[:, :3, :3] @ axis_angle_to_matrix(flame_poses[:, GLOBAL])
+            @ axis_angle_to_matrix(flame_poses[:, NECK]))
+
+
+def nearest_angle_deg(rotations: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """For each rotation [T, 3, 3], the angle in degrees to the nearest of `reference` [M, 3, 3] [T]."""
+    cosine = (torch.einsum("tij,mij->tm", rotations, reference) - 1.0) / 2.0  # trace(A^T B) = 1 + 2 cos
+    return torch.rad2deg(torch.arccos(cosine.clamp(-1.0, 1.0))).amin(dim=1)
+
+
+def frame_novelty(test: FaceDataset, train: FaceDataset) -> dict[str, torch.Tensor]:
+    """NOVELTY_COLUMNS -> [T] distances of each of `test`'s frames to the frames of `train`."""
+    test_poses, train_poses = test.flame_poses.double(), train.flame_poses.double()
+    n_exp = min(test.expressions.shape[1], train.expressions.shape[1])
+    return {
+        "head_novelty_deg": nearest_angle_deg(head_rotations(test.world_mats.double(), test_poses),
+                                              head_rotations(train.world_mats.double(), train_poses)),
+        "jaw_novelty_deg": nearest_angle_deg(axis_angle_to_matrix(test_poses[:, JAW]),
+                                             axis_angle_to_matrix(train_poses[:, JAW])),
+        "expression_novelty": torch.cdist(test.expressions[:, :n_exp].double(),
+                                          train.expressions[:, :n_exp].double()).amin(dim=1),
+    }
+
+
+def novelty_by_frame(test: FaceDataset, train: FaceDataset) -> dict[tuple[str, Hashable], dict[str, float]]:
+    """(sub_dir, frame_id) of each test frame -> its NOVELTY_COLUMNS, to join with its metrics row."""
+    distances = frame_novelty(test, train)
+    return {(record.sub_dir, record.frame_id): {name: float(values[i]) for name, values in distances.items()}
+            for i, record in enumerate(test.frames)}
+
+
+def _correlation(x: np.ndarray, y: np.ndarray) -> float | None:
+    """Pearson's correlation, None where it is undefined (fewer than 3 frames, or a constant)."""
+    if len(x) < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
+        return None
+    return float(np.corrcoef(x, y)[0, 1])
+
+
+def novelty_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """metrics.json's "novelty": for each column, its mean and largest value over the rows and its
+    correlation with each of CORRELATED_WITH (negative: the farther frames score lower)."""
+    summary: dict[str, Any] = {}
+    for name in NOVELTY_COLUMNS:
+        values = np.array([r[name] for r in rows], dtype=np.float64)
+        summary[name] = {"mean": float(values.mean()), "max": float(values.max()),
+                         **{f"correlation_with_{metric}": _correlation(values, np.array([r[metric] for r in rows]))
+                            for metric in CORRELATED_WITH}}
+    return summary
+
+
+def novelty_line(summary: dict[str, Any]) -> str:
+    """The log's words for `novelty_summary`."""
+    def corr(entry: dict[str, Any]) -> str:
+        value = entry["correlation_with_psnr_unopened"]
+        return "" if value is None else f", correlation with PSNR without the erode-dilation {value:+.2f}"
+    head, jaw, expression = (summary[name] for name in NOVELTY_COLUMNS)
+    return (f"distance to the nearest training frame: head view {head['mean']:.1f} deg mean "
+            f"(largest {head['max']:.1f}){corr(head)}; jaw {jaw['mean']:.1f} deg (largest {jaw['max']:.1f}); "
+            f"expression {expression['mean']:.2f} (largest {expression['max']:.2f}){corr(expression)}")

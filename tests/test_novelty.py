@@ -1,0 +1,90 @@
+"""The distances of test frames to the training frames (evaluate/novelty.py): angles and distances
+against hand-made frames, the nearest training frame chosen per quantity, and the summary's
+correlations."""
+
+from __future__ import annotations
+
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from dynavatar.evaluate.novelty import NOVELTY_COLUMNS, frame_novelty, novelty_by_frame, novelty_summary
+from dynavatar.flame.lbs import axis_angle_to_matrix
+
+
+def _frames(head_yaw_deg, neck_pitch_deg=None, jaw_deg=None, expressions=None, camera_yaw_deg=None, sub_dir="v"):
+    """Frames whose global rotation turns about y, neck about x, jaw about x, camera about y (degrees)."""
+    n = len(head_yaw_deg)
+    poses = torch.zeros(n, 15)
+    poses[:, 1] = torch.deg2rad(torch.tensor(head_yaw_deg, dtype=torch.float32))
+    if neck_pitch_deg is not None:
+        poses[:, 3] = torch.deg2rad(torch.tensor(neck_pitch_deg, dtype=torch.float32))
+    if jaw_deg is not None:
+        poses[:, 6] = torch.deg2rad(torch.tensor(jaw_deg, dtype=torch.float32))
+    world_mats = torch.zeros(n, 3, 4)
+    camera = torch.zeros(n, 3)
+    if camera_yaw_deg is not None:
+        camera[:, 1] = torch.deg2rad(torch.tensor(camera_yaw_deg, dtype=torch.float32))
+    world_mats[:, :3, :3] = axis_angle_to_matrix(camera)
+    world_mats[:, 2, 3] = -4.0
+    expressions = torch.zeros(n, 50) if expressions is None else torch.tensor(expressions, dtype=torch.float32)
+    frames = [SimpleNamespace(sub_dir=sub_dir, frame_id=i + 1) for i in range(n)]
+    return SimpleNamespace(flame_poses=poses, world_mats=world_mats, expressions=expressions, frames=frames)
+
+
+def test_head_view_angle_to_the_nearest_training_frame():
+    train = _frames([-20.0, 0.0, 20.0])
+    test = _frames([5.0, 30.0, -20.0])
+    head = frame_novelty(test, train)["head_novelty_deg"]
+    assert head.tolist() == pytest.approx([5.0, 10.0, 0.0], abs=1e-4)
+
+
+def test_a_turn_and_a_tilt_each_seen_alone_make_a_new_view_together():
+    train = _frames([10.0, 0.0], neck_pitch_deg=[0.0, 10.0])
+    test = _frames([10.0], neck_pitch_deg=[10.0])
+    head = float(frame_novelty(test, train)["head_novelty_deg"][0])
+    # Against the turn alone, the tilt is left: 10 degrees; against the tilt alone, the turn.
+    assert head == pytest.approx(10.0, abs=0.01)
+
+
+def test_the_camera_turn_counts_as_the_head_turn_it_shows():
+    train = _frames([0.0])
+    turned_camera = _frames([0.0], camera_yaw_deg=[15.0])
+    undone = _frames([-15.0], camera_yaw_deg=[15.0])  # the head turned back as far as the camera turned
+    assert float(frame_novelty(turned_camera, train)["head_novelty_deg"][0]) == pytest.approx(15.0, abs=1e-4)
+    # (float32 matrices: an angle near zero comes out within a few hundredths of a degree)
+    assert float(frame_novelty(undone, train)["head_novelty_deg"][0]) == pytest.approx(0.0, abs=0.05)
+
+
+def test_jaw_and_expression_distances_take_their_own_nearest_frame():
+    expressions = [[0.0] * 50, [3.0, 4.0] + [0.0] * 48]
+    train = _frames([0.0, 30.0], jaw_deg=[0.0, 20.0], expressions=expressions)
+    test = _frames([30.0], jaw_deg=[2.0], expressions=[[0.0, 1.0] + [0.0] * 48])
+    distances = frame_novelty(test, train)
+    assert float(distances["head_novelty_deg"][0]) == pytest.approx(0.0, abs=0.05)  # frame 2
+    assert float(distances["jaw_novelty_deg"][0]) == pytest.approx(2.0, abs=1e-4)  # frame 1
+    assert float(distances["expression_novelty"][0]) == pytest.approx(1.0, abs=1e-6)  # frame 1
+
+
+def test_rows_are_keyed_by_video_and_frame():
+    train = _frames([0.0])
+    test = _frames([0.0, 4.0], sub_dir="test")
+    by_frame = novelty_by_frame(test, train)
+    assert set(by_frame) == {("test", 1), ("test", 2)}
+    assert set(by_frame[("test", 2)]) == set(NOVELTY_COLUMNS)
+    assert by_frame[("test", 2)]["head_novelty_deg"] == pytest.approx(4.0, abs=1e-4)
+
+
+def test_summary_correlates_the_distances_with_psnr():
+    rows = [{"head_novelty_deg": d, "jaw_novelty_deg": 1.0, "expression_novelty": 2.0 * d,
+             "psnr": 30.0 - d, "psnr_unopened": 33.0 - 0.5 * d} for d in (0.0, 2.0, 5.0, 9.0)]
+    summary = novelty_summary(rows)
+    head = summary["head_novelty_deg"]
+    assert head["mean"] == pytest.approx(4.0) and head["max"] == pytest.approx(9.0)
+    assert head["correlation_with_psnr"] == pytest.approx(-1.0)
+    assert summary["expression_novelty"]["correlation_with_psnr_unopened"] == pytest.approx(-1.0)
+    # A distance that does not vary has no correlation (not NaN).
+    assert summary["jaw_novelty_deg"]["correlation_with_psnr"] is None
+    assert not any(isinstance(v, float) and math.isnan(v) for entry in summary.values() for v in entry.values())
