@@ -18,7 +18,7 @@ from dynavatar.data.reader import dataset_from_conf
 from dynavatar.evaluate import evaluator
 from dynavatar.evaluate.animation import orbit_world_mat, posed_gaussians, save_posed_ply
 from dynavatar.evaluate.fitting import fit_frame_inputs, fitted_test_inputs
-from dynavatar.evaluate.novelty import frame_novelty
+from dynavatar.data.novelty import frame_novelty
 from dynavatar.evaluate.report import metric_means, nocloth_mask
 from dynavatar.evaluate.training_frames import protocol_inputs, spread_indices
 from dynavatar.data.batch import batches

@@ -1,4 +1,4 @@
-"""The distances of test frames to the training frames (evaluate/novelty.py): angles and distances
+"""The distances of test frames to the training frames (data/novelty.py): angles and distances
 against hand-made frames, the nearest training frame chosen per quantity, and the summary's
 correlations."""
 
@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from dynavatar.evaluate.novelty import NOVELTY_COLUMNS, frame_novelty, novelty_by_frame, novelty_summary
+from dynavatar.data.novelty import NOVELTY_COLUMNS, frame_novelty, novelty_by_frame, novelty_summary
 from dynavatar.flame.lbs import axis_angle_to_matrix
 
 

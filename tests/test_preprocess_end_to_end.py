@@ -71,9 +71,16 @@ def test_preprocessed_subject_trains_like_exact_tracking(tmp_path):
     # The reference: the same images and masks, the generator's exact tracking.
     shutil.copytree(tmp_path / "datasets" / "pre" / "pre", tmp_path / "reference" / "exact" / "exact")
     report = json.loads((tmp_path / "datasets" / "pre" / "preprocess" / "report.json").read_text())
-    # One recording: every video's masks cover alike per face area, and no video is flagged.
+    # One recording: every video's masks cover alike per face area, and no video disagrees with the
+    # others. The test video's head turns reach beyond the training videos' (the synthetic test motion):
+    # it is told how far, and warned of that alone.
     coverage = [v["mask_coverage"] for v in report["videos"].values()]
-    assert min(coverage) > 0.5 and max(coverage) < 1.2 * min(coverage) and report["warnings"] == [], report
+    assert min(coverage) > 0.5 and max(coverage) < 1.2 * min(coverage), report
+    head = report["videos"]["test1"]["head_novelty_deg"]
+    assert "head_novelty_deg" not in report["videos"]["train1"] and 0 < head[0] < head[1]
+    assert [w for w in report["warnings"] if "head views" not in w] == [], report
+    from dynavatar.preprocess.consistency import NOVELTY_WARNING_DEG
+    assert len(report["warnings"]) == (head[1] > NOVELTY_WARNING_DEG), report
     assert all(len(v["yaw_deg"]) == 3 for v in report["videos"].values())
     # The report says which terms the tracking used: by default the silhouette and the photometric term.
     from dynavatar.preprocess.pipeline import EXPRESSION_PRIOR, PHOTOMETRIC_WEIGHT, SILHOUETTE_WEIGHT

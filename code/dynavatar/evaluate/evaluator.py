@@ -6,7 +6,7 @@ Writes under <experiment>/eval/<test sub_dir>/epoch_<N>/ (eval/<subject>/<test s
 the test videos of another subject than the one trained on; and, for `score_training_frames`, the
 images of the training frames scored under eval/training_frames[_fitted]/<train sub_dir>/epoch_<N>/):
   rgb/ rgb_erode_dilate/ gt/ alpha/ error/   one PNG per frame, named by frame id
-  metrics.csv (one row per frame, with its distances to the training frames: novelty.py),
+  metrics.csv (one row per frame, with its distances to the training frames: data/novelty.py),
   metrics.json (means, the distances' summary, and the conf/checkpoint they came from)
   video.mp4 (ground truth | rendering | error), turntable.mp4, canonical.ply
 """
@@ -27,7 +27,8 @@ from ..experiment.lock import experiment_lock
 from ..metrics import Unavailable
 from ..model.build import experiment_checkpoints, load_avatar
 from ..runtime import configure_device, resolve_device
-from . import animation, novelty, report, training_frames
+from ..data import novelty
+from . import animation, report, training_frames
 from .fitting import fitted_test_inputs
 
 log = logging.getLogger(__name__)

@@ -1,7 +1,7 @@
 """The metrics report of the test split: render every test frame, write its images
 (rgb, rgb_erode_dilate, alpha, gt, error), score it, and write metrics.csv (one row per frame),
 metrics.json (the means and where they came from) and the summary lines of the log. Each test
-frame's row also holds its distances to the training frames (novelty.py), and metrics.json their
+frame's row also holds its distances to the training frames (data/novelty.py), and metrics.json their
 summary.
 
 The metric input is the erode-dilated rendering against the ground truth composited on white; the
@@ -30,7 +30,7 @@ from ..metrics import LPIPS, Unavailable, image_metrics, load_lpips, lpips_metri
 from ..model.avatar import Avatar, AvatarOutput
 from ..model.frame_inputs import FrameInputs
 from ..progress import progress
-from . import novelty
+from ..data import novelty
 
 log = logging.getLogger(__name__)
 
@@ -163,7 +163,7 @@ def write_metrics(folder: Path, rows: list[dict[str, Any]], lpips: LPIPS | Unava
                   checkpoint: Path, conf_source: str, fitted: list[str],
                   no_novelty: Unavailable | None = None) -> dict[str, Any]:
     """metrics.csv and metrics.json of one video's frames, and the summary lines; returns the report.
-    The rows carry their distances to the training frames (novelty.py) unless `no_novelty` says why not."""
+    The rows carry their distances to the training frames (data/novelty.py) unless `no_novelty` says why not."""
     folder.mkdir(parents=True, exist_ok=True)
     write_metrics_csv(folder / "metrics.csv", rows)
     summary = metric_means(rows, lpips)

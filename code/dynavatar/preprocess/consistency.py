@@ -4,7 +4,9 @@ The videos of one subject are one person in one recording: the share of the imag
 measured against the size of the face, and the head's typical pose should agree from video to video.
 A test video whose masks lose the hair (a short clip where the background model never saw the
 backdrop behind it) covers less per face area than the training videos do; training on one and
-scoring on the other then costs PSNR that no recipe can recover.
+scoring on the other then costs PSNR that no recipe can recover. A test video whose head views lie
+far from every training frame's is rendered worse for another reason: the training videos never
+showed them (`novelty_entries`).
 """
 
 from __future__ import annotations
@@ -13,12 +15,16 @@ from pathlib import Path
 
 import numpy as np
 
+import torch
+
 from ..data.images import read_mask
+from ..data.novelty import TrackedFrames, frame_novelty
 from .crop import face_boxes
 
 N_LANDMARKS = 68
 MASK_TOLERANCE = 0.2  # relative difference of mask coverage from the median of the subject's videos
 POSE_TOLERANCE_DEG = 15.0  # difference of a video's median head rotation from the subject's
+NOVELTY_WARNING_DEG = 10.0  # a test frame's head view this far from every training frame's is warned of
 
 
 def face_sizes(pixels: np.ndarray) -> np.ndarray:
@@ -44,11 +50,34 @@ def head_rotation_deg(pose: np.ndarray) -> dict[str, list[float]]:
     return out
 
 
+def novelty_entries(poses: dict[str, np.ndarray], expressions: dict[str, np.ndarray],
+                    tests: set[str]) -> dict[str, dict[str, list[float]]]:
+    """For each test video, [mean, max] over its frames of the distances to the nearest training
+    frame (data/novelty.py: head view and jaw in degrees, expression): poses [N, 15] and expressions
+    [N, E] per video name; the camera does not turn. Empty without a test and a training video."""
+    def tracked(names: list[str]) -> TrackedFrames:
+        pose = torch.from_numpy(np.concatenate([poses[n] for n in names])).double()
+        world_mats = torch.eye(3, 4, dtype=torch.float64).expand(len(pose), 3, 4)
+        return TrackedFrames(world_mats, pose, torch.from_numpy(np.concatenate([expressions[n] for n in names])))
+
+    training = [name for name in poses if name not in tests]
+    if not training:
+        return {}
+    reference = tracked(training)
+    entries = {}
+    for name in poses:
+        if name in tests:
+            distances = frame_novelty(tracked([name]), reference)
+            entries[name] = {key: [float(value.mean()), float(value.max())] for key, value in distances.items()}
+    return entries
+
+
 def disagreements(videos: dict[str, dict]) -> list[str]:
     """One line per video whose mask coverage or median head rotation differs from the subject's
     (the median over all its videos, robust to one odd video among three or more; with two, both are
-    named) by more than MASK_TOLERANCE or POSE_TOLERANCE_DEG; `videos` maps names to the report's
-    entries (`mask_coverage`, `pitch_deg`, `yaw_deg`, `roll_deg`)."""
+    named) by more than MASK_TOLERANCE or POSE_TOLERANCE_DEG, and per test video whose head views reach
+    beyond NOVELTY_WARNING_DEG from the training frames'; `videos` maps names to the report's entries
+    (`mask_coverage`, `pitch_deg`, `yaw_deg`, `roll_deg`, and `head_novelty_deg` for a test video)."""
     if len(videos) < 2:
         return []
     lines = []
@@ -66,4 +95,9 @@ def disagreements(videos: dict[str, dict]) -> list[str]:
             if abs(video[f"{axis}_deg"][1] - typical) > POSE_TOLERANCE_DEG:
                 lines.append(f"{name}: its median head {axis} is {video[f'{axis}_deg'][1]:.1f} deg, the subject's "
                              f"videos {typical:.1f} deg: check its tracking (contact_sheet.png)")
+        head = video.get("head_novelty_deg")
+        if head is not None and head[1] > NOVELTY_WARNING_DEG:
+            lines.append(f"{name}: its head views reach {head[1]:.1f} deg from the nearest training frame's "
+                         f"({head[0]:.1f} on average): the avatar will render those frames worse; training "
+                         f"videos with such turns and tilts help (docs/PREPROCESSING.md, What to film)")
     return lines

@@ -370,6 +370,12 @@ def _report(options: PreprocessOptions, videos: list[_Video], fit: SubjectFit, d
             "mask_background": background.kinds[index] if background is not None else None,
             **consistency.head_rotation_deg(track.pose),
         }
+    names = [video.spec.name for video in videos]
+    novelty = consistency.novelty_entries(dict(zip(names, (t.pose for t in fit.videos))),
+                                          dict(zip(names, (t.expression for t in fit.videos))),
+                                          {video.spec.name for video in videos if video.spec.test})
+    for name, entry in novelty.items():  # a test video's distances to the training frames
+        per_video[name].update(entry)
     warnings = consistency.disagreements(per_video)
     for line in warnings:
         log.warning("%s", line)

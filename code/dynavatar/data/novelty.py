@@ -19,17 +19,34 @@ protocol fits: the distances describe the data, whatever the avatar.
 
 from __future__ import annotations
 
-from typing import Any, Hashable
+from dataclasses import dataclass
+from typing import Any, Hashable, Protocol
 
 import numpy as np
 import torch
 
-from ..data.reader import FaceDataset
 from ..flame.lbs import axis_angle_to_matrix
 
 NOVELTY_COLUMNS = ("head_novelty_deg", "jaw_novelty_deg", "expression_novelty")
 CORRELATED_WITH = ("psnr", "psnr_unopened")  # the per-frame metrics the summary correlates them with
 GLOBAL, NECK, JAW = slice(0, 3), slice(3, 6), slice(6, 9)  # FLAME pose vector [15]: axis-angle per joint
+
+
+class Tracked(Protocol):
+    """Frames' tracked inputs, as a dataset (`FaceDataset`) or a tracking run holds them."""
+
+    world_mats: torch.Tensor  # [N, 3, 4] world to camera
+    flame_poses: torch.Tensor  # [N, 15]
+    expressions: torch.Tensor  # [N, E]
+
+
+@dataclass
+class TrackedFrames:
+    """`Tracked` from tensors (e.g. a preprocessing run's fit, whose camera does not turn)."""
+
+    world_mats: torch.Tensor
+    flame_poses: torch.Tensor
+    expressions: torch.Tensor
 
 
 def head_rotations(world_mats: torch.Tensor, flame_poses: torch.Tensor) -> torch.Tensor:
@@ -45,7 +62,7 @@ def nearest_angle_deg(rotations: torch.Tensor, reference: torch.Tensor) -> torch
     return torch.rad2deg(torch.arccos(cosine.clamp(-1.0, 1.0))).amin(dim=1)
 
 
-def frame_novelty(test: FaceDataset, train: FaceDataset) -> dict[str, torch.Tensor]:
+def frame_novelty(test: Tracked, train: Tracked) -> dict[str, torch.Tensor]:
     """NOVELTY_COLUMNS -> [T] distances of each of `test`'s frames to the frames of `train`."""
     test_poses, train_poses = test.flame_poses.double(), train.flame_poses.double()
     n_exp = min(test.expressions.shape[1], train.expressions.shape[1])
@@ -59,8 +76,9 @@ def frame_novelty(test: FaceDataset, train: FaceDataset) -> dict[str, torch.Tens
     }
 
 
-def novelty_by_frame(test: FaceDataset, train: FaceDataset) -> dict[tuple[str, Hashable], dict[str, float]]:
-    """(sub_dir, frame_id) of each test frame -> its NOVELTY_COLUMNS, to join with its metrics row."""
+def novelty_by_frame(test: Any, train: Tracked) -> dict[tuple[str, Hashable], dict[str, float]]:
+    """(sub_dir, frame_id) of each of `test`'s frames (a `FaceDataset`: `Tracked` with `frames`) ->
+    its NOVELTY_COLUMNS, to join with its metrics row."""
     distances = frame_novelty(test, train)
     return {(record.sub_dir, record.frame_id): {name: float(values[i]) for name, values in distances.items()}
             for i, record in enumerate(test.frames)}
