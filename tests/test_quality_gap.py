@@ -37,10 +37,12 @@ def test_each_evaluation_scores_training_frames_and_the_gap(data_folder, tmp_pat
         assert r["gap_fitted_db"] == r["train_frames_fitted_psnr"] - r["test_psnr"]
         assert 5 < r["test_psnr_unopened"] < 60 and r["test_psnr_unopened"] != r["test_psnr"]
         assert r["gap_unopened_db"] == r["train_frames_psnr_unopened"] - r["test_psnr_unopened"]
+        assert r["test_novelty"]["head_novelty_deg"]["max"] >= r["test_novelty"]["head_novelty_deg"]["mean"] > 0
     assert rows[0]["train_frames_psnr"] != rows[1]["train_frames_psnr"]  # each model scored
     assert document["drop_after_min"] == 2.0 and document["largest_drop"] is None  # nothing after 2 min
     lines = list(csv.DictReader(table.open()))
     assert [float(line["gap_db"]) for line in lines] == pytest.approx([r["gap_db"] for r in rows])
+    assert [json.loads(line["test_novelty"]) for line in lines] == [r["test_novelty"] for r in rows]
     assert {line["seed"] for line in lines} == {""}
     root = experiment_root(tmp_path / "exps", "demo-quality_vs_time")
     assert "| gap (dB) | gap, fitted |" in (root / "quality_vs_time.md").read_text()

@@ -76,6 +76,9 @@ class BudgetRow:
     train_frames_psnr_unopened: float
     gap_unopened_db: float  # train_frames_psnr_unopened - test_psnr_unopened
     test_psnr_ground_truth_opened: float  # what a perfect rendering scores on the test frames
+    # the test frames' distances to the training frames and their correlation with PSNR (metrics.json's
+    # "novelty", data/novelty.py): how far beyond training the test video goes, the same for every row
+    test_novelty: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -278,6 +281,7 @@ def write_tables(path: str, runs: Sequence[Run]) -> None:
             for row in run.rows:
                 values = asdict(row)
                 values["fitted_inputs"] = "+".join(values["fitted_inputs"])
+                values["test_novelty"] = json.dumps(values["test_novelty"])
                 writer.writerow(["" if run.seed is None else run.seed, run.subject, *(values[n] for n in names)])
 
 
@@ -364,7 +368,7 @@ def measure(r: Run, args: argparse.Namespace, budgets: list[float], at_epochs: l
                                 metrics["ssim"], metrics["l1"], report["fitted_inputs"],
                                 opening["psnr_unopened"], train_frames["psnr_unopened"],
                                 train_frames["psnr_unopened"] - opening["psnr_unopened"],
-                                opening["psnr_ground_truth_opened"]))
+                                opening["psnr_ground_truth_opened"], report.get("novelty", {})))
         label = f"epoch_{done}" if budget is None else f"{budget:g}min"
         log.info("%s: epoch %d, test PSNR %.2f, training frames %.2f (gap %.2f dB), fitted as the test frames %.2f "
                  "(gap %.2f dB)", label, done, metrics["psnr"], train_frames["psnr"], r.rows[-1].gap_db,
