@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from dynavatar.data.novelty import NOVELTY_COLUMNS, frame_novelty, novelty_by_frame, novelty_summary
+from dynavatar.data.novelty import CHUNK, NOVELTY_COLUMNS, frame_novelty, novelty_by_frame, novelty_summary
 from dynavatar.flame.lbs import axis_angle_to_matrix
 
 
@@ -88,3 +88,18 @@ def test_summary_correlates_the_distances_with_psnr():
     # A distance that does not vary has no correlation (not NaN).
     assert summary["jaw_novelty_deg"]["correlation_with_psnr"] is None
     assert not any(isinstance(v, float) and math.isnan(v) for entry in summary.values() for v in entry.values())
+
+
+def test_long_videos_are_compared_in_chunks_with_the_same_result():
+    generator = torch.Generator().manual_seed(0)
+    train = _frames(torch.empty(700).uniform_(-30, 30, generator=generator).tolist(),
+                    expressions=torch.randn(700, 50, generator=generator).tolist())
+    test = _frames(torch.empty(600).uniform_(-40, 40, generator=generator).tolist(),
+                   expressions=torch.randn(600, 50, generator=generator).tolist())
+    assert len(test.frames) > CHUNK
+    distances = frame_novelty(test, train)
+    yaw_test, yaw_train = test.flame_poses[:, 1].double(), train.flame_poses[:, 1].double()
+    expected = torch.rad2deg((yaw_test[:, None] - yaw_train[None]).abs().amin(dim=1))  # one axis: angles subtract
+    assert torch.allclose(distances["head_novelty_deg"], expected, atol=0.05)
+    brute = ((test.expressions[:, None].double() - train.expressions[None].double()) ** 2).sum(-1).sqrt().amin(dim=1)
+    assert torch.allclose(distances["expression_novelty"], brute, atol=1e-9)

@@ -30,6 +30,7 @@ from ..flame.lbs import axis_angle_to_matrix
 NOVELTY_COLUMNS = ("head_novelty_deg", "jaw_novelty_deg", "expression_novelty")
 CORRELATED_WITH = ("psnr", "psnr_unopened")  # the per-frame metrics the summary correlates them with
 GLOBAL, NECK, JAW = slice(0, 3), slice(3, 6), slice(6, 9)  # FLAME pose vector [15]: axis-angle per joint
+CHUNK = 256  # test frames compared with all training frames at a time
 
 
 class Tracked(Protocol):
@@ -56,23 +57,30 @@ def head_rotations(world_mats: torch.Tensor, flame_poses: torch.Tensor) -> torch
             @ axis_angle_to_matrix(flame_poses[:, NECK]))
 
 
+def _in_chunks(fn, rows: torch.Tensor) -> torch.Tensor:
+    """fn over CHUNK rows at a time, concatenated: a [CHUNK, M] table of long videos stays small."""
+    return torch.cat([fn(rows[start:start + CHUNK]) for start in range(0, len(rows), CHUNK)])
+
+
 def nearest_angle_deg(rotations: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
     """For each rotation [T, 3, 3], the angle in degrees to the nearest of `reference` [M, 3, 3] [T]."""
-    cosine = (torch.einsum("tij,mij->tm", rotations, reference) - 1.0) / 2.0  # trace(A^T B) = 1 + 2 cos
-    return torch.rad2deg(torch.arccos(cosine.clamp(-1.0, 1.0))).amin(dim=1)
+    # trace(A^T B) = 1 + 2 cos(angle): the nearest has the largest
+    traces = _in_chunks(lambda part: torch.einsum("tij,mij->tm", part, reference).amax(dim=1), rotations)
+    return torch.rad2deg(torch.arccos(((traces - 1.0) / 2.0).clamp(-1.0, 1.0)))
 
 
 def frame_novelty(test: Tracked, train: Tracked) -> dict[str, torch.Tensor]:
     """NOVELTY_COLUMNS -> [T] distances of each of `test`'s frames to the frames of `train`."""
     test_poses, train_poses = test.flame_poses.double(), train.flame_poses.double()
     n_exp = min(test.expressions.shape[1], train.expressions.shape[1])
+    train_expressions = train.expressions[:, :n_exp].double()
     return {
         "head_novelty_deg": nearest_angle_deg(head_rotations(test.world_mats.double(), test_poses),
                                               head_rotations(train.world_mats.double(), train_poses)),
         "jaw_novelty_deg": nearest_angle_deg(axis_angle_to_matrix(test_poses[:, JAW]),
                                              axis_angle_to_matrix(train_poses[:, JAW])),
-        "expression_novelty": torch.cdist(test.expressions[:, :n_exp].double(),
-                                          train.expressions[:, :n_exp].double()).amin(dim=1),
+        "expression_novelty": _in_chunks(lambda part: torch.cdist(part, train_expressions).amin(dim=1),
+                                         test.expressions[:, :n_exp].double()),
     }
 
 
