@@ -10,8 +10,8 @@ quantity alone (the nearest head view and the nearest expression can be differen
   and a tilt each within the training range can still make a view that no training frame shows.
 - jaw_novelty_deg: the angle from the frame's jaw rotation to the nearest training frame's.
 - expression_novelty: the Euclidean distance from the frame's expression coefficients to the
-  nearest training frame's, in the coefficients' own units (FLAME's have unit variance over its
-  training scans).
+  nearest training frame's, in the coefficients' own units (FLAME scales its expression
+  components to about unit variance over its training scans).
 
 The tracked inputs are compared (those of the dataset's flame_params.json), not the ones the test
 protocol fits: the distances describe the data, whatever the avatar.
