@@ -4,6 +4,7 @@ and the avatar loaded from its checkpoint without an evaluator."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import imageio.v2 as imageio
@@ -18,8 +19,9 @@ from dynavatar.data.reader import dataset_from_conf
 from dynavatar.evaluate import evaluator
 from dynavatar.evaluate.animation import orbit_world_mat, posed_gaussians, save_posed_ply
 from dynavatar.evaluate.fitting import fit_frame_inputs, fitted_test_inputs
-from dynavatar.data.novelty import frame_novelty
 from dynavatar.evaluate.report import metric_means, nocloth_mask
+from dynavatar.experiment import ExperimentPaths
+from dynavatar.flame.novelty import frame_novelty
 from dynavatar.evaluate.training_frames import protocol_inputs, spread_indices
 from dynavatar.data.batch import batches
 from dynavatar.losses import AvatarLoss
@@ -90,7 +92,15 @@ def test_evaluation_writes_every_file(experiment):
     # Each frame's distances to the training frames (the synthetic test video's head turns and
     # expressions are not the training videos'), and their summary.
     assert rows[0].endswith("head_novelty_deg,jaw_novelty_deg,expression_novelty")
-    assert float(first["head_novelty_deg"]) > 0 and float(first["expression_novelty"]) > 0
+    overrides, _ = experiment
+    conf = load_conf(REPO / "confs" / "demo.conf", overrides)
+    expected = frame_novelty(dataset_from_conf(conf, "test", is_eval=True, only_json=True),
+                             dataset_from_conf(conf, "train", only_json=True))
+    for k, line in enumerate(rows[1:]):  # each frame's own distances
+        row = dict(zip(rows[0].split(","), line.split(",")))
+        assert int(row["frame_id"]) == k + 1
+        for name, values in expected.items():
+            assert float(row[name]) == pytest.approx(float(values[k]))
     head = report["novelty"]["head_novelty_deg"]
     assert head["max"] >= head["mean"] > 0 and -1.0 <= head["correlation_with_psnr"] <= 1.0
 
@@ -136,26 +146,36 @@ def test_another_subjects_test_video_is_fitted_anew_and_kept_apart(experiment, t
     assert exp_runner.run(args) == 0
     assert "using the test inputs fitted before" not in caplog.text
     assert "other test frames or another fitting protocol; fitting again" in caplog.text
+    written = folder if other == SUBJECT else folder.parents[1] / other / "MVI_1812" / "epoch_2"
     if other != SUBJECT:
-        apart = folder.parents[1] / other / "MVI_1812" / "epoch_2" / "metrics.json"
-        assert apart.is_file() and (folder / "metrics.json").read_text() == before
-        assert json.loads(apart.read_text())["metrics"] != json.loads(before)["metrics"]
-        # Its frames are measured against the frames the avatar was trained on (the runconf's).
-        trained = dataset_from_conf(load_conf(folder.parents[2] / "train" / "runconf.conf"), "train", only_json=True)
-        tested = dataset_from_conf(load_conf(REPO / "confs" / "demo.conf", args[4:-2]), "test", is_eval=True,
-                                   only_json=True)
-        expected = frame_novelty(tested, trained)["head_novelty_deg"].mean()
-        assert json.loads(apart.read_text())["novelty"]["head_novelty_deg"]["mean"] == pytest.approx(float(expected))
+        assert written.is_dir() and (folder / "metrics.json").read_text() == before
+        assert json.loads((written / "metrics.json").read_text())["metrics"] != json.loads(before)["metrics"]
+    # Its frames are measured against the frames the avatar was trained on (the runconf's), not against
+    # the training videos of the data folder the conf names.
+    trained = dataset_from_conf(load_conf(folder.parents[2] / "train" / "runconf.conf"), "train", only_json=True)
+    tested = dataset_from_conf(load_conf(REPO / "confs" / "demo.conf", args[4:-2]), "test", is_eval=True,
+                               only_json=True)
+    expected = frame_novelty(tested, trained)["head_novelty_deg"].mean()
+    novelty = json.loads((written / "metrics.json").read_text())["novelty"]
+    assert novelty["head_novelty_deg"]["mean"] == pytest.approx(float(expected))
 
 
-def test_without_the_training_videos_tracking_the_distances_say_why(experiment):
+def test_without_the_training_videos_tracking_the_distances_say_why(experiment, tmp_path, monkeypatch):
     """The test frames' distances to the training frames need the training videos' flame_params.json;
-    without them the reason names what is missing (metrics.json records it; the metrics are written)."""
+    without them the evaluation still writes the metrics, and metrics.json says what is missing."""
     overrides, folder = experiment
-    conf = load_conf(REPO / "confs" / "demo.conf", [*overrides, "dataset.train.sub_dir=[MVI_gone]"])
-    options = evaluator.EvalOptions(load_path=str(folder.parents[2] / "train"), videos=False)
-    trained_on = evaluator.Evaluator(conf, options).training_frames()
-    assert isinstance(trained_on, Unavailable) and "MVI_gone" in trained_on.reason
+    copy = tmp_path / "experiment"
+    shutil.copytree(folder.parents[2], copy, ignore=shutil.ignore_patterns("eval"))
+    gone = load_conf(REPO / "confs" / "demo.conf", [*overrides, "dataset.train.sub_dir=[MVI_gone]"])
+    monkeypatch.setattr(ExperimentPaths, "trained_conf", lambda self: gone)
+    args = ["--conf", str(REPO / "confs" / "demo.conf"), "--is_eval", "--no_videos", *overrides,
+            "--load_path", str(copy / "train")]
+    assert exp_runner.run(args) == 0
+    report = json.loads((copy / "eval" / "MVI_1812" / "epoch_2" / "metrics.json").read_text())
+    assert 5.0 < report["metrics"]["all"]["psnr"] < 60.0
+    assert "MVI_gone" in report["novelty"]["unavailable"]
+    header = (copy / "eval" / "MVI_1812" / "epoch_2" / "metrics.csv").read_text().splitlines()[0]
+    assert "head_novelty_deg" not in header
 
 
 def test_an_evaluation_of_its_own_takes_the_confs_arithmetic(experiment, monkeypatch):

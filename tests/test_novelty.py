@@ -1,6 +1,6 @@
-"""The distances of test frames to the training frames (data/novelty.py): angles and distances
-against hand-made frames, the nearest training frame chosen per quantity, and the summary's
-correlations."""
+"""The distances of test frames to the training frames (flame/novelty.py): angles and distances
+against hand-made frames, the order of the camera's, global and neck rotations, the nearest training
+frame chosen per quantity, the rows they join, and the summary's correlations."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from dynavatar.data.novelty import CHUNK, NOVELTY_COLUMNS, frame_novelty, novelty_by_frame, novelty_summary
+from dynavatar.flame.novelty import CHUNK, NOVELTY_COLUMNS, frame_novelty, novelty_summary, with_novelty
 from dynavatar.flame.lbs import axis_angle_to_matrix
 
 
@@ -68,13 +68,59 @@ def test_jaw_and_expression_distances_take_their_own_nearest_frame():
     assert float(distances["expression_novelty"][0]) == pytest.approx(1.0, abs=1e-6)  # frame 1
 
 
-def test_rows_are_keyed_by_video_and_frame():
+def matrix_to_axis_angle(matrix):
+    """[1, 3, 3] rotation (angle below 180 deg) -> [1, 3] axis-angle."""
+    angle = torch.arccos(((matrix[0].trace() - 1.0) / 2.0).clamp(-1.0, 1.0))
+    skew = torch.stack([matrix[0, 2, 1] - matrix[0, 1, 2], matrix[0, 0, 2] - matrix[0, 2, 0],
+                        matrix[0, 1, 0] - matrix[0, 0, 1]])
+    return (skew / (2.0 * torch.sin(angle)) * angle)[None]
+
+
+def _axis_angle(axis, degrees):
+    vector = torch.zeros(1, 3, dtype=torch.float64)
+    vector[0, "xyz".index(axis)] = math.radians(degrees)
+    return vector
+
+
+@pytest.mark.parametrize("order", ["camera, global, neck", "global, neck"])
+def test_the_head_view_composes_camera_global_and_neck_in_that_order(order):
+    """A training frame seen by a turned camera, its head turned by the global and the neck joint about
+    other axes (rotations that do not commute), against test frames whose one global rotation is the
+    composition in the right order (distance 0) or in another (not 0)."""
+    rotation = {name: axis_angle_to_matrix(_axis_angle(axis, degrees))
+                for name, axis, degrees in (("camera", "y", 90.0), ("global", "x", 20.0), ("neck", "z", 30.0))}
+    names = order.split(", ")
+    train = _frames([0.0])
+    train.flame_poses = torch.zeros(1, 15, dtype=torch.float64)
+    train.flame_poses[:, 0:3], train.flame_poses[:, 3:6] = _axis_angle("x", 20.0), _axis_angle("z", 30.0)
+    if "camera" in names:
+        train.world_mats = train.world_mats.double()
+        train.world_mats[:, :3, :3] = rotation["camera"]
+
+    def composed(sequence):
+        result = torch.eye(3, dtype=torch.float64)[None]
+        for name in sequence:
+            result = result @ rotation[name]
+        test = _frames([0.0])
+        test.flame_poses = torch.zeros(1, 15, dtype=torch.float64)
+        test.flame_poses[:, 0:3] = matrix_to_axis_angle(result)
+        return float(frame_novelty(test, train)["head_novelty_deg"][0])
+
+    assert composed(names) == pytest.approx(0.0, abs=1e-3)
+    assert composed(list(reversed(names))) > 5.0
+
+
+def test_rows_get_their_own_frames_distances():
     train = _frames([0.0])
     test = _frames([0.0, 4.0], sub_dir="test")
-    by_frame = novelty_by_frame(test, train)
-    assert set(by_frame) == {("test", 1), ("test", 2)}
-    assert set(by_frame[("test", 2)]) == set(NOVELTY_COLUMNS)
-    assert by_frame[("test", 2)]["head_novelty_deg"] == pytest.approx(4.0, abs=1e-4)
+    rows = [{"sub_dir": "test", "frame_id": 1}, {"sub_dir": "test", "frame_id": 2}]
+    with_novelty(rows, test, train)
+    assert set(rows[1]) >= set(NOVELTY_COLUMNS)
+    assert [r["head_novelty_deg"] for r in rows] == pytest.approx([0.0, 4.0], abs=1e-3)
+    with pytest.raises(ValueError, match="row 0 is frame 2"):
+        with_novelty(list(reversed(rows)), test, train)
+    with pytest.raises(ValueError, match="1 rows for 2 frames"):
+        with_novelty(rows[:1], test, train)
 
 
 def test_summary_correlates_the_distances_with_psnr():
@@ -85,8 +131,10 @@ def test_summary_correlates_the_distances_with_psnr():
     assert head["mean"] == pytest.approx(4.0) and head["max"] == pytest.approx(9.0)
     assert head["correlation_with_psnr"] == pytest.approx(-1.0)
     assert summary["expression_novelty"]["correlation_with_psnr_unopened"] == pytest.approx(-1.0)
-    # A distance that does not vary has no correlation (not NaN).
+    # A distance that does not vary has no correlation (not NaN), nor has a frame of infinite PSNR.
     assert summary["jaw_novelty_deg"]["correlation_with_psnr"] is None
+    rows[0]["psnr"] = math.inf
+    assert novelty_summary(rows)["head_novelty_deg"]["correlation_with_psnr"] == pytest.approx(-1.0)
     assert not any(isinstance(v, float) and math.isnan(v) for entry in summary.values() for v in entry.values())
 
 

@@ -307,28 +307,30 @@ def test_a_video_whose_masks_or_pose_disagree_with_the_others_is_named(tmp_path)
 
 
 def test_a_test_video_whose_head_views_no_training_frame_shows_is_warned_of():
-    from dynavatar.preprocess.consistency import disagreements, novelty_entries
+    import torch
+    from dynavatar.flame.novelty import TrackedFrames
+    from dynavatar.preprocess.consistency import NOVELTY_WARNING_DEG, novelty_entries, novelty_warnings
 
-    def poses(yaw_deg, pitch_deg):
-        pose = np.zeros((len(yaw_deg), 15))
-        pose[:, 0], pose[:, 1] = np.radians(pitch_deg), np.radians(yaw_deg)
-        return pose
+    def tracked(yaw_deg, pitch_deg, expression=0.0):
+        pose = torch.zeros(len(yaw_deg), 15, dtype=torch.float64)
+        pose[:, 0], pose[:, 1] = torch.deg2rad(torch.tensor(pitch_deg)), torch.deg2rad(torch.tensor(yaw_deg))
+        world_mats = torch.eye(3, 4, dtype=torch.float64).expand(len(pose), 3, 4)
+        return TrackedFrames(world_mats, pose, torch.full((len(pose), 50), expression, dtype=torch.float64))
 
     # Training turns the head 20 deg and tilts it 12 deg, never both; the test video does both at once.
-    tracked = {"talk": poses([0, 20, 0], [0, 0, 12]), "test": poses([0, 20], [0, 12])}
-    expressions = {"talk": np.zeros((3, 50)), "test": np.ones((2, 50))}
-    entries = novelty_entries(tracked, expressions, {"test"})
+    videos = {"talk": tracked([0.0, 20.0, 0.0], [0.0, 0.0, 12.0]), "test": tracked([0.0, 20.0], [0.0, 12.0], 1.0)}
+    entries = novelty_entries(videos, {"test"})
     assert set(entries) == {"test"}
     head = entries["test"]["head_novelty_deg"]
     assert head[0] == pytest.approx(head[1] / 2, abs=0.1) and 11.0 < head[1] < 12.5  # mean of 0 and the max
     assert entries["test"]["expression_novelty"] == pytest.approx([np.sqrt(50)] * 2)
-    still = {"pitch_deg": [0, 0, 0], "yaw_deg": [-5, 0, 5], "roll_deg": [0, 0, 0], "mask_coverage": 4.0}
-    lines = disagreements({"talk": still, "test": {**still, **entries["test"]}})
-    assert len(lines) == 1 and lines[0].startswith("test:") and "head views" in lines[0]
+    lines = novelty_warnings({"talk": {}, "test": entries["test"]})
+    assert head[1] > NOVELTY_WARNING_DEG and len(lines) == 1
+    assert lines[0].startswith("test:") and "head views" in lines[0]
     # Within 10 degrees of a training view: no warning; without training videos: nothing to compare.
-    near = novelty_entries({"talk": poses([0, 20], [0, 0]), "test": poses([15], [0])}, expressions, {"test"})
-    assert disagreements({"talk": still, "test": {**still, **near["test"]}}) == []
-    assert novelty_entries({"test": tracked["test"]}, expressions, {"test"}) == {}
+    near = novelty_entries({"talk": tracked([0.0, 20.0], [0.0, 0.0]), "test": tracked([15.0], [0.0])}, {"test"})
+    assert near["test"]["head_novelty_deg"][1] == pytest.approx(5.0) and novelty_warnings(near) == []
+    assert novelty_entries({"test": videos["test"]}, {"test"}) == {}
 
 
 def test_nan_median_is_numpys_without_the_nans():

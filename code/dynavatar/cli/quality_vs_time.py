@@ -43,7 +43,7 @@ import json
 import logging
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import imageio.v2 as imageio
 import numpy as np
@@ -76,9 +76,9 @@ class BudgetRow:
     train_frames_psnr_unopened: float
     gap_unopened_db: float  # train_frames_psnr_unopened - test_psnr_unopened
     test_psnr_ground_truth_opened: float  # what a perfect rendering scores on the test frames
-    # the test frames' distances to the training frames and their correlation with PSNR (metrics.json's
-    # "novelty", data/novelty.py): how far beyond training the test video goes, the same for every row
-    test_novelty: dict = field(default_factory=dict)
+    # the test frames' distances to the training frames (the same at every evaluation) and their
+    # correlation with this evaluation's PSNR: metrics.json's "novelty" (flame/novelty.py)
+    test_novelty: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass

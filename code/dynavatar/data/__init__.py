@@ -1,5 +1,4 @@
-"""Data: the IMavatar-format reader, the dataset checker, and how far frames' tracked inputs lie
-from a set of others (`novelty`)."""
+"""Data: the IMavatar-format reader and the dataset checker."""
 
 from .checker import CheckReport, check_conf, check_path, check_sub_dir, run_check
 from .flame_params import FlameParams, read_flame_params

@@ -6,7 +6,7 @@ Writes under <experiment>/eval/<test sub_dir>/epoch_<N>/ (eval/<subject>/<test s
 the test videos of another subject than the one trained on; and, for `score_training_frames`, the
 images of the training frames scored under eval/training_frames[_fitted]/<train sub_dir>/epoch_<N>/):
   rgb/ rgb_erode_dilate/ gt/ alpha/ error/   one PNG per frame, named by frame id
-  metrics.csv (one row per frame, with its distances to the training frames: data/novelty.py),
+  metrics.csv (one row per frame, with its distances to the training frames: flame/novelty.py),
   metrics.json (means, the distances' summary, and the conf/checkpoint they came from)
   video.mp4 (ground truth | rendering | error), turntable.mp4, canonical.ply
 """
@@ -24,10 +24,10 @@ from ..errors import ConfigError, DatasetError
 from ..experiment import ExperimentPaths
 from ..experiment import checkpoints as ckpt
 from ..experiment.lock import experiment_lock
+from ..flame import novelty
 from ..metrics import Unavailable
 from ..model.build import experiment_checkpoints, load_avatar
 from ..runtime import configure_device, resolve_device
-from ..data import novelty
 from . import animation, report, training_frames
 from .fitting import fitted_test_inputs
 
@@ -97,17 +97,15 @@ class Evaluator:
         folders = {s: self.paths.eval_epoch_dir(s, self.epoch, self.test_subject) for s in conf.dataset.test.sub_dir}
         rows = report.render_and_score(self.avatar, data, inputs, folders, lpips, self.render_batch_size(),
                                        self.device)
-        trained_on = self.training_frames()
+        trained_on = self.trained_tracking() if rows else Unavailable("no ground truth, no metrics")
         if not isinstance(trained_on, Unavailable):
-            distances = novelty.novelty_by_frame(data, trained_on)
-            for row in rows:
-                row.update(distances[(row["sub_dir"], row["frame_id"])])
+            novelty.with_novelty(rows, data, trained_on)
         for sub_dir, folder in folders.items():
             frame_rows = [r for r in rows if r["sub_dir"] == sub_dir]
             if frame_rows:
                 report.write_metrics(folder, frame_rows, lpips, self.epoch, self.checkpoint_file(),
                                      self.conf_source(), [] if inputs is None else inputs.refined,
-                                     trained_on if isinstance(trained_on, Unavailable) else None)
+                                     trained_on.reason if isinstance(trained_on, Unavailable) else None)
             if options.videos:
                 frame_ids = [r.frame_id for r in data.frames if r.sub_dir == sub_dir]
                 animation.write_videos(folder, self.avatar, frame_ids, not data.only_json, data.world_mats[0],
@@ -116,16 +114,16 @@ class Evaluator:
             animation.save_posed_ply(self.avatar, folder / "canonical.ply")
         return folders
 
-    def training_frames(self) -> FaceDataset | Unavailable:
-        """The tracked inputs of the frames the avatar was trained on (no images): the conf's training
-        videos, or, for another subject's test videos, those of the experiment's runconf."""
-        conf = self.conf if self.test_subject is None else self.paths.trained_conf()
-        if conf is None:
-            return Unavailable(f"{self.paths.runconf}, which names the training videos, cannot be read")
+    def trained_tracking(self) -> FaceDataset | Unavailable:
+        """The tracked inputs of the frames the avatar was trained on (no images): the training videos
+        of the experiment's runconf.conf, which the evaluated conf may not name (another subject's
+        test videos, another data folder), or the conf's own without a readable runconf."""
+        trained = self.paths.trained_conf()
+        conf = self.conf if trained is None else trained
         try:
             return dataset_from_conf(conf, "train", only_json=True)
         except (ConfigError, DatasetError) as exc:
-            return Unavailable(f"the training videos' tracking cannot be read: {exc}")
+            return Unavailable(f"the training videos' tracking cannot be read ({conf.source}): {exc}")
 
     def score_training_frames(self, count: int, inputs_from: str = "trained") -> tuple[dict[str, Any], dict[str, Path]]:
         """The metric means of `count` evenly spaced training frames, scored as the test split is

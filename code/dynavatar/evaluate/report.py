@@ -1,7 +1,7 @@
 """The metrics report of the test split: render every test frame, write its images
 (rgb, rgb_erode_dilate, alpha, gt, error), score it, and write metrics.csv (one row per frame),
 metrics.json (the means and where they came from) and the summary lines of the log. Each test
-frame's row also holds its distances to the training frames (data/novelty.py), and metrics.json their
+frame's row also holds its distances to the training frames (flame/novelty.py), and metrics.json their
 summary.
 
 The metric input is the erode-dilated rendering against the ground truth composited on white; the
@@ -26,11 +26,11 @@ from ..config import Conf
 from ..data.batch import FrameBatch, batches
 from ..data.reader import FaceDataset
 from ..export.images import erode_dilate, error_heatmap, save_png
+from ..flame import novelty
 from ..metrics import LPIPS, Unavailable, image_metrics, load_lpips, lpips_metric, psnr
 from ..model.avatar import Avatar, AvatarOutput
 from ..model.frame_inputs import FrameInputs
 from ..progress import progress
-from ..data import novelty
 
 log = logging.getLogger(__name__)
 
@@ -161,9 +161,10 @@ def write_metrics_csv(path: Path, rows: list[dict[str, Any]]) -> None:
 
 def write_metrics(folder: Path, rows: list[dict[str, Any]], lpips: LPIPS | Unavailable, epoch: int,
                   checkpoint: Path, conf_source: str, fitted: list[str],
-                  no_novelty: Unavailable | None = None) -> dict[str, Any]:
+                  no_novelty: str | None = None) -> dict[str, Any]:
     """metrics.csv and metrics.json of one video's frames, and the summary lines; returns the report.
-    The rows carry their distances to the training frames (data/novelty.py) unless `no_novelty` says why not."""
+    Rows that carry their distances to the training frames (flame/novelty.py) get their summary;
+    otherwise metrics.json says why not (`no_novelty`)."""
     folder.mkdir(parents=True, exist_ok=True)
     write_metrics_csv(folder / "metrics.csv", rows)
     summary = metric_means(rows, lpips)
@@ -179,16 +180,16 @@ def write_metrics(folder: Path, rows: list[dict[str, Any]], lpips: LPIPS | Unava
         # what the erode-dilation costs: PSNR without it, and of the ground truth through it (the
         # protocol's ceiling); not part of the paper's protocol
         "opening": opening_means(rows),
-        "novelty": ({"unavailable": no_novelty.reason} if no_novelty is not None
-                    else novelty.novelty_summary(rows)),
+        "novelty": (novelty.novelty_summary(rows) if novelty.NOVELTY_COLUMNS[0] in rows[0]
+                    else {"unavailable": no_novelty or "not computed"}),
     }
     (folder / "metrics.json").write_text(json.dumps(report, indent=2))
     log.info("%s: PSNR %.2f, SSIM %.4f, L1 %.4f over %d frames%s", folder, summary["all"]["psnr"],
              summary["all"]["ssim"], summary["all"]["l1"], len(rows), opening_line(report["opening"]))
-    if no_novelty is None:
-        log.info("%s: %s", folder.name, novelty.novelty_line(report["novelty"]))
+    if "unavailable" in report["novelty"]:
+        log.info("%s: no distances to the training frames: %s", folder.name, report["novelty"]["unavailable"])
     else:
-        log.info("%s: no distances to the training frames: %s", folder.name, no_novelty.reason)
+        log.info("%s: %s", folder.name, novelty.novelty_line(report["novelty"]))
     return report
 
 

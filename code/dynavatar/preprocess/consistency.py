@@ -14,17 +14,18 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-
 import torch
 
 from ..data.images import read_mask
-from ..data.novelty import TrackedFrames, frame_novelty
+from ..flame.novelty import TrackedFrames, frame_novelty
 from .crop import face_boxes
 
 N_LANDMARKS = 68
 MASK_TOLERANCE = 0.2  # relative difference of mask coverage from the median of the subject's videos
 POSE_TOLERANCE_DEG = 15.0  # difference of a video's median head rotation from the subject's
-NOVELTY_WARNING_DEG = 10.0  # a test frame's head view this far from every training frame's is warned of
+# A test video with a frame's head view this far from every training frame's is warned of: a judgement
+# (a tenth of a typical head turn's range), not a measured threshold.
+NOVELTY_WARNING_DEG = 10.0
 
 
 def face_sizes(pixels: np.ndarray) -> np.ndarray:
@@ -50,34 +51,41 @@ def head_rotation_deg(pose: np.ndarray) -> dict[str, list[float]]:
     return out
 
 
-def novelty_entries(poses: dict[str, np.ndarray], expressions: dict[str, np.ndarray],
-                    tests: set[str]) -> dict[str, dict[str, list[float]]]:
-    """For each test video, [mean, max] over its frames of the distances to the nearest training
-    frame (data/novelty.py: head view and jaw in degrees, expression): poses [N, 15] and expressions
-    [N, E] per video name; the camera does not turn. Empty without a test and a training video."""
-    def tracked(names: list[str]) -> TrackedFrames:
-        pose = torch.from_numpy(np.concatenate([poses[n] for n in names])).double()
-        world_mats = torch.eye(3, 4, dtype=torch.float64).expand(len(pose), 3, 4)
-        return TrackedFrames(world_mats, pose, torch.from_numpy(np.concatenate([expressions[n] for n in names])))
-
-    training = [name for name in poses if name not in tests]
+def novelty_entries(tracked: dict[str, TrackedFrames], tests: set[str]) -> dict[str, dict[str, list[float]]]:
+    """For each test video of `tracked` (video name -> its fitted inputs), [mean, max] over its frames
+    of the distances to the nearest frame of the other videos (flame/novelty.py: head view and jaw
+    in degrees, expression). Empty without a test and a training video."""
+    training = [name for name in tracked if name not in tests]
     if not training:
         return {}
-    reference = tracked(training)
+    reference = TrackedFrames(*(torch.cat([getattr(tracked[n], field) for n in training])
+                                for field in ("world_mats", "flame_poses", "expressions")))
     entries = {}
-    for name in poses:
+    for name in tracked:
         if name in tests:
-            distances = frame_novelty(tracked([name]), reference)
+            distances = frame_novelty(tracked[name], reference)
             entries[name] = {key: [float(value.mean()), float(value.max())] for key, value in distances.items()}
     return entries
+
+
+def novelty_warnings(videos: dict[str, dict]) -> list[str]:
+    """One line per video of the report (`videos`: name -> entry) whose `head_novelty_deg` [mean, max]
+    reaches beyond NOVELTY_WARNING_DEG."""
+    lines = []
+    for name, video in videos.items():
+        head = video.get("head_novelty_deg")
+        if head is not None and head[1] > NOVELTY_WARNING_DEG:
+            lines.append(f"{name}: its head views reach {head[1]:.1f} deg from the nearest training frame's "
+                         f"({head[0]:.1f} on average): the avatar is likely to render those frames worse; "
+                         f"training videos with such turns help (docs/PREPROCESSING.md, What to film)")
+    return lines
 
 
 def disagreements(videos: dict[str, dict]) -> list[str]:
     """One line per video whose mask coverage or median head rotation differs from the subject's
     (the median over all its videos, robust to one odd video among three or more; with two, both are
-    named) by more than MASK_TOLERANCE or POSE_TOLERANCE_DEG, and per test video whose head views reach
-    beyond NOVELTY_WARNING_DEG from the training frames'; `videos` maps names to the report's entries
-    (`mask_coverage`, `pitch_deg`, `yaw_deg`, `roll_deg`, and `head_novelty_deg` for a test video)."""
+    named) by more than MASK_TOLERANCE or POSE_TOLERANCE_DEG; `videos` maps names to the report's
+    entries (`mask_coverage`, `pitch_deg`, `yaw_deg`, `roll_deg`)."""
     if len(videos) < 2:
         return []
     lines = []
@@ -95,9 +103,4 @@ def disagreements(videos: dict[str, dict]) -> list[str]:
             if abs(video[f"{axis}_deg"][1] - typical) > POSE_TOLERANCE_DEG:
                 lines.append(f"{name}: its median head {axis} is {video[f'{axis}_deg'][1]:.1f} deg, the subject's "
                              f"videos {typical:.1f} deg: check its tracking (contact_sheet.png)")
-        head = video.get("head_novelty_deg")
-        if head is not None and head[1] > NOVELTY_WARNING_DEG:
-            lines.append(f"{name}: its head views reach {head[1]:.1f} deg from the nearest training frame's "
-                         f"({head[0]:.1f} on average): the avatar will render those frames worse; training "
-                         f"videos with such turns and tilts help (docs/PREPROCESSING.md, What to film)")
     return lines

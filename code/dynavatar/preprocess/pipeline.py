@@ -30,6 +30,7 @@ import torch
 from ..data.images import read_mask, read_rgb, write_mask, write_rgb
 from ..flame import synthetic_flame_files
 from ..flame.model_file import FLAME_HELP, LANDMARK_HELP
+from ..flame.novelty import TrackedFrames
 from ..progress import progress
 from . import consistency
 from .contact_sheet import TILE, annotate, sheet_frames, write_contact_sheet
@@ -370,13 +371,13 @@ def _report(options: PreprocessOptions, videos: list[_Video], fit: SubjectFit, d
             "mask_background": background.kinds[index] if background is not None else None,
             **consistency.head_rotation_deg(track.pose),
         }
-    names = [video.spec.name for video in videos]
-    novelty = consistency.novelty_entries(dict(zip(names, (t.pose for t in fit.videos))),
-                                          dict(zip(names, (t.expression for t in fit.videos))),
-                                          {video.spec.name for video in videos if video.spec.test})
+    tracked = {video.spec.name: TrackedFrames(torch.from_numpy(track.world_mats()), torch.from_numpy(track.pose),
+                                              torch.from_numpy(track.expression))
+               for video, track in zip(videos, fit.videos)}
+    novelty = consistency.novelty_entries(tracked, {video.spec.name for video in videos if video.spec.test})
     for name, entry in novelty.items():  # a test video's distances to the training frames
         per_video[name].update(entry)
-    warnings = consistency.disagreements(per_video)
+    warnings = consistency.disagreements(per_video) + consistency.novelty_warnings(per_video)
     for line in warnings:
         log.warning("%s", line)
     warnings = (background.warnings if background is not None else []) + warnings  # logged when found

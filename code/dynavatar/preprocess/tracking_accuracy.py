@@ -20,6 +20,7 @@ import torch
 
 from ..flame import synthetic_flame_files
 from ..flame.lbs import axis_angle_to_matrix
+from ..flame.novelty import head_rotations
 from .crop import Crop, square_crop
 from .flame_landmarks import FlameLandmarks
 from .frames import FrameSelection, iter_frames, probe_video
@@ -52,8 +53,7 @@ class VideoAccuracy:
 
 def head_rotation(pose: np.ndarray) -> np.ndarray:
     """FLAME poses [N, 15] -> the neck joint's world rotations [N, 3, 3] (global then neck)."""
-    rotations = axis_angle_to_matrix(torch.as_tensor(pose[:, :6], dtype=torch.float64).reshape(-1, 2, 3))
-    return (rotations[:, 0] @ rotations[:, 1]).numpy()
+    return head_rotations(torch.as_tensor(pose, dtype=torch.float64)).numpy()
 
 
 def rotation_angle_deg(a: np.ndarray, b: np.ndarray) -> np.ndarray:
