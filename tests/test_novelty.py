@@ -131,10 +131,12 @@ def test_summary_correlates_the_distances_with_psnr():
     assert head["mean"] == pytest.approx(4.0) and head["max"] == pytest.approx(9.0)
     assert head["correlation_with_psnr"] == pytest.approx(-1.0)
     assert summary["expression_novelty"]["correlation_with_psnr_unopened"] == pytest.approx(-1.0)
-    # A distance that does not vary has no correlation (not NaN), nor has a frame of infinite PSNR.
+    # A distance that does not vary has no correlation (None, not NaN); a frame of infinite PSNR (a
+    # rendering equal to its ground truth) is left out of the correlations, which stay defined.
     assert summary["jaw_novelty_deg"]["correlation_with_psnr"] is None
     rows[0]["psnr"] = math.inf
-    assert novelty_summary(rows)["head_novelty_deg"]["correlation_with_psnr"] == pytest.approx(-1.0)
+    summary = novelty_summary(rows)
+    assert summary["head_novelty_deg"]["correlation_with_psnr"] == pytest.approx(-1.0)
     assert not any(isinstance(v, float) and math.isnan(v) for entry in summary.values() for v in entry.values())
 
 

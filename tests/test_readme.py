@@ -135,7 +135,9 @@ def _run_in_order(commands: list[str], cwd: Path) -> list[str]:
 
 
 def _trains_what_is_loaded(command: str, chain: list[str]) -> bool:
-    """Whether `command` is a quality_vs_time run whose experiments a command of `chain` loads."""
+    """Whether `command` is a quality_vs_time run whose experiments a command of `chain` loads: one
+    with `--seeds` and `dataset.subject_name` (its experiments are <subject>-seed<N>/), as the
+    documents' runs that are loaded afterwards are."""
     subject = re.search(r"dataset\.subject_name=(\S+)", command)
     return ("scripts/quality_vs_time.py" in command and subject is not None
             and any(f"/{subject.group(1)}-seed" in c for c in chain))
@@ -160,6 +162,9 @@ def test_every_readme_command_runs(project):
     # A quality_vs_time command whose experiments (<subject>-seed<N>) a chained command loads runs in
     # the chain too, before it (document order), never beside it.
     chain = [c for c in rest if c in chain or _trains_what_is_loaded(c, chain)]
+    for index, command in enumerate(chain):
+        if "scripts/quality_vs_time.py" in command:
+            assert _trains_what_is_loaded(command, chain[index + 1:]), f"loaded before it is trained: {command}"
     failures = _run_in_order(first, project)
     assert not failures, failures
     with ThreadPoolExecutor(2) as pool:

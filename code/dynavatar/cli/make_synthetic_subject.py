@@ -11,7 +11,8 @@ Writes <out>/<subject>/<subject>/<video>/{image,mask,semantic}/<k>.png and flame
 training videos and one test video (the names of confs/subject1.conf unless given). Deterministic for a seed.
 --test_motion extrapolate makes test videos beyond the training videos (larger expressions, pairs of
 expressions that training never shows together, wider head turns and jaw openings; docs/DATA_FORMAT.md);
---test_motion expressions takes only the expressions beyond them (head turns and jaw within the training range).
+--test_motion expressions takes only the expressions beyond them (head pitch, yaw and jaw within the training
+magnitudes, each axis alone).
 A --head variant other than the default also writes its head model to <out>/<subject>/flame_model/ (train
 with model.flame_model_path and model.flame_landmark_path pointing there).
 """

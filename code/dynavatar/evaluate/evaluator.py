@@ -97,7 +97,8 @@ class Evaluator:
         folders = {s: self.paths.eval_epoch_dir(s, self.epoch, self.test_subject) for s in conf.dataset.test.sub_dir}
         rows = report.render_and_score(self.avatar, data, inputs, folders, lpips, self.render_batch_size(),
                                        self.device)
-        trained_on = self.trained_tracking() if rows else Unavailable("no ground truth, no metrics")
+        # Without ground truth there are no metrics rows, and so no distances to write beside them.
+        trained_on = self.trained_tracking() if rows else Unavailable("no ground truth")
         if not isinstance(trained_on, Unavailable):
             novelty.with_novelty(rows, data, trained_on)
         for sub_dir, folder in folders.items():

@@ -187,9 +187,9 @@ def write_metrics(folder: Path, rows: list[dict[str, Any]], lpips: LPIPS | Unava
     log.info("%s: PSNR %.2f, SSIM %.4f, L1 %.4f over %d frames%s", folder, summary["all"]["psnr"],
              summary["all"]["ssim"], summary["all"]["l1"], len(rows), opening_line(report["opening"]))
     if "unavailable" in report["novelty"]:
-        log.info("%s: no distances to the training frames: %s", folder.name, report["novelty"]["unavailable"])
+        log.info("%s: no distances to the training frames: %s", folder, report["novelty"]["unavailable"])
     else:
-        log.info("%s: %s", folder.name, novelty.novelty_line(report["novelty"]))
+        log.info("%s: %s", folder, novelty.novelty_line(report["novelty"]))
     return report
 
 

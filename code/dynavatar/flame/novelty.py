@@ -26,7 +26,7 @@ from typing import Any, Callable, Hashable, Protocol, Sequence
 import numpy as np
 import torch
 
-from ..flame.lbs import axis_angle_to_matrix
+from .lbs import axis_angle_to_matrix
 
 NOVELTY_COLUMNS = ("head_novelty_deg", "jaw_novelty_deg", "expression_novelty")
 CORRELATED_WITH = ("psnr", "psnr_unopened")  # the per-frame metrics the summary correlates them with
@@ -101,11 +101,12 @@ def with_novelty(rows: list[dict[str, Any]], test: TrackedVideo, train: Tracked)
     `sub_dir` and `frame_id` are checked against the frame's record)."""
     if len(rows) != len(test.frames):
         raise ValueError(f"{len(rows)} rows for {len(test.frames)} frames")
-    distances = frame_novelty(test, train)
-    for index, (row, record) in enumerate(zip(rows, test.frames)):
+    for index, (row, record) in enumerate(zip(rows, test.frames)):  # every row checked before any changes
         if (row["sub_dir"], row["frame_id"]) != (record.sub_dir, record.frame_id):
             raise ValueError(f"row {index} is frame {row['frame_id']} of {row['sub_dir']}, "
                              f"not {record.frame_id} of {record.sub_dir}")
+    distances = frame_novelty(test, train)
+    for index, row in enumerate(rows):
         row.update({name: float(values[index]) for name, values in distances.items()})
 
 

@@ -53,7 +53,7 @@ def head_rotation_deg(pose: np.ndarray) -> dict[str, list[float]]:
 
 def novelty_entries(tracked: dict[str, TrackedFrames], tests: set[str]) -> dict[str, dict[str, list[float]]]:
     """For each test video of `tracked` (video name -> its fitted inputs), [mean, max] over its frames
-    of the distances to the nearest frame of the other videos (flame/novelty.py: head view and jaw
+    of the distances to the nearest frame of the training videos (those not in `tests`) (flame/novelty.py: head view and jaw
     in degrees, expression). Empty without a test and a training video."""
     training = [name for name in tracked if name not in tests]
     if not training:

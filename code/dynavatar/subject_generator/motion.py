@@ -10,8 +10,9 @@ frame); the jaw follows a syllable rhythm. Test videos come in three kinds (`sub
   together, the leading expression components, head pitch and yaw and the jaw to EXTRAPOLATION
   times the training videos' extremes;
 - expressions: the expressions of extrapolate (training videos alike), with the head, jaw and eyes
-  of a near test video held within the training extremes: new expressions, seen from the training
-  videos' range of views.
+  of a near test video held within the training magnitudes (|pitch|, |yaw| and the jaw's opening,
+  each axis alone): new expressions, with head views that can still be new (a turn to the other
+  side, a turn and a tilt together).
 """
 
 from __future__ import annotations
