@@ -60,7 +60,8 @@ class Evaluator:
             log.info("results of %s go under the experiment that owns it: %s", self.checkpoints, self.paths.root)
         # Another subject's test videos can bear the trained subject's video names: their results get
         # a folder of their own instead of replacing the trained subject's.
-        trained = self.paths.trained_subject()
+        self.trained_conf = self.paths.trained_conf()  # read once: the subject and the frames trained on
+        trained = None if self.trained_conf is None else self.trained_conf.dataset.subject_name
         self.test_subject = None if trained in (None, conf.dataset.subject_name) else conf.dataset.subject_name
         if self.test_subject is not None:
             log.info("the test videos are subject %s's, the avatar was trained on %s: results go under %s",
@@ -119,8 +120,7 @@ class Evaluator:
         """The tracked inputs of the frames the avatar was trained on (no images): the training videos
         of the experiment's runconf.conf, which the evaluated conf may not name (another subject's
         test videos, another data folder), or the conf's own without a readable runconf."""
-        trained = self.paths.trained_conf()
-        conf = self.conf if trained is None else trained
+        conf = self.conf if self.trained_conf is None else self.trained_conf
         try:
             return dataset_from_conf(conf, "train", only_json=True)
         except (ConfigError, DatasetError) as exc:

@@ -68,9 +68,3 @@ class ExperimentPaths:
             return load_conf(self.runconf)
         except ConfigError:
             return None
-
-    def trained_subject(self) -> str | None:
-        """The subject the experiment was trained on (its runconf's dataset.subject_name), or None
-        without a readable runconf."""
-        conf = self.trained_conf()
-        return None if conf is None else conf.dataset.subject_name

@@ -23,8 +23,8 @@ from .crop import face_boxes
 N_LANDMARKS = 68
 MASK_TOLERANCE = 0.2  # relative difference of mask coverage from the median of the subject's videos
 POSE_TOLERANCE_DEG = 15.0  # difference of a video's median head rotation from the subject's
-# A test video with a frame's head view this far from every training frame's is warned of: a judgement
-# (a tenth of a typical head turn's range), not a measured threshold.
+# A test video with a frame's head view this far from every training frame's is warned of: a judgement,
+# not a measured threshold.
 NOVELTY_WARNING_DEG = 10.0
 
 
@@ -53,8 +53,9 @@ def head_rotation_deg(pose: np.ndarray) -> dict[str, list[float]]:
 
 def novelty_entries(tracked: dict[str, TrackedFrames], tests: set[str]) -> dict[str, dict[str, list[float]]]:
     """For each test video of `tracked` (video name -> its fitted inputs), [mean, max] over its frames
-    of the distances to the nearest frame of the training videos (those not in `tests`) (flame/novelty.py: head view and jaw
-    in degrees, expression). Empty without a test and a training video."""
+    of the distances to the nearest frame of the training videos, those not in `tests`
+    (flame/novelty.py: head view and jaw in degrees, expression). Empty without a test and a
+    training video."""
     training = [name for name in tracked if name not in tests]
     if not training:
         return {}
