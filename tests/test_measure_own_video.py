@@ -256,22 +256,24 @@ def test_conf_option_trains_with_that_recipe(tmp_path, capsys, monkeypatch):
 
 
 def test_recipe_sets_the_length_the_refinement_and_the_generated_frame():
-    """The epochs follow the recipe (95 for demo.conf, 45 for fast.conf); "refined" is no variant of
-    fast.conf, which refines the inputs itself; a 512 px avatar gets a frame that no crop upsamples."""
+    """The epochs follow the recipe (95 for demo.conf, 45 for fast.conf), and so does the refinement's
+    start; "refined" is no variant of subject1.conf, which refines the inputs itself; a 512 px avatar
+    gets a frame that no crop upsamples."""
     from dynavatar.cli.measure_own_video import run
     from dynavatar.preprocess.errors import PreprocessError
     from dynavatar.preprocess.own_video_gap import DEMO_CONF, VARIANTS, Setup, default_variants, generator_frame
 
-    fast = DEMO_CONF.parent / "fast.conf"
+    fast, paper = DEMO_CONF.parent / "fast.conf", DEMO_CONF.parent / "subject1.conf"
     demo = Setup()
     assert (demo.epochs, demo.refine_after, demo.generator_res, demo.scale) == (95, 60, 128, 2.0)
     assert default_variants(demo) == list(VARIANTS)
     at_512 = Setup(res=512, recipe=str(fast))
-    assert at_512.epochs == 45 and "refined" not in default_variants(at_512)
+    assert (at_512.epochs, at_512.refine_after) == (45, 22) and default_variants(at_512) == list(VARIANTS)
+    assert "refined" not in default_variants(Setup(res=512, recipe=str(paper)))
     assert (at_512.generator_res, at_512.scale) == generator_frame(512) == (640, 1.0)
     assert 0.88 * at_512.generator_res >= 512  # the smallest crop seen, 0.88 of the frame, holds 512 px
     with pytest.raises(PreprocessError, match="refines the per-frame inputs"):
-        run(["--conf", str(fast), "--variants", "refined", "--res", "512"])
+        run(["--conf", str(paper), "--variants", "refined", "--res", "512"])
 
 
 @pytest.mark.parametrize("saved_epoch", [2, None])

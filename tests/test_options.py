@@ -166,6 +166,32 @@ def test_camera_translation_reaches_the_renderer_only_when_asked():
         assert inputs.refined == ["expression", "pose"] + (["camera_translation"] if apply else [])
 
 
+def test_removing_the_shared_change_keeps_what_differs_per_frame():
+    world = torch.eye(4)[:3].expand(3, 3, 4).clone()
+    tracked = torch.randn(3, 50)
+    inputs = FrameInputs(tracked, torch.zeros(3, 15), world, True, True)
+    per_frame = torch.tensor([[1.0], [-2.0], [1.0]]) * torch.randn(1, 50)  # sums to zero over the frames
+    with torch.no_grad():
+        inputs.expression.weight.add_(per_frame + 0.3)
+        inputs.flame_pose.weight.add_(0.05)
+    inputs.remove_shared_change()
+    assert torch.allclose(inputs.expression.weight, tracked + per_frame, atol=1e-6)
+    assert torch.allclose(inputs.flame_pose.weight, torch.zeros(3, 15), atol=1e-7)
+    assert "tracked_expression" not in inputs.state_dict()  # checkpoints keep their layout
+
+
+@pytest.mark.parametrize("per_frame_only", [False, True])
+def test_refinement_per_frame_only_leaves_no_shared_change(data_folder, tmp_path, per_frame_only):
+    trainer = Trainer(tiny_conf(data_folder, tmp_path, "train.optimize_inputs_after_epoch=0",
+                                f"train.refine_per_frame_only={str(per_frame_only).lower()}"), TrainOptions(nepoch=2))
+    trainer.train_epoch(0)
+    trainer.train_epoch(1)  # refines the inputs
+    change = trainer.inputs.expression.weight - trainer.train_data.expressions.to(trainer.device)  # [F, 50]
+    assert float(change.abs().max()) > 1e-5  # refined either way
+    shared = float(change.mean(dim=0).abs().max())
+    assert (shared < 1e-6) is per_frame_only, shared
+
+
 def test_frames_per_epoch_fixes_the_epoch_length(data_folder, tmp_path):
     trainer = Trainer(tiny_conf(data_folder, tmp_path, "train.frames_per_epoch=20"), TrainOptions(nepoch=1))
     order = trainer.epoch_order(0)

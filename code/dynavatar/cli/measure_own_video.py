@@ -34,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "(default 0 1 2)")
     parser.add_argument("--variants", nargs="+", default=None, choices=list(VARIANTS),
                         help=f"what to train (default all of {' '.join(VARIANTS)}, less 'refined' for a recipe "
-                             f"that refines the per-frame inputs itself, as fast.conf does)")
+                             f"that refines the per-frame inputs itself, as subject1.conf does)")
     parser.add_argument("--work", type=Path, default=None,
                         help="folder that keeps videos, datasets and runs; what is found there is read, not made "
                              "or trained again (a run interrupted after a checkpoint is continued from it), so "

@@ -48,6 +48,9 @@ class TrainConf(Section):
     optimize_expression: bool = setting(True, "refine each training frame's expression")
     optimize_camera: bool = setting(True, "refine each training frame's FLAME pose and camera translation")
     optimize_inputs_after_epoch: int = setting(10, "per-frame inputs are stepped only in epochs after this one")
+    refine_per_frame_only: bool = setting(False, "after each epoch that refines the inputs, take from them the mean "
+                                                 "of their change over all training frames, so that only what "
+                                                 "differs per frame is refined (docs/RECIPES.md)")
     refine_camera_translation: bool = setting(False, "render with the refined per-frame camera translation (the "
                                                      "reference refines it but renders with the tracked one)")
     frames_per_epoch: int = setting(0, "0: an epoch is the whole training set (the paper); N: N frames drawn "

@@ -29,6 +29,25 @@ class FrameInputs(nn.Module):
             self.flame_pose = nn.Embedding.from_pretrained(flame_poses.clone(), freeze=False, sparse=True)  # [F, 15]
             self.camera_translation = nn.Embedding.from_pretrained(world_mats[:, :3, 3].clone(), freeze=False,
                                                                    sparse=True)  # [F, 3]
+        # The tracked values, for `remove_shared_change` (not saved: the dataset gives them again).
+        for name, embedding in self.embeddings().items():
+            self.register_buffer(f"tracked_{name}", embedding.weight.detach().clone(), persistent=False)
+
+    def embeddings(self) -> dict[str, nn.Embedding]:
+        """The refined embeddings by name."""
+        return {name: getattr(self, name) for name in ("expression", "flame_pose", "camera_translation")
+                if hasattr(self, name)}
+
+    @torch.no_grad()
+    def remove_shared_change(self) -> None:
+        """Take from every refined input the mean of its change over all frames. A change that every
+        frame shares (a common head turn, expression or shift) can be absorbed by the avatar instead,
+        which then sits away from the tracked inputs that a new frame comes with; what differs from
+        frame to frame stays. Pose changes are subtracted as axis-angle vectors: a small-angle
+        approximation, for changes of a few degrees."""
+        for name, embedding in self.embeddings().items():
+            change = embedding.weight - getattr(self, f"tracked_{name}")  # [F, d]
+            embedding.weight.sub_(change.mean(dim=0))
 
     @property
     def enabled(self) -> bool:

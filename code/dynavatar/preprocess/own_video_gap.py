@@ -27,9 +27,9 @@ test video:
   the exact face (`hybrid_tracking`);
 - refined: "preprocessed" trained with per-frame input refinement (expression and pose; the camera
   translation is only refined where the conf renders with it) after epoch `refine_after`. Until
-  then it is the "preprocessed" run itself (resuming is bitwise exact),
-  so it continues that run's numbered checkpoint when there is one. Only for a recipe that does not
-  refine the inputs itself (demo.conf never does; fast.conf does from epoch 9, in every variant).
+  then it is the "preprocessed" run itself (resuming is bitwise exact), so it continues that run's
+  numbered checkpoint when there is one. Only for a recipe that does not refine the inputs itself
+  (demo.conf and fast.conf never do; subject1.conf does from epoch 11, in every variant).
 
 Everything is kept under one work folder; videos, datasets and a variant whose evaluation is already
 there are read back, not made again, so that a grid can be split over several invocations, also
@@ -107,8 +107,8 @@ def default_refine_after(train, epochs: int) -> int:
 
 
 def recipe_refines_inputs(train, epochs: int) -> bool:
-    """Whether the recipe itself refines the training frames' inputs within `epochs` (fast.conf does
-    from epoch 9): then every variant is refined, and "refined" is no variant of its own."""
+    """Whether the recipe itself refines the training frames' inputs within `epochs` (subject1.conf
+    does from epoch 11): then every variant is refined, and "refined" is no variant of its own."""
     return (train.optimize_expression or train.optimize_camera) and train.optimize_inputs_after_epoch < epochs
 
 

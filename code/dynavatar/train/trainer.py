@@ -263,6 +263,8 @@ class Trainer:
                 bar.set_postfix(loss=f"{float(values['loss']):.4f}", psnr=f"{float(values['psnr']):.2f}",
                                 pts=self.avatar.n_points)
         self.guard.check(epoch, lr)
+        if step_inputs and self.conf.train.refine_per_frame_only:
+            self.inputs.remove_shared_change()
         check_finite_parameters({**{f"avatar.{k}": p for k, p in self.avatar.named_parameters()},
                                  **{f"inputs.{k}": p for k, p in self.inputs.named_parameters()}}, epoch, lr)
         check_rendered(peak_alpha, epoch, self.conf.train)
