@@ -181,15 +181,23 @@ def test_removing_the_shared_change_keeps_what_differs_per_frame():
 
 
 @pytest.mark.parametrize("per_frame_only", [False, True])
-def test_refinement_per_frame_only_leaves_no_shared_change(data_folder, tmp_path, per_frame_only):
+def test_refinement_per_frame_only_leaves_no_shared_change(data_folder, tmp_path, per_frame_only, caplog):
     trainer = Trainer(tiny_conf(data_folder, tmp_path, "train.optimize_inputs_after_epoch=0",
                                 f"train.refine_per_frame_only={str(per_frame_only).lower()}"), TrainOptions(nepoch=2))
+    assert "has no effect" not in caplog.text
     trainer.train_epoch(0)
     trainer.train_epoch(1)  # refines the inputs
     change = trainer.inputs.expression.weight - trainer.train_data.expressions.to(trainer.device)  # [F, 50]
     assert float(change.abs().max()) > 1e-5  # refined either way
     shared = float(change.mean(dim=0).abs().max())
     assert (shared < 1e-6) is per_frame_only, shared
+
+
+def test_refinement_per_frame_only_says_when_nothing_is_refined(data_folder, tmp_path, caplog):
+    with caplog.at_level("WARNING", logger="dynavatar.train.trainer"):
+        Trainer(tiny_conf(data_folder, tmp_path, "train.optimize_inputs_after_epoch=1",
+                          "train.refine_per_frame_only=true"), TrainOptions(nepoch=2))
+    assert "refine_per_frame_only has no effect" in caplog.text  # epochs 0 and 1, refined after epoch 1: none
 
 
 def test_frames_per_epoch_fixes_the_epoch_length(data_folder, tmp_path):

@@ -2,6 +2,7 @@
 
 The tracked values of each frame start the embeddings; a SparseAdam update (`RowSparseAdam`) refines
 them jointly with the avatar (training frames) or with the avatar frozen (test frames, at evaluation).
+`remove_shared_change` keeps only what differs per frame (`train.refine_per_frame_only`).
 """
 
 from __future__ import annotations
@@ -44,7 +45,8 @@ class FrameInputs(nn.Module):
         frame shares (a common head turn, expression or shift) can be absorbed by the avatar instead,
         which then sits away from the tracked inputs that a new frame comes with; what differs from
         frame to frame stays. Pose changes are subtracted as axis-angle vectors: a small-angle
-        approximation, for changes of a few degrees."""
+        approximation, for changes of a few degrees. Called between epochs: Adam's moments keep the
+        shared direction, so a shared change builds up again within an epoch and goes at its end."""
         for name, embedding in self.embeddings().items():
             change = embedding.weight - getattr(self, f"tracked_{name}")  # [F, d]
             embedding.weight.sub_(change.mean(dim=0))

@@ -118,6 +118,12 @@ class Trainer:
                                   train.refine_camera_translation).to(self.device)
         self.optimizer = make_adam(self.avatar, train.learning_rate)
         self.input_optimizer = self.inputs.optimizer(train.learning_rate_cam)
+        if train.refine_per_frame_only and not (self.inputs.enabled and train.optimize_inputs_after_epoch + 1
+                                                < options.nepoch):
+            log.warning("train.refine_per_frame_only has no effect: no epoch refines the inputs (they are "
+                        "refined after epoch train.optimize_inputs_after_epoch=%d of %d, with "
+                        "train.optimize_expression or train.optimize_camera)", train.optimize_inputs_after_epoch,
+                        options.nepoch)
         self.guard = NonFiniteGuard(train.max_nonfinite_steps, self.device)
         # gsplat's tile intersections can go to a buffer sized on the host, so that a step never waits
         # for the device (render/tile_intersections.py); a step whose intersections outgrew it is skipped.
