@@ -21,8 +21,8 @@ from dynavatar.subject_generator import generate_subject
 
 REPO = Path(__file__).resolve().parents[1]
 SUBJECT = "killed"
-NEPOCH = 20
-KILLS = 10
+NEPOCH = 15
+KILLS = 7
 
 
 def command(data: Path, exps: Path) -> list[str]:

@@ -56,7 +56,8 @@ def crops(subject: Path) -> dict[str, Crop]:
 @pytest.fixture(scope="module")
 def tracked_512(tmp_path_factory):
     """Three 6-frame videos at 768x640 (the 128 px generator frame composited and scaled by 4),
-    preprocessed at 512 px with the true landmarks and the true mattes."""
+    preprocessed at 512 px with the true landmarks and the true mattes. Without the photometric term
+    (its own tests are in test_preprocess_tracking.py): it would take the fixture a third longer."""
     needs_opencv()
     from dynavatar.preprocess.synthetic_video import make_synthetic_videos
 
@@ -64,7 +65,7 @@ def tracked_512(tmp_path_factory):
     made = make_synthetic_videos(root / "videos", res=128, frames=6, seed=2, videos=VIDEOS, scale=4.0)
     preprocess("--subject", "s512", "--out", str(root / "datasets"), *video_args(root / "videos"), "--res", "512",
                "--landmarks", str(root / "videos" / "landmarks.json"), "--masks", str(root / "videos" / "masks"),
-               cwd=root)
+               "--photometric_weight", "0", cwd=root)
     return root, root / "datasets" / "s512", made
 
 
@@ -129,14 +130,16 @@ def test_given_mattes_are_cropped_like_the_frames(tracked_512):
 @pytest.fixture(scope="module")
 def masked_128(tmp_path_factory):
     """Three 8-frame videos at 192x160 (a 128 px generator frame on a textured backdrop), preprocessed
-    at 128 px with the true landmarks and the background model."""
+    at 128 px with the true landmarks and the background model; tracked without the photometric term,
+    which the masks do not depend on and which would take the fixture three times as long."""
     needs_opencv()
     from dynavatar.preprocess.synthetic_video import make_synthetic_videos
 
     root = tmp_path_factory.mktemp("masks128")
     make_synthetic_videos(root / "videos", res=128, frames=8, seed=1, videos=VIDEOS)
     preprocess("--subject", "m128", "--out", str(root / "datasets"), *video_args(root / "videos"), "--res", "128",
-               "--landmarks", str(root / "videos" / "landmarks.json"), "--steps", "300", cwd=root)
+               "--landmarks", str(root / "videos" / "landmarks.json"), "--steps", "300", "--photometric_weight", "0",
+               cwd=root)
     return root, root / "datasets" / "m128"
 
 
@@ -175,8 +178,8 @@ def test_a_clean_plate_is_the_background_of_every_video(masked_128):
     root, _ = masked_128
     preprocess("--subject", "plate", "--out", str(root / "datasets"), *video_args(root / "videos"), "--res", "128",
                "--landmarks", str(root / "videos" / "landmarks.json"), "--background",
-               str(root / "videos" / "background.png"), "--max_frames", "3", "--steps", "100", "--no_contact_sheet",
-               cwd=root)
+               str(root / "videos" / "background.png"), "--max_frames", "3", "--steps", "100", "--photometric_weight", "0",
+               "--no_contact_sheet", cwd=root)
     subject = root / "datasets" / "plate"
     report = json.loads((subject / "preprocess" / "report.json").read_text())
     assert [v["mask_background"] for v in report["videos"].values()] == ["clean plate"] * 3
