@@ -57,7 +57,7 @@ def crops(subject: Path) -> dict[str, Crop]:
 def tracked_512(tmp_path_factory):
     """Three 6-frame videos at 768x640 (the 128 px generator frame composited and scaled by 4),
     preprocessed at 512 px with the true landmarks and the true mattes. Without the photometric term
-    (its own tests are in test_preprocess_tracking.py): it would take the fixture a third longer."""
+    (its own tests are in test_preprocess_tracking.py): with it the fixture took 40% longer."""
     needs_opencv()
     from dynavatar.preprocess.synthetic_video import make_synthetic_videos
 
@@ -131,7 +131,7 @@ def test_given_mattes_are_cropped_like_the_frames(tracked_512):
 def masked_128(tmp_path_factory):
     """Three 8-frame videos at 192x160 (a 128 px generator frame on a textured backdrop), preprocessed
     at 128 px with the true landmarks and the background model; tracked without the photometric term,
-    which the masks do not depend on and which would take the fixture three times as long."""
+    which the masks do not depend on (its own tests are in test_preprocess_tracking.py)."""
     needs_opencv()
     from dynavatar.preprocess.synthetic_video import make_synthetic_videos
 
