@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from dynavatar.cli import quality_vs_time
-from dynavatar.cli.quality_vs_time import BudgetRow, largest_drop
+from dynavatar.cli.quality_vs_time import BudgetRow, largest_drop, seeds_drop_line
 from dynavatar.errors import ConfigError
 from dynavatar.evaluate.training_frames import spread_indices
 from tiny_experiment import DEMO, experiment_root, tiny_overrides
@@ -67,6 +67,10 @@ def test_the_largest_fall_counts_from_the_first_evaluation_after_two_minutes():
     assert largest_drop([row(2, 20.0), row(5, 21.0)], 2.0)["drop_db"] == 0.0  # it never fell
     assert largest_drop(rows, 15.0) is None
     assert spread_indices(10, 3).tolist() == [0, 4, 9] and spread_indices(2, 20).tolist() == [0, 1]
+    # Per seed: a seed that ended before its second evaluation from 2 minutes on is said to have none.
+    drops = [largest_drop(rows, 2.0), largest_drop(rows, 15.0)]
+    assert seeds_drop_line(drops, 2.0).endswith(": 0.50 dB, - (largest 0.50 dB; -: fewer than two evaluations)")
+    assert seeds_drop_line([None], 2.0).endswith(": - (-: fewer than two evaluations)")
 
 
 def test_seeds_measure_one_generated_subject_each_with_mean_and_spread(tmp_path, capsys):

@@ -196,7 +196,8 @@ def summary(runs: Sequence[Run]) -> list[dict]:
 
 
 def summary_markdown(runs: Sequence[Run], title: str, after_min: float) -> str:
-    lines = [f"**{title}: mean ± standard deviation over {len(runs)} subjects (seeds "
+    subjects = "1 subject" if len(runs) == 1 else f"{len(runs)} subjects"
+    lines = [f"**{title}: mean ± standard deviation over {subjects} (seeds "
              f"{', '.join(str(r.seed) for r in runs)})**", "",
              "| budget (min) | epochs | seeds | train-frames PSNR | fitted | test PSNR | gap (dB) | gap, fitted | "
              "test PSNR unopened | gap unopened |",
@@ -206,12 +207,18 @@ def summary_markdown(runs: Sequence[Run], title: str, after_min: float) -> str:
         epochs = "/".join(str(n) for n in e["epochs"])
         cells = " | ".join(f"{e[c]['mean']:.2f} ± {e[c]['std']:.2f}" for c in SUMMARY_COLUMNS)
         lines.append(f"| {budget} | {epochs} | {e['seeds']} | {cells} |")
-    drops = [largest_drop(r.rows, after_min) for r in runs]
-    known = [d["drop_db"] for d in drops if d is not None]
-    per_seed = ", ".join("-" if d is None else f"{d['drop_db']:.2f}" for d in drops)
-    worst = f" (largest {max(known):.2f})" if known else ""
-    lines += ["", f"largest test-PSNR fall between evaluations from {after_min:g} min on, per seed: {per_seed} dB{worst}"]
+    lines += ["", seeds_drop_line([largest_drop(r.rows, after_min) for r in runs], after_min)]
     return "\n".join(lines)
+
+
+def seeds_drop_line(drops: Sequence[dict | None], after_min: float) -> str:
+    """The largest fall per seed (`largest_drop`'s, None where a seed had fewer than two evaluations)."""
+    known = [d["drop_db"] for d in drops if d is not None]
+    per_seed = ", ".join("-" if d is None else f"{d['drop_db']:.2f} dB" for d in drops)
+    notes = ([f"largest {max(known):.2f} dB"] if known else []) + (
+        ["-: fewer than two evaluations"] if len(known) < len(drops) else [])
+    return (f"largest test-PSNR fall between evaluations from {after_min:g} min on, per seed: {per_seed}"
+            + (f" ({'; '.join(notes)})" if notes else ""))
 
 
 def frame_names(folder: Path) -> list[str]:
