@@ -65,7 +65,8 @@ def test_preprocessed_subject_trains_like_exact_tracking(tmp_path):
 
     videos = tmp_path / "videos"
     made = make_synthetic_videos(videos, res=64, frames=FRAMES, seed=0, videos=("train1", "train2", "test1"))
-    # Half the default tracking steps (the default terms all on): half the test's longest part.
+    # 500 tracking steps (the default 1000) in both passes, the default terms all on: the tracking is
+    # most of the test's time.
     preprocess("--subject", "pre", "--out", str(tmp_path / "datasets"), *video_args(videos), "--res", "64",
                "--landmarks", str(videos / "landmarks.json"), "--steps", "500", cwd=tmp_path)
     check_dataset(tmp_path / "datasets" / "pre")

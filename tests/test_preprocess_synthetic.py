@@ -130,8 +130,9 @@ def test_given_mattes_are_cropped_like_the_frames(tracked_512):
 @pytest.fixture(scope="module")
 def masked_128(tmp_path_factory):
     """Three 8-frame videos at 192x160 (a 128 px generator frame on a textured backdrop), preprocessed
-    at 128 px with the true landmarks and the background model; tracked without the photometric term,
-    which the masks do not depend on (its own tests are in test_preprocess_tracking.py)."""
+    at 128 px with the true landmarks and the background model; tracked without the photometric term
+    (its own tests are in test_preprocess_tracking.py), which the masks depend on only through the
+    fitted landmarks they are cut around."""
     needs_opencv()
     from dynavatar.preprocess.synthetic_video import make_synthetic_videos
 
