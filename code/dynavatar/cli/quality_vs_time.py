@@ -149,11 +149,15 @@ def largest_drop(rows: Sequence[BudgetRow], after_min: float) -> dict | None:
     return {"drop_db": max(drop, 0.0), "from": moment(a), "to": moment(b)}
 
 
+def fall_heading(after_min: float) -> str:
+    return f"largest test-PSNR fall between evaluations from {after_min:g} min on"
+
+
 def drop_line(drop: dict | None, after_min: float) -> str:
     if drop is None:
-        return f"largest test-PSNR fall between evaluations from {after_min:g} min on: - (fewer than two evaluations)"
+        return f"{fall_heading(after_min)}: - (fewer than two evaluations)"
     where = f" ({drop['from']} -> {drop['to']})" if drop["drop_db"] > 0 else " (it never fell)"
-    return f"largest test-PSNR fall between evaluations from {after_min:g} min on: {drop['drop_db']:.2f} dB{where}"
+    return f"{fall_heading(after_min)}: {drop['drop_db']:.2f} dB{where}"
 
 
 def markdown(rows: Sequence[BudgetRow], title: str, after_min: float) -> str:
@@ -217,8 +221,7 @@ def seeds_drop_line(drops: Sequence[dict | None], after_min: float) -> str:
     per_seed = ", ".join("-" if d is None else f"{d['drop_db']:.2f} dB" for d in drops)
     notes = ([f"largest {max(known):.2f} dB"] if known else []) + (
         ["-: fewer than two evaluations"] if len(known) < len(drops) else [])
-    return (f"largest test-PSNR fall between evaluations from {after_min:g} min on, per seed: {per_seed}"
-            + (f" ({'; '.join(notes)})" if notes else ""))
+    return f"{fall_heading(after_min)}, per seed: {per_seed}" + (f" ({'; '.join(notes)})" if notes else "")
 
 
 def frame_names(folder: Path) -> list[str]:
