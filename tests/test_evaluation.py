@@ -18,7 +18,7 @@ from dynavatar.subject_generator.subject import generate_subject
 from dynavatar.data.reader import dataset_from_conf
 from dynavatar.evaluate import evaluator
 from dynavatar.evaluate.animation import orbit_world_mat, posed_gaussians, save_posed_ply
-from dynavatar.evaluate.fitting import fit_frame_inputs, fitted_test_inputs
+from dynavatar.evaluate.fitting import fit_frame_inputs, fitted_test_inputs, fitting_protocol
 from dynavatar.evaluate.report import metric_means, nocloth_mask
 from dynavatar.experiment import ExperimentPaths
 from dynavatar.flame.novelty import frame_novelty
@@ -103,6 +103,14 @@ def test_evaluation_writes_every_file(experiment):
             assert float(row[name]) == pytest.approx(float(values[k]))
     head = report["novelty"]["head_novelty_deg"]
     assert head["max"] >= head["mean"] > 0 and -1.0 <= head["correlation_with_psnr"] <= 1.0
+    # How far the fit moved the test frames' inputs: the saved fitted expressions against the tracked.
+    saved = torch.load(folder.parents[2] / "train" / "checkpoints" / "TestInputParameters" / "2.pth")
+    tracked = dataset_from_conf(conf, "test", is_eval=True, only_json=True).expressions
+    moved = (saved["inputs_state_dict"]["expression.weight"] - tracked).norm(dim=1)
+    change = report["fit_change"]
+    assert change["expression_mean"] == pytest.approx(float(moved.mean()), rel=1e-4) and moved.mean() > 0
+    assert change["expression_max"] == pytest.approx(float(moved.max()), rel=1e-4)
+    assert change["jaw_deg_max"] >= change["jaw_deg_mean"] > 0 and "camera_translation_mean" not in change
 
 
 def test_fitted_test_inputs_are_saved_and_reused(experiment, caplog):
@@ -116,18 +124,28 @@ def test_fitted_test_inputs_are_saved_and_reused(experiment, caplog):
     assert json.loads((folder / "metrics.json").read_text())["metrics"] == json.loads(before)["metrics"]
 
 
-def test_saved_test_inputs_are_not_reused_by_an_evaluation_that_fits_otherwise(experiment, caplog):
-    """`evaluation.test_fit_steps=3` after a fit of 2 steps fits again: reusing the earlier fit would
-    report its metrics under the new setting."""
+@pytest.mark.parametrize("setting", ["evaluation.test_fit_steps=3", "evaluation.test_fit_learning_rate=2e-3"])
+def test_saved_test_inputs_are_not_reused_by_an_evaluation_that_fits_otherwise(experiment, caplog, setting):
+    """Another number of steps or another rate after the experiment's fit (2 steps at
+    train.learning_rate_cam) fits again: reusing the earlier fit would report its metrics under the
+    new setting."""
     overrides, folder = experiment
     caplog.set_level("INFO")
     args = ["--conf", str(REPO / "confs" / "demo.conf"), "--is_eval", "--no_videos", *overrides]
-    assert exp_runner.run([*args, "evaluation.test_fit_steps=3"]) == 0
+    assert exp_runner.run([*args, setting]) == 0
     assert "using the test inputs fitted before" not in caplog.text
     assert "another fitting protocol; fitting again" in caplog.text
     caplog.clear()
-    assert exp_runner.run([*args, "evaluation.test_fit_steps=3"]) == 0  # the same protocol: reused
+    assert exp_runner.run([*args, setting]) == 0  # the same protocol: reused
     assert "using the test inputs fitted before" in caplog.text
+
+
+def test_the_fits_rate_is_its_own_or_the_training_frames_input_rate():
+    conf = load_conf(REPO / "confs" / "demo.conf", ["train.learning_rate_cam=7e-4"])
+    assert fitting_protocol(conf, 100)["learning_rate"] == pytest.approx(7e-4)  # the paper's rule
+    conf = load_conf(REPO / "confs" / "demo.conf", ["train.learning_rate_cam=7e-4",
+                                                    "evaluation.test_fit_learning_rate=3e-3"])
+    assert fitting_protocol(conf, 100)["learning_rate"] == pytest.approx(3e-3)
 
 
 @pytest.mark.parametrize("other, seed", [(SUBJECT, 6), ("othersubject", 7)])

@@ -6,6 +6,7 @@ checkpoints upgraded), and the quality-against-time script."""
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -178,6 +179,31 @@ def test_removing_the_shared_change_keeps_what_differs_per_frame():
     assert torch.allclose(inputs.expression.weight, tracked + per_frame, atol=1e-6)
     assert torch.allclose(inputs.flame_pose.weight, torch.zeros(3, 15), atol=1e-7)
     assert "tracked_expression" not in inputs.state_dict()  # checkpoints keep their layout
+
+
+def test_the_change_summary_measures_each_input_from_its_tracked_value():
+    """Angles between tracked and refined rotations (not differences of axis-angle numbers), for a
+    tracked pose that is not zero; the translation only when it reaches the renderer."""
+    world = torch.eye(4)[:3].expand(2, 3, 4).clone()
+    poses = torch.zeros(2, 15)
+    poses[:, 0:3] = torch.tensor([0.0, 0.4, 0.0])  # the head turned by 0.4 rad about y
+    for apply in (False, True):
+        inputs = FrameInputs(torch.zeros(2, 50), poses, world, True, True, apply_translation=apply)
+        with torch.no_grad():
+            inputs.expression.weight[1, :2] = torch.tensor([3.0, 4.0])
+            inputs.flame_pose.weight[0, 0:3] = torch.tensor([0.0, 0.45, 0.0])  # 0.05 rad further about y
+            inputs.flame_pose.weight[1, 6:9] = torch.tensor([0.0, 0.0, 1e-3])  # the jaw by a milliradian
+            inputs.camera_translation.weight[1, 2] += 0.3
+        change = inputs.change_summary()
+        assert change["expression_mean"] == pytest.approx(2.5) and change["expression_max"] == pytest.approx(5.0)
+        assert change["head_deg_max"] == pytest.approx(math.degrees(0.05), rel=1e-4)
+        assert change["head_deg_mean"] == pytest.approx(math.degrees(0.05) / 2, rel=1e-4)
+        assert change["jaw_deg_max"] == pytest.approx(math.degrees(1e-3), rel=1e-3)  # exact for small angles
+        assert change["neck_deg_max"] == 0.0
+        assert ("camera_translation_max" in change) is apply
+        if apply:
+            assert change["camera_translation_max"] == pytest.approx(0.3)
+        assert inputs.change_summary(torch.tensor([1]))["head_deg_max"] == pytest.approx(0.0, abs=1e-4)
 
 
 @pytest.mark.parametrize("per_frame_only", [False, True])

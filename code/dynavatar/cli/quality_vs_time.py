@@ -79,6 +79,9 @@ class BudgetRow:
     # the test frames' distances to the training frames (the same at every evaluation) and their
     # correlation with this evaluation's PSNR: metrics.json's "novelty" (flame/novelty.py)
     test_novelty: dict[str, Any] = field(default_factory=dict)
+    # how far the test-time fit moved the test frames' inputs from their tracked ones: metrics.json's
+    # "fit_change" (model/frame_inputs.py)
+    test_fit_change: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -378,7 +381,8 @@ def measure(r: Run, args: argparse.Namespace, budgets: list[float], at_epochs: l
                                 metrics["ssim"], metrics["l1"], report["fitted_inputs"],
                                 opening["psnr_unopened"], train_frames["psnr_unopened"],
                                 train_frames["psnr_unopened"] - opening["psnr_unopened"],
-                                opening["psnr_ground_truth_opened"], report.get("novelty", {})))
+                                opening["psnr_ground_truth_opened"], report.get("novelty", {}),
+                                report.get("fit_change", {})))
         label = f"epoch_{done}" if budget is None else f"{budget:g}min"
         log.info("%s: epoch %d, test PSNR %.2f, training frames %.2f (gap %.2f dB), fitted as the test frames %.2f "
                  "(gap %.2f dB)", label, done, metrics["psnr"], train_frames["psnr"], r.rows[-1].gap_db,

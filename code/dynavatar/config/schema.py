@@ -172,6 +172,8 @@ class DatasetConf(Section):
 @dataclass(frozen=True)
 class EvaluationConf(Section):
     test_fit_steps: int = setting(20, "steps per batch when fitting test-frame inputs (the paper's 20)", NON_NEGATIVE)
+    test_fit_learning_rate: float = setting(0.0, "SparseAdam's rate when fitting test-frame inputs; 0: "
+                                                 "train.learning_rate_cam, the paper's rule", NON_NEGATIVE)
     fit_camera_translation: bool = setting(False, "also fit the test frames' camera translation (the reference "
                                                   "fits expression and pose only)")
     lpips_alexnet_path: str = setting("", "LPIPS's AlexNet weights; empty: the torch hub cache "

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from ..config import Conf
 from ..data.reader import FaceDataset, dataset_from_conf
 from ..errors import ConfigError, DatasetError
@@ -105,9 +107,12 @@ class Evaluator:
         for sub_dir, folder in folders.items():
             frame_rows = [r for r in rows if r["sub_dir"] == sub_dir]
             if frame_rows:
+                fit_change = None if inputs is None else inputs.change_summary(torch.as_tensor(
+                    [i for i, r in enumerate(data.frames) if r.sub_dir == sub_dir], device=self.device))
                 report.write_metrics(folder, frame_rows, lpips, self.epoch, self.checkpoint_file(),
                                      self.conf_source(), [] if inputs is None else inputs.refined,
-                                     trained_on.reason if isinstance(trained_on, Unavailable) else None)
+                                     trained_on.reason if isinstance(trained_on, Unavailable) else None,
+                                     fit_change)
             if options.videos:
                 frame_ids = [r.frame_id for r in data.frames if r.sub_dir == sub_dir]
                 animation.write_videos(folder, self.avatar, frame_ids, not data.only_json, data.world_mats[0],

@@ -107,10 +107,12 @@ def save_fitted_inputs(inputs: FrameInputs, checkpoints: Path, epoch: int, finge
 
 
 def fitting_protocol(conf: Conf, n_points: int) -> dict:
-    """How test inputs are fitted: steps, rate, frames a step (the training rule, as the paper's
-    protocol) and the photometric loss's weights."""
+    """How test inputs are fitted: steps, rate (`evaluation.test_fit_learning_rate`, else the training
+    frames' input rate as in the paper's protocol), frames a step (the training rule) and the
+    photometric loss's weights."""
     train = conf.train
-    return {"steps": conf.evaluation.test_fit_steps, "learning_rate": train.learning_rate_cam,
+    rate = conf.evaluation.test_fit_learning_rate or train.learning_rate_cam
+    return {"steps": conf.evaluation.test_fit_steps, "learning_rate": rate,
             "frames_per_step": frames_per_step(train, n_points), "rgb_weight": conf.loss.rgb_weight,
             "ssim_weight": conf.loss.ssim_weight}
 

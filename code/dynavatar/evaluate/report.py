@@ -161,10 +161,11 @@ def write_metrics_csv(path: Path, rows: list[dict[str, Any]]) -> None:
 
 def write_metrics(folder: Path, rows: list[dict[str, Any]], lpips: LPIPS | Unavailable, epoch: int,
                   checkpoint: Path, conf_source: str, fitted: list[str],
-                  no_novelty: str | None = None) -> dict[str, Any]:
+                  no_novelty: str | None = None, fit_change: dict[str, float] | None = None) -> dict[str, Any]:
     """metrics.csv and metrics.json of one video's frames, and the summary lines; returns the report.
     Rows that carry their distances to the training frames (flame/novelty.py) get their summary;
-    otherwise metrics.json says why not (`no_novelty`)."""
+    otherwise metrics.json says why not (`no_novelty`). `fit_change`: how far the test-time fit moved
+    the frames' inputs from their tracked ones (FrameInputs.change_summary), when they were fitted."""
     folder.mkdir(parents=True, exist_ok=True)
     write_metrics_csv(folder / "metrics.csv", rows)
     summary = metric_means(rows, lpips)
@@ -175,6 +176,7 @@ def write_metrics(folder: Path, rows: list[dict[str, Any]], lpips: LPIPS | Unava
         "n_frames": len(rows),
         "test_inputs_fitted": bool(fitted),
         "fitted_inputs": fitted,  # the reference's protocol fits expression and pose
+        "fit_change": fit_change or {},
         "metric_input": "rgb_erode_dilate vs ground truth composited on white with its mask",
         "metrics": summary,
         # what the erode-dilation costs: PSNR without it, and of the ground truth through it (the
@@ -186,11 +188,24 @@ def write_metrics(folder: Path, rows: list[dict[str, Any]], lpips: LPIPS | Unava
     (folder / "metrics.json").write_text(json.dumps(report, indent=2))
     log.info("%s: PSNR %.2f, SSIM %.4f, L1 %.4f over %d frames%s", folder, summary["all"]["psnr"],
              summary["all"]["ssim"], summary["all"]["l1"], len(rows), opening_line(report["opening"]))
+    if fit_change:
+        log.info("%s: %s", folder, fit_change_line(fit_change))
     if "unavailable" in report["novelty"]:
         log.info("%s: no distances to the training frames: %s", folder, report["novelty"]["unavailable"])
     else:
         log.info("%s: %s", folder, novelty.novelty_line(report["novelty"]))
     return report
+
+
+def fit_change_line(change: dict[str, float]) -> str:
+    """The log's words for FrameInputs.change_summary: mean (largest) change of each fitted input."""
+    names = [k[:-len("_mean")] for k in change if k.endswith("_mean")]
+    def part(name: str) -> str:
+        unit = "°" if name.endswith("_deg") else ""
+        return (f"{name.removesuffix('_deg')} {change[name + '_mean']:.3g}{unit} "
+                f"(largest {change[name + '_max']:.3g}{unit})")
+
+    return "the fit moved the inputs from the tracked ones by " + ", ".join(part(name) for name in names)
 
 
 def opening_line(opening: dict[str, float]) -> str:

@@ -11,7 +11,11 @@ import torch
 from torch import nn
 
 from ..data.batch import FrameBatch
+from ..flame.lbs import axis_angle_to_matrix
 from .row_sparse_adam import RowSparseAdam
+
+# The FLAME pose's joints whose change `change_summary` reports, by their axis-angle columns.
+POSE_JOINTS = {"head": slice(0, 3), "neck": slice(3, 6), "jaw": slice(6, 9)}
 
 
 class FrameInputs(nn.Module):
@@ -50,6 +54,34 @@ class FrameInputs(nn.Module):
         for name, embedding in self.embeddings().items():
             change = embedding.weight - getattr(self, f"tracked_{name}")  # [F, d]
             embedding.weight.sub_(change.mean(dim=0))
+
+    @torch.no_grad()
+    def change_summary(self, frames: torch.Tensor | None = None) -> dict[str, float]:
+        """How far the refined inputs of `frames` (indices [K], default all) lie from the tracked ones,
+        as the mean and the largest over them: the expression as the length of its coefficients' change, each joint of
+        `POSE_JOINTS` as the angle in degrees between its tracked and refined rotations, the camera
+        translation (when applied) as the length of its change."""
+        rows = slice(None) if frames is None else frames
+        changes: dict[str, torch.Tensor] = {}  # name -> [K]
+        if self.optimize_expression:
+            changes["expression"] = (self.expression.weight[rows] - self.tracked_expression[rows]).norm(dim=1)
+        if self.optimize_camera:
+            for joint, columns in POSE_JOINTS.items():
+                tracked = axis_angle_to_matrix(self.tracked_flame_pose[rows, columns])  # [K, 3, 3]
+                refined = axis_angle_to_matrix(self.flame_pose.weight[rows, columns])
+                relative = tracked.transpose(1, 2) @ refined
+                cosine = (relative.diagonal(dim1=1, dim2=2).sum(dim=1) - 1) / 2
+                # sin from the antisymmetric part: exact for small angles, where acos is not
+                sine = (relative - relative.transpose(1, 2))[:, [2, 0, 1], [1, 2, 0]].norm(dim=1) / 2
+                changes[f"{joint}_deg"] = torch.rad2deg(torch.atan2(sine, cosine))
+        if self.optimize_camera and self.apply_translation:
+            changes["camera_translation"] = (self.camera_translation.weight[rows]
+                                             - self.tracked_camera_translation[rows]).norm(dim=1)
+        summary = {}
+        for name, values in changes.items():
+            summary[f"{name}_mean"] = float(values.mean())
+            summary[f"{name}_max"] = float(values.max())
+        return summary
 
     @property
     def enabled(self) -> bool:
