@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from dynavatar.cli import quality_vs_time
-from dynavatar.cli.quality_vs_time import BudgetRow, largest_drop, seeds_drop_line
+from dynavatar.cli.quality_vs_time import BudgetRow, fit_moved, largest_drop, seeds_drop_line
 from dynavatar.errors import ConfigError
 from dynavatar.evaluate.training_frames import spread_indices
 from tiny_experiment import DEMO, experiment_root, tiny_overrides
@@ -38,15 +38,20 @@ def test_each_evaluation_scores_training_frames_and_the_gap(data_folder, tmp_pat
         assert 5 < r["test_psnr_unopened"] < 60 and r["test_psnr_unopened"] != r["test_psnr"]
         assert r["gap_unopened_db"] == r["train_frames_psnr_unopened"] - r["test_psnr_unopened"]
         assert r["test_novelty"]["head_novelty_deg"]["max"] >= r["test_novelty"]["head_novelty_deg"]["mean"] > 0
+        assert r["test_fit_change"]["expression_max"] >= r["test_fit_change"]["expression_mean"] > 0
     assert rows[0]["train_frames_psnr"] != rows[1]["train_frames_psnr"]  # each model scored
     assert document["drop_after_min"] == 2.0 and document["largest_drop"] is None  # nothing after 2 min
     lines = list(csv.DictReader(table.open()))
     assert [float(line["gap_db"]) for line in lines] == pytest.approx([r["gap_db"] for r in rows])
     assert [json.loads(line["test_novelty"]) for line in lines] == [r["test_novelty"] for r in rows]
+    assert [json.loads(line["test_fit_change"]) for line in lines] == [r["test_fit_change"] for r in rows]
     assert {line["seed"] for line in lines} == {""}
     root = experiment_root(tmp_path / "exps", "demo-quality_vs_time")
     assert "| gap (dB) | gap, fitted |" in (root / "quality_vs_time.md").read_text()
-    assert "| test PSNR unopened | gap unopened | ceiling |" in (root / "quality_vs_time.md").read_text()
+    table_text = (root / "quality_vs_time.md").read_text()
+    assert "| test PSNR unopened | gap unopened | ceiling | fit moved expression / jaw |" in table_text
+    last = rows[-1]["test_fit_change"]
+    assert f"| {last['expression_mean']:.2f} / {last['jaw_deg_mean']:.2f}° |" in table_text
     # Three training frames spread over both training videos, their images as the test split's.
     scored = sorted(p.parent.parent.parent.name for p in (root / "eval" / "training_frames").glob("*/epoch_2/gt/*"))
     assert scored == ["MVI_1810", "MVI_1814", "MVI_1814"]  # frames 0, 6 and 11 of 12
@@ -54,6 +59,12 @@ def test_each_evaluation_scores_training_frames_and_the_gap(data_folder, tmp_pat
     assert sorted(p.parent.parent.parent.name for p in fitted) == scored  # the same frames, fitted
     # The figure: two test frames (ground truth above rendering) above two training frames.
     assert imageio.imread(root / "figure_1min.png").shape[:2] == (4 * 32, 2 * 32)
+
+
+def test_the_fit_moved_cell_says_what_was_not_fitted():
+    assert fit_moved({"expression_mean": 0.123, "jaw_deg_mean": 1.0}) == "0.12 / 1.00°"
+    assert fit_moved({"expression_mean": 0.5}) == "0.50 / -"  # expressions fitted, pose not
+    assert fit_moved({}) == "- / -"  # nothing fitted
 
 
 def test_the_largest_fall_counts_from_the_first_evaluation_after_two_minutes():
