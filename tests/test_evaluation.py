@@ -104,13 +104,16 @@ def test_evaluation_writes_every_file(experiment):
     head = report["novelty"]["head_novelty_deg"]
     assert head["max"] >= head["mean"] > 0 and -1.0 <= head["correlation_with_psnr"] <= 1.0
     # How far the fit moved the test frames' inputs: the saved fitted expressions against the tracked.
-    saved = torch.load(folder.parents[2] / "train" / "checkpoints" / "TestInputParameters" / "2.pth")
+    saved = torch.load(folder.parents[2] / "train" / "checkpoints" / "TestInputParameters" / "2.pth",
+                       map_location="cpu")
     tracked = dataset_from_conf(conf, "test", is_eval=True, only_json=True).expressions
     moved = (saved["inputs_state_dict"]["expression.weight"] - tracked).norm(dim=1)
     change = report["fit_change"]
     assert change["expression_mean"] == pytest.approx(float(moved.mean()), rel=1e-4) and moved.mean() > 0
     assert change["expression_max"] == pytest.approx(float(moved.max()), rel=1e-4)
     assert change["jaw_deg_max"] >= change["jaw_deg_mean"] > 0 and "camera_translation_mean" not in change
+    assert set(change) == {f"{name}_{stat}" for name in ("expression", "global_deg", "neck_deg", "jaw_deg")
+                           for stat in ("mean", "max")}
 
 
 def test_fitted_test_inputs_are_saved_and_reused(experiment, caplog):
@@ -138,6 +141,32 @@ def test_saved_test_inputs_are_not_reused_by_an_evaluation_that_fits_otherwise(e
     caplog.clear()
     assert exp_runner.run([*args, setting]) == 0  # the same protocol: reused
     assert "using the test inputs fitted before" in caplog.text
+    saved = torch.load(folder.parents[2] / "train" / "checkpoints" / "TestInputParameters" / "2.pth",
+                       map_location="cpu")
+    protocol = saved["fingerprint"]["protocol"]  # fitted as asked, at the rate of its own key when given
+    assert (protocol["steps"], protocol["learning_rate"]) == ((3, 5e-4) if "steps" in setting else (2, 2e-3))
+
+
+def test_each_test_video_reports_how_far_the_fit_moved_its_own_frames(experiment, tmp_path):
+    """Two test videos (the test video and a training video as a second one): each metrics.json's
+    fit_change is that of its own frames' rows of the saved fitted inputs."""
+    overrides, folder = experiment
+    args = ["--conf", str(REPO / "confs" / "demo.conf"), "--is_eval", "--no_videos", *overrides,
+            "dataset.test.sub_dir=[MVI_1812, MVI_1810]", f"train.exps_folder={tmp_path / 'exps'}"]
+    shutil.copytree(folder.parents[2], tmp_path / "exps" / SUBJECT / "demo" / "MVI_1810+MVI_1814")
+    assert exp_runner.run(args) == 0
+    root = tmp_path / "exps" / SUBJECT / "demo" / "MVI_1810+MVI_1814"
+    saved = torch.load(root / "train" / "checkpoints" / "TestInputParameters" / "2.pth", map_location="cpu")
+    conf = load_conf(REPO / "confs" / "demo.conf", args[4:])
+    data = dataset_from_conf(conf, "test", is_eval=True, only_json=True)
+    moved = (saved["inputs_state_dict"]["expression.weight"] - data.expressions).norm(dim=1)  # [F]
+    means = {}
+    for video in ("MVI_1812", "MVI_1810"):
+        rows = torch.tensor([i for i, r in enumerate(data.frames) if r.sub_dir == video])
+        change = json.loads((root / "eval" / video / "epoch_2" / "metrics.json").read_text())["fit_change"]
+        assert change["expression_mean"] == pytest.approx(float(moved[rows].mean()), rel=1e-4)
+        means[video] = change["expression_mean"]
+    assert means["MVI_1812"] != means["MVI_1810"]
 
 
 def test_the_fits_rate_is_its_own_or_the_training_frames_input_rate():

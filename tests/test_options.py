@@ -196,14 +196,25 @@ def test_the_change_summary_measures_each_input_from_its_tracked_value():
             inputs.camera_translation.weight[1, 2] += 0.3
         change = inputs.change_summary()
         assert change["expression_mean"] == pytest.approx(2.5) and change["expression_max"] == pytest.approx(5.0)
-        assert change["head_deg_max"] == pytest.approx(math.degrees(0.05), rel=1e-4)
-        assert change["head_deg_mean"] == pytest.approx(math.degrees(0.05) / 2, rel=1e-4)
+        assert change["global_deg_max"] == pytest.approx(math.degrees(0.05), rel=1e-4)
+        assert change["global_deg_mean"] == pytest.approx(math.degrees(0.05) / 2, rel=1e-4)
         assert change["jaw_deg_max"] == pytest.approx(math.degrees(1e-3), rel=1e-3)  # exact for small angles
         assert change["neck_deg_max"] == 0.0
         assert ("camera_translation_max" in change) is apply
         if apply:
             assert change["camera_translation_max"] == pytest.approx(0.3)
-        assert inputs.change_summary(torch.tensor([1]))["head_deg_max"] == pytest.approx(0.0, abs=1e-4)
+        assert inputs.change_summary(torch.tensor([1]))["global_deg_max"] == pytest.approx(0.0, abs=1e-4)
+    # A change about another axis than the tracked turn's: the angle between the two rotations
+    # (15.62 deg here), not the length of the difference of their axis-angle vectors (17.19 deg).
+    tracked = torch.zeros(1, 15)
+    tracked[0, 3:6] = torch.tensor([0.0, 1.5, 0.0])
+    inputs = FrameInputs(torch.zeros(1, 50), tracked, world[:1], True, True)
+    with torch.no_grad():
+        inputs.flame_pose.weight[0, 3:6] = torch.tensor([0.3, 1.5, 0.0])
+    expected = torch.rad2deg(torch.acos((torch.trace(
+        axis_angle_to_matrix(tracked[0, 3:6]).T @ axis_angle_to_matrix(torch.tensor([0.3, 1.5, 0.0]))) - 1) / 2))
+    assert inputs.change_summary()["neck_deg_max"] == pytest.approx(float(expected), rel=1e-4)
+    assert float(expected) == pytest.approx(15.62, abs=0.01)
 
 
 @pytest.mark.parametrize("per_frame_only", [False, True])

@@ -13,7 +13,8 @@ out what per-frame refinement fits and no new frame gets. One table row per budg
 PSNR/SSIM/L1, the training frames' PSNR both ways and both gaps, training PSNR (the last epoch's
 batches), Gaussians, epochs, and the test PSNR and gap of the renderings without the protocol's
 3x3 erode-dilation beside the ground truth's own PSNR through it (at 64 px the opening, not the
-avatar, sets most of the error); below it the largest fall of test PSNR between consecutive
+avatar, sets most of the error), and how far the test fit moved the test frames' expressions and
+jaws from their tracked values; below it the largest fall of test PSNR between consecutive
 evaluations from `--drop_after` minutes on.
 
 `--epochs` evaluates after given epochs instead of budgets: for ablations whose runs share a GPU,
@@ -184,14 +185,14 @@ def markdown(rows: Sequence[BudgetRow], title: str, after_min: float) -> str:
                      f"{r.gap_db:.2f} | {r.gap_fitted_db:.2f} | {r.test_ssim:.4f} | "
                      f"{r.test_l1:.4f} | {r.test_psnr_unopened:.2f} | {r.gap_unopened_db:.2f} | "
                      f"{r.test_psnr_ground_truth_opened:.2f} | {fit_moved(r.test_fit_change)} |")
-    return "\n".join([*lines, "", OPENING_NOTE, "", drop_line(largest_drop(rows, after_min), after_min)])
+    return "\n".join([*lines, "", TABLE_NOTE, "", drop_line(largest_drop(rows, after_min), after_min)])
 
 
-OPENING_NOTE = ("PSNR, SSIM and L1 are the paper's protocol: the rendering erode-dilated by a 3x3 kernel. "
-                "'unopened' scores the rendering itself; 'ceiling' is the ground truth put through the same "
-                "opening, what a perfect rendering scores by the protocol at this resolution. 'fit moved': how "
-                "far the test fit took the test frames' expressions (length of the coefficients' change) and "
-                "jaws from their tracked values, on average (metrics.json's fit_change).")
+TABLE_NOTE = ("PSNR, SSIM and L1 are the paper's protocol: the rendering erode-dilated by a 3x3 kernel. "
+              "'unopened' scores the rendering itself; 'ceiling' is the ground truth put through the same "
+              "opening, what a perfect rendering scores by the protocol at this resolution. 'fit moved': how "
+              "far the test fit took the test frames' expressions (length of the coefficients' change) and "
+              "jaws from their tracked values, on average (metrics.json's fit_change).")
 
 
 SUMMARY_COLUMNS = ("train_frames_psnr", "train_frames_fitted_psnr", "test_psnr", "gap_db", "gap_fitted_db",

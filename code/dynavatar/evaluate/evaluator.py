@@ -7,7 +7,8 @@ the test videos of another subject than the one trained on; and, for `score_trai
 images of the training frames scored under eval/training_frames[_fitted]/<train sub_dir>/epoch_<N>/):
   rgb/ rgb_erode_dilate/ gt/ alpha/ error/   one PNG per frame, named by frame id
   metrics.csv (one row per frame, with its distances to the training frames: flame/novelty.py),
-  metrics.json (means, the distances' summary, and the conf/checkpoint they came from)
+  metrics.json (means, the distances' summary, how far the test fit moved the inputs, and the
+  conf/checkpoint they came from)
   video.mp4 (ground truth | rendering | error), turntable.mp4, canonical.ply
 """
 

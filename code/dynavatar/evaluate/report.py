@@ -199,13 +199,14 @@ def write_metrics(folder: Path, rows: list[dict[str, Any]], lpips: LPIPS | Unava
 
 def fit_change_line(change: dict[str, float]) -> str:
     """The log's words for FrameInputs.change_summary: mean (largest) change of each fitted input."""
-    names = [k[:-len("_mean")] for k in change if k.endswith("_mean")]
-    def part(name: str) -> str:
-        unit = "°" if name.endswith("_deg") else ""
-        return (f"{name.removesuffix('_deg')} {change[name + '_mean']:.3g}{unit} "
-                f"(largest {change[name + '_max']:.3g}{unit})")
-
-    return "the fit moved the inputs from the tracked ones by " + ", ".join(part(name) for name in names)
+    parts = []
+    for key in change:
+        if key.endswith("_mean"):
+            name = key.removesuffix("_mean")
+            unit = "°" if name.endswith("_deg") else ""
+            parts.append(f"{name.removesuffix('_deg')} {change[key]:.3g}{unit} "
+                         f"(largest {change[name + '_max']:.3g}{unit})")
+    return "the fit moved the inputs from the tracked ones by " + ", ".join(parts)
 
 
 def opening_line(opening: dict[str, float]) -> str:

@@ -13,6 +13,10 @@ import torch
 from ..runtime import constant
 
 
+# The FLAME pose vector [15]: one axis-angle [3] per joint (the eyes' follow the jaw's).
+GLOBAL, NECK, JAW = slice(0, 3), slice(3, 6), slice(6, 9)
+
+
 def axis_angle_to_matrix(axis_angle: torch.Tensor) -> torch.Tensor:
     """Rodrigues' formula: axis-angle [..., 3] -> rotation matrices [..., 3, 3], smooth at zero."""
     theta2 = (axis_angle * axis_angle).sum(-1, keepdim=True)[..., None]  # [..., 1, 1]
@@ -27,6 +31,16 @@ def axis_angle_to_matrix(axis_angle: torch.Tensor) -> torch.Tensor:
     skew = torch.stack([zero, -z, y, z, zero, -x, -y, x, zero], dim=-1).reshape(*axis_angle.shape[:-1], 3, 3)
     eye = torch.eye(3, dtype=axis_angle.dtype, device=axis_angle.device).expand_as(skew)
     return eye + a * skew + b * (skew @ skew)
+
+
+def rotation_angle_deg(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """The angle in degrees from rotations a to b [..., 3, 3] (that of a^T b) [...]: from its sine
+    (the antisymmetric part) and cosine (the trace), exact for small angles, where arccos is not."""
+    relative = a.transpose(-1, -2) @ b
+    cosine = (relative.diagonal(dim1=-2, dim2=-1).sum(dim=-1) - 1) / 2
+    skew = relative - relative.transpose(-1, -2)
+    sine = torch.stack([skew[..., 2, 1], skew[..., 0, 2], skew[..., 1, 0]], dim=-1).norm(dim=-1) / 2
+    return torch.rad2deg(torch.atan2(sine, cosine))
 
 
 def pose_feature(rotations: torch.Tensor) -> torch.Tensor:

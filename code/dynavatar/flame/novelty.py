@@ -26,11 +26,10 @@ from typing import Any, Callable, Hashable, Protocol, Sequence
 import numpy as np
 import torch
 
-from .lbs import axis_angle_to_matrix
+from .lbs import GLOBAL, JAW, NECK, axis_angle_to_matrix
 
 NOVELTY_COLUMNS = ("head_novelty_deg", "jaw_novelty_deg", "expression_novelty")
 CORRELATED_WITH = ("psnr", "psnr_unopened")  # the per-frame metrics the summary correlates them with
-GLOBAL, NECK, JAW = slice(0, 3), slice(3, 6), slice(6, 9)  # FLAME pose vector [15]: axis-angle per joint
 CHUNK = 256  # test frames compared with all training frames at a time
 
 

@@ -11,11 +11,11 @@ import torch
 from torch import nn
 
 from ..data.batch import FrameBatch
-from ..flame.lbs import axis_angle_to_matrix
+from ..flame.lbs import GLOBAL, JAW, NECK, axis_angle_to_matrix, rotation_angle_deg
 from .row_sparse_adam import RowSparseAdam
 
-# The FLAME pose's joints whose change `change_summary` reports, by their axis-angle columns.
-POSE_JOINTS = {"head": slice(0, 3), "neck": slice(3, 6), "jaw": slice(6, 9)}
+# The FLAME pose's joints whose change `change_summary` reports (the eyes' are fitted, not reported).
+POSE_JOINTS = {"global": GLOBAL, "neck": NECK, "jaw": JAW}
 
 
 class FrameInputs(nn.Module):
@@ -57,9 +57,10 @@ class FrameInputs(nn.Module):
 
     @torch.no_grad()
     def change_summary(self, frames: torch.Tensor | None = None) -> dict[str, float]:
-        """How far the refined inputs of `frames` (indices [K], default all) lie from the tracked ones,
-        as the mean and the largest over them: the expression as the length of its coefficients' change, each joint of
-        `POSE_JOINTS` as the angle in degrees between its tracked and refined rotations, the camera
+        """How far the refined inputs of `frames` (indices [K], default all) lie from the tracked
+        ones, as the mean and the largest over them: the expression as the length of its
+        coefficients' change, each joint of `POSE_JOINTS` (FLAME's global rotation, the neck's and
+        the jaw's) as the angle in degrees between its tracked and refined rotations, the camera
         translation (when applied) as the length of its change."""
         rows = slice(None) if frames is None else frames
         changes: dict[str, torch.Tensor] = {}  # name -> [K]
@@ -67,21 +68,14 @@ class FrameInputs(nn.Module):
             changes["expression"] = (self.expression.weight[rows] - self.tracked_expression[rows]).norm(dim=1)
         if self.optimize_camera:
             for joint, columns in POSE_JOINTS.items():
-                tracked = axis_angle_to_matrix(self.tracked_flame_pose[rows, columns])  # [K, 3, 3]
-                refined = axis_angle_to_matrix(self.flame_pose.weight[rows, columns])
-                relative = tracked.transpose(1, 2) @ refined
-                cosine = (relative.diagonal(dim1=1, dim2=2).sum(dim=1) - 1) / 2
-                # sin from the antisymmetric part: exact for small angles, where acos is not
-                sine = (relative - relative.transpose(1, 2))[:, [2, 0, 1], [1, 2, 0]].norm(dim=1) / 2
-                changes[f"{joint}_deg"] = torch.rad2deg(torch.atan2(sine, cosine))
+                changes[f"{joint}_deg"] = rotation_angle_deg(
+                    axis_angle_to_matrix(self.tracked_flame_pose[rows, columns]),
+                    axis_angle_to_matrix(self.flame_pose.weight[rows, columns]))
         if self.optimize_camera and self.apply_translation:
             changes["camera_translation"] = (self.camera_translation.weight[rows]
                                              - self.tracked_camera_translation[rows]).norm(dim=1)
-        summary = {}
-        for name, values in changes.items():
-            summary[f"{name}_mean"] = float(values.mean())
-            summary[f"{name}_max"] = float(values.max())
-        return summary
+        return {f"{name}_{stat}": float(getattr(values, stat)()) for name, values in changes.items()
+                for stat in ("mean", "max")}
 
     @property
     def enabled(self) -> bool:
