@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from ..flame import synthetic_flame_files
-from ..flame.lbs import axis_angle_to_matrix
+from ..flame.lbs import axis_angle_to_matrix, rotation_angle_deg as rotation_angle
 from ..flame.novelty import head_rotations
 from .crop import Crop, square_crop
 from .flame_landmarks import FlameLandmarks
@@ -58,8 +58,7 @@ def head_rotation(pose: np.ndarray) -> np.ndarray:
 
 def rotation_angle_deg(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Angles [N] of the rotations a^T b between rotation matrices [N, 3, 3]."""
-    cos = (np.einsum("nij,nij->n", a, b) - 1.0) / 2.0
-    return np.degrees(np.arccos(np.clip(cos, -1.0, 1.0)))
+    return rotation_angle(torch.as_tensor(a), torch.as_tensor(b)).numpy()
 
 
 def yaw_deg(rotation: np.ndarray) -> np.ndarray:
