@@ -57,8 +57,9 @@ def head_rotation(pose: np.ndarray) -> np.ndarray:
 
 
 def rotation_angle_deg(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Angles [N] of the rotations a^T b between rotation matrices [N, 3, 3]."""
-    return rotation_angle(torch.as_tensor(a), torch.as_tensor(b)).numpy()
+    """Angles [N] of the rotations a^T b between rotation matrices [N, 3, 3], in float64."""
+    a, b = (torch.from_numpy(np.ascontiguousarray(m, dtype=np.float64)) for m in (a, b))
+    return rotation_angle(a, b).numpy()
 
 
 def yaw_deg(rotation: np.ndarray) -> np.ndarray:
