@@ -13,8 +13,8 @@ import torch
 from ..runtime import constant
 
 
-# The FLAME pose vector [15]: one axis-angle [3] per joint (the eyes' follow the jaw's).
-GLOBAL, NECK, JAW = slice(0, 3), slice(3, 6), slice(6, 9)
+# The FLAME pose vector [15]: one axis-angle [3] per joint, in FLAME's order (global, neck, jaw, eye, eye).
+GLOBAL, NECK, JAW, EYE_A, EYE_B = (slice(3 * j, 3 * j + 3) for j in range(5))
 
 
 def axis_angle_to_matrix(axis_angle: torch.Tensor) -> torch.Tensor:

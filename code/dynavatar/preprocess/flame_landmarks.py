@@ -18,14 +18,13 @@ import torch
 from torch import nn
 
 from ..flame import FLAME_SCALE, load_flame_model, load_landmark_embedding
-from ..flame.lbs import axis_angle_to_matrix, pose_feature
+from ..flame.lbs import EYE_A, EYE_B, axis_angle_to_matrix, pose_feature
 from ..flame.mesh import outward_winding, vertex_normals
 
 N_SHAPE = 100
 N_EXPRESSION = 50
 SHAPE_COMPONENTS_IN_FILE = 300  # FLAME stores 300 shape then the expression components
 EYE_JOINTS = (3, 4)  # FLAME joints: global, neck, jaw, eye, eye
-GLOBAL, NECK, JAW, EYE_A, EYE_B = (slice(3 * j, 3 * j + 3) for j in range(5))  # pose [15] layout
 
 
 def joint_transforms(rotations: torch.Tensor, joints: torch.Tensor, parents: list[int]) -> torch.Tensor:

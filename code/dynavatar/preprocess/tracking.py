@@ -35,9 +35,10 @@ import numpy as np
 import torch
 
 from ..cameras import PIXEL_CENTRE_OFFSET, imavatar_world_to_camera, pixel_intrinsics, pixels_to_keypoints
+from ..flame.lbs import GLOBAL, JAW, NECK
 from ..progress import progress
 from . import photometric, silhouette
-from .flame_landmarks import GLOBAL, JAW, NECK, FlameLandmarks
+from .flame_landmarks import FlameLandmarks
 from .masks import points_at
 from .robust import pseudo_huber
 
