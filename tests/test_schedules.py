@@ -120,6 +120,29 @@ def test_every_term_of_a_step_comes_from_its_output_and_the_mask_term_only_with_
     assert "mask_loss" not in loss.terms(out, SimpleNamespace(rgb=gt, mask=None), flame)  # data without masks
 
 
+def test_opacity_term_pushes_each_opacity_toward_0_or_1():
+    """`loss.opacity_weight`: the mean o (1 - o) of the rendered opacities, in the terms only with a
+    weight above 0; its gradient lowers an opacity below 1/2 and raises one above it."""
+    from types import SimpleNamespace
+    opacities = torch.tensor([[0.1, 0.3, 0.7, 0.95]], requires_grad=True)  # [B, N]
+    out = SimpleNamespace(rgb=torch.zeros(1, 2, 2, 3), alpha=torch.zeros(1, 2, 2), prior=None, prior_terms={},
+                          gaussians=SimpleNamespace(opacities=opacities))
+    batch = SimpleNamespace(rgb=torch.zeros(1, 2, 2, 3), mask=None)
+    conf = load_conf(REPO / "confs" / "subject1.conf", ["loss.vgg_feature_weight=0", "loss.opacity_weight=0.5"])
+    loss = AvatarLoss(conf.loss, None, None, torch.device("cpu"))
+    terms = loss.terms(out, batch)
+    want = (0.1 * 0.9 + 0.3 * 0.7 + 0.7 * 0.3 + 0.95 * 0.05) / 4
+    assert terms["opacity_loss"].item() == pytest.approx(want)
+    loss.total({"opacity_loss": terms["opacity_loss"]}).backward()
+    step = -opacities.grad[0]  # gradient descent's direction
+    assert step[0] < 0 and step[1] < 0 and step[2] > 0 and step[3] > 0
+    assert opacities.grad[0].tolist() == pytest.approx([0.5 * (1 - 2 * o) / 4 for o in (0.1, 0.3, 0.7, 0.95)])
+    off = load_conf(REPO / "confs" / "subject1.conf", ["loss.vgg_feature_weight=0"])
+    assert "opacity_loss" not in AvatarLoss(off.loss, None, None, torch.device("cpu")).terms(out, batch)
+    with pytest.raises(ConfigError, match="opacity_weight"):
+        load_conf(REPO / "confs" / "subject1.conf", ["loss.opacity_weight=-1"])
+
+
 def test_device_errors_are_clear():
     assert resolve_device("cpu").type == "cpu"
     with pytest.raises(ConfigError, match="not a device"):

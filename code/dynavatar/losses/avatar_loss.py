@@ -35,10 +35,18 @@ def check_loss_conf(conf: Conf) -> None:
                           "which this avatar lacks: set model.point_colors=true, or loss.point_color_weight=0")
 
 
+def opacity_ambiguity(opacities: torch.Tensor) -> torch.Tensor:
+    """The mean of o (1 - o) over opacities [..., N] in [0, 1]: 0 where each is 0 or 1. Layers of
+    half-transparent Gaussians can blend to the training views' colours and come apart in a view
+    they never showed; the term asks each Gaussian to be there or not."""
+    return (opacities * (1 - opacities)).mean()
+
+
 class AvatarLoss:
-    """L1 + ssim_weight (1 - SSIM) + vgg_feature_weight VGG + lbs_weight x FLAME priors (+ the terms
-    on the avatar's own parameters, `regularisers`, which the trainer adds: the deformer's smoothness
-    and the size of the per-Gaussian colour offsets, each when its weight is above 0).
+    """L1 + ssim_weight (1 - SSIM) + vgg_feature_weight VGG + lbs_weight x FLAME priors (+ the mask and
+    opacity terms, and the terms on the avatar's own parameters, `regularisers`, which the trainer
+    adds: the deformer's smoothness and the size of the per-Gaussian colour offsets, each when its
+    weight is above 0).
 
     `lbs_weight` is halved at `loss.flame_prior_milestones` by the trainer (`set_epoch`).
     With `perceptual=False` the VGG term is left out whatever the conf says: test-time fitting of
@@ -68,6 +76,7 @@ class AvatarLoss:
         self.smoothness_jitter = loss_conf.smoothness_jitter
         self.smoothness_points = loss_conf.smoothness_points
         self.point_color_weight = loss_conf.point_color_weight
+        self.opacity_weight = loss_conf.opacity_weight
 
     def set_epoch(self, epoch: int) -> None:
         """lbs_weight halves at each milestone reached (epoch >= milestone)."""
@@ -81,6 +90,8 @@ class AvatarLoss:
         terms = self.photometric(out.rgb, batch.rgb)
         if self.mask_weight > 0 and batch.mask is not None:
             terms["mask_loss"] = (out.alpha - batch.mask).abs().mean()
+        if self.opacity_weight > 0:
+            terms["opacity_loss"] = opacity_ambiguity(out.gaussians.opacities)
         terms.update(out.prior_terms)
         if out.prior is not None and flame is not None:
             terms.update(self.flame_prior(out.prior.deformer, out.prior.nearest, flame))
@@ -159,6 +170,7 @@ class AvatarLoss:
             "shapedirs_loss": self.lbs_weight * DIRS_PRIOR_SCALE,
             "smoothness_loss": self.smoothness_weight,
             "point_color_loss": self.point_color_weight,
+            "opacity_loss": self.opacity_weight,
         }
         values = torch.stack([value.float() for value in terms.values()])  # [T]
         return (values * constant(tuple(float(weights[name]) for name in terms), values.dtype, values.device)).sum()
