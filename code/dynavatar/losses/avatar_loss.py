@@ -1,5 +1,5 @@
-"""Training losses: photometric (L1, SSIM, VGG perceptual), the mask term, and the FLAME priors on
-the deformer.
+"""Training losses: photometric (L1, SSIM, VGG perceptual), the mask and opacity terms, and the FLAME
+priors on the deformer.
 
 `AvatarLoss.terms` computes every term a step uses from the avatar's output and the batch, and
 `total` weighs them: a new term is one method here, one line in `terms` and one in `weights`, and
