@@ -115,8 +115,9 @@ class LossConf(Section):
     smoothness_points: int = setting(2048, "points sampled for the smoothness term each step", AT_LEAST_ONE)
     point_color_weight: float = setting(0.0, "weight of the per-Gaussian colour offsets' mean squared size "
                                              "(model.point_colors; 0: off)", NON_NEGATIVE)
-    opacity_weight: float = setting(0.0, "weight of the mean o(1 - o) of the opacities o of the avatar's Gaussians as "
-                                         "posed for each frame, which pushes each toward 0 or 1 (0: off, the paper)", NON_NEGATIVE)
+    opacity_weight: float = setting(0.0, "weight of the mean o(1 - o) of the opacities o of the avatar's Gaussians "
+                                         "as posed for each frame, which pushes each toward 0 or 1 (0: off, the "
+                                         "paper)", NON_NEGATIVE)
     flame_distance_chunk: int = setting(4096, "points per chunk of the nearest-FLAME-vertex search (256 is faster "
                                               "on a CPU; a GPU with Triton searches in one fused kernel instead)",
                                         AT_LEAST_ONE)
