@@ -433,9 +433,11 @@ def test_recomputed_gradients_equal_kept_ones(synthetic_flame_paths):
         assert torch.equal(whole[name], grad), name
 
 
-def test_bfloat16_networks_give_float32_outputs_close_to_float32(synthetic_flame_paths):
+def test_bfloat16_networks_give_float32_outputs_close_to_float32(synthetic_flame_paths, monkeypatch):
     # model.network_precision=bfloat16: the networks' products in bfloat16, everything after them in
-    # float32; gradients reach the same parameters and point the same way.
+    # float32; gradients reach the same parameters and point the same way. (Any CPU computes it; one
+    # without bfloat16 instructions only slowly, so the bfloat16 path is forced here.)
+    monkeypatch.setitem(precision_module._has_bfloat16, ("cpu", None), True)
     torch.manual_seed(0)  # the same initial networks for both
     exact = step_gradients(make_avatar(synthetic_flame_paths), RecomputePolicy("off", 128))
     torch.manual_seed(0)
@@ -455,7 +457,7 @@ def test_bfloat16_networks_give_float32_outputs_close_to_float32(synthetic_flame
 @pytest.mark.parametrize("capability, native", [((7, 5), False), ((8, 0), True), ((9, 0), True)])
 def test_bfloat16_networks_fall_back_to_float32_on_a_card_without_bfloat16(monkeypatch, caplog, capability, native):
     """A T4 (7.5) has no bfloat16 arithmetic: the networks run in float32 there, with one warning naming
-    the card; Ampere (8.0) and later run bfloat16. A CPU always does."""
+    the card; Ampere (8.0) and later run bfloat16."""
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda index=None: capability)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda index=None: "Tesla T4")
     monkeypatch.setattr(precision_module, "_has_bfloat16", {})  # nothing known of any device yet
@@ -465,7 +467,6 @@ def test_bfloat16_networks_fall_back_to_float32_on_a_card_without_bfloat16(monke
     warnings = [r.getMessage() for r in caplog.records if r.name == precision_module.__name__]
     assert len(warnings) == (0 if native else 1)
     assert native or ("Tesla T4 (compute capability 7.5)" in warnings[0] and "float32" in warnings[0])
-    assert precision_module.has_bfloat16("cpu", None)
     # What the answer does to a network (the CPU standing in for the card): float32 exactly where there
     # is no bfloat16, bfloat16's rounding where there is.
     torch.manual_seed(0)
@@ -473,6 +474,22 @@ def test_bfloat16_networks_fall_back_to_float32_on_a_card_without_bfloat16(monke
     precision_module._has_bfloat16[("cpu", None)] = native
     out = precision_module.NetworkPrecision("bfloat16")(net, x)
     assert torch.equal(out.color, net(x).color) != native and out.color.dtype == torch.float32
+
+
+@pytest.mark.parametrize("instructions", [False, True])
+def test_bfloat16_networks_fall_back_to_float32_on_a_cpu_without_bfloat16(monkeypatch, caplog, instructions):
+    """A CPU without bfloat16 instructions (an x86 without AVX-512, by oneDNN's test) would convert every
+    operand: the networks run in float32 there, with one warning naming the CPU; one with them runs bfloat16."""
+    monkeypatch.setattr(precision_module, "cpu_bfloat16_instructions", lambda: instructions)
+    monkeypatch.setattr(precision_module, "_has_bfloat16", {})
+    with caplog.at_level("WARNING", logger=precision_module.__name__):
+        assert precision_module.has_bfloat16("cpu", None) is instructions
+        assert precision_module.has_bfloat16("cpu", None) is instructions
+        expected = torch.bfloat16 if instructions else None
+        assert precision_module.NetworkPrecision("bfloat16").dtype_on(torch.device("cpu")) is expected
+    warnings = [r.getMessage() for r in caplog.records if r.name == precision_module.__name__]
+    assert len(warnings) == (0 if instructions else 1)
+    assert instructions or ("CPU has no bfloat16 instructions" in warnings[0] and "float32" in warnings[0])
 
 
 def test_an_unknown_network_precision_is_one_conf_error():

@@ -8,7 +8,9 @@ stay in float32. At 100k points the networks are the largest part of a training 
 their time is memory traffic; the parameters, their gradients and Adam's moments stay float32.
 
 A CUDA card older than Ampere (compute capability below 8.0: a T4, a V100) has no bfloat16
-arithmetic of its own; there the networks run in float32, with one warning.
+arithmetic of its own, nor has a CPU without AVX-512 or AMX (x86) or BF16 instructions (Arm), where
+PyTorch would convert every operand at a cost larger than the gain; on these the networks run in
+float32, with one warning.
 """
 
 from __future__ import annotations
@@ -34,12 +36,26 @@ _has_bfloat16: dict[tuple[str, int | None], bool] = {}
 @torch.compiler.assume_constant_result  # a compiled posing reads it as the constant it is
 def has_bfloat16(device_type: str, index: int | None) -> bool:
     """Whether a device computes in bfloat16 itself: a CUDA card of compute capability 8.0 or later,
-    and a CPU (PyTorch converts where the CPU has no bfloat16 instructions). Warns once per card that
-    does not."""
+    a CPU where oneDNN runs bfloat16 products natively. Warns once per device that does not."""
     key = (device_type, index)
     if key not in _has_bfloat16:
-        _has_bfloat16[key] = device_type != "cuda" or _cuda_has_bfloat16(index)
+        checks = {"cuda": lambda: _cuda_has_bfloat16(index), "cpu": _cpu_has_bfloat16}
+        _has_bfloat16[key] = checks.get(device_type, lambda: True)()
     return _has_bfloat16[key]
+
+
+def cpu_bfloat16_instructions() -> bool:
+    """oneDNN's own test for bfloat16 products without slow emulation (x86 with AVX-512 or AMX, Arm with
+    BF16); False where PyTorch has no oneDNN."""
+    return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def _cpu_has_bfloat16() -> bool:
+    if cpu_bfloat16_instructions():
+        return True
+    log.warning("model.network_precision = bfloat16: this CPU has no bfloat16 instructions (AVX-512 or AMX; BF16 "
+                "on Arm); the networks run in float32 (model.network_precision=float32 says so without this warning)")
+    return False
 
 
 def _cuda_has_bfloat16(index: int | None) -> bool:
