@@ -9,6 +9,7 @@ import torch
 from dynavatar.config import load_conf
 from dynavatar.errors import ConfigError
 from dynavatar.metrics.image import ssim_loss
+from dynavatar.model import precision as precision_module
 from dynavatar.model.compiled import StepCompiler, can_compile
 from dynavatar.model.recompute import RecomputePolicy
 
@@ -32,12 +33,14 @@ def assert_same_gradients(eager, compiled, recompute: str, frames: int) -> None:
         assert error <= 1e-4, (eager.n_points, recompute, name, error)  # the same maths, sums reordered
 
 
-def test_compiled_step_gives_the_uncompiled_gradients_without_compiling_again(synthetic_flame_paths):
+def test_compiled_step_gives_the_uncompiled_gradients_without_compiling_again(synthetic_flame_paths, monkeypatch):
     """The networks (bfloat16 under autocast, as on a GPU), the posing and the SSIM loss, traced
     with dynamic sizes (backend aot_eager: dynamo's graphs and the compiled autograd, no code
     generation), on 400 points and 3 frames, then on 600 points and 2 frames: the uncompiled
     gradients, and no new graph for the second size (pruning and growing change the point count
-    every epoch); with activations recomputed, the same gradients too."""
+    every epoch); with activations recomputed, the same gradients too. (The bfloat16 path is forced:
+    a CPU without bfloat16 instructions would run float32.)"""
+    monkeypatch.setitem(precision_module._has_bfloat16, ("cpu", None), True)
     torch._dynamo.reset()
     overrides = (SMALL, "model.network_precision=bfloat16")
     torch.manual_seed(0)

@@ -479,7 +479,7 @@ def test_bfloat16_networks_fall_back_to_float32_on_a_card_without_bfloat16(monke
 @pytest.mark.parametrize("instructions", [False, True])
 def test_bfloat16_networks_fall_back_to_float32_on_a_cpu_without_bfloat16(monkeypatch, caplog, instructions):
     """A CPU without bfloat16 instructions (an x86 without AVX-512, by oneDNN's test) would convert every
-    operand: the networks run in float32 there, with one warning naming the CPU; one with them runs bfloat16."""
+    operand: the networks run in float32 there, with one warning; one with them runs bfloat16."""
     monkeypatch.setattr(precision_module, "cpu_bfloat16_instructions", lambda: instructions)
     monkeypatch.setattr(precision_module, "_has_bfloat16", {})
     with caplog.at_level("WARNING", logger=precision_module.__name__):

@@ -37,7 +37,7 @@ _has_bfloat16: dict[tuple[str, int | None], bool] = {}
 def has_bfloat16(device_type: str, index: int | None) -> bool:
     """Whether a device computes in bfloat16 itself: a CUDA card of compute capability 8.0 or later,
     a CPU where oneDNN runs bfloat16 products natively. Warns once per device that does not."""
-    key = (device_type, index)
+    key = (device_type, None if device_type == "cpu" else index)  # one answer (and warning) for all of a CPU
     if key not in _has_bfloat16:
         checks = {"cuda": lambda: _cuda_has_bfloat16(index), "cpu": _cpu_has_bfloat16}
         _has_bfloat16[key] = checks.get(device_type, lambda: True)()
@@ -45,8 +45,8 @@ def has_bfloat16(device_type: str, index: int | None) -> bool:
 
 
 def cpu_bfloat16_instructions() -> bool:
-    """oneDNN's own test for bfloat16 products without slow emulation (x86 with AVX-512 or AMX, Arm with
-    BF16); False where PyTorch has no oneDNN."""
+    """oneDNN's own test for bfloat16 products it supports (x86 with AVX-512 or AMX, Arm with BF16);
+    False where PyTorch has no oneDNN."""
     return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
