@@ -224,7 +224,7 @@ def test_refinement_per_frame_only_leaves_no_shared_change(data_folder, tmp_path
     assert "has no effect" not in caplog.text
     trainer.train_epoch(0)
     trainer.train_epoch(1)  # refines the inputs
-    change = trainer.inputs.expression.weight - trainer.train_data.expressions.to(trainer.device)  # [F, 50]
+    change = trainer.inputs.expression.weight.detach() - trainer.train_data.expressions.to(trainer.device)  # [F, 50]
     assert float(change.abs().max()) > 1e-5  # refined either way
     shared = float(change.mean(dim=0).abs().max())
     assert (shared < 1e-6) is per_frame_only, shared
