@@ -36,7 +36,7 @@ _has_bfloat16: dict[tuple[str, int | None], bool] = {}
 @torch.compiler.assume_constant_result  # a compiled posing reads it as the constant it is
 def has_bfloat16(device_type: str, index: int | None) -> bool:
     """Whether a device computes in bfloat16 itself: a CUDA card of compute capability 8.0 or later,
-    a CPU where oneDNN runs bfloat16 products natively. Warns once per device that does not."""
+    a CPU where oneDNN supports bfloat16 products. Warns once per device that does not."""
     key = (device_type, None if device_type == "cpu" else index)  # one answer (and warning) for all of a CPU
     if key not in _has_bfloat16:
         checks = {"cuda": lambda: _cuda_has_bfloat16(index), "cpu": _cpu_has_bfloat16}
