@@ -39,8 +39,12 @@ def has_bfloat16(device_type: str, index: int | None) -> bool:
     a CPU where oneDNN supports bfloat16 products. Warns once per device that does not."""
     key = (device_type, None if device_type == "cpu" else index)  # one answer (and warning) for all of a CPU
     if key not in _has_bfloat16:
-        checks = {"cuda": lambda: _cuda_has_bfloat16(index), "cpu": _cpu_has_bfloat16}
-        _has_bfloat16[key] = checks.get(device_type, lambda: True)()
+        if device_type == "cuda":
+            _has_bfloat16[key] = _cuda_has_bfloat16(index)
+        elif device_type == "cpu":
+            _has_bfloat16[key] = _cpu_has_bfloat16()
+        else:
+            _has_bfloat16[key] = True
     return _has_bfloat16[key]
 
 
