@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -92,7 +93,6 @@ def test_zero_expression_variance_does_not_divide_by_zero(conf, synthetic_flame_
 
 
 def test_every_term_of_a_step_comes_from_its_output_and_the_mask_term_only_with_a_weight(conf, synthetic_flame_paths):
-    from types import SimpleNamespace
     flame = FLAME(*synthetic_flame_paths)
     generator = torch.Generator().manual_seed(0)
     rgb, gt = torch.rand(2, 4, 4, 3, generator=generator), torch.rand(2, 4, 4, 3, generator=generator)
@@ -123,7 +123,6 @@ def test_every_term_of_a_step_comes_from_its_output_and_the_mask_term_only_with_
 def test_opacity_term_pushes_each_opacity_toward_0_or_1():
     """`loss.opacity_weight`: the mean o (1 - o) of the rendered opacities, in the terms only with a
     weight above 0; its gradient lowers an opacity below 1/2 and raises one above it."""
-    from types import SimpleNamespace
     opacities = torch.tensor([[0.1, 0.3, 0.7, 0.95]], requires_grad=True)  # [B, N]
     out = SimpleNamespace(rgb=torch.zeros(1, 2, 2, 3), alpha=torch.zeros(1, 2, 2), prior=None, prior_terms={},
                           gaussians=SimpleNamespace(opacities=opacities))
