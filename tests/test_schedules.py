@@ -83,6 +83,29 @@ def test_prior_weights_and_targets(conf, synthetic_flame_paths):
     assert lbs.item() > 0 and loss.total({"lbs_loss": lbs}).item() == pytest.approx(lbs.item() * 10 * 0.1)
 
 
+def test_fast_conf_weighs_every_expression_component_alike_where_the_paper_divides_by_its_variance(
+        conf, synthetic_flame_paths):
+    """subject1.conf divides each blendshape component's error by 50 x its variance over the training
+    frames; fast.conf hands the prior no variance, so a component the video moves much is held as
+    firmly as one it never moves."""
+    fast = load_conf(REPO / "confs" / "fast.conf", ["loss.vgg_feature_weight=0"])
+    assert conf.dataset.use_var_expression and not fast.dataset.use_var_expression
+    flame = FLAME(*synthetic_flame_paths)
+    nearest = torch.tensor([0, 5, 100])
+    exact = DeformerOutput(flame.shapedirs[nearest], flame.posedirs[nearest],
+                           torch.cat([torch.zeros(3, 1), flame.lbs_weights[nearest]], dim=1), torch.zeros(3, 3))
+    moved = exact.shapedirs.clone()
+    moved[:, :, 0] += 0.01  # only the first component is off
+    off = DeformerOutput(moved, exact.posedirs, exact.lbs_weights, exact.offset)
+    variance = torch.full((50,), 0.01)
+    variance[0] = 4.0  # the first component varies most over the training frames
+    divided = AvatarLoss(conf.loss, variance, None, torch.device("cpu")).flame_prior(off, nearest, flame)
+    undivided = AvatarLoss(fast.loss, None, None, torch.device("cpu")).flame_prior(off, nearest, flame)
+    share = 1 / 50  # one component of 50 is off
+    assert undivided["shapedirs_loss"].item() == pytest.approx((10 * 0.01) ** 2 * share)
+    assert divided["shapedirs_loss"].item() == pytest.approx((10 * 0.01) ** 2 * share / (4.0 * 50))
+
+
 def test_zero_expression_variance_does_not_divide_by_zero(conf, synthetic_flame_paths):
     flame = FLAME(*synthetic_flame_paths)
     loss = AvatarLoss(conf.loss, torch.zeros(50), None, torch.device("cpu"))
