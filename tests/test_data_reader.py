@@ -269,12 +269,15 @@ def test_a_batch_on_the_gpu_is_gathered_without_waiting_for_the_gpu(data):
 
 
 def test_dataset_from_conf(data):
-    conf = load_conf(REPO / "confs" / "subject1.conf",
-                     [f"dataset.data_folder={data}", "dataset.subject_name=subj", "dataset.train.sub_dir=[A]",
-                      "dataset.test.sub_dir=[B]", f"dataset.train.img_res=[{H}, {W}]",
-                      f"dataset.test.img_res=[{H}, {W}]", "dataset.test.subsample=3"])
+    overrides = [f"dataset.data_folder={data}", "dataset.subject_name=subj", "dataset.train.sub_dir=[A]",
+                 "dataset.test.sub_dir=[B]", f"dataset.train.img_res=[{H}, {W}]",
+                 f"dataset.test.img_res=[{H}, {W}]", "dataset.test.subsample=3"]
+    conf = load_conf(REPO / "confs" / "subject1.conf", overrides)
     train = dataset_from_conf(conf, "train")
     assert len(train) == 5 and train.var_expression is not None and train.mean_expression.abs().sum() > 0
+    # fast.conf's expression prior is undivided: its training data hands the loss no variance.
+    fast = dataset_from_conf(load_conf(REPO / "confs" / "fast.conf", overrides), "train")
+    assert fast.var_expression is None and torch.equal(fast.mean_expression, train.mean_expression)
     assert [r.frame_id for r in dataset_from_conf(conf, "test").frames] == [1, 4]
     assert len(dataset_from_conf(conf, "test", is_eval=True)) == 4  # evaluation reads every frame
     assert len(dataset_from_conf(conf, "test", subsample=2, only_json=True)) == 2
