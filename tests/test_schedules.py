@@ -62,12 +62,18 @@ def test_batch_size_rule(conf):
     assert [frames_per_step(conf.train, n) for n in (400, 12800, 20000, 40000, 100000, 200000)] == [8, 8, 5, 2, 1, 1]
 
 
+def flame_own_outputs(flame: FLAME, nearest: torch.Tensor) -> DeformerOutput:
+    """Deformer outputs equal to FLAME's at each point's nearest vertex (a ghost-bone weight of 0)."""
+    n = nearest.shape[0]
+    return DeformerOutput(flame.shapedirs[nearest], flame.posedirs[nearest],
+                          torch.cat([torch.zeros(n, 1), flame.lbs_weights[nearest]], dim=1), torch.zeros(n, 3))
+
+
 def test_prior_weights_and_targets(conf, synthetic_flame_paths):
     flame = FLAME(*synthetic_flame_paths)
     loss = AvatarLoss(conf.loss, torch.full((50,), 2.0), None, torch.device("cpu"))
     nearest = torch.tensor([0, 5, 100])
-    exact = DeformerOutput(flame.shapedirs[nearest], flame.posedirs[nearest],
-                           torch.cat([torch.zeros(3, 1), flame.lbs_weights[nearest]], dim=1), torch.zeros(3, 3))
+    exact = flame_own_outputs(flame, nearest)
     terms = loss.flame_prior(exact, nearest, flame)
     assert all(v.item() == pytest.approx(0.0, abs=1e-12) for v in terms.values())  # FLAME's own values: no penalty
     off = DeformerOutput(exact.shapedirs + 0.01, exact.posedirs + 0.02, exact.lbs_weights, exact.offset)
@@ -92,8 +98,7 @@ def test_fast_conf_weighs_every_expression_component_alike_where_the_paper_divid
     assert conf.dataset.use_var_expression and not fast.dataset.use_var_expression
     flame = FLAME(*synthetic_flame_paths)
     nearest = torch.tensor([0, 5, 100])
-    exact = DeformerOutput(flame.shapedirs[nearest], flame.posedirs[nearest],
-                           torch.cat([torch.zeros(3, 1), flame.lbs_weights[nearest]], dim=1), torch.zeros(3, 3))
+    exact = flame_own_outputs(flame, nearest)
     moved = exact.shapedirs.clone()
     moved[:, :, 0] += 0.01  # only the first component is off
     off = DeformerOutput(moved, exact.posedirs, exact.lbs_weights, exact.offset)
