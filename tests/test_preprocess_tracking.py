@@ -337,9 +337,20 @@ def test_preprocess_tracks_again_with_the_background_models_masks(tmp_path):
 
 
 @pytest.mark.parametrize("option, value", [("--silhouette", "-1"), ("--photometric", "-1"), ("--expression_prior", "-1"),
+                                           ("--smooth_head", "-1"), ("--smooth_head_acceleration", "nan"),
                                            ("--steps", "0")])
 def test_tracking_accuracy_refuses_a_bad_option(option, value):
     from dynavatar.cli.tracking_accuracy import run
 
     with pytest.raises(PreprocessError, match=option):
         run([option, value])
+
+
+def test_tracking_accuracy_passes_the_head_smoothness_to_tracking():
+    from dynavatar.cli.tracking_accuracy import build_parser, tracking_options
+
+    defaults = tracking_options(build_parser().parse_args([]))
+    assert (defaults.smooth_head, defaults.smooth_head_acceleration) == (TrackingOptions.smooth_head,
+                                                                         TrackingOptions.smooth_head_acceleration)
+    options = tracking_options(build_parser().parse_args(["--smooth_head", "10", "--smooth_head_acceleration", "1e4"]))
+    assert (options.smooth_head, options.smooth_head_acceleration) == (10.0, 1.0e4)

@@ -49,6 +49,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--expression_prior", type=float, default=TrackingOptions.expression_prior, metavar="W",
                         help=f"weight of the expression coefficients' squared size (default "
                              f"{TrackingOptions.expression_prior:g}; preprocess.py --expression_prior)")
+    parser.add_argument("--smooth_head", type=float, default=TrackingOptions.smooth_head, metavar="W",
+                        help=f"weight of the head turn's change between frames (default "
+                             f"{TrackingOptions.smooth_head:g}; preprocess.py --smooth_head)")
+    parser.add_argument("--smooth_head_acceleration", type=float, default=TrackingOptions.smooth_head_acceleration,
+                        metavar="W", help=f"weight of the head turn's change of speed (default "
+                                          f"{TrackingOptions.smooth_head_acceleration:g}; preprocess.py "
+                                          f"--smooth_head_acceleration)")
     parser.add_argument("--steps", type=int, default=TrackingOptions.steps, metavar="N",
                         help=f"tracking optimisation steps (default {TrackingOptions.steps}; preprocess.py --steps)")
     parser.add_argument("--json", action="store_true", help="print one json object per subject")
@@ -65,17 +72,23 @@ def _subject(text: str) -> tuple[int, str | None, str]:
     return int(seed), None if head == "default" else head, backdrop
 
 
-def run(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    setup_logging(quiet=args.quiet)
-    for name in ("silhouette", "photometric", "expression_prior"):
+def tracking_options(args: argparse.Namespace) -> TrackingOptions:
+    """The tracking's options from the parsed arguments; a negative or NaN weight is refused."""
+    for name in ("silhouette", "photometric", "expression_prior", "smooth_head", "smooth_head_acceleration"):
         if not getattr(args, name) >= 0:  # NaN too
             raise PreprocessError(f"--{name} must be >= 0, got {getattr(args, name)}")
     if args.steps < 1:
         raise PreprocessError(f"--steps must be at least 1, got {args.steps}")
     options = replace(TrackingOptions(), **PREVIOUS_WEIGHTS) if args.previous else TrackingOptions()
-    options = replace(options, silhouette_weight=args.silhouette, photometric_weight=args.photometric,
-                      expression_prior=args.expression_prior, steps=args.steps)
+    return replace(options, silhouette_weight=args.silhouette, photometric_weight=args.photometric,
+                   expression_prior=args.expression_prior, smooth_head=args.smooth_head,
+                   smooth_head_acceleration=args.smooth_head_acceleration, steps=args.steps)
+
+
+def run(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(quiet=args.quiet)
+    options = tracking_options(args)
     rows = []
     for text in args.subject or DEFAULT_SUBJECTS:
         seed, head, backdrop = _subject(text)
