@@ -310,3 +310,22 @@ def test_an_interrupted_run_is_continued_from_its_latest_checkpoint(tmp_path, mo
         assert "--is_continue" in asked[0] and "--load_path" not in asked[0] and stale.exists()
         assert result["resumed_from"] == saved_epoch
     assert json.loads((exps / "result.json").read_text())["psnr"] == 21.5
+
+
+def test_overrides_written_after_seeds_or_variants_stay_overrides(capsys):
+    """--seeds and --variants take every word after them; a key=value among those is a conf override,
+    in the order given, and a misspelt variant or a word that is no seed stops with the choices."""
+    from dynavatar.cli.measure_own_video import parse_args
+
+    args = parse_args(["--seeds", "0", "1", "train.seed=3", "--variants", "exact", "silhouette",
+                       "loss.vgg_feature_weight=0", "--work", "w", "train.nepoch=3"])
+    assert args.seeds == [0, 1] and args.variants == ["exact", "silhouette"]
+    assert args.overrides == ["train.seed=3", "loss.vgg_feature_weight=0", "train.nepoch=3"]
+    assert parse_args(["model.shading=false"]).seeds == [0, 1, 2]  # the defaults stay
+    for argv, message in ((["--variants", "exakt"], "exakt: choose from generator, exact"),
+                          (["--variants", "a.b=1"], "none given: choose from"),
+                          (["--seeds", "x"], "invalid int value: 'x'"),
+                          (["--seeds", "a.b=1"], "give at least one seed")):
+        with pytest.raises(SystemExit) as stop:
+            parse_args(argv)
+        assert stop.value.code == 2 and message in capsys.readouterr().err, argv

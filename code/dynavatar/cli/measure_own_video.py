@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import shlex
 import tempfile
 from pathlib import Path
@@ -19,6 +20,18 @@ from ..preprocess.own_video_gap import (DEMO_CONF, VARIANTS, Setup, check_varian
 from .common import main_with_errors, setup_logging
 
 log = logging.getLogger(__name__)
+# A conf override (`loss.vgg_feature_weight=0`): a dotted key, then "=".
+OVERRIDE = re.compile(r"[A-Za-z_][\w.]*=")
+
+
+def _seed(text: str) -> int | str:
+    """A seed; a conf override that --seeds took as one of its values is kept as text (`parse_args`)."""
+    if OVERRIDE.match(text):
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -29,10 +42,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--conf", type=Path, default=DEMO_CONF,
                         help="the recipe every variant trains with, included by each variant's conf (default "
                              "confs/demo.conf; confs/fast.conf for 512 px on a GPU)")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
+    parser.add_argument("--seeds", type=_seed, nargs="+", default=[0, 1, 2],
                         help="generated subjects; even seeds on a textured backdrop, odd ones on a white wall "
                              "(default 0 1 2)")
-    parser.add_argument("--variants", nargs="+", default=None, choices=list(VARIANTS),
+    parser.add_argument("--variants", nargs="+", default=None, metavar="VARIANT",
                         help=f"what to train (default all of {' '.join(VARIANTS)}, less 'refined' for a recipe "
                              f"that refines the per-frame inputs itself, as subject1.conf does)")
     parser.add_argument("--work", type=Path, default=None,
@@ -77,9 +90,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The command line; key=value overrides may stand anywhere among the options, as exp_runner.py
+    takes them, also right after --seeds or --variants (which take every word after them)."""
+    parser = build_parser()
+    args = parser.parse_intermixed_args(argv)
+    taken = []
+    for name in ("seeds", "variants"):
+        values = getattr(args, name)
+        if values is not None:
+            taken += [v for v in values if isinstance(v, str) and OVERRIDE.match(v)]
+            setattr(args, name, [v for v in values if not (isinstance(v, str) and OVERRIDE.match(v))])
+    args.overrides = [*taken, *args.overrides]
+    if not args.seeds:
+        parser.error("argument --seeds: give at least one seed")
+    if args.variants is not None:
+        unknown = [v for v in args.variants if v not in VARIANTS]
+        if unknown or not args.variants:
+            parser.error(f"argument --variants: {' '.join(unknown) or 'none given'}: choose from {', '.join(VARIANTS)}")
+    return args
+
+
 def run(argv: Sequence[str] | None = None) -> int:
-    # key=value overrides may stand anywhere among the options, as exp_runner.py takes them
-    args = build_parser().parse_intermixed_args(argv)
+    args = parse_args(argv)
     setup_logging(quiet=args.quiet)
     if (args.epochs is not None and args.epochs < 1) or args.frames < 2 or args.threads < 1:
         raise PreprocessError(f"--epochs {args.epochs}, --frames {args.frames}, --threads {args.threads}: at least "
