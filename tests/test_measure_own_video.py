@@ -312,20 +312,36 @@ def test_an_interrupted_run_is_continued_from_its_latest_checkpoint(tmp_path, mo
     assert json.loads((exps / "result.json").read_text())["psnr"] == 21.5
 
 
-def test_overrides_written_after_seeds_or_variants_stay_overrides(capsys):
+def test_overrides_written_after_seeds_or_variants_stay_overrides(capsys, monkeypatch):
     """--seeds and --variants take every word after them; a key=value among those is a conf override,
-    in the order given, and a misspelt variant or a word that is no seed stops with the choices."""
-    from dynavatar.cli.measure_own_video import parse_args
+    kept in the command line's order (the last of one key wins), also when the option is repeated; a
+    misspelt variant or a word that is no seed stops with what is expected; `run` parses so."""
+    import dynavatar.cli.measure_own_video as cli
 
-    args = parse_args(["--seeds", "0", "1", "train.seed=3", "--variants", "exact", "silhouette",
-                       "loss.vgg_feature_weight=0", "--work", "w", "train.nepoch=3"])
+    args = cli.parse_args(["--seeds", "0", "1", "train.seed=3", "--variants", "exact", "silhouette",
+                           "loss.vgg_feature_weight=0", "--work", "w", "train.nepoch=3"])
     assert args.seeds == [0, 1] and args.variants == ["exact", "silhouette"]
     assert args.overrides == ["train.seed=3", "loss.vgg_feature_weight=0", "train.nepoch=3"]
-    assert parse_args(["model.shading=false"]).seeds == [0, 1, 2]  # the defaults stay
+    assert cli.parse_args(["model.shading=false"]).seeds == [0, 1, 2]  # the defaults stay
+    assert cli.parse_args(["a.x=1", "--seeds", "0", "a.x=2"]).overrides == ["a.x=1", "a.x=2"]
+    assert cli.parse_args(["--variants", "exact", "x.a=1", "--seeds", "0", "y.a=2"]).overrides == ["x.a=1", "y.a=2"]
+    repeated = cli.parse_args(["--seeds", "0", "a.b=1", "--seeds", "5"])
+    assert repeated.seeds == [5] and repeated.overrides == ["a.b=1"]
     for argv, message in ((["--variants", "exakt"], "exakt: choose from generator, exact"),
-                          (["--variants", "a.b=1"], "none given: choose from"),
-                          (["--seeds", "x"], "invalid int value: 'x'"),
+                          (["--variants", "a.b=1"], "no variant before the key=value overrides"),
+                          (["--seeds", "x"], "'x' is neither a seed"),
                           (["--seeds", "a.b=1"], "give at least one seed")):
         with pytest.raises(SystemExit) as stop:
-            parse_args(argv)
+            cli.parse_args(argv)
         assert stop.value.code == 2 and message in capsys.readouterr().err, argv
+
+    class Measured(Exception):
+        pass
+
+    def measure(seeds, work, variants, setup, train=True):
+        raise Measured(seeds, variants, setup.overrides)
+
+    monkeypatch.setattr(cli, "measure", measure)
+    with pytest.raises(Measured) as measured:
+        cli.run(["--seeds", "0", "train.save_freq=1", "--variants", "exact", "--work", "w"])
+    assert measured.value.args == ([0], ["exact"], ["train.save_freq=1"])

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import argparse
 import logging
-import re
 import shlex
+import sys
 import tempfile
 from pathlib import Path
 from typing import Sequence
@@ -20,18 +20,31 @@ from ..preprocess.own_video_gap import (DEMO_CONF, VARIANTS, Setup, check_varian
 from .common import main_with_errors, setup_logging
 
 log = logging.getLogger(__name__)
-# A conf override (`loss.vgg_feature_weight=0`): a dotted key, then "=".
-OVERRIDE = re.compile(r"[A-Za-z_][\w.]*=")
+
+
+def _is_override(value) -> bool:
+    """A key=value conf override (no seed or variant name holds "=")."""
+    return isinstance(value, str) and "=" in value
 
 
 def _seed(text: str) -> int | str:
-    """A seed; a conf override that --seeds took as one of its values is kept as text (`parse_args`)."""
-    if OVERRIDE.match(text):
+    """A seed; a conf override that --seeds took as one of its values is kept as text (`_SetAside`)."""
+    if _is_override(text):
         return text
     try:
         return int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+        raise argparse.ArgumentTypeError(f"{text!r} is neither a seed (a whole number) nor a key=value conf "
+                                         f"override") from None
+
+
+class _SetAside(argparse.Action):
+    """--seeds and --variants take every word after them, conf overrides too: those are set aside in
+    `set_aside`, for `parse_args` to put back among the overrides, and the option keeps the rest."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        namespace.set_aside = [*getattr(namespace, "set_aside", []), *(v for v in values if _is_override(v))]
+        setattr(namespace, self.dest, [v for v in values if not _is_override(v)])
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,10 +55,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--conf", type=Path, default=DEMO_CONF,
                         help="the recipe every variant trains with, included by each variant's conf (default "
                              "confs/demo.conf; confs/fast.conf for 512 px on a GPU)")
-    parser.add_argument("--seeds", type=_seed, nargs="+", default=[0, 1, 2],
+    parser.add_argument("--seeds", type=_seed, nargs="+", default=[0, 1, 2], action=_SetAside,
                         help="generated subjects; even seeds on a textured backdrop, odd ones on a white wall "
                              "(default 0 1 2)")
-    parser.add_argument("--variants", nargs="+", default=None, metavar="VARIANT",
+    parser.add_argument("--variants", nargs="+", default=None, metavar="VARIANT", action=_SetAside,
                         help=f"what to train (default all of {' '.join(VARIANTS)}, less 'refined' for a recipe "
                              f"that refines the per-frame inputs itself, as subject1.conf does)")
     parser.add_argument("--work", type=Path, default=None,
@@ -93,22 +106,32 @@ def build_parser() -> argparse.ArgumentParser:
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """The command line; key=value overrides may stand anywhere among the options, as exp_runner.py
     takes them, also right after --seeds or --variants (which take every word after them)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser()
     args = parser.parse_intermixed_args(argv)
-    taken = []
-    for name in ("seeds", "variants"):
-        values = getattr(args, name)
-        if values is not None:
-            taken += [v for v in values if isinstance(v, str) and OVERRIDE.match(v)]
-            setattr(args, name, [v for v in values if not (isinstance(v, str) and OVERRIDE.match(v))])
-    args.overrides = [*taken, *args.overrides]
+    args.overrides = in_command_line_order([*getattr(args, "set_aside", []), *args.overrides], argv)
     if not args.seeds:
-        parser.error("argument --seeds: give at least one seed")
+        parser.error("argument --seeds: give at least one seed before the key=value overrides")
     if args.variants is not None:
         unknown = [v for v in args.variants if v not in VARIANTS]
         if unknown or not args.variants:
-            parser.error(f"argument --variants: {' '.join(unknown) or 'none given'}: choose from {', '.join(VARIANTS)}")
+            parser.error(f"argument --variants: {' '.join(unknown) or 'no variant before the key=value overrides'}: "
+                         f"choose from {', '.join(VARIANTS)}")
     return args
+
+
+def in_command_line_order(overrides: Sequence[str], argv: Sequence[str]) -> list[str]:
+    """The overrides in the order they stand in argv (the last of one key wins), each matched to a word
+    of its own: the word itself, or the end of `--seeds=key=value`."""
+    used: set[int] = set()
+
+    def position(override: str) -> int:
+        index = next((i for i, word in enumerate(argv)
+                      if i not in used and (word == override or word.endswith("=" + override))), len(argv))
+        used.add(index)
+        return index
+
+    return [o for _, o in sorted((position(o), o) for o in overrides)]
 
 
 def run(argv: Sequence[str] | None = None) -> int:
