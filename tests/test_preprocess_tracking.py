@@ -237,6 +237,60 @@ def test_the_photometric_term_costs_nothing_for_steady_colours_and_pulls_a_shift
     assert torch.allclose(half, torch.tensor([[-0.25, 255.25]]))
 
 
+def test_the_shaded_reference_follows_a_light_fixed_to_the_camera():
+    """Colours of Lambert-shaded vertices whose normals turn from frame to frame: the shaded reference
+    (albedo times a shading linear in the normal) gives each frame's colour back several times more
+    closely than the vertex's mean colour, so that a turning head's shading is no photometric cost;
+    and unseen samples (weight 0) do not pull the fit."""
+    from dynavatar.preprocess import photometric
+
+    generator = torch.Generator().manual_seed(0)
+    n_frames, n_vertices = 30, 400
+    normals = torch.nn.functional.normalize(torch.randn(n_frames, n_vertices, 3, generator=generator)
+                                            + torch.tensor([0.0, 0.0, -2.0]), dim=-1)  # facing the camera (-z)
+    albedo = torch.rand(n_vertices, 3, generator=generator) * 0.8 + 0.1
+    light = torch.nn.functional.normalize(torch.tensor([-0.4, -0.5, -0.8]), dim=0)
+    colours = albedo * (0.35 + 0.65 * (normals @ light).clamp_min(0.0))[..., None]  # [N, V, 3]
+    weights = torch.ones(n_frames, n_vertices)
+    shaded = (photometric.shaded_reference(colours, weights, normals) - colours).abs().mean()
+    mean = (photometric.weighted_mean(colours, weights) - colours).abs().mean()
+    assert float(shaded) < 0.25 * float(mean), (float(shaded), float(mean))
+    # An unseen sample of another colour leaves the fit as it was.
+    spoiled, unseen = colours.clone(), weights.clone()
+    spoiled[0, :50] = 1.0
+    unseen[0, :50] = 0.0
+    torch.testing.assert_close(photometric.shaded_reference(spoiled, unseen, normals)[1:],
+                               photometric.shaded_reference(colours, unseen, normals)[1:])
+    # The loss takes it where normals are given: the shaded colours cost less than against the mean.
+    assert float(photometric.consistency_loss(colours, weights, normals)) < float(
+        photometric.consistency_loss(colours, weights))
+
+
+@pytest.mark.parametrize("shading", [False, True])
+def test_tracking_gives_the_photometric_term_its_normals_only_with_shading(synthetic_flame_paths, monkeypatch, shading):
+    """`TrackingOptions.photometric_shading` decides whether the photometric term compares each vertex
+    with its shaded albedo (the posed normals passed on) or with its mean colour (none)."""
+    from dynavatar.preprocess import photometric
+
+    seen = []
+    original = photometric.consistency_loss
+
+    def recording(colours, weights, normals=None):
+        seen.append(None if normals is None else tuple(normals.shape))
+        return original(colours, weights, normals)
+
+    monkeypatch.setattr(photometric, "consistency_loss", recording)
+    model = FlameLandmarks(*synthetic_flame_paths, mesh_vertices=200)
+    with torch.no_grad():
+        landmarks, irises = model(torch.zeros(model.n_shape), torch.zeros(2, model.n_exp), torch.zeros(2, 15))
+        observed = project(torch.cat([landmarks, irises], 1), torch.tensor([[0.0, 0.0, -4.0]]).expand(2, 3),
+                           intrinsics_for(3.0), 64).double().numpy()
+    frames = np.random.default_rng(0).integers(0, 255, (2, 64, 64, 3), dtype=np.uint8)
+    options = TrackingOptions(steps=2, photometric_weight=1e3, photometric_shading=shading)
+    fit_flame(model, [observed], 64, options, frames=[frames])
+    assert seen and all(shape == ((2, model.mesh_index.numel(), 3) if shading else None) for shape in seen), seen
+
+
 def test_inside_loss_is_zero_inside_the_mask_and_pulls_points_in():
     """The silhouette term: no cost for points inside the mask; outside, a cost whose gradient moves
     the point towards the mask."""
@@ -317,6 +371,10 @@ def test_silhouette_weight_and_head_smoothness_reach_the_tracking():
                              ).tracking.expression_prior == 0.05
     with pytest.raises(PreprocessError, match="--expression_prior"):
         options_from_args(build_parser().parse_args([*args, "--expression_prior", "-1"]))
+    assert options_from_args(build_parser().parse_args(args)).tracking.photometric_shading is False
+    assert options_from_args(build_parser().parse_args([*args, "--photometric-shading"])).tracking.photometric_shading
+    assert not options_from_args(build_parser().parse_args([*args, "--photometric_shading", "--no-photometric_shading"])
+                                 ).tracking.photometric_shading
 
 
 def test_preprocess_tracks_again_with_the_background_models_masks(tmp_path):
@@ -346,11 +404,14 @@ def test_tracking_accuracy_refuses_a_bad_option(option, value):
         run([option, value])
 
 
-def test_tracking_accuracy_passes_the_head_smoothness_to_tracking():
+def test_tracking_accuracy_passes_the_head_smoothness_and_the_shading_to_tracking():
     from dynavatar.cli.tracking_accuracy import build_parser, tracking_options
 
     defaults = tracking_options(build_parser().parse_args([]))
     assert (defaults.smooth_head, defaults.smooth_head_acceleration) == (TrackingOptions.smooth_head,
                                                                          TrackingOptions.smooth_head_acceleration)
-    options = tracking_options(build_parser().parse_args(["--smooth_head", "10", "--smooth_head_acceleration", "1e4"]))
+    assert defaults.photometric_shading is False
+    options = tracking_options(build_parser().parse_args(["--smooth_head", "10", "--smooth_head_acceleration", "1e4",
+                                                          "--photometric_shading"]))
     assert (options.smooth_head, options.smooth_head_acceleration) == (10.0, 1.0e4)
+    assert options.photometric_shading is True

@@ -13,7 +13,7 @@ from ..preprocess.crop import DEFAULT_CROP_SCALE
 from ..preprocess.errors import PreprocessError
 from ..preprocess.frames import FrameSelection
 from ..preprocess.masks import MaskOptions
-from ..preprocess.pipeline import (DEFAULT_FLAME, EXPRESSION_PRIOR, FOLDER_NAME, PHOTOMETRIC_WEIGHT,
+from ..preprocess.pipeline import (DEFAULT_FLAME, EXPRESSION_PRIOR, FOLDER_NAME, PHOTOMETRIC_SHADING, PHOTOMETRIC_WEIGHT,
                                    SILHOUETTE_WEIGHT, PreprocessOptions, VideoSpec, preprocess_subject,
                                    video_name)
 from ..preprocess.tracking import DEFAULT_FOCAL, TrackingOptions
@@ -87,6 +87,11 @@ def build_parser() -> argparse.ArgumentParser:
                              f"keeping its colour from frame to frame (default {PHOTOMETRIC_WEIGHT:g}, with "
                              f"--expression_prior measured best on generated heads, see docs/PREPROCESSING.md; "
                              f"0: off, tracking 2-3 times faster on a CPU)")
+    parser.add_argument("--photometric_shading", "--photometric-shading", action=argparse.BooleanOptionalAction,
+                        default=PHOTOMETRIC_SHADING,
+                        help="the photometric term compares each vertex's colour with its albedo under a light "
+                             "fixed to the camera, which follows the shading as the head turns, rather than with "
+                             "its mean colour over the frames (default: %(default)s)")
     parser.add_argument("--expression_prior", "--expression-prior", type=float,
                         default=EXPRESSION_PRIOR, metavar="W",
                         help=f"tracking weight of the expression coefficients' squared size (default "
@@ -122,6 +127,7 @@ def options_from_args(args: argparse.Namespace) -> PreprocessOptions:
                                                                     smooth_head_acceleration=args.smooth_head_acceleration,
                                                                     silhouette_weight=args.silhouette_weight,
                                                                     photometric_weight=args.photometric_weight,
+                                                                    photometric_shading=args.photometric_shading,
                                                                     expression_prior=args.expression_prior))
 
 

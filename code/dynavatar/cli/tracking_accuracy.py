@@ -46,6 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--photometric", type=float, default=TrackingOptions.photometric_weight, metavar="W",
                         help=f"weight of the photometric term on the videos' frames (default "
                              f"{TrackingOptions.photometric_weight:g}; preprocess.py --photometric_weight)")
+    parser.add_argument("--photometric_shading", action="store_true",
+                        help="the photometric term compares each vertex with its albedo under a light fixed to the "
+                             "camera, not with its mean colour (preprocess.py --photometric_shading)")
     parser.add_argument("--expression_prior", type=float, default=TrackingOptions.expression_prior, metavar="W",
                         help=f"weight of the expression coefficients' squared size (default "
                              f"{TrackingOptions.expression_prior:g}; preprocess.py --expression_prior)")
@@ -82,7 +85,8 @@ def tracking_options(args: argparse.Namespace) -> TrackingOptions:
     options = replace(TrackingOptions(), **PREVIOUS_WEIGHTS) if args.previous else TrackingOptions()
     return replace(options, silhouette_weight=args.silhouette, photometric_weight=args.photometric,
                    expression_prior=args.expression_prior, smooth_head=args.smooth_head,
-                   smooth_head_acceleration=args.smooth_head_acceleration, steps=args.steps)
+                   smooth_head_acceleration=args.smooth_head_acceleration, steps=args.steps,
+                   photometric_shading=args.photometric_shading)
 
 
 def run(argv: Sequence[str] | None = None) -> int:

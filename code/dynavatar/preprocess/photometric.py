@@ -9,7 +9,9 @@ differentiable in the fitted parameters; its cost is a robust distance to the ve
 over the frames that see it. No rasterizer is needed: back-facing vertices are left out by their
 normal (a cheek hidden behind the nose is the rare exception the robust distance absorbs), and
 where masks are given, vertices outside the mask too. Lighting that changes with the head's turn
-changes a vertex's colour a little; the robust distance keeps such changes from dominating.
+changes a vertex's colour a little; the robust distance keeps such changes from dominating. With
+`shading`, each vertex's colour is compared instead with its albedo times a shading linear in its
+normal (one light fixed to the camera, fitted to all frames), which follows those changes.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ from .robust import pseudo_huber_of_squared
 MAX_RES = 256
 BLUR_PX = 1.0  # Gaussian blur of the frames at MAX_RES: gradients reach a pixel or two further
 HUBER = 0.05  # pseudo-Huber scale of a colour difference (RGB in [0, 1])
+SHADING_ROUNDS = 3  # alternations of albedo and light in `shaded_reference`
+MIN_SHADE = 0.05  # a fitted shading is kept above this (a vertex's colour never comes from a zero shade)
 MIN_FACING = 0.2  # cosine between a vertex's normal and its ray to the camera, below which it is left out
 
 
@@ -57,13 +61,41 @@ def facing(normals: torch.Tensor, camera_points: torch.Tensor) -> torch.Tensor:
     return (normals * -camera_points).sum(-1) / camera_points.square().sum(-1).sqrt().clamp_min(1e-9)
 
 
-def consistency_loss(colours: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+def weighted_mean(colours: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Each vertex's mean colour [V, C] over the frames, of colours [N, V, C] weighted by [N, V]."""
+    return (colours * weights[..., None]).sum(0) / weights.sum(0).clamp_min(1e-9)[:, None]
+
+
+def shaded_reference(colours: torch.Tensor, weights: torch.Tensor, normals: torch.Tensor) -> torch.Tensor:
+    """Each vertex's colour in each frame [N, V, C] as its albedo [V, C] times a shading that is linear
+    in its normal [N, V, 3], s = l_0 + l . n per channel (a light fixed to the camera, shared by every
+    vertex and frame: Lambert's law where the light reaches), fitted to the samples colours [N, V, C]
+    by least squares weighted by [N, V], albedo and light in turn from the mean colour and uniform light."""
+    basis = torch.cat([torch.ones_like(normals[..., :1]), normals], dim=-1)  # [N, V, 4]
+    albedo = weighted_mean(colours, weights)
+    eye = torch.eye(4, dtype=colours.dtype, device=colours.device)
+    for _ in range(SHADING_ROUNDS):
+        design = albedo[None, :, :, None] * basis[:, :, None, :]  # [N, V, C, 4]
+        weighted = design * weights[..., None, None]
+        normal_matrix = torch.einsum("nvci,nvcj->cij", weighted, design) + 1e-6 * eye  # [C, 4, 4]
+        light = torch.linalg.solve(normal_matrix, torch.einsum("nvci,nvc->ci", weighted, colours))  # [C, 4]
+        shade = torch.einsum("nvi,ci->nvc", basis, light).clamp_min(MIN_SHADE)  # [N, V, C]
+        albedo = ((weights[..., None] * shade * colours).sum(0)
+                  / (weights[..., None] * shade.square()).sum(0).clamp_min(1e-9))
+    return albedo * shade
+
+
+def consistency_loss(colours: torch.Tensor, weights: torch.Tensor, normals: torch.Tensor | None = None
+                     ) -> torch.Tensor:
     """Mean pseudo-Huber distance of sampled colours [N, V, C] to each vertex's weighted mean over the
-    frames, weighted by `weights` [N, V] (0: not seen). The mean is held fixed: the gradient moves
-    each frame's samples toward the others', not the others toward an outlier."""
+    frames, weighted by `weights` [N, V] (0: not seen); given the vertices' normals [N, V, 3] (in the
+    camera's axes), to each vertex's shaded albedo in that frame (`shaded_reference`) instead. The
+    reference is held fixed: the gradient moves each frame's samples toward the others', not the
+    others toward an outlier."""
     with torch.no_grad():
-        mean = (colours * weights[..., None]).sum(0) / weights.sum(0).clamp_min(1e-9)[:, None]  # [V, C]
-    squared = (colours - mean).square().sum(-1)  # [N, V]
+        reference = weighted_mean(colours, weights) if normals is None else shaded_reference(colours, weights,
+                                                                                              normals)
+    squared = (colours - reference).square().sum(-1)  # [N, V]
     return (pseudo_huber_of_squared(squared, HUBER) * weights).sum() / weights.sum().clamp_min(1e-9)
 
 

@@ -73,13 +73,14 @@ SILHOUETTE_WEIGHT = 10.0
 # the expressions to explain colours (docs/PREPROCESSING.md). Tracking takes 2-3 times as long on a CPU.
 PHOTOMETRIC_WEIGHT = 3.0e3
 EXPRESSION_PRIOR = 1.0e-2
+PHOTOMETRIC_SHADING = False
 
 
 def preprocessing_tracking() -> TrackingOptions:
     """The tracking options preprocessing uses by default: TrackingOptions with the silhouette and
     photometric terms and the stronger expression prior."""
     return TrackingOptions(silhouette_weight=SILHOUETTE_WEIGHT, photometric_weight=PHOTOMETRIC_WEIGHT,
-                           expression_prior=EXPRESSION_PRIOR)
+                           expression_prior=EXPRESSION_PRIOR, photometric_shading=PHOTOMETRIC_SHADING)
 
 
 @dataclass

@@ -82,6 +82,9 @@ class TrackingOptions:
     # The photometric term (`photometric`: each mesh vertex keeps its colour from frame to frame),
     # used where frames are given; 0 leaves it out.
     photometric_weight: float = 0.0
+    # Compare each vertex's colour with its albedo under a light fixed to the camera (its shading
+    # changes as the head turns) rather than with its mean colour over the frames.
+    photometric_shading: bool = False
     mesh_vertices: int = 1500  # mesh vertices the silhouette and the photometric term are measured with
     device: str = "cpu"
 
@@ -260,7 +263,7 @@ class _Problem:
                 weights = weights * (silhouette.sample_image(self.silhouette, mesh_pixels) < 0.5)
         size = self.images.shape[-1]
         colours = silhouette.sample_channels(self.images, points_at(mesh_pixels, self.res, size))
-        return photometric.consistency_loss(colours, weights)
+        return photometric.consistency_loss(colours, weights, normals if self.options.photometric_shading else None)
 
     def loss(self) -> torch.Tensor:
         o = self.options
