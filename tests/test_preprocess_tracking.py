@@ -247,7 +247,7 @@ def test_the_shaded_reference_follows_a_light_fixed_to_the_camera():
     generator = torch.Generator().manual_seed(0)
     n_frames, n_vertices = 30, 400
     normals = torch.nn.functional.normalize(torch.randn(n_frames, n_vertices, 3, generator=generator)
-                                            + torch.tensor([0.0, 0.0, -2.0]), dim=-1)  # facing the camera (-z)
+                                            + torch.tensor([0.0, 0.0, -2.0]), dim=-1)  # mostly one way
     albedo = torch.rand(n_vertices, 3, generator=generator) * 0.8 + 0.1
     light = torch.nn.functional.normalize(torch.tensor([-0.4, -0.5, -0.8]), dim=0)
     colours = albedo * (0.35 + 0.65 * (normals @ light).clamp_min(0.0))[..., None]  # [N, V, 3]
@@ -259,8 +259,12 @@ def test_the_shaded_reference_follows_a_light_fixed_to_the_camera():
     spoiled, unseen = colours.clone(), weights.clone()
     spoiled[0, :50] = 1.0
     unseen[0, :50] = 0.0
-    torch.testing.assert_close(photometric.shaded_reference(spoiled, unseen, normals)[1:],
-                               photometric.shaded_reference(colours, unseen, normals)[1:])
+    torch.testing.assert_close(photometric.shaded_reference(spoiled, unseen, normals),
+                               photometric.shaded_reference(colours, unseen, normals))
+    # Nothing seen at all: a finite reference and no cost.
+    nothing = torch.zeros(n_frames, n_vertices)
+    assert torch.isfinite(photometric.shaded_reference(colours, nothing, normals)).all()
+    assert float(photometric.consistency_loss(colours, nothing, normals)) == 0.0
     # The loss takes it where normals are given: the shaded colours cost less than against the mean.
     assert float(photometric.consistency_loss(colours, weights, normals)) < float(
         photometric.consistency_loss(colours, weights))
@@ -337,7 +341,7 @@ def test_the_photometric_term_improves_detector_tracking(detector_pair):
         (landmarks_only, with_colours)
 
 
-def test_silhouette_weight_and_head_smoothness_reach_the_tracking():
+def test_silhouette_weight_head_smoothness_and_shading_reach_the_tracking(monkeypatch):
     from dynavatar.cli.preprocess import build_parser, options_from_args
     from dynavatar.preprocess.pipeline import PreprocessOptions
 
@@ -375,6 +379,8 @@ def test_silhouette_weight_and_head_smoothness_reach_the_tracking():
     assert options_from_args(build_parser().parse_args([*args, "--photometric-shading"])).tracking.photometric_shading
     assert not options_from_args(build_parser().parse_args([*args, "--photometric_shading", "--no-photometric_shading"])
                                  ).tracking.photometric_shading
+    monkeypatch.setattr("dynavatar.cli.preprocess.PHOTOMETRIC_SHADING", True)  # the default is pipeline's
+    assert options_from_args(build_parser().parse_args(args)).tracking.photometric_shading
 
 
 def test_preprocess_tracks_again_with_the_background_models_masks(tmp_path):

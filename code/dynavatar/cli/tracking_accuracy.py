@@ -46,9 +46,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--photometric", type=float, default=TrackingOptions.photometric_weight, metavar="W",
                         help=f"weight of the photometric term on the videos' frames (default "
                              f"{TrackingOptions.photometric_weight:g}; preprocess.py --photometric_weight)")
-    parser.add_argument("--photometric_shading", action="store_true",
+    parser.add_argument("--photometric_shading", action=argparse.BooleanOptionalAction,
+                        default=TrackingOptions.photometric_shading,
                         help="the photometric term compares each vertex with its albedo under a light fixed to the "
-                             "camera, not with its mean colour (preprocess.py --photometric_shading)")
+                             "camera, not with its mean colour (default: %(default)s; preprocess.py "
+                             "--photometric_shading)")
     parser.add_argument("--expression_prior", type=float, default=TrackingOptions.expression_prior, metavar="W",
                         help=f"weight of the expression coefficients' squared size (default "
                              f"{TrackingOptions.expression_prior:g}; preprocess.py --expression_prior)")

@@ -106,8 +106,9 @@ class FlameLandmarks(nn.Module):
     def with_mesh(self, shape: torch.Tensor, expression: torch.Tensor, pose: torch.Tensor, normals: bool = False
                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """As forward, and the `mesh_vertices` mesh vertices [B, M, 3] of the constructor, with
-        `normals` their outward normals [B, M, 3] (the rest normals turned by the skinning: close
-        enough to tell which face the camera), else None."""
+        `normals` their outward normals [B, M, 3] (the rest normals turned by the skinning, which leaves
+        out what the shape and expression blendshapes bend: close enough to tell which face the camera,
+        and to shade them under a distant light), else None."""
         vertices, blended = self._vertices(shape, expression, pose, with_skinning=normals)
         turned = None
         if normals:

@@ -70,31 +70,42 @@ def shaded_reference(colours: torch.Tensor, weights: torch.Tensor, normals: torc
     """Each vertex's colour in each frame [N, V, C] as its albedo [V, C] times a shading that is linear
     in its normal [N, V, 3], s = l_0 + l . n per channel (a light fixed to the camera, shared by every
     vertex and frame: Lambert's law where the light reaches), fitted to the samples colours [N, V, C]
-    by least squares weighted by [N, V], albedo and light in turn from the mean colour and uniform light."""
+    by least squares weighted by [N, V], albedo and light in turn from the mean colour and uniform light.
+
+    The light's normal equations are sums over frames and vertices of w a^2 b b^T and w a b c (b the
+    basis [1, n]); the frames' part of them, per vertex, is summed once, so that each round costs a
+    pass over the vertices rather than over every sample."""
     basis = torch.cat([torch.ones_like(normals[..., :1]), normals], dim=-1)  # [N, V, 4]
-    albedo = weighted_mean(colours, weights)
+    weighted = (basis * weights[..., None]).permute(1, 2, 0)  # [V, 4, N]
+    gram = weighted @ basis.transpose(0, 1)  # [V, 4, 4]: sum over frames of w b b^T
+    moments = weighted @ colours.transpose(0, 1)  # [V, 4, C]: sum over frames of w b c
+    albedo = weighted_mean(colours, weights)  # [V, C]
+    # A ridge relative to the equations' scale: only a light the samples cannot tell apart (too few
+    # vertices seen, or all facing one way) is held near zero in its undetermined directions.
     eye = torch.eye(4, dtype=colours.dtype, device=colours.device)
     for _ in range(SHADING_ROUNDS):
-        design = albedo[None, :, :, None] * basis[:, :, None, :]  # [N, V, C, 4]
-        weighted = design * weights[..., None, None]
-        normal_matrix = torch.einsum("nvci,nvcj->cij", weighted, design) + 1e-6 * eye  # [C, 4, 4]
-        light = torch.linalg.solve(normal_matrix, torch.einsum("nvci,nvc->ci", weighted, colours))  # [C, 4]
-        shade = torch.einsum("nvi,ci->nvc", basis, light).clamp_min(MIN_SHADE)  # [N, V, C]
-        albedo = ((weights[..., None] * shade * colours).sum(0)
-                  / (weights[..., None] * shade.square()).sum(0).clamp_min(1e-9))
+        normal_matrix = torch.einsum("vc,vij->cij", albedo.square(), gram)  # [C, 4, 4]
+        scale = normal_matrix.diagonal(dim1=-2, dim2=-1).mean(-1).clamp_min(1e-12)[:, None, None]
+        light = torch.linalg.solve(normal_matrix + 1e-6 * scale * eye,
+                                   torch.einsum("vc,vic->ci", albedo, moments))  # [C, 4]
+        shade = (basis @ light.T).clamp_min(MIN_SHADE)  # [N, V, C]
+        weighted_shade = shade * weights[..., None]
+        albedo = (weighted_shade * colours).sum(0) / (weighted_shade * shade).sum(0).clamp_min(1e-9)
     return albedo * shade
 
 
 def consistency_loss(colours: torch.Tensor, weights: torch.Tensor, normals: torch.Tensor | None = None
                      ) -> torch.Tensor:
     """Mean pseudo-Huber distance of sampled colours [N, V, C] to each vertex's weighted mean over the
-    frames, weighted by `weights` [N, V] (0: not seen); given the vertices' normals [N, V, 3] (in the
-    camera's axes), to each vertex's shaded albedo in that frame (`shaded_reference`) instead. The
-    reference is held fixed: the gradient moves each frame's samples toward the others', not the
-    others toward an outlier."""
+    frames, weighted by `weights` [N, V] (0: not seen); given the vertices' normals [N, V, 3] in axes
+    fixed to the camera (tracking's world, whose world_mat is [I | t]), to each vertex's shaded albedo
+    in that frame (`shaded_reference`) instead. The reference is held fixed: the gradient moves each
+    frame's samples toward the others', not the others toward an outlier."""
     with torch.no_grad():
-        reference = weighted_mean(colours, weights) if normals is None else shaded_reference(colours, weights,
-                                                                                              normals)
+        if normals is None:
+            reference = weighted_mean(colours, weights)
+        else:
+            reference = shaded_reference(colours, weights, normals)
     squared = (colours - reference).square().sum(-1)  # [N, V]
     return (pseudo_huber_of_squared(squared, HUBER) * weights).sum() / weights.sum().clamp_min(1e-9)
 
