@@ -13,9 +13,9 @@ from ..preprocess.crop import DEFAULT_CROP_SCALE
 from ..preprocess.errors import PreprocessError
 from ..preprocess.frames import FrameSelection
 from ..preprocess.masks import MaskOptions
-from ..preprocess.pipeline import (DEFAULT_FLAME, EXPRESSION_PRIOR, FOLDER_NAME, PHOTOMETRIC_SHADING, PHOTOMETRIC_WEIGHT,
-                                   SILHOUETTE_WEIGHT, PreprocessOptions, VideoSpec, preprocess_subject,
-                                   video_name)
+from ..preprocess.pipeline import (DEFAULT_FLAME, EXPRESSION_PRIOR, FOLDER_NAME, PHOTOMETRIC_SHADING,
+                                   PHOTOMETRIC_WEIGHT, SILHOUETTE_WEIGHT, PreprocessOptions, VideoSpec,
+                                   preprocess_subject, video_name)
 from ..preprocess.tracking import DEFAULT_FOCAL, TrackingOptions
 from .common import main_with_errors, setup_logging
 

@@ -10,7 +10,7 @@ over the frames that see it. No rasterizer is needed: back-facing vertices are l
 normal (a cheek hidden behind the nose is the rare exception the robust distance absorbs), and
 where masks are given, vertices outside the mask too. Lighting that changes with the head's turn
 changes a vertex's colour a little; the robust distance keeps such changes from dominating. With
-`shading`, each vertex's colour is compared instead with its albedo times a shading linear in its
+tracking's `photometric_shading`, each vertex's colour is compared instead with its albedo times a shading linear in its
 normal (one light fixed to the camera, fitted to all frames), which follows those changes.
 """
 
