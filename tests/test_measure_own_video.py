@@ -198,9 +198,10 @@ def test_tracking_args_reach_the_tracked_variants_preprocessing(tmp_path, monkey
     for variant in ("silhouette", "photometric"):
         _variant_inputs(variant, 0, tmp_path, {}, tmp_path / "datasets" / "pre", setup)
         assert calls[variant][-4:] == ["--photometric_weight", "3e3", "--expression_prior", "0.01"], calls
-    # "silhouette" is preprocessing's defaults; "photometric" names its own weight, before the extra ones
+    # "silhouette" is preprocessing's defaults; "photometric" names its own options, before the extra ones
     assert calls["silhouette"][0] == "--landmarks" and len(calls["silhouette"]) == 6, calls
-    assert calls["photometric"][2:4] == ["--photometric_weight", str(own_video_gap.PHOTOMETRIC_VARIANT_WEIGHT)]
+    assert calls["photometric"][2:7] == ["--photometric_weight", "3e3", "--expression_prior", "1e-2",
+                                         "--no-photometric_shading"], calls
     assert own_video_gap.Setup().tracking_args == []
 
 

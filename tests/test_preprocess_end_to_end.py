@@ -84,11 +84,14 @@ def test_preprocessed_subject_trains_like_exact_tracking(tmp_path):
     from dynavatar.preprocess.consistency import NOVELTY_WARNING_DEG
     assert len(report["warnings"]) == (head[1] > NOVELTY_WARNING_DEG), report
     assert all(len(v["yaw_deg"]) == 3 for v in report["videos"].values())
-    # The report says which terms the tracking used: by default the silhouette and the photometric term.
-    from dynavatar.preprocess.pipeline import EXPRESSION_PRIOR, PHOTOMETRIC_WEIGHT, SILHOUETTE_WEIGHT
+    # The report says which terms the tracking used: by default the silhouette and the photometric term,
+    # the latter under a light fixed to the camera.
+    from dynavatar.preprocess.pipeline import (EXPRESSION_PRIOR, PHOTOMETRIC_SHADING, PHOTOMETRIC_WEIGHT,
+                                               SILHOUETTE_WEIGHT)
     assert report["tracking"]["silhouette_weight"] == SILHOUETTE_WEIGHT > 0, report["tracking"]
     assert report["tracking"]["photometric_weight"] == PHOTOMETRIC_WEIGHT > 0, report["tracking"]
     assert report["tracking"]["expression_prior"] == EXPRESSION_PRIOR, report["tracking"]
+    assert report["tracking"]["photometric_shading"] is PHOTOMETRIC_SHADING, report["tracking"]
     for name, video in made.items():
         exact = exact_tracking_in_crop(video, Crop(**report["videos"][name]["crop"]))
         (tmp_path / "reference" / "exact" / "exact" / name / "flame_params.json").write_text(json.dumps(exact))

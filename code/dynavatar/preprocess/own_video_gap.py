@@ -17,7 +17,8 @@ test video:
   else defaults);
 - silhouette: preprocessing as a user runs it with the default options (the silhouette and photometric
   terms and the stronger expression prior; the same detected landmarks);
-- photometric: "silhouette" with the photometric term at PHOTOMETRIC_VARIANT_WEIGHT (`--photometric_weight`);
+- photometric: "silhouette" with the photometric term as it was before its light (PHOTOMETRIC_VARIANT_ARGS: each
+  vertex against its mean colour, at a weaker weight and expression prior), so that the light's share is measured;
 - true_focal: "silhouette" tracked with the generator's true focal length (`true_focal`) instead of
   the default `--focal` 3.0, so that the focal's share of the silhouette variant's gap is measured;
 - exact_head, exact_face: "silhouette" with part of its tracking replaced by the exact one, so that
@@ -74,7 +75,9 @@ PREPROCESSING_OF = {"exact": "pre", "preprocessed": "pre", "refined": "pre", "si
 # What of the exact tracking each variant built on it takes: all of it, or the head or the face part.
 EXACT_PARTS = {"exact": "all", "exact_head": "head", "exact_face": "face"}
 HEAD_POSE = 6  # FLAME's 15 pose numbers start with the global and the neck rotation (3 each)
-PHOTOMETRIC_VARIANT_WEIGHT = 1.0e4  # the "photometric" variant's --photometric_weight
+# The "photometric" variant's tracking options: the term without the light fixed to the camera, at the weight and
+# expression prior that were best for it (preprocessing's default before the light, docs/PREPROCESSING.md).
+PHOTOMETRIC_VARIANT_ARGS = ("--photometric_weight", "3e3", "--expression_prior", "1e-2", "--no-photometric_shading")
 GENERATOR_RES = 128  # the smallest generated frame, the one the 64 px measurements used
 # The crop preprocessing places is 0.88-0.96 of the generated frame's side (seeds 0-2, head turns
 # of the extrapolating test video included), so a frame this many times the avatar's size gives
@@ -448,11 +451,11 @@ def _variant_inputs(variant: str, seed: int, work: Path, videos: dict, pre: Path
     tracked = PREPROCESSING_OF.get(variant)
     if tracked in ("silhouette", "photometric", "true_focal"):
         # The landmarks the detector found for "pre": "silhouette" is preprocessing's default tracking of
-        # them, "photometric" and "true_focal" differ from it only in the photometric term's weight and
+        # them, "photometric" and "true_focal" differ from it only in the photometric term's options and
         # in `--focal` (the camera's true one).
         extra = ["--landmarks", str(pre / "preprocess" / "landmarks.json")]
         if tracked == "photometric":
-            extra += ["--photometric_weight", str(PHOTOMETRIC_VARIANT_WEIGHT)]
+            extra += list(PHOTOMETRIC_VARIANT_ARGS)
         if tracked == "true_focal":
             extra += ["--focal", repr(true_focal(videos, _crops(pre)))]
         extra += setup.tracking_args
