@@ -179,29 +179,40 @@ def test_exact_head_and_face_split_the_tracking(tmp_path):
 
 def test_tracking_args_reach_the_tracked_variants_preprocessing(tmp_path, monkeypatch):
     """--tracking_args: the tracked variants' preprocess.py runs get them after their own options, so
-    that they win over the variant's weights."""
+    that they win over the variant's weights; the "photometric" variant's own options parse."""
     from dynavatar.cli.measure_own_video import build_parser
+    from dynavatar.cli.preprocess import build_parser as preprocess_parser, options_from_args
     from dynavatar.preprocess import own_video_gap
     from dynavatar.preprocess.own_video_gap import Setup, _variant_inputs
+    from dynavatar.preprocess.pipeline import preprocessing_tracking
 
-    args = build_parser().parse_intermixed_args(["--tracking_args=--photometric_weight 3e3 --expression_prior 0.01"])
-    assert args.tracking_args == "--photometric_weight 3e3 --expression_prior 0.01"
+    args = build_parser().parse_intermixed_args(["--tracking_args=--photometric_weight 5e3 --expression_prior 0.02"])
+    assert args.tracking_args == "--photometric_weight 5e3 --expression_prior 0.02"
     calls = {}
 
     def fake_preprocess(videos, data, subject, setup, extra=()):
         calls[subject] = list(extra)
         return data / subject
 
+    def tracking(extra):  # what preprocess.py makes of a variant's options
+        return options_from_args(preprocess_parser().parse_args(["--subject", "s", "--video", "v.mp4", *extra])).tracking
+
     monkeypatch.setattr(own_video_gap, "preprocess", fake_preprocess)
-    setup = Setup(tracking_args=["--photometric_weight", "3e3", "--expression_prior", "0.01"])
     (tmp_path / "datasets").mkdir()
     for variant in ("silhouette", "photometric"):
+        _variant_inputs(variant, 0, tmp_path, {}, tmp_path / "datasets" / "pre", Setup())
+    # "silhouette" is preprocessing's defaults; "photometric" the term without its light, weaker
+    assert calls["silhouette"][0] == "--landmarks" and len(calls["silhouette"]) == 2, calls
+    assert tracking(calls["silhouette"]) == preprocessing_tracking()
+    own = tracking(calls["photometric"])
+    assert (own.photometric_weight, own.expression_prior, own.photometric_shading) == (3.0e3, 1.0e-2, False)
+    setup = Setup(tracking_args=["--photometric_weight", "5e3", "--photometric_shading"])
+    for variant in ("silhouette", "photometric"):
         _variant_inputs(variant, 0, tmp_path, {}, tmp_path / "datasets" / "pre", setup)
-        assert calls[variant][-4:] == ["--photometric_weight", "3e3", "--expression_prior", "0.01"], calls
-    # "silhouette" is preprocessing's defaults; "photometric" names its own options, before the extra ones
-    assert calls["silhouette"][0] == "--landmarks" and len(calls["silhouette"]) == 6, calls
-    assert calls["photometric"][2:7] == ["--photometric_weight", "3e3", "--expression_prior", "1e-2",
-                                         "--no-photometric_shading"], calls
+        assert calls[variant][-3:] == ["--photometric_weight", "5e3", "--photometric_shading"], calls
+        extra = tracking(calls[variant])
+        assert (extra.photometric_weight, extra.photometric_shading) == (5.0e3, True), (variant, extra)
+    assert tracking(calls["photometric"]).expression_prior == 1.0e-2  # the variant's own, not overridden
     assert own_video_gap.Setup().tracking_args == []
 
 

@@ -85,8 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
                         default=PHOTOMETRIC_WEIGHT, metavar="W",
                         help=f"tracking weight of the photometric term, each FLAME vertex facing the camera "
                              f"keeping its colour from frame to frame (default {PHOTOMETRIC_WEIGHT:g}, with "
-                             f"--photometric_shading and --expression_prior measured best on generated heads, see docs/PREPROCESSING.md; "
-                             f"0: off, tracking 2-3 times faster on a CPU)")
+                             f"--photometric_shading and --expression_prior measured best on generated heads, "
+                             f"see docs/PREPROCESSING.md; 0: off, much faster on a CPU)")
     parser.add_argument("--photometric_shading", "--photometric-shading", action=argparse.BooleanOptionalAction,
                         default=PHOTOMETRIC_SHADING,
                         help="the photometric term compares each vertex's colour with its albedo under a light "

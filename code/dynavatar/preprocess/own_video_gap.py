@@ -15,10 +15,11 @@ test video:
   --photometric_weight 0 --expression_prior 1e-3`, the landmarks-only fit that was preprocessing's
   default before the silhouette term, so that "exact" keeps the images and masks it always had;
   else defaults);
-- silhouette: preprocessing as a user runs it with the default options (the silhouette and photometric
-  terms and the stronger expression prior; the same detected landmarks);
+- silhouette: preprocessing as a user runs it with the default options (the silhouette term, the photometric
+  term under a light fixed to the camera and the stronger expression prior; the same detected landmarks);
 - photometric: "silhouette" with the photometric term as it was before its light (PHOTOMETRIC_VARIANT_ARGS: each
-  vertex against its mean colour, at a weaker weight and expression prior), so that the light's share is measured;
+  vertex against its mean colour, at a weaker weight and expression prior), so that what the light, the weight
+  and the prior add together is measured;
 - true_focal: "silhouette" tracked with the generator's true focal length (`true_focal`) instead of
   the default `--focal` 3.0, so that the focal's share of the silhouette variant's gap is measured;
 - exact_head, exact_face: "silhouette" with part of its tracking replaced by the exact one, so that
