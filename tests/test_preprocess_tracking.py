@@ -15,7 +15,7 @@ import torch
 from dynavatar.preprocess.errors import PreprocessError
 from dynavatar.preprocess.fdlite_adapter import detector_available
 from dynavatar.preprocess.flame_landmarks import FlameLandmarks
-from dynavatar.preprocess.tracking import TrackingOptions, fit_flame, intrinsics_for, project
+from dynavatar.preprocess.tracking import TrackingOptions, fit_flame, interpolate_missing, intrinsics_for, project
 from dynavatar.preprocess.tracking_accuracy import head_rotation, rotation_angle_deg
 
 from test_preprocess_units import needs_opencv
@@ -111,6 +111,32 @@ def test_the_head_acceleration_term_keeps_a_steady_turn_and_flattens_a_zigzag(tu
     true = head_rotation(pose)
     assert yaw(steady) > 0.95 * yaw(true) and yaw(held) < 5.0, (yaw(true), yaw(steady), yaw(held))
     assert zigzag(free) > 10.0 and zigzag(steady) < 0.1 * zigzag(free), (zigzag(free), zigzag(steady))
+
+
+def test_missing_rows_are_interpolated_within_their_own_video():
+    values = np.array([[0.0, 1.0], [9.0, 9.0], [2.0, 3.0], [9.0, 9.0], [5.0, 5.0], [9.0, 9.0], [9.0, 9.0]])
+    known = np.array([True, False, True, False, True, False, False])
+    out = interpolate_missing(values, known, [4, 1, 2])
+    # video 1: rows 0-3, the middle one between its neighbours, the last one its nearest known row's;
+    # video 2: row 4, known; video 3: rows 5-6, none known, left as they are
+    assert np.allclose(out, [[0.0, 1.0], [1.0, 2.0], [2.0, 3.0], [2.0, 3.0], [5.0, 5.0], [9.0, 9.0], [9.0, 9.0]])
+    assert values[1, 0] == 9.0  # the input is not changed
+
+
+def test_a_frame_without_landmarks_starts_from_its_neighbours_turn(turned_head):
+    """The frames of `turned_head` as one video, the detector's points of the second (yaw -24 degrees)
+    missing. With nothing else to turn it (no smoothness of the head), it keeps the turn interpolated
+    from the fitted frames beside it (yaw -32 and -12 degrees) rather than the rest pose."""
+    model, pixels, pose = turned_head
+    observed = pixels.copy()
+    observed[1] = np.nan
+    fitted = fit_flame(model, [observed], RES, TrackingOptions(steps=300, smooth_head=0.0)).videos[0].pose
+    errors = rotation_angle_deg(head_rotation(pose), head_rotation(fitted))
+    assert np.delete(errors, 1).max() < 3.0, errors
+    between = head_rotation(0.5 * (fitted[[0]] + fitted[[2]]))
+    # within a few degrees: after the rigid stage the neighbours' turn goes on moving, that frame's does not
+    assert rotation_angle_deg(between, head_rotation(fitted[[1]]))[0] < 6.0
+    assert rotation_angle_deg(np.eye(3)[None], head_rotation(fitted[[1]]))[0] > 15.0  # not left at rest
 
 
 @pytest.fixture(scope="module")

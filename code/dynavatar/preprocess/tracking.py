@@ -20,7 +20,8 @@ The fit minimises, over all frames at once (batched, on the device of the model)
   better on generated videos: docs/PREPROCESSING.md, Head pose).
 
 A rigid stage (global rotation and translation) starts it, from a translation that puts the rest
-head's landmarks at the observed position and size; then everything is fitted with Adam.
+head's landmarks at the observed position and size; frames without landmarks then take their head's
+turn and position from their neighbours (`interpolate_missing`); then everything is fitted with Adam.
 """
 
 from __future__ import annotations
@@ -147,6 +148,24 @@ def project(points: torch.Tensor, translation: torch.Tensor, intrinsics: list[fl
 def pixels_to_imavatar_keypoints(pixels: np.ndarray, res: int) -> np.ndarray:
     """Pixels with centres at integers [..., 2] -> `flame_keypoints` in [-1, 1]."""
     return pixels_to_keypoints(torch.as_tensor(pixels + PIXEL_CENTRE_OFFSET, dtype=torch.float64), res, res).numpy()
+
+
+def interpolate_missing(values: np.ndarray, known: np.ndarray, lengths: Sequence[int]) -> np.ndarray:
+    """Values [N, D] of consecutive videos of `lengths` frames, with the rows where `known` [N] is False
+    replaced by linear interpolation in time between the nearest known rows of the same video (the
+    nearest one's value beyond the first or last); a video with no known row is left as it is."""
+    out = values.copy()
+    start = 0
+    for length in lengths:
+        part = slice(start, start + length)
+        start += length
+        frames = np.arange(length)
+        have = known[part]
+        if have.all() or not have.any():
+            continue
+        out[part][~have] = np.stack([np.interp(frames[~have], frames[have], column)
+                                     for column in values[part][have].T], axis=1)
+    return out
 
 
 def _initial_translation(rest: np.ndarray, observed: np.ndarray, focal: np.ndarray, res: int) -> np.ndarray:
@@ -353,6 +372,15 @@ def _fit(model: FlameLandmarks, observed: list[np.ndarray], res: int, options: T
     problem = _Problem(model, observed, res, options, focals, masks, frames)
     _run_adam(problem, [problem.global_rotation, problem.translation], options.rigid_steps,
               options.learning_rate, "tracking (rigid)")
+    # A frame where the detector found no face has no landmark to turn it: left at rest, the silhouette
+    # and photometric terms can hold it in a wrong turn that the smoothness alone does not undo. It
+    # starts from its neighbours' fitted head instead.
+    seen = problem.known[:, :N_LANDMARKS].any(axis=1)  # [N]
+    if not seen.all():
+        with torch.no_grad():
+            for param in (problem.global_rotation, problem.translation):
+                filled = interpolate_missing(param.detach().cpu().numpy().astype(np.float64), seen, problem.lengths)
+                param.copy_(torch.as_tensor(filled, dtype=param.dtype, device=param.device))
     final = _run_adam(problem, [problem.shape, problem.expression, problem.global_rotation, problem.joints,
                                 problem.translation], options.steps, options.learning_rate, "tracking")
     log.info("tracking: final loss %.4f", final)
