@@ -121,6 +121,7 @@ def test_missing_rows_are_interpolated_within_their_own_video():
     # video 2: row 4, known; video 3: rows 5-6, none known, left as they are
     assert np.allclose(out, [[0.0, 1.0], [1.0, 2.0], [2.0, 3.0], [2.0, 3.0], [5.0, 5.0], [9.0, 9.0], [9.0, 9.0]])
     assert values[1, 0] == 9.0  # the input is not changed
+    assert np.array_equal(interpolate_missing(values, np.ones(7, dtype=bool), [4, 1, 2]), values)  # all known
 
 
 def test_a_frame_without_landmarks_starts_from_its_neighbours_turn(turned_head):

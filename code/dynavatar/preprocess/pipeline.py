@@ -70,7 +70,8 @@ SILHOUETTE_WEIGHT = 10.0
 # the term at 3e3 with the prior 1e-2 (itself 0.51 +- 0.80 dB over six seeds above the landmarks and
 # the silhouette alone), on generated heads tracked from the face detector, test PSNR end to end rose
 # by 0.69 +- 0.81 dB over six seeds, on five of them, and the head's rotation error fell from 2.94 to
-# 2.40 degrees on average over four subjects, and from 10.90 to 9.77 at worst. Without the
+# 2.43 degrees on average over four subjects (2.40, and from 10.90 to 9.77 at worst, once frames without
+# a face started from their neighbours: tracking.interpolate_missing). Without the
 # shading a stronger term read the light's change with the head's turn as misplaced vertices; without
 # the stronger prior it grew the expressions to explain colours (docs/PREPROCESSING.md). The shading's
 # fit adds about a quarter to a tracking of 90 frames on a CPU.

@@ -372,9 +372,9 @@ def _fit(model: FlameLandmarks, observed: list[np.ndarray], res: int, options: T
     problem = _Problem(model, observed, res, options, focals, masks, frames)
     _run_adam(problem, [problem.global_rotation, problem.translation], options.rigid_steps,
               options.learning_rate, "tracking (rigid)")
-    # A frame where the detector found no face has no landmark to turn it: left at rest, the silhouette
-    # and photometric terms can hold it in a wrong turn that the smoothness alone does not undo. It
-    # starts from its neighbours' fitted head instead.
+    # A frame where the detector found no face has no landmark to turn it: started at rest, the
+    # silhouette and photometric terms can hold it in a wrong turn that the smoothness alone does not
+    # undo. It starts from its neighbours' fitted head instead.
     seen = problem.known[:, :N_LANDMARKS].any(axis=1)  # [N]
     if not seen.all():
         with torch.no_grad():
