@@ -385,8 +385,8 @@ def test_silhouette_weight_head_smoothness_and_shading_reach_the_tracking(monkey
         options_from_args(build_parser().parse_args([*args, "--smooth_head", "-1"]))
     assert options_from_args(build_parser().parse_args(
         [*args, "--smooth-head-acceleration", "50"])).tracking.smooth_head_acceleration == 50.0
-    assert options_from_args(build_parser().parse_args(args)).tracking.photometric_weight == 1.0e4
-    assert PreprocessOptions("s", []).tracking.photometric_weight == 1.0e4  # the Python API's default too
+    assert options_from_args(build_parser().parse_args(args)).tracking.photometric_weight == 3.0e4
+    assert PreprocessOptions("s", []).tracking.photometric_weight == 3.0e4  # the Python API's default too
     assert options_from_args(build_parser().parse_args([*args, "--photometric-weight", "0"])
                              ).tracking.photometric_weight == 0.0  # off
     assert options_from_args(build_parser().parse_args([*args, "--photometric-weight", "3e3"])
@@ -395,8 +395,8 @@ def test_silhouette_weight_head_smoothness_and_shading_reach_the_tracking(monkey
         options_from_args(build_parser().parse_args([*args, "--photometric_weight", "-2"]))
     with pytest.raises(PreprocessError, match="--smooth_head_acceleration"):
         options_from_args(build_parser().parse_args([*args, "--smooth_head_acceleration", "nan"]))
-    assert options_from_args(build_parser().parse_args(args)).tracking.expression_prior == 3.0e-2
-    assert PreprocessOptions("s", []).tracking.expression_prior == 3.0e-2
+    assert options_from_args(build_parser().parse_args(args)).tracking.expression_prior == 0.1
+    assert PreprocessOptions("s", []).tracking.expression_prior == 0.1
     assert TrackingOptions().expression_prior == 1.0e-3  # the fitter's own, which tracking_accuracy.py starts from
     assert options_from_args(build_parser().parse_args([*args, "--expression-prior", "0.05"])
                              ).tracking.expression_prior == 0.05
